@@ -1,0 +1,384 @@
+"""Metric primitives and the Prometheus text exposition (format 0.0.4).
+
+Nothing here touches the network and nothing on the hot path needs a third-party
+library: the node keeps plain counters (:class:`LabeledCounter`, ints) and
+:class:`RateMeter` ring buffers, and only when ``/metrics`` is scraped it builds a list
+of :class:`MetricFamily` and renders it with :func:`render_prometheus`.
+
+:data:`CATALOG` names every metric the router exports, with its type, help text and label
+names; ``docs/status-api.md`` documents the same list (a test keeps both in sync).
+:func:`family` builds a :class:`MetricFamily` from the catalog so the help text lives in
+one place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Literal
+
+__all__ = [
+    "MetricFamily",
+    "MetricSpec",
+    "CATALOG",
+    "family",
+    "render_prometheus",
+    "format_value",
+    "LabeledCounter",
+    "RateMeter",
+    "process_families",
+    "process_info",
+]
+
+MetricType = Literal["counter", "gauge"]
+Sample = tuple[dict[str, str], float]
+
+
+@dataclass(slots=True)
+class MetricFamily:
+    """One metric name with its help text, type and samples (label set, value)."""
+
+    name: str
+    type: MetricType
+    help: str
+    samples: list[Sample] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    """Format a sample value: integers without exponent or ``.0``, others with repr.
+
+    ``+Inf``, ``-Inf`` and ``NaN`` are spelled the Prometheus way.
+    """
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def _format_labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape_label_value(str(v))}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+def render_prometheus(families: Iterable[MetricFamily]) -> str:
+    """Render families in the Prometheus text exposition format 0.0.4.
+
+    Every family prints its ``# HELP`` and ``# TYPE`` lines, even without samples. The
+    output ends with a newline (unless there is no family at all).
+    """
+    out: list[str] = []
+    append = out.append
+    for fam in families:
+        append(f"# HELP {fam.name} {_escape_help(fam.help)}")
+        append(f"# TYPE {fam.name} {fam.type}")
+        name = fam.name
+        for labels, value in fam.samples:
+            append(f"{name}{_format_labels(labels)} {format_value(value)}")
+    if not out:
+        return ""
+    out.append("")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """Catalog entry: what a metric is called, its type, help text and label names."""
+
+    name: str
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+CATALOG: tuple[MetricSpec, ...] = (
+    # -- node
+    MetricSpec("router_info", "gauge",
+               "Constant 1, labelled with the local endpoint, zone, role and router version.",
+               ("endpoint", "zone", "role", "version")),
+    MetricSpec("router_start_time_seconds", "gauge",
+               "Unix time at which the router started."),
+    # -- connections
+    MetricSpec("router_connections", "gauge",
+               "Open cluster connections by state (handshaking, anonymous, established).",
+               ("state",)),
+    MetricSpec("router_peer_connected", "gauge",
+               "1 when the endpoint has an established connection, else 0.",
+               ("endpoint", "zone", "relation")),
+    MetricSpec("router_zone_connected", "gauge",
+               "1 when at least one endpoint of the zone is connected (the local zone "
+               "counts itself), else 0.",
+               ("zone", "relation")),
+    MetricSpec("router_connections_accepted_total", "counter",
+               "Inbound TCP connections accepted on the cluster listener."),
+    MetricSpec("router_connections_rejected_total", "counter",
+               "Inbound connections closed before the handshake, by reason.",
+               ("reason",)),
+    MetricSpec("router_connect_attempts_total", "counter",
+               "Outbound connection attempts, by endpoint.", ("endpoint",)),
+    MetricSpec("router_connect_failures_total", "counter",
+               "Outbound connection attempts that failed, by endpoint.", ("endpoint",)),
+    MetricSpec("router_handshake_failures_total", "counter",
+               "TLS or identification handshakes that failed, by reason.", ("reason",)),
+    MetricSpec("router_disconnects_total", "counter",
+               "Established connections that ended, by endpoint and reason.",
+               ("endpoint", "reason")),
+    MetricSpec("router_protocol_errors_total", "counter",
+               "Connections closed because the peer broke the wire protocol, by reason.",
+               ("reason",)),
+    # -- messages
+    MetricSpec("router_messages_received_total", "counter",
+               "JSON-RPC messages received, by sending endpoint and method.",
+               ("endpoint", "method")),
+    MetricSpec("router_messages_sent_total", "counter",
+               "JSON-RPC messages sent (relayed or originated), by target endpoint and method.",
+               ("endpoint", "method")),
+    MetricSpec("router_messages_refused_total", "counter",
+               "Messages refused by the routing rules, by sending endpoint, method and "
+               "reason.",
+               ("endpoint", "method", "reason")),
+    MetricSpec("router_messages_unreachable_total", "counter",
+               "Messages whose target zone had endpoints but none connected, by zone.",
+               ("zone",)),
+    MetricSpec("router_bytes_received_total", "counter",
+               "Payload bytes received (TLS plaintext), by endpoint.", ("endpoint",)),
+    MetricSpec("router_bytes_sent_total", "counter",
+               "Payload bytes sent (TLS plaintext), by endpoint.", ("endpoint",)),
+    MetricSpec("router_messages_received_per_second", "gauge",
+               "Messages received per second from the endpoint, averaged over 60 s "
+               "(as Icinga's messages_received_per_second).",
+               ("endpoint",)),
+    MetricSpec("router_messages_sent_per_second", "gauge",
+               "Messages sent per second to the endpoint, averaged over 60 s.",
+               ("endpoint",)),
+    MetricSpec("router_check_results_total", "counter",
+               "event::CheckResult messages accepted by the router."),
+    # -- send queues
+    MetricSpec("router_send_queue_bytes", "gauge",
+               "Bytes waiting in the endpoint's send queue.", ("endpoint",)),
+    MetricSpec("router_send_queue_messages", "gauge",
+               "Messages waiting in the endpoint's send queue.", ("endpoint",)),
+    MetricSpec("router_send_queue_coalesced_total", "counter",
+               "Superseded check results dropped from a congested send queue.",
+               ("endpoint",)),
+    MetricSpec("router_send_queue_congested_total", "counter",
+               "Times the endpoint's send queue crossed its high-water mark.",
+               ("endpoint",)),
+    MetricSpec("router_slow_consumer_disconnects_total", "counter",
+               "Peers disconnected because their send queue made no progress for the "
+               "slow-consumer timeout.",
+               ("endpoint",)),
+    MetricSpec("router_reading_paused", "gauge",
+               "Connections whose reading is paused by back-pressure."),
+    # -- object zones
+    MetricSpec("router_objects_learned", "gauge",
+               "Host-to-zone assignments learned from traffic."),
+    MetricSpec("router_check_results_stored", "gauge",
+               "Check results held in the result view."),
+    # -- process
+    MetricSpec("router_process_resident_memory_bytes", "gauge",
+               "Resident set size of the router process in bytes."),
+    MetricSpec("router_process_cpu_seconds_total", "counter",
+               "User plus system CPU time consumed by the router process, in seconds."),
+    MetricSpec("router_process_open_fds", "gauge",
+               "Open file descriptors of the router process."),
+    MetricSpec("router_process_threads", "gauge",
+               "Threads of the router process."),
+    MetricSpec("router_process_start_time_seconds", "gauge",
+               "Unix time at which the router process started."),
+)
+
+_BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}
+
+
+def family(name: str, samples: list[Sample] | None = None) -> MetricFamily:
+    """A :class:`MetricFamily` for catalog metric ``name`` (KeyError if not catalogued)."""
+    spec = _BY_NAME[name]
+    return MetricFamily(spec.name, spec.type, spec.help, samples if samples is not None else [])
+
+
+# --------------------------------------------------------------------------- counters
+
+
+class LabeledCounter:
+    """Counter values keyed by a tuple of label values; ``inc`` is one dict get and set.
+
+    >>> c = LabeledCounter(("endpoint", "reason"))
+    >>> c.inc(("sat1", "not_allowed"))
+    >>> list(c.items())
+    [(('sat1', 'not_allowed'), 1)]
+    """
+
+    __slots__ = ("label_names", "_values")
+
+    def __init__(self, label_names: Iterable[str]) -> None:
+        self.label_names: tuple[str, ...] = tuple(label_names)
+        self._values: dict[tuple, int | float] = {}
+
+    def inc(self, key: tuple, n: int | float = 1) -> None:
+        values = self._values
+        values[key] = values.get(key, 0) + n
+
+    def get(self, key: tuple, default: int | float = 0) -> int | float:
+        return self._values.get(key, default)
+
+    def items(self):
+        return self._values.items()
+
+    def total(self) -> int | float:
+        return sum(self._values.values())
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self._values)
+
+    def samples(self) -> list[Sample]:
+        """Samples for a :class:`MetricFamily`, labels zipped with ``label_names``."""
+        names = self.label_names
+        return [({n: str(v) for n, v in zip(names, key)}, value)
+                for key, value in self._values.items()]
+
+    def to_family(self, name: str, help: str | None = None,
+                  type: MetricType = "counter") -> MetricFamily:
+        """Build a family; without ``help`` the catalog entry for ``name`` is used."""
+        if help is None:
+            fam = family(name, self.samples())
+            return fam
+        return MetricFamily(name, type, help, self.samples())
+
+
+class RateMeter:
+    """Events per second over a sliding 60 s window of 1-second buckets.
+
+    ``add`` is O(1) amortised (moving to a new second clears the buckets skipped, at most
+    60, and a gap of 60 s or more clears everything at once). ``rate`` is the window sum
+    divided by 60, as Icinga computes ``messages_*_per_second``. Time is passed in (any
+    clock in seconds, normally ``loop.time()`` or ``time.time()``). A timestamp older than
+    the current second is counted in the current second (clocks may step back).
+    """
+
+    WINDOW = 60
+
+    __slots__ = ("_buckets", "_head", "_sum", "total")
+
+    def __init__(self) -> None:
+        self._buckets: list[int] = [0] * self.WINDOW
+        self._head: int | None = None     # the second the newest bucket belongs to
+        self._sum = 0                     # sum of the buckets in the window
+        self.total = 0                    # lifetime count
+
+    def _advance(self, sec: int) -> int:
+        head = self._head
+        if head is None:
+            self._head = sec
+            return sec
+        if sec <= head:
+            return head
+        buckets = self._buckets
+        if sec - head >= self.WINDOW:
+            for i in range(self.WINDOW):
+                buckets[i] = 0
+            self._sum = 0
+        else:
+            for s in range(head + 1, sec + 1):
+                i = s % self.WINDOW
+                self._sum -= buckets[i]
+                buckets[i] = 0
+        self._head = sec
+        return sec
+
+    def add(self, now: float, n: int = 1) -> None:
+        sec = self._advance(int(now))
+        self._buckets[sec % self.WINDOW] += n
+        self._sum += n
+        self.total += n
+
+    def count(self, now: float) -> int:
+        """Events in the window ending at ``now`` (the current second included)."""
+        self._advance(int(now))
+        return self._sum
+
+    def rate(self, now: float) -> float:
+        return self.count(now) / self.WINDOW
+
+
+# --------------------------------------------------------------------------- process
+
+_PROCESS = None
+
+
+def _own_process():
+    global _PROCESS
+    import psutil  # imported lazily: only scrapes and status pages need it
+
+    if _PROCESS is None or _PROCESS.pid != os.getpid():
+        _PROCESS = psutil.Process()
+    return _PROCESS
+
+
+def _safe(call):
+    try:
+        return call()
+    except Exception:  # psutil.Error, NotImplementedError, AttributeError on some OSes
+        return None
+
+
+def process_info(process=None) -> dict:
+    """Process numbers for ``/v1/status``: ``rss_bytes``, ``cpu_seconds``, ``open_fds``,
+    ``threads``, ``start_time``; a value is ``None`` when the OS does not provide it."""
+    proc = process if process is not None else _own_process()
+    mem = _safe(proc.memory_info)
+    cpu = _safe(proc.cpu_times)
+    return {
+        "rss_bytes": mem.rss if mem is not None else None,
+        "cpu_seconds": (cpu.user + cpu.system) if cpu is not None else None,
+        "open_fds": _safe(proc.num_fds) if hasattr(proc, "num_fds") else None,
+        "threads": _safe(proc.num_threads),
+        "start_time": _safe(proc.create_time),
+    }
+
+
+def process_families(process=None) -> list[MetricFamily]:
+    """The ``router_process_*`` families from psutil (a family without a value when the
+    OS does not provide one)."""
+    info = process_info(process)
+
+    def fam(name: str, value) -> MetricFamily:
+        return family(name, [({}, value)] if value is not None else [])
+
+    return [
+        fam("router_process_resident_memory_bytes", info["rss_bytes"]),
+        fam("router_process_cpu_seconds_total", info["cpu_seconds"]),
+        fam("router_process_open_fds", info["open_fds"]),
+        fam("router_process_threads", info["threads"]),
+        fam("router_process_start_time_seconds", info["start_time"]),
+    ]

@@ -1,0 +1,304 @@
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import psutil
+import pytest
+
+from router.metrics import (
+    CATALOG,
+    LabeledCounter,
+    MetricFamily,
+    RateMeter,
+    family,
+    format_value,
+    process_families,
+    process_info,
+    render_prometheus,
+)
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "status-api.md"
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_render_golden() -> None:
+    families = [
+        MetricFamily("router_messages_received_total", "counter",
+                     "Messages received.", [
+                         ({"endpoint": "sat1", "method": "event::CheckResult"}, 12),
+                         ({"endpoint": "sat2", "method": "event::Heartbeat"}, 3.0),
+                     ]),
+        MetricFamily("router_up", "gauge", "Constant 1.", [({}, 1)]),
+        MetricFamily("router_empty", "gauge", "No samples yet.", []),
+        MetricFamily("router_ratio", "gauge", "A float.", [({"k": "v"}, 0.25)]),
+    ]
+    assert render_prometheus(families) == (
+        "# HELP router_messages_received_total Messages received.\n"
+        "# TYPE router_messages_received_total counter\n"
+        'router_messages_received_total{endpoint="sat1",method="event::CheckResult"} 12\n'
+        'router_messages_received_total{endpoint="sat2",method="event::Heartbeat"} 3\n'
+        "# HELP router_up Constant 1.\n"
+        "# TYPE router_up gauge\n"
+        "router_up 1\n"
+        "# HELP router_empty No samples yet.\n"
+        "# TYPE router_empty gauge\n"
+        "# HELP router_ratio A float.\n"
+        "# TYPE router_ratio gauge\n"
+        'router_ratio{k="v"} 0.25\n'
+    )
+
+
+def test_render_escaping() -> None:
+    fam = MetricFamily("m", "counter", 'help with \\ backslash\nand "quotes"', [
+        ({"a": 'x"y', "b": "back\\slash", "c": "new\nline"}, 1),
+    ])
+    assert render_prometheus([fam]) == (
+        '# HELP m help with \\\\ backslash\\nand "quotes"\n'
+        "# TYPE m counter\n"
+        'm{a="x\\"y",b="back\\\\slash",c="new\\nline"} 1\n'
+    )
+
+
+def test_render_nothing() -> None:
+    assert render_prometheus([]) == ""
+
+
+@pytest.mark.parametrize("value, text", [
+    (0, "0"),
+    (7, "7"),
+    (-3, "-3"),
+    (True, "1"),
+    (False, "0"),
+    (2.0, "2"),
+    (1e20, "100000000000000000000"),
+    (12345678901234.0, "12345678901234"),
+    (-0.0, "0"),
+    (0.1, "0.1"),
+    (1.5e-7, "1.5e-07"),
+    (123.456, "123.456"),
+    (math.inf, "+Inf"),
+    (-math.inf, "-Inf"),
+    (math.nan, "NaN"),
+])
+def test_format_value(value, text) -> None:
+    assert format_value(value) == text
+
+
+def test_render_parses_as_prometheus_lines() -> None:
+    """Every sample line matches the exposition grammar (name, labels, value)."""
+    counter = LabeledCounter(("endpoint", "reason"))
+    counter.inc(("a\\b", 'q"uote'))
+    counter.inc(("line\nbreak", "x"), 5)
+    text = render_prometheus([counter.to_family("router_handshake_failures_total",
+                                                "Failures.")])
+    sample = re.compile(
+        r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\[\\"n])*",?)*\})?'
+        r" (\S+)$")
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        assert sample.match(line), line
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def test_catalog_names_are_valid_and_unique() -> None:
+    names = [spec.name for spec in CATALOG]
+    assert len(names) == len(set(names))
+    for spec in CATALOG:
+        assert re.fullmatch(r"router_[a-z0-9_]+", spec.name)
+        assert spec.type in ("counter", "gauge")
+        assert spec.help and "\n" not in spec.help
+        if spec.type == "counter":
+            assert spec.name.endswith(("_total", "_seconds_total")), spec.name
+        for label in spec.labels:
+            assert re.fullmatch(r"[a-z_][a-z0-9_]*", label)
+
+
+def test_catalog_documented() -> None:
+    doc = DOCS.read_text(encoding="utf-8")
+    for spec in CATALOG:
+        assert f"`{spec.name}`" in doc, f"{spec.name} missing from docs/status-api.md"
+        for label in spec.labels:
+            assert f"`{label}`" in doc, f"label {label} of {spec.name} not documented"
+
+
+def test_family_uses_catalog() -> None:
+    fam = family("router_check_results_total", [({}, 4)])
+    assert fam.type == "counter"
+    assert fam.help
+    assert fam.samples == [({}, 4)]
+    assert family("router_reading_paused").samples == []
+    with pytest.raises(KeyError):
+        family("router_does_not_exist")
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def test_labeled_counter() -> None:
+    c = LabeledCounter(("endpoint", "method"))
+    assert c.label_names == ("endpoint", "method")
+    c.inc(("sat1", "event::CheckResult"))
+    c.inc(("sat1", "event::CheckResult"), 4)
+    c.inc(("sat2", "event::SetNextCheck"))
+    assert dict(c.items()) == {("sat1", "event::CheckResult"): 5,
+                               ("sat2", "event::SetNextCheck"): 1}
+    assert c.get(("sat1", "event::CheckResult")) == 5
+    assert c.get(("nope", "x")) == 0
+    assert c.total() == 6
+    assert len(c) == 2
+    assert c.samples() == [
+        ({"endpoint": "sat1", "method": "event::CheckResult"}, 5),
+        ({"endpoint": "sat2", "method": "event::SetNextCheck"}, 1),
+    ]
+    fam = c.to_family("router_messages_received_total")
+    assert fam.type == "counter" and fam.name == "router_messages_received_total"
+    assert len(fam.samples) == 2
+    c.clear()
+    assert len(c) == 0
+
+
+# --------------------------------------------------------------------------- rate meter
+
+
+def test_rate_meter_empty() -> None:
+    m = RateMeter()
+    assert m.rate(1000.0) == 0.0
+    assert m.count(1000.0) == 0
+
+
+def test_rate_meter_window_slides() -> None:
+    m = RateMeter()
+    t0 = 1_000_000.0
+    for i in range(60):                 # one message per second for 60 s
+        m.add(t0 + i + 0.5)
+    assert m.count(t0 + 59.9) == 60
+    assert m.rate(t0 + 59.9) == pytest.approx(1.0)
+    # One second later the first bucket leaves the window.
+    assert m.count(t0 + 60.1) == 59
+    # Thirty seconds later half is gone.
+    assert m.count(t0 + 89.0) == 30
+    assert m.rate(t0 + 89.0) == pytest.approx(0.5)
+    # The last bucket (second 59) expires at second 119.
+    assert m.count(t0 + 118.5) == 1
+    assert m.count(t0 + 119.0) == 0
+    assert m.total == 60
+
+
+def test_rate_meter_bursts_in_one_second() -> None:
+    m = RateMeter()
+    m.add(50.0, 300)
+    m.add(50.9, 300)
+    assert m.rate(50.9) == pytest.approx(10.0)
+    assert m.rate(109.99) == pytest.approx(10.0)   # second 50 still in window (50..109)
+    assert m.rate(110.0) == 0.0
+
+
+def test_rate_meter_gap_longer_than_window() -> None:
+    m = RateMeter()
+    for i in range(30):
+        m.add(100.0 + i, 2)
+    assert m.count(129.0) == 60
+    m.add(100.0 + 30 + 61, 1)            # 61 s gap: everything before is gone
+    assert m.count(191.0) == 1
+    m.add(10_000.0, 7)                   # a huge gap
+    assert m.count(10_000.0) == 7
+    assert m.rate(10_000.0) == pytest.approx(7 / 60)
+    assert m.total == 60 + 1 + 7
+
+
+def test_rate_meter_gap_exactly_window() -> None:
+    m = RateMeter()
+    m.add(200.0, 5)
+    m.add(260.0, 1)                      # bucket index reused after exactly 60 s
+    assert m.count(260.0) == 1
+
+
+def test_rate_meter_clock_step_back() -> None:
+    m = RateMeter()
+    m.add(500.0)
+    m.add(490.0)                         # counted in the current second
+    assert m.count(500.0) == 2
+    assert m.count(450.0) == 2           # a query in the past does not rewind
+    assert m.count(560.0) == 0
+
+
+def test_rate_meter_matches_naive_model() -> None:
+    import random
+
+    rng = random.Random(42)
+    m = RateMeter()
+    events: list[tuple[int, int]] = []
+    head = 0                             # the meter never rewinds (queries advance it)
+    t = 10_000.0
+    for _ in range(2000):
+        t += rng.choice([0.0, 0.1, 0.7, 1.0, 3.2, 17.0, 59.0, 60.0, 61.0, 130.0])
+        n = rng.randint(1, 5)
+        m.add(t, n)
+        head = max(head, int(t))
+        events.append((head, n))
+        now = t + rng.choice([0.0, 0.5, 10.0])
+        head = max(head, int(now))
+        expected = sum(k for s, k in events if head - 60 < s <= head)
+        assert m.count(now) == expected
+
+
+# --------------------------------------------------------------------------- process
+
+
+def test_process_families() -> None:
+    fams = process_families()
+    names = [f.name for f in fams]
+    assert names == [
+        "router_process_resident_memory_bytes",
+        "router_process_cpu_seconds_total",
+        "router_process_open_fds",
+        "router_process_threads",
+        "router_process_start_time_seconds",
+    ]
+    by_name = {f.name: f for f in fams}
+    rss = by_name["router_process_resident_memory_bytes"].samples[0][1]
+    assert rss > 1024 * 1024
+    assert by_name["router_process_cpu_seconds_total"].type == "counter"
+    assert by_name["router_process_cpu_seconds_total"].samples[0][1] > 0
+    if hasattr(psutil.Process(), "num_fds"):
+        assert by_name["router_process_open_fds"].samples[0][1] >= 3
+    assert by_name["router_process_threads"].samples[0][1] >= 1
+    start = by_name["router_process_start_time_seconds"].samples[0][1]
+    assert abs(start - psutil.Process(os.getpid()).create_time()) < 1
+    text = render_prometheus(fams)
+    assert "# TYPE router_process_cpu_seconds_total counter" in text
+
+
+def test_process_info_explicit_process_and_failures() -> None:
+    info = process_info(psutil.Process(os.getpid()))
+    assert set(info) == {"rss_bytes", "cpu_seconds", "open_fds", "threads", "start_time"}
+
+    class Broken:
+        def memory_info(self):
+            raise psutil.AccessDenied(1)
+
+        def cpu_times(self):
+            raise psutil.AccessDenied(1)
+
+        def num_threads(self):
+            raise NotImplementedError
+
+        def create_time(self):
+            return 123.0
+
+    info = process_info(Broken())
+    assert info == {"rss_bytes": None, "cpu_seconds": None, "open_fds": None,
+                    "threads": None, "start_time": 123.0}
+    fams = process_families(Broken())
+    assert [len(f.samples) for f in fams] == [0, 0, 0, 0, 1]
+    text = render_prometheus(fams)
+    assert "# HELP router_process_open_fds" in text
+    assert "router_process_start_time_seconds 123\n" in text
