@@ -1,0 +1,142 @@
+"""Process-level wiring: listener, dialler, status server, signals, graceful shutdown.
+
+``RouterService`` can run inside any event loop (the tests start several in one process);
+``serve()`` is what ``router serve`` calls: it installs uvloop, raises the open-file limit,
+and turns SIGTERM/SIGINT into a drain-then-close shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+import time
+from typing import Any
+
+from router import __version__, report
+from router.config import RouterConfig
+from router.connector import Backoff, Connector
+from router.node import Node, describe_topology
+from router.status import StatusServer
+
+log = logging.getLogger("router.app")
+
+
+class RouterService:
+    """One running node with its sockets."""
+
+    def __init__(self, config: RouterConfig, **node_kwargs: Any) -> None:
+        self.config = config
+        self._node_kwargs = node_kwargs
+        self.node: Node | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.status: StatusServer | None = None
+        self.connector: Connector | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def listen_port(self) -> int | None:
+        if self.server is None or not self.server.sockets:
+            return None
+        return self.server.sockets[0].getsockname()[1]
+
+    @property
+    def status_port(self) -> int | None:
+        return self.status.port if self.status is not None else None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        node = self.node = Node(config, loop, **self._node_kwargs)
+        node.start()
+        if config.listen is not None:
+            host, port = config.listen
+            self.server = await loop.create_server(node.new_inbound, host, port,
+                                                   reuse_address=True, backlog=4096)
+        if config.status_listen is not None:
+            self.status = StatusServer(report.routes(node))
+            await self.status.start(*config.status_listen)
+        timeouts = config.timeouts
+        self.connector = Connector(
+            node, node.topology.dial_targets(),
+            backoff=Backoff(timeouts.reconnect_min, timeouts.reconnect_max),
+            concurrency=config.limits.dial_concurrency, connect_timeout=timeouts.connect)
+        node.connector = self.connector
+        self.connector.start()
+        log.info("router %s: %s", __version__, describe_topology(node.topology))
+        if self.server is not None:
+            log.info("cluster listener on %s:%s", config.listen[0], self.listen_port)  # type: ignore[index]
+        else:
+            log.info("no cluster listener (outbound-only node)")
+        if self.status is not None:
+            log.info("status: http://%s:%s/v1/status  metrics: http://%s:%s/metrics",
+                     config.status_listen[0], self.status_port,  # type: ignore[index]
+                     config.status_listen[0], self.status_port)  # type: ignore[index]
+
+    async def stop(self, drain_timeout: float | None = None) -> bool:
+        """Stop accepting, stop dialling, flush queues (bounded), close every session."""
+        node = self.node
+        if node is None or self._stopped.is_set():
+            return True
+        timeout = self.config.timeouts.drain if drain_timeout is None else drain_timeout
+        started = time.monotonic()
+        if self.server is not None:
+            self.server.close()
+        if self.connector is not None:
+            await self.connector.stop()
+        drained = await node.drain(timeout)
+        node.close_all("node is shutting down")
+        node.stop_housekeeping()
+        # Give transports a moment to send close_notify and FIN.
+        deadline = time.monotonic() + 2.0
+        while node.all_connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(node.all_connections):
+            conn.abort("shutdown deadline")
+        if self.server is not None:
+            await self.server.wait_closed()
+        if self.status is not None:
+            await self.status.close()
+        self._stopped.set()
+        log.info("stopped in %.2f s (%s)", time.monotonic() - started,
+                 "all queues flushed" if drained else "drain timed out, queued messages lost")
+        return drained
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit: every peer is a file descriptor (P12)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+async def _serve(config: RouterConfig, ready_message: str | None) -> int:
+    service = RouterService(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    if ready_message:
+        print(ready_message.format(status_port=service.status_port,
+                                   listen_port=service.listen_port), flush=True)
+    await stop.wait()
+    log.info("signal received: draining queues (up to %g s) and closing sessions",
+             config.timeouts.drain)
+    await service.stop()
+    return 0
+
+
+def serve(config: RouterConfig, ready_message: str | None = None) -> int:
+    """Run a node until SIGTERM/SIGINT; the exit code for the CLI."""
+    import uvloop
+
+    raise_nofile_limit()
+    return uvloop.run(_serve(config, ready_message))

@@ -1,0 +1,188 @@
+"""The ``router`` command line (click)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from router.errors import RouterError
+
+DEFAULT_DATA_DIR = "router-data"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr)
+
+
+@click.group()
+@click.version_option(package_name="router")
+def main() -> None:
+    """Cluster message router speaking the Icinga 2 cluster protocol."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML configuration file.")
+@click.option("--node-name", help="Endpoint name of this node (certificate CN).")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Data directory; certificates are read from DIR/certs/ "
+                   "(ca.crt, NAME.crt, NAME.key).")
+@click.option("--zones", "zones_file", type=click.Path(dir_okay=False),
+              help="Zones and endpoints: our TOML or an Icinga zones.conf.")
+@click.option("--listen", help="Cluster listener HOST:PORT, or 'none' for an outbound-only node.")
+@click.option("--status-listen", help="Status/metrics HTTP listener HOST:PORT, or 'none'.")
+@click.option("--accept-commands/--no-accept-commands", default=None,
+              help="Accept event::ExecuteCommand from the parent zone.")
+@click.option("--log-level", default=None,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
+          zones_file: str | None, listen: str | None, status_listen: str | None,
+          accept_commands: bool | None, log_level: str | None) -> None:
+    """Run one node of a cluster.
+
+    With no options at all, a standalone node named after this host starts from
+    ./router-data: its own CA and certificate are created there on first start, it
+    listens on 127.0.0.1:5665 and prints where its status page is.
+    """
+    from router import app, config as config_mod, pki
+
+    try:
+        base = config_mod.load_config(config_path) if config_path else None
+        created_pki = None
+        if base is None:
+            node_name = node_name or socket.gethostname().split(".")[0] or "router"
+            data_dir = data_dir or DEFAULT_DATA_DIR
+            certs = Path(data_dir) / "certs"
+            if not (certs / f"{node_name}.crt").exists() or not (certs / "ca.crt").exists():
+                created_pki = pki.ensure_node_pki(data_dir, node_name)
+        cfg = config_mod.quickstart_config(
+            node_name=node_name, data_dir=data_dir, zones_file=zones_file, listen=listen,
+            status_listen=status_listen, base=base, accept_commands=accept_commands)
+    except RouterError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _setup_logging(log_level or cfg.log_level)
+    if created_pki is not None:
+        click.echo(f"created CA and certificate for {cfg.node.name} in {cfg.node.data_dir}",
+                   err=True)
+    ready = None
+    if cfg.status_listen is not None:
+        host = cfg.status_listen[0]
+        ready = (f"router: node {cfg.node.name} is up; status at "
+                 f"http://{host}:{{status_port}}/v1/status (metrics: /metrics, "
+                 f"results: /v1/objects/checkresults). Ctrl-C stops it.")
+    try:
+        sys.exit(app.serve(cfg, ready))
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
+    except RouterError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.group()
+def config() -> None:
+    """Validate and convert configuration."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def config_check(path: str) -> None:
+    """Validate a TOML configuration; errors name the line."""
+    from router import config as config_mod
+
+    try:
+        cfg = config_mod.load_config(path)
+    except RouterError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{path}: OK (node {cfg.node.name}, {len(cfg.zones)} zones, "
+               f"{len(cfg.endpoints)} endpoints)")
+
+
+@config.command("import-zones")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--node-name", help="Resolve NodeName in the file to this endpoint name.")
+@click.option("--data-dir", help="data_dir for the [node] table (default: Icinga's "
+              "/var/lib/icinga2, so existing certificates are used).")
+def config_import_zones(path: str, node_name: str | None, data_dir: str | None) -> None:
+    """Convert Icinga's zones.conf (Endpoint and Zone objects) to our TOML.
+
+    Skipped objects and attributes are listed as '# warning:' comments in the output.
+    """
+    from router import zonesconf
+
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        out = zonesconf.zones_conf_to_toml(text, path, node_name=node_name, data_dir=data_dir)
+    except RouterError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(out, nl=False)
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:9665", show_default=True,
+              help="Base URL of the node's status listener.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw /v1/status document.")
+def status(url: str, as_json: bool) -> None:
+    """Show zones, endpoints, connections and rates of a running node."""
+    from router import statusview
+
+    try:
+        doc = statusview.fetch_status(url)
+    except RouterError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(statusview.format_status(doc))
+
+
+@main.group("pki")
+def pki_group() -> None:
+    """Create a CA and node certificates (Icinga's on-disk layout)."""
+
+
+@pki_group.command("new-ca")
+@click.argument("directory", type=click.Path(file_okay=False))
+def pki_new_ca(directory: str) -> None:
+    """Create ca.crt and ca.key in DIRECTORY."""
+    from router import pki
+
+    if (Path(directory) / "ca.key").exists():
+        raise click.ClickException(f"{directory}/ca.key exists; not overwriting a CA")
+    cert, key = pki.create_ca(directory)
+    click.echo(f"{cert}\n{key}")
+
+
+@pki_group.command("issue")
+@click.argument("node_name")
+@click.option("--ca-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Directory holding ca.crt and ca.key.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where NAME.crt, NAME.key and ca.crt are written (e.g. DATA/certs).")
+def pki_issue(node_name: str, ca_dir: str, out_dir: str) -> None:
+    """Issue a certificate for NODE_NAME signed by the CA in --ca-dir."""
+    from router import pki
+
+    cert, key = pki.issue_node_files(ca_dir, out_dir, node_name)
+    click.echo(f"{cert}\n{key}")
+
+
+@pki_group.command("ticket")
+@click.option("--cn", required=True, help="Common name of the node.")
+@click.option("--salt", required=True, help="The parent's TicketSalt.")
+def pki_ticket(cn: str, salt: str) -> None:
+    """Print the Icinga-compatible enrollment ticket for CN."""
+    from router import pki
+
+    click.echo(pki.ticket(cn, salt))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,133 @@
+"""Outbound connections: one dialler task per endpoint we are supposed to reach.
+
+Icinga retries every endpoint on a fixed 10 s timer, so after a master restart thousands
+of agents come back in lock-step (users.md P3/P12 and #6234). Here each endpoint has its
+own task with exponential backoff and *full jitter* (a uniform delay between 0 and the
+current cap), a shared semaphore caps concurrent dials (TCP connect + TLS handshake), and
+an endpoint with several addresses is tried address by address before backing off
+(users.md P22: Icinga has only one host per endpoint).
+
+A dialler only dials while the endpoint has no session: when the peer connected to us
+first, the task waits for that session to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.node import Node
+    from router.topology import EndpointSpec
+
+log = logging.getLogger("router.connector")
+
+#: A session that lasted at least this long resets the backoff.
+STABLE_SESSION = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter (AWS architecture blog's "full jitter")."""
+
+    minimum: float = 1.0
+    maximum: float = 60.0
+    factor: float = 2.0
+
+    def cap(self, attempt: int) -> float:
+        return min(self.maximum, self.minimum * self.factor ** max(0, attempt))
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Delay before retry number ``attempt`` (0-based): uniform in [min/2, cap]."""
+        cap = self.cap(attempt)
+        low = min(self.minimum / 2, cap)
+        return low + (cap - low) * rand()
+
+
+class Connector:
+    """Keeps one outbound session per dial target of the node."""
+
+    def __init__(self, node: Node, targets: tuple[EndpointSpec, ...], *, backoff: Backoff,
+                 concurrency: int, connect_timeout: float) -> None:
+        self.node = node
+        self.targets = targets
+        self.backoff = backoff
+        self.connect_timeout = connect_timeout
+        self._semaphore = asyncio.Semaphore(max(1, concurrency))
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Attempts and failures per endpoint, for the status page and tests.
+        self.attempts: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+
+    def start(self) -> None:
+        for spec in self.targets:
+            self._tasks.append(asyncio.ensure_future(self._run(spec)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._tasks.clear()
+
+    async def _run(self, spec: EndpointSpec) -> None:
+        node = self.node
+        attempt = 0
+        first = True
+        while not node.closing:
+            if spec.name in node.connections:
+                await node.wait_session_closed(spec.name)
+                continue
+            if not first:
+                delay = self.backoff.delay(attempt)
+                log.debug("next dial to %s in %.1f s (attempt %d)", spec.name, delay, attempt + 1)
+                await asyncio.sleep(delay)
+                if spec.name in node.connections or node.closing:
+                    continue
+            first = False
+            started = node.loop.time()
+            if await self._dial(spec):
+                await node.wait_session_closed(spec.name)
+                attempt = 0 if node.loop.time() - started >= STABLE_SESSION else attempt + 1
+            else:
+                attempt += 1
+
+    async def _dial(self, spec: EndpointSpec) -> bool:
+        """Try each address once; True when a session was established."""
+        node = self.node
+        for host, port in spec.addresses:
+            if spec.name in node.connections or node.closing:
+                return spec.name in node.connections
+            self.attempts[spec.name] = self.attempts.get(spec.name, 0) + 1
+            async with self._semaphore:
+                try:
+                    await asyncio.wait_for(self._connect(spec.name, host, port),
+                                           self.connect_timeout)
+                    return True
+                except asyncio.CancelledError:
+                    raise
+                except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                    self.failures[spec.name] = self.failures.get(spec.name, 0) + 1
+                    text = str(exc) or type(exc).__name__
+                    if isinstance(exc, asyncio.TimeoutError):
+                        text = f"no session within {self.connect_timeout:g} s"
+                    node._ratelog.log(("dial", spec.name, host, port), logging.WARNING,
+                                      "[%s %s:%s] cannot connect: %s", spec.name, host, port,
+                                      text)
+        return False
+
+    async def _connect(self, name: str, host: str, port: int) -> None:
+        node = self.node
+        transport, conn = await node.loop.create_connection(
+            lambda: node.new_outbound(name), host, port)
+        try:
+            await conn.ready
+        except BaseException:
+            transport.abort()
+            raise

@@ -1,0 +1,256 @@
+"""What a running node shows: the /v1/status document, /metrics and the result view.
+
+Built on demand from the node's live state (nothing here runs per message). The schema is
+documented in docs/status-api.md; the metric names come from ``router.metrics.CATALOG``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from router import __version__
+from router.metrics import MetricFamily, family, process_families, process_info, render_prometheus
+from router.status import json_response, text_response
+from router.topology import Relation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.node import Node
+
+
+def role(node: Node) -> str:
+    topology = node.topology
+    if topology.parent_zone is None:
+        return "master"
+    return "satellite" if topology.child_zones else "agent"
+
+
+def _addr(pair: tuple[str, int] | None, port: int | None = None) -> str | None:
+    if pair is None:
+        return None
+    return f"{pair[0]}:{port if port is not None else pair[1]}"
+
+
+def _zone_relation(node: Node, zone: str) -> str:
+    topology = node.topology
+    spec = topology.zone(zone)
+    if spec is not None and spec.global_:
+        return "global"
+    if zone == topology.local_zone:
+        return "local"
+    if zone == topology.parent_zone:
+        return "parent"
+    if zone in topology.child_zones:
+        return "child"
+    return "other"
+
+
+def _endpoint_relation(node: Node, name: str) -> str:
+    relation = node.topology.relation(name)
+    return relation.name.lower() if relation is not None else "other"
+
+
+def connection_states(node: Node) -> dict[str, int]:
+    states = {"handshaking": 0, "anonymous": 0, "established": 0}
+    for conn in node.all_connections:
+        if conn.state == "handshaking":
+            states["handshaking"] += 1
+        elif conn.state == "open" and conn.peer is not None:
+            states["established" if conn.endpoint is not None else "anonymous"] += 1
+    return states
+
+
+def zones(node: Node) -> list[dict[str, Any]]:
+    topology = node.topology
+    out = []
+    for name in topology.zone_names:
+        spec = topology.zone(name)
+        assert spec is not None
+        others = [e for e in spec.endpoints if e != node.name]
+        out.append({
+            "name": name,
+            "parent": spec.parent,
+            "global": spec.global_,
+            "relation": _zone_relation(node, name),
+            "connected": any(e in node.connected_names for e in others),
+            "endpoints": list(spec.endpoints),
+        })
+    return out
+
+
+def endpoints(node: Node) -> list[dict[str, Any]]:
+    topology = node.topology
+    now = node.loop.time()
+    out = []
+    for name in topology.endpoint_names:
+        relation = topology.relation(name)
+        stats = node.stats.get(name)
+        conn = node.connections.get(name)
+        queue = conn.queue if conn is not None else None
+        entry: dict[str, Any] = {
+            "name": name,
+            "zone": topology.zone_of(name),
+            "relation": relation.name.lower() if relation is not None else "other",
+            "connected": relation is Relation.SELF or conn is not None,
+            "direction": conn.direction if conn is not None else None,
+            "remote_address": conn.address if conn is not None else None,
+            "connected_since": stats.connected_since if stats is not None else None,
+            "icinga_version": stats.icinga_version if stats is not None else None,
+            "messages_received": sum(stats.received.values()) if stats else 0,
+            "messages_sent": sum(stats.sent.values()) if stats else 0,
+            "bytes_received": stats.bytes_received if stats else 0,
+            "bytes_sent": stats.bytes_sent if stats else 0,
+            "messages_received_per_second": stats.rate_in.rate(now) if stats else 0.0,
+            "messages_sent_per_second": stats.rate_out.rate(now) if stats else 0.0,
+            "send_queue_bytes": (queue.bytes + conn.write_buffer_size) if queue else 0,  # type: ignore[union-attr]
+            "send_queue_messages": len(queue) if queue else 0,
+            "last_message_received": stats.last_message_received if stats else None,
+            "last_message_sent": stats.last_message_sent if stats else None,
+            "refused": sum(stats.refused.values()) if stats else 0,
+            "coalesced": stats.coalesced if stats else 0,
+            "dropped": stats.dropped if stats else 0,
+            "confirmed_log_position": stats.confirmed_log_position if stats else 0.0,
+        }
+        out.append(entry)
+    return out
+
+
+def status_document(node: Node, status_port: int | None = None,
+                    listen_port: int | None = None) -> dict[str, Any]:
+    config = node.config
+    now = time.time()
+    all_stats = node.stats.values()
+    return {
+        "node": {
+            "name": node.name,
+            "zone": node.topology.local_zone,
+            "role": role(node),
+            "version": __version__,
+            "started": node.started,
+            "uptime": now - node.started,
+            "listen": _addr(config.listen, listen_port),
+            "status_listen": _addr(config.status_listen, status_port),
+        },
+        "zones": zones(node),
+        "endpoints": endpoints(node),
+        "connections": connection_states(node),
+        "totals": {
+            "messages_received": sum(sum(s.received.values()) for s in all_stats),
+            "messages_sent": sum(sum(s.sent.values()) for s in all_stats),
+            "messages_refused": sum(sum(s.refused.values()) for s in all_stats),
+            "handshake_failures": node.handshake_failures.total(),
+            "check_results": node.check_results_received,
+            "stale_dropped": node.stale_dropped,
+            "objects_learned": len(node.objects),
+            "results_stored": len(node.results) if node.results is not None else None,
+        },
+        "process": process_info(),
+    }
+
+
+def metric_families(node: Node) -> list[MetricFamily]:
+    now = node.loop.time()
+    topology = node.topology
+    fams: list[MetricFamily] = []
+    fams.append(family("router_info", [({
+        "endpoint": node.name, "zone": topology.local_zone, "role": role(node),
+        "version": __version__}, 1)]))
+    fams.append(family("router_start_time_seconds", [({}, node.started)]))
+    fams.append(family("router_connections", [
+        ({"state": state}, n) for state, n in connection_states(node).items()]))
+    peer_connected = []
+    for name in topology.endpoint_names:
+        relation = _endpoint_relation(node, name)
+        value = 1 if relation == "self" or name in node.connected_names else 0
+        peer_connected.append(({"endpoint": name, "zone": topology.zone_of(name) or "",
+                                "relation": relation}, value))
+    fams.append(family("router_peer_connected", peer_connected))
+    fams.append(family("router_zone_connected", [
+        ({"zone": z["name"], "relation": z["relation"]},
+         1 if (z["connected"] or (z["relation"] == "local" and len(z["endpoints"]) == 1))
+         else 0)
+        for z in zones(node) if not z["global"]]))
+    fams.append(node.handshake_failures.to_family("router_handshake_failures_total"))
+    connector = getattr(node, "connector", None)
+    if connector is not None:
+        fams.append(family("router_connect_attempts_total", [
+            ({"endpoint": k}, v) for k, v in sorted(connector.attempts.items())]))
+        fams.append(family("router_connect_failures_total", [
+            ({"endpoint": k}, v) for k, v in sorted(connector.failures.items())]))
+    fams.append(family("router_disconnects_total", [
+        ({"endpoint": "-", "reason": key[0]}, v) for key, v in node.disconnects.items()]))
+
+    received, sent, refused, bytes_in, bytes_out = [], [], [], [], []
+    rate_in, rate_out, q_bytes, q_msgs, coalesced, congested = [], [], [], [], [], []
+    for name, stats in sorted(node.stats.items()):
+        label = "-" if name.startswith("(") else name
+        for method, n in sorted(stats.received.items()):
+            received.append(({"endpoint": label, "method": method}, n))
+        for method, n in sorted(stats.sent.items()):
+            sent.append(({"endpoint": label, "method": method}, n))
+        for reason, n in sorted(stats.refused.items()):
+            refused.append(({"endpoint": label, "method": "-", "reason": reason}, n))
+        bytes_in.append(({"endpoint": label}, stats.bytes_received))
+        bytes_out.append(({"endpoint": label}, stats.bytes_sent))
+        rate_in.append(({"endpoint": label}, stats.rate_in.rate(now)))
+        rate_out.append(({"endpoint": label}, stats.rate_out.rate(now)))
+        coalesced.append(({"endpoint": label}, stats.coalesced))
+        conn = node.connections.get(name)
+        queue = conn.queue if conn is not None else None
+        q_bytes.append(({"endpoint": label},
+                        (queue.bytes + conn.write_buffer_size) if queue else 0))  # type: ignore[union-attr]
+        q_msgs.append(({"endpoint": label}, len(queue) if queue else 0))
+        congested.append(({"endpoint": label}, queue.high_water_events if queue else 0))
+    fams += [
+        family("router_messages_received_total", received),
+        family("router_messages_sent_total", sent),
+        family("router_messages_refused_total", refused),
+        family("router_bytes_received_total", bytes_in),
+        family("router_bytes_sent_total", bytes_out),
+        family("router_messages_received_per_second", rate_in),
+        family("router_messages_sent_per_second", rate_out),
+        family("router_check_results_total", [({}, node.check_results_received)]),
+        family("router_send_queue_bytes", q_bytes),
+        family("router_send_queue_messages", q_msgs),
+        family("router_send_queue_coalesced_total", coalesced),
+        family("router_send_queue_congested_total", congested),
+        family("router_slow_consumer_disconnects_total", [
+            ({"endpoint": "-"}, node.disconnects.get(("slow_consumer",)))]),
+        family("router_reading_paused", [
+            ({}, sum(1 for c in node.all_connections if c.reading_paused))]),
+        family("router_objects_learned", [({}, len(node.objects))]),
+        family("router_check_results_stored", [
+            ({}, len(node.results) if node.results is not None else 0)]),
+    ]
+    fams += process_families()
+    return fams
+
+
+def checkresults_document(node: Node, host: str | None, service: str | None) -> dict[str, Any]:
+    if node.results is None:
+        return {"enabled": False, "results": [],
+                "note": "this node keeps no result view (results = off, or it has a parent)"}
+    return {"enabled": True,
+            "results": [r.as_json() for r in node.results.select(host, service)]}
+
+
+def routes(node: Node, ports: Callable[[], tuple[int | None, int | None]] | None = None
+           ) -> dict[str, Callable[[dict[str, str]], tuple[int, str, bytes]]]:
+    """Handlers for the status server."""
+
+    def status(query: dict[str, str]) -> tuple[int, str, bytes]:
+        status_port, listen_port = ports() if ports else (None, None)
+        return json_response(status_document(node, status_port, listen_port), query=query)
+
+    def metrics(query: dict[str, str]) -> tuple[int, str, bytes]:
+        return text_response(render_prometheus(metric_families(node)))
+
+    def checkresults(query: dict[str, str]) -> tuple[int, str, bytes]:
+        return json_response(checkresults_document(node, query.get("host"),
+                                                   query.get("service")), query=query)
+
+    def health(query: dict[str, str]) -> tuple[int, str, bytes]:
+        return text_response("ok\n", content_type="text/plain; charset=utf-8")
+
+    return {"/v1/status": status, "/metrics": metrics,
+            "/v1/objects/checkresults": checkresults, "/healthz": health}

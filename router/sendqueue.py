@@ -1,0 +1,159 @@
+"""Bounded per-peer send queue with water marks and check-result coalescing.
+
+Why a queue of our own in front of the transport: Icinga keeps an unbounded vector of
+encoded messages per connection, so one slow peer grows the process until the OOM killer
+steps in (users.md P9, P20). Here every connected peer has one ``SendQueue`` holding
+netstring frames that are *shared* between targets (a message fanned out to ten peers is
+encoded once and referenced ten times).
+
+The queue itself does no I/O and takes no decisions about other connections; it reports:
+
+- ``congested`` becomes True when bytes or messages reach the high water mark, and False
+  again once both are at or below the low water mark. The node pauses reading from the
+  connections that feed a congested queue (TCP backpressure) and resumes them when it clears.
+- ``over_hard_limit``: the queue kept growing far past high water (sources that were paused
+  still had data in flight). The node treats the peer as a slow consumer.
+
+Coalescing: while congested, a new ``event::CheckResult`` for a (host, service) that is
+still waiting in the queue replaces the waiting one. The older frame is dropped from its
+slot and the newer one is appended at the tail, never written into the old slot: receivers
+drop messages whose ``ts`` is older than the last one seen, so frames must leave in stamp
+order. Every replacement is counted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Water marks of one send queue."""
+
+    high_bytes: int = 8 * 1024 * 1024
+    low_bytes: int = 2 * 1024 * 1024
+    high_messages: int = 20_000
+    low_messages: int = 5_000
+    #: Past this many bytes the peer is a slow consumer even though its sources are paused.
+    hard_bytes: int = 32 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not (0 < self.low_bytes < self.high_bytes <= self.hard_bytes):
+            raise ValueError("need 0 < low_bytes < high_bytes <= hard_bytes")
+        if not (0 < self.low_messages < self.high_messages):
+            raise ValueError("need 0 < low_messages < high_messages")
+
+
+class _Entry:
+    """One queued frame; ``frame`` is set to None when a newer result supersedes it."""
+
+    __slots__ = ("frame", "key", "method")
+
+    def __init__(self, frame: bytes, key: Hashable | None, method: str) -> None:
+        self.frame: bytes | None = frame
+        self.key = key
+        self.method = method
+
+
+class SendQueue:
+    """FIFO of framed messages for one peer, bounded by water marks."""
+
+    __slots__ = ("limits", "_entries", "_by_key", "bytes", "messages", "congested",
+                 "coalesced", "high_water_events")
+
+    def __init__(self, limits: QueueLimits) -> None:
+        self.limits = limits
+        self._entries: deque[_Entry] = deque()
+        self._by_key: dict[Hashable, _Entry] = {}
+        #: Bytes of live frames waiting (not yet handed to the transport).
+        self.bytes = 0
+        #: Live frames waiting.
+        self.messages = 0
+        self.congested = False
+        #: Frames replaced by a newer check result for the same object.
+        self.coalesced = 0
+        #: How often the queue crossed its high water mark.
+        self.high_water_events = 0
+
+    def __len__(self) -> int:
+        return self.messages
+
+    @property
+    def over_hard_limit(self) -> bool:
+        return self.bytes > self.limits.hard_bytes
+
+    def put(self, frame: bytes, method: str, key: Hashable | None = None) -> bool:
+        """Append ``frame``; return True when this put made the queue congested.
+
+        ``key`` identifies a coalescable message (host, service) and is None for
+        everything that must be delivered as is.
+        """
+        if key is not None:
+            older = self._by_key.get(key)
+            if older is not None and self.congested:
+                # Superseded while we could not keep up: drop the older copy.
+                self.bytes -= len(older.frame)  # type: ignore[arg-type]
+                self.messages -= 1
+                older.frame = None
+                self.coalesced += 1
+            entry = _Entry(frame, key, method)
+            self._by_key[key] = entry
+        else:
+            entry = _Entry(frame, None, method)
+        self._entries.append(entry)
+        self.bytes += len(frame)
+        self.messages += 1
+        if not self.congested and (self.bytes >= self.limits.high_bytes
+                                   or self.messages >= self.limits.high_messages):
+            self.congested = True
+            self.high_water_events += 1
+            return True
+        return False
+
+    def take(self, max_bytes: int) -> tuple[list[bytes], list[str]]:
+        """Pop frames worth up to ``max_bytes`` (at least one frame if any is waiting).
+
+        Returns the frames and their methods (for per-method sent counters).
+        """
+        frames: list[bytes] = []
+        methods: list[str] = []
+        taken = 0
+        entries = self._entries
+        by_key = self._by_key
+        while entries and taken < max_bytes:
+            entry = entries.popleft()
+            frame = entry.frame
+            if frame is None:
+                continue
+            if entry.key is not None and by_key.get(entry.key) is entry:
+                del by_key[entry.key]
+            frames.append(frame)
+            methods.append(entry.method)
+            taken += len(frame)
+        self.bytes -= taken
+        self.messages -= len(frames)
+        return frames, methods
+
+    def update_congestion(self) -> bool:
+        """Clear ``congested`` when both marks are at or below low water.
+
+        Returns True when the queue just stopped being congested (time to resume the
+        paused sources).
+        """
+        if self.congested and (self.bytes <= self.limits.low_bytes
+                               and self.messages <= self.limits.low_messages):
+            self.congested = False
+            return True
+        return False
+
+    def clear(self) -> int:
+        """Drop everything (the peer is gone); return the number of frames dropped."""
+        dropped = self.messages
+        self._entries.clear()
+        self._by_key.clear()
+        self.bytes = 0
+        self.messages = 0
+        self.congested = False
+        return dropped

@@ -1,0 +1,436 @@
+"""asyncio glue for one peer connection: TCP, our own TLS pump, the sans-I/O peer.
+
+Why not ``loop.create_server(ssl=...)``: asyncio's and uvloop's SSL transports swallow
+handshake failures (an ``ssl.SSLError`` is an ``OSError`` and only shows up in debug
+logs), never tell the protocol which certificate failed and why, and the stdlib one
+allocates a 256 KiB read buffer per connection. Running ``ssl.SSLObject`` over two
+``MemoryBIO``\\ s ourselves gives the node every handshake failure with its reason
+(counted and logged with the address), the peer certificate, a hard handshake deadline,
+and small per-connection memory.
+
+Data path, per ``data_received`` call:
+
+1. feed the TCP bytes into the incoming BIO;
+2. while handshaking, drive ``do_handshake``; afterwards read all available plaintext
+   in one go and hand it to ``PeerProtocol.receive_data`` (one call per read, not per
+   frame);
+3. hand the protocol's events to the node, write its control frames (Hello, Heartbeat)
+   straight away, and re-arm the single protocol timer.
+
+Write path: the node puts frames into ``self.queue`` and calls ``schedule_flush``; one
+``call_soon`` per loop turn joins the waiting frames into one ``SSLObject.write`` (fewer,
+fuller TLS records) until the transport asks us to pause writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from router.protocol.peer import PeerProtocol, State
+from router.sendqueue import SendQueue
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.node import EndpointStats, Node
+
+log = logging.getLogger("router.transport")
+
+#: Plaintext handed to SSLObject.write per flush step.
+FLUSH_CHUNK = 256 * 1024
+#: Transport write buffer marks: above high, pause_writing() stops our flushes.
+WRITE_BUFFER_HIGH = 512 * 1024
+WRITE_BUFFER_LOW = 128 * 1024
+READ_CHUNK = 256 * 1024
+
+HANDSHAKING = "handshaking"
+OPEN = "open"
+CLOSING = "closing"
+CLOSED = "closed"
+
+
+def _consume_result(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class PeerConnection(asyncio.Protocol):
+    """One TCP connection to a cluster peer (inbound or outbound)."""
+
+    def __init__(self, node: Node, ssl_context: ssl.SSLContext, *,
+                 expected_endpoint: str | None = None, handshake_timeout: float = 10.0) -> None:
+        self.node = node
+        self.loop = node.loop
+        self._ssl_context = ssl_context
+        #: Set when we dialled: the certificate CN must equal this endpoint name.
+        self.expected_endpoint = expected_endpoint
+        self.direction = "outbound" if expected_endpoint else "inbound"
+        self._handshake_timeout = handshake_timeout
+        self.transport: asyncio.Transport | None = None
+        self.address = "?"
+        self.state = HANDSHAKING
+        #: Certificate CN of the peer (None: no certificate).
+        self.identity: str | None = None
+        #: Endpoint name once the node accepted the peer as a known endpoint.
+        self.endpoint: str | None = None
+        self.peer: PeerProtocol | None = None
+        self.queue: SendQueue | None = None
+        self.stats: EndpointStats | None = None
+        #: ``ts`` of the newest message received (Icinga's remote_log_position).
+        self.remote_ts = 0.0
+        #: Congested queues this connection feeds; reading pauses while non-zero.
+        self.blocked_by = 0
+        #: Connections paused because *our* queue is congested.
+        self.blocked_sources: set[PeerConnection] = set()
+        self.created = self.loop.time()
+        self.opened_at: float | None = None
+        self.last_write_progress = self.created
+        self.close_reason: str | None = None
+        #: Resolved when the session is established (or failed); the dialler waits on it.
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        if expected_endpoint is None:
+            # Nobody awaits an inbound connection's outcome: keep asyncio from reporting
+            # "exception was never retrieved" for every failed handshake.
+            self.ready.add_done_callback(_consume_result)
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj: ssl.SSLObject | None = None
+        self._handshake_handle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when: float | None = None
+        self._writing_paused = False
+        self._reading_paused = False
+        self._flush_scheduled = False
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peername = transport.get_extra_info("peername")
+        if peername:
+            self.address = f"{peername[0]}:{peername[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover - platform specific
+                pass
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
+        # SNI = endpoint name, as Icinga sends it (no Environment suffix in 2.13 defaults).
+        self._sslobj = self._ssl_context.wrap_bio(
+            self._incoming, self._outgoing,
+            server_side=self.expected_endpoint is None,
+            server_hostname=self.expected_endpoint)
+        self._handshake_handle = self.loop.call_later(self._handshake_timeout,
+                                                      self._on_handshake_timeout)
+        self.node.connection_made(self)
+        self._do_handshake()
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        if self.state == HANDSHAKING:
+            if not self._do_handshake():
+                return
+        if self.state != OPEN:
+            return
+        plain, eof = self._read_plaintext()
+        peer = self.peer
+        if peer is None:
+            return
+        now = self.loop.time()
+        if plain:
+            if self.stats is not None:
+                self.stats.bytes_received += len(plain)
+            peer.receive_data(plain, now)
+        if eof:
+            peer.receive_eof(now)
+        self._after_protocol_step()
+        if eof and self.state == OPEN:
+            self.close("peer closed the session")
+
+    def eof_received(self) -> bool:
+        if self.peer is not None and self.state == OPEN:
+            self.peer.receive_eof(self.loop.time())
+            self._after_protocol_step()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = self.state
+        self.state = CLOSED
+        self._cancel_timers()
+        if previous == HANDSHAKING:
+            error = exc if exc is not None else ConnectionResetError(
+                "connection closed during the TLS handshake")
+            self.node.handshake_failed(self, error)
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(
+                self.close_reason or (str(exc) if exc else "connection closed")))
+        if self.peer is not None:
+            self.peer.close()
+        self.node.connection_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self.schedule_flush()
+
+    # ------------------------------------------------------------------ TLS pump
+
+    def _do_handshake(self) -> bool:
+        """Drive the handshake; True once it is complete and the session is open."""
+        assert self._sslobj is not None
+        try:
+            self._sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush_tls()
+            return False
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._flush_tls()
+            self._fail_handshake(exc)
+            return False
+        self._flush_tls()
+        if self._handshake_handle is not None:
+            self._handshake_handle.cancel()
+            self._handshake_handle = None
+        self.state = OPEN
+        self.opened_at = self.loop.time()
+        if not self.node.handshake_done(self):
+            return False
+        return self.state == OPEN
+
+    def _fail_handshake(self, exc: BaseException) -> None:
+        self.state = CLOSING
+        self.node.handshake_failed(self, exc)
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"TLS handshake failed: {exc}"))
+        if self.transport is not None:
+            self.transport.close()
+
+    def _on_handshake_timeout(self) -> None:
+        self._handshake_handle = None
+        if self.state == HANDSHAKING:
+            self._fail_handshake(TimeoutError(
+                f"TLS handshake not finished within {self._handshake_timeout:g} s"))
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _read_plaintext(self) -> tuple[bytes, bool]:
+        """Everything the TLS layer can decrypt now, and whether the peer sent close_notify."""
+        assert self._sslobj is not None
+        chunks: list[bytes] = []
+        eof = False
+        read = self._sslobj.read
+        while True:
+            try:
+                chunk = read(READ_CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                eof = True
+                break
+            except ssl.SSLError as exc:
+                if self.peer is not None and self.peer.messages_received == 0 \
+                        and self.peer.bytes_received == 0:
+                    # TLS 1.3: a client's do_handshake() succeeds before the server has
+                    # checked its certificate; a rejection arrives as the first record.
+                    self.node.handshake_failed(self, exc)
+                else:
+                    self.node.log_peer(self, logging.WARNING, "TLS error, closing: %s", exc)
+                self.abort(f"TLS error: {exc}")
+                return b"", False
+            if not chunk:
+                eof = True
+                break
+            chunks.append(chunk)
+        # Reading can produce TLS output (TLS 1.3 key updates, alerts).
+        if self._outgoing.pending:
+            self._flush_tls()
+        if len(chunks) == 1:
+            return chunks[0], eof
+        return b"".join(chunks), eof
+
+    def _flush_tls(self) -> None:
+        if self._outgoing.pending and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.write(self._outgoing.read())
+
+    def _write_plain(self, data: bytes) -> None:
+        """Encrypt and write; SSLObject may accept less than all (partial writes)."""
+        sslobj = self._sslobj
+        if sslobj is None or self.transport is None or self.transport.is_closing():
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                written = sslobj.write(view)
+            except ssl.SSLError as exc:
+                self.abort(f"TLS write failed: {exc}")
+                return
+            view = view[written:]
+        if self.stats is not None:
+            self.stats.bytes_sent += len(data)
+        self._flush_tls()
+
+    # ------------------------------------------------------------------ session
+
+    def start_session(self, peer: PeerProtocol, queue: SendQueue, endpoint: str | None,
+                      stats: EndpointStats) -> None:
+        """Called by the node once it accepted the TLS peer."""
+        self.peer = peer
+        self.queue = queue
+        self.endpoint = endpoint
+        self.stats = stats
+        self._after_protocol_step()
+        if not self.ready.done():
+            self.ready.set_result(None)
+        # Application data that arrived with the end of the handshake is read by the
+        # data_received call that completed the handshake.
+
+    def _after_protocol_step(self) -> None:
+        peer = self.peer
+        if peer is None:
+            return
+        control = peer.data_to_send()
+        if control:
+            self._write_plain(control[0] if len(control) == 1 else b"".join(control))
+        events = peer.events_received()
+        if events:
+            self.node.on_events(self, events)
+        if peer.state == State.CLOSED and self.state == OPEN:
+            self.close(self.close_reason or "protocol closed")
+            return
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        peer = self.peer
+        if peer is None or self.state != OPEN:
+            return
+        when = peer.get_timer()
+        if when is None:
+            return
+        # Re-arm only when the new deadline is earlier: a timer that fires early is
+        # harmless (handle_timer is idempotent) and saves a TimerHandle per read.
+        if self._timer is not None and self._timer_when is not None and self._timer_when <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = None
+        if self.peer is None or self.state != OPEN:
+            return
+        self.peer.handle_timer(self.loop.time())
+        self._after_protocol_step()
+
+    # ------------------------------------------------------------------ writing
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled and self.state == OPEN:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        queue = self.queue
+        if queue is None or self.state != OPEN:
+            return
+        while queue.messages and not self._writing_paused and self.state == OPEN:
+            frames, methods = queue.take(FLUSH_CHUNK)
+            if not frames:
+                break
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            self._write_plain(data)
+            self.last_write_progress = self.loop.time()
+            self.node.on_sent(self, len(data), methods)
+        if queue.update_congestion():
+            self.node.queue_drained(self)
+
+    def write_direct(self, frame: bytes) -> None:
+        """Write a frame now, ahead of the queue (answers and direct sends are small)."""
+        if self.state == OPEN:
+            self._write_plain(frame)
+
+    @property
+    def write_buffer_size(self) -> int:
+        if self.transport is None or self.transport.is_closing():
+            return 0
+        return self.transport.get_write_buffer_size()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None \
+                and not self.transport.is_closing():
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None \
+                and not self.transport.is_closing():
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, reason: str) -> None:
+        """Graceful close: TLS close_notify after what is already written, then FIN."""
+        if self.state in (CLOSING, CLOSED):
+            return
+        self._begin_close(reason)
+        if self._sslobj is not None:
+            try:
+                self._sslobj.unwrap()
+            except (ssl.SSLError, ValueError):
+                pass  # close_notify queued; no need to wait for the peer's answer
+            self._flush_tls()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self, reason: str) -> None:
+        """Hard close: drop whatever is buffered."""
+        if self.state == CLOSED:
+            return
+        self._begin_close(reason)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _begin_close(self, reason: str) -> None:
+        self.close_reason = self.close_reason or reason
+        self.state = CLOSING
+        self._cancel_timers()
+        if self.peer is not None:
+            self.peer.close()
+
+    def _cancel_timers(self) -> None:
+        if self._handshake_handle is not None:
+            self._handshake_handle.cancel()
+            self._handshake_handle = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_when = None
+
+    def peer_certificate_der(self) -> bytes | None:
+        if self._sslobj is None:
+            return None
+        try:
+            return self._sslobj.getpeercert(binary_form=True)
+        except ValueError:
+            return None
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return self._sslobj
+
+    def __repr__(self) -> str:
+        who = self.endpoint or self.identity or "?"
+        return f"<PeerConnection {who} {self.direction} {self.address} {self.state}>"

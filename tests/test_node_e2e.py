@@ -1,0 +1,137 @@
+"""End-to-end over TLS on 127.0.0.1: scripted agents and parents around real router nodes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.nodeutil import (ClusterSpec, FakePeer, check_result, metrics_text, status_json,
+                            wait_until)
+from tests.pkiutil import make_test_pki
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_test_pki(tmp_path / "pki", ["master", "sat1", "sat2", "agent1", "agent2",
+                                            "stranger"],
+                         other_ca_names=["intruder"], expired_names=["agent-old"])
+
+
+def master_with_agents(tmp_path, pki, **kw) -> ClusterSpec:
+    return ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("agent1", ["agent1"], "master"),
+                                       ("agent2", ["agent2"], "master")], **kw)
+
+
+def test_agent_results_reach_master_view(tmp_path, pki, run):
+    spec = master_with_agents(tmp_path, pki)
+
+    async def main():
+        master = await spec.start("master")
+        try:
+            agent = await FakePeer.connect(spec.port("master"), pki, "agent1",
+                                           server_name="master")
+            await wait_until(lambda: agent.messages("icinga::Hello"), what="master's hello")
+            agent.send("event::CheckResult", check_result("agent1", "disk", "DISK OK"),
+                       ts=1700000000.5)
+            agent.send("event::CheckResult", check_result("agent1", None, "PING OK"),
+                       ts=1700000001.0)
+
+            async def two_results():
+                doc = await status_json(master, "/v1/objects/checkresults")
+                return len(doc["results"]) == 2
+            await wait_until(two_results, what="two stored results")
+            doc = await status_json(master, "/v1/objects/checkresults?host=agent1&service=disk")
+            [result] = doc["results"]
+            assert result["output"] == "DISK OK" and result["received_from"] == "agent1"
+            status = await status_json(master)
+            ep = {e["name"]: e for e in status["endpoints"]}
+            assert ep["agent1"]["connected"] and ep["agent1"]["direction"] == "inbound"
+            assert ep["agent1"]["icinga_version"] == 21306
+            assert ep["agent1"]["messages_received"] == 2
+            assert not ep["agent2"]["connected"]
+            assert status["totals"]["check_results"] == 2
+            assert status["node"]["role"] == "master"
+            text = await metrics_text(master)
+            assert ('router_messages_received_total{endpoint="agent1",'
+                    'method="event::CheckResult"} 2') in text
+            assert 'router_peer_connected{endpoint="agent1",zone="agent1",relation="child"} 1' \
+                in text
+            assert 'router_connections{state="established"} 1' in text
+            await agent.close()
+        finally:
+            await master.stop()
+
+    run(main())
+
+
+def test_satellite_relays_agent_results_to_parent_with_fresh_ts(tmp_path, pki, run):
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("sat", ["sat1"], "master"),
+                                       ("agent1", ["agent1"], "sat")])
+
+    async def main():
+        sat = await spec.start("sat1")
+        try:
+            parent = await FakePeer.connect(spec.port("sat1"), pki, "master",
+                                            server_name="sat1")
+            agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
+                                           server_name="sat1")
+            # An agent whose clock is far behind: the satellite must re-stamp ts.
+            for i in range(3):
+                agent.send("event::CheckResult", check_result("agent1", "load", f"LOAD {i}"),
+                           ts=1000.0 + i)
+            await wait_until(lambda: len(parent.messages("event::CheckResult")) == 3,
+                             what="results at the parent")
+            got = parent.messages("event::CheckResult")
+            assert [m["params"]["cr"]["output"] for m in got] == ["LOAD 0", "LOAD 1", "LOAD 2"]
+            stamps = [m["ts"] for m in got]
+            assert stamps == sorted(stamps) and stamps[0] > 1.6e9
+            assert all(m["originZone"] == "agent1" for m in got)
+            # Nothing flows back to the agent.
+            assert not agent.messages("event::CheckResult")
+            await agent.close()
+            await parent.close()
+        finally:
+            await sat.stop()
+
+    run(main())
+
+
+def test_refused_messages_keep_the_connection(tmp_path, pki, run):
+    spec = master_with_agents(tmp_path, pki)
+
+    async def main():
+        master = await spec.start("master")
+        try:
+            agent = await FakePeer.connect(spec.port("master"), pki, "agent1",
+                                           server_name="master")
+            other = await FakePeer.connect(spec.port("master"), pki, "agent2",
+                                           server_name="master")
+            # Wrong direction: a child may not push config down.
+            agent.send("config::UpdateObject", {"name": "x", "type": "Host", "version": 1,
+                                                "zone": "master", "config": "object Host"})
+            agent.send("event::NoSuchMethod", {"a": 1})
+            # About another zone's object.
+            agent.send("event::CheckResult", check_result("agent2", "disk", "spoofed"))
+            other.send("event::CheckResult", check_result("agent2", "disk", "real"))
+            agent.send("event::CheckResult", check_result("agent1", "disk", "after refusals"))
+
+            async def settled():
+                doc = await status_json(master, "/v1/objects/checkresults")
+                return len(doc["results"]) == 2
+            await wait_until(settled, what="both genuine results")
+            doc = await status_json(master, "/v1/objects/checkresults")
+            outputs = {(r["host"], r["service"]): r["output"] for r in doc["results"]}
+            assert outputs == {("agent1", "disk"): "after refusals", ("agent2", "disk"): "real"}
+            text = await metrics_text(master)
+            for reason in ("not_allowed", "unknown_method", "wrong_zone"):
+                assert f'reason="{reason}"' in text, reason
+            assert not agent.closed
+            await agent.close()
+            await other.close()
+        finally:
+            await master.stop()
+
+    run(main())
