@@ -145,6 +145,7 @@ class PeerConnection(asyncio.Protocol):
                 self.stats.bytes_received += len(plain)
             peer.receive_data(plain, now)
         if eof:
+            self.close_reason = self.close_reason or "peer closed the session"
             peer.receive_eof(now)
         self._after_protocol_step()
         if eof and self.state == OPEN:
@@ -152,6 +153,7 @@ class PeerConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self.peer is not None and self.state == OPEN:
+            self.close_reason = self.close_reason or "peer closed the connection"
             self.peer.receive_eof(self.loop.time())
             self._after_protocol_step()
         return False  # let the transport close itself

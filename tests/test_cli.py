@@ -1,0 +1,130 @@
+"""The router command line, run for real (subprocesses) where it matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from router.cli import main
+from tests.nodeutil import free_port
+
+ZONES_CONF = """
+// Icinga's zones.conf of a satellite
+object Endpoint "master1" { host = "127.0.0.1"; port = "5665" }
+object Endpoint "master2" { host = "127.0.0.1"; port = 5666 }
+object Zone "master" { endpoints = [ "master1", "master2" ] }
+object Endpoint NodeName { }
+object Zone ZoneName { endpoints = [ NodeName ]; parent = "master" }
+object Zone "global-templates" { global = true }
+"""
+
+
+def test_config_check_ok_and_line_precise_error(tmp_path):
+    good = tmp_path / "router.toml"
+    good.write_text('[node]\nname = "m1"\ndata_dir = "d"\n'
+                    '[[zones]]\nname = "master"\nendpoints = ["m1"]\n'
+                    '[[endpoints]]\nname = "m1"\n')
+    result = CliRunner().invoke(main, ["config", "check", str(good)])
+    assert result.exit_code == 0 and "OK" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text() + '[[zones]]\nname = "sat"\nendpoints = []\n'
+                   'parent = "mastr"\n')
+    result = CliRunner().invoke(main, ["config", "check", str(bad)])
+    assert result.exit_code != 0
+    assert "bad.toml:12" in result.output and "mastr" in result.output \
+        and "did you mean 'master'" in result.output
+
+
+def test_import_zones_output_loads_back(tmp_path):
+    conf = tmp_path / "zones.conf"
+    conf.write_text(ZONES_CONF)
+    result = CliRunner().invoke(main, ["config", "import-zones", str(conf),
+                                       "--node-name", "sat1", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "sat1.toml"
+    out.write_text(result.output)
+    check = CliRunner().invoke(main, ["config", "check", str(out)])
+    assert check.exit_code == 0, check.output
+    assert "3 zones" in check.output
+
+
+def test_pki_commands_and_ticket_vector(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["pki", "new-ca", str(tmp_path / "ca")]).exit_code == 0
+    again = runner.invoke(main, ["pki", "new-ca", str(tmp_path / "ca")])
+    assert again.exit_code != 0 and "not overwriting" in again.output
+    issued = runner.invoke(main, ["pki", "issue", "agent1", "--ca-dir", str(tmp_path / "ca"),
+                                  "--out", str(tmp_path / "certs")])
+    assert issued.exit_code == 0
+    assert (tmp_path / "certs" / "agent1.crt").exists()
+    ticket = runner.invoke(main, ["pki", "ticket", "--cn", "agent1.example.com",
+                                  "--salt", "example-salt"])
+    assert ticket.output.strip() == "45e924c693ca6333141014ff7cb71356ee439ea8"
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read()
+
+
+def test_serve_quickstart_status_and_sigterm(tmp_path):
+    """`router serve` with only quick-start options: own CA, status page, clean SIGTERM."""
+    port, status_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router", "serve", "--node-name", "demo", "--data-dir",
+         str(tmp_path / "data"), "--listen", f"127.0.0.1:{port}", "--status-listen",
+         f"127.0.0.1:{status_port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{status_port}/v1/status" in line, proc.stderr.read()
+        doc = json.loads(_get(f"http://127.0.0.1:{status_port}/v1/status"))
+        assert doc["node"]["name"] == "demo" and doc["node"]["role"] == "master"
+        assert (tmp_path / "data" / "certs" / "demo.crt").exists()
+        human = CliRunner().invoke(main, ["status", "--url",
+                                          f"http://127.0.0.1:{status_port}"])
+        assert human.exit_code == 0 and "demo" in human.output
+        as_json = CliRunner().invoke(main, ["status", "--json", "--url",
+                                            f"127.0.0.1:{status_port}"])
+        assert json.loads(as_json.output)["node"]["name"] == "demo"
+        assert b"router_process_resident_memory_bytes" in _get(
+            f"http://127.0.0.1:{status_port}/metrics")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - started < 15
+        assert "draining queues" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_status_of_a_node_that_is_not_running():
+    result = CliRunner().invoke(main, ["status", "--url", f"http://127.0.0.1:{free_port()}"])
+    assert result.exit_code != 0 and "cannot reach" in result.output
+
+
+def test_serve_reports_a_port_in_use(tmp_path):
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "router", "serve", "--node-name", "demo", "--data-dir",
+             str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}", "--status-listen", "none"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode != 0
+    assert "cannot start" in proc.stderr and str(port) in proc.stderr
