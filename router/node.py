@@ -33,7 +33,7 @@ from router.protocol.events import (HelloReceived, MessageReceived, NotJsonRpc, 
                                     ProtocolFailed)
 from router.protocol.peer import PeerProtocol, Role
 from router.results import ResultStore
-from router.routing import ObjectZones, Router, UnknownObjects
+from router.routing import METHODS, ObjectZones, Router, UnknownObjects
 from router.sendqueue import QueueLimits, SendQueue
 from router.topology import EndpointSpec, Relation, Topology, ZoneSpec
 from router.transport import PeerConnection
@@ -54,7 +54,8 @@ class EndpointStats:
     name: str
     received: dict[str, int] = field(default_factory=dict)
     sent: dict[str, int] = field(default_factory=dict)
-    refused: dict[str, int] = field(default_factory=dict)
+    #: (method label, reason) -> count
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)
     bytes_received: int = 0
     bytes_sent: int = 0
     rate_in: RateMeter = field(default_factory=RateMeter)
@@ -130,6 +131,8 @@ class Node:
         self.connections: dict[str, PeerConnection] = {}
         self.connected_names: set[str] = set()
         self.all_connections: set[PeerConnection] = set()
+        #: Established sessions whose peer is not a known endpoint (max_anonymous_clients).
+        self.anonymous: set[PeerConnection] = set()
         self.stats: dict[str, EndpointStats] = {}
         self.handshake_failures = LabeledCounter(("reason",))
         self.disconnects = LabeledCounter(("reason",))
@@ -254,8 +257,7 @@ class Node:
         if identity is not None and self.topology.endpoint(identity) is not None:
             endpoint = identity
         if endpoint is None:
-            anonymous = sum(1 for c in self.all_connections
-                            if c.state == "open" and c.peer is not None and c.endpoint is None)
+            anonymous = len(self.anonymous)
             if anonymous >= self.config.limits.max_anonymous_clients:
                 self._ratelog.log(("max_anonymous",), logging.WARNING,
                                   "[%s] refusing anonymous connection (CN %r): %d anonymous "
@@ -288,7 +290,9 @@ class Node:
             liveness_timeout=timeouts.liveness, anonymous_timeout=timeouts.anonymous,
             enrollment_timeout=timeouts.enrollment, first_byte_timeout=timeouts.connect)
         stats = self.endpoint_stats(endpoint or ANONYMOUS)
-        if endpoint is not None:
+        if endpoint is None:
+            self.anonymous.add(conn)
+        else:
             self.connections[endpoint] = conn
             self.connected_names.add(endpoint)
             stats.connected_since = time.time()
@@ -299,6 +303,7 @@ class Node:
 
     def connection_lost(self, conn: PeerConnection, exc: Exception | None) -> None:
         self.all_connections.discard(conn)
+        self.anonymous.discard(conn)
         endpoint = conn.endpoint
         if endpoint is not None and self.connections.get(endpoint) is conn:
             del self.connections[endpoint]
@@ -358,7 +363,7 @@ class Node:
                 error = event.error
                 conn.close_reason = f"protocol error: {error}"
                 self.disconnects.inc((error.reason,))
-                self._count_refused(conn, error.reason)
+                self._count_refused(conn, "-", error.reason)
                 self.log_peer(conn, logging.WARNING, "protocol error, closing: %s", error)
             elif kind is NotJsonRpc:
                 conn.close_reason = "not a JSON-RPC client"
@@ -379,7 +384,7 @@ class Node:
     def on_message(self, conn: PeerConnection, msg: jsonrpc.Message) -> None:
         stats = conn.stats
         method = msg.method
-        label = method if method is not None else "(none)"
+        label = method_label(method)
         if stats is not None:
             received = stats.received
             received[label] = received.get(label, 0) + 1
@@ -566,13 +571,14 @@ class Node:
 
     # ------------------------------------------------------------------ refusals
 
-    def _count_refused(self, conn: PeerConnection, reason: str) -> None:
+    def _count_refused(self, conn: PeerConnection, label: str, reason: str) -> None:
         stats = conn.stats or self.endpoint_stats(conn.endpoint or ANONYMOUS)
-        stats.refused[reason] = stats.refused.get(reason, 0) + 1
+        key = (label, reason)
+        stats.refused[key] = stats.refused.get(key, 0) + 1
 
     def _refuse(self, conn: PeerConnection, method: str, reason: str, text: str,
                 msg: jsonrpc.Message | None = None) -> None:
-        self._count_refused(conn, reason)
+        self._count_refused(conn, method_label(method), reason)
         who = conn.endpoint or conn.identity or "anonymous"
         self._ratelog.log((who, method, reason), logging.WARNING,
                           "[%s %s] refused %s: %s (%s)", who, conn.address, method, text, reason)
@@ -655,6 +661,14 @@ class Node:
     def close_all(self, reason: str) -> None:
         for conn in list(self.all_connections):
             conn.close(reason)
+
+
+def method_label(method: str | None) -> str:
+    """Metric label for a method: unknown names collapse to "other" so that a peer cannot
+    create an unbounded number of series (or dictionary keys) by inventing methods."""
+    if method is None:
+        return "(none)"
+    return method if method in METHODS else "other"
 
 
 _TIMEOUT_TEXT = {

@@ -188,8 +188,8 @@ def metric_families(node: Node) -> list[MetricFamily]:
             received.append(({"endpoint": label, "method": method}, n))
         for method, n in sorted(stats.sent.items()):
             sent.append(({"endpoint": label, "method": method}, n))
-        for reason, n in sorted(stats.refused.items()):
-            refused.append(({"endpoint": label, "method": "-", "reason": reason}, n))
+        for (method, reason), n in sorted(stats.refused.items()):
+            refused.append(({"endpoint": label, "method": method, "reason": reason}, n))
         bytes_in.append(({"endpoint": label}, stats.bytes_received))
         bytes_out.append(({"endpoint": label}, stats.bytes_sent))
         rate_in.append(({"endpoint": label}, stats.rate_in.rate(now)))

@@ -126,8 +126,12 @@ def test_refused_messages_keep_the_connection(tmp_path, pki, run):
             outputs = {(r["host"], r["service"]): r["output"] for r in doc["results"]}
             assert outputs == {("agent1", "disk"): "after refusals", ("agent2", "disk"): "real"}
             text = await metrics_text(master)
-            for reason in ("not_allowed", "unknown_method", "wrong_zone"):
-                assert f'reason="{reason}"' in text, reason
+            for method, reason in (("config::UpdateObject", "not_allowed"),
+                                   ("other", "unknown_method"),  # no new series per name
+                                   ("event::CheckResult", "wrong_zone")):
+                assert (f'router_messages_refused_total{{endpoint="agent1",method="{method}",'
+                        f'reason="{reason}"}} 1') in text, (method, reason)
+            assert "NoSuchMethod" not in text
             assert not agent.closed
             await agent.close()
             await other.close()
