@@ -130,3 +130,34 @@ def test_outbound_only_agent_and_command_round_trip(tmp_path, pki, run):
             await master.stop()
 
     run(main(), timeout=60)
+
+
+def test_dial_fails_over_to_the_next_address(tmp_path, pki, run):
+    """An endpoint with a dead first address is reached through its second one (P22)."""
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("agent1", ["agent1"], "master")],
+                       dialled={"master"}, timeouts=FAST)
+    dead = spec.port("nobody-listens-here")
+    text = spec.toml("agent1", listen=False).replace(
+        f'addresses = ["127.0.0.1:{spec.port("master")}"]',
+        f'addresses = ["127.0.0.1:{dead}", "127.0.0.1:{spec.port("master")}"]')
+    assert str(dead) in text
+
+    async def main():
+        from router.app import RouterService
+        from router.config import parse_config
+
+        master = await spec.start("master")
+        (tmp_path / "agent1").mkdir(exist_ok=True)
+        agent = RouterService(parse_config(text, str(tmp_path / "agent1.toml")))
+        await agent.start()
+        try:
+            await wait_until(lambda: "master" in agent.node.connections,
+                             what="session through the second address")
+            assert agent.connector.failures.get("master", 0) >= 1
+            assert agent.connector.attempts["master"] >= 2
+        finally:
+            await agent.stop()
+            await master.stop()
+
+    run(main(), timeout=60)
