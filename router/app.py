@@ -55,7 +55,8 @@ class RouterService:
             self.server = await loop.create_server(node.new_inbound, host, port,
                                                    reuse_address=True, backlog=4096)
         if config.status_listen is not None:
-            self.status = StatusServer(report.routes(node))
+            self.status = StatusServer(report.routes(
+                node, lambda: (self.status_port, self.listen_port)))
             await self.status.start(*config.status_listen)
         timeouts = config.timeouts
         self.connector = Connector(

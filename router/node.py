@@ -44,6 +44,8 @@ ANONYMOUS = "(anonymous)"
 CHECK_RESULT = "event::CheckResult"
 #: How long a relayed API execution waits for its event::ExecutedCommand.
 EXECUTION_GRACE = 600.0
+#: Icinga confirms the newest ts received from each peer this often (ApiTimerHandler).
+LOG_POSITION_INTERVAL = 5.0
 MAX_PENDING_EXECUTIONS = 100_000
 
 
@@ -146,6 +148,7 @@ class Node:
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._hello = {"capabilities": 1, "version": config.node.icinga_version}
         self._housekeeping: asyncio.TimerHandle | None = None
+        self._next_log_position = 0.0
         self.closing = False
         #: Set by the service: the dialler, for connect counters on /metrics.
         self.connector: Any = None
@@ -638,7 +641,22 @@ class Node:
                     and now - conn.last_write_progress > timeout:
                 self._slow_consumer(conn, f"no write progress for {timeout:g} s")
         self._prune_executions()
+        if now >= self._next_log_position:
+            self._next_log_position = now + LOG_POSITION_INTERVAL
+            self._confirm_log_positions()
         self._housekeeping = self.loop.call_later(1.0, self._on_housekeeping)
+
+    def _confirm_log_positions(self) -> None:
+        """Tell each peer how far we have received its messages (``log::SetLogPosition``).
+
+        Icinga replays everything newer than the position a peer confirmed; without this a
+        peer would replay every earlier outage again on each reconnect.
+        """
+        for endpoint, conn in self.connections.items():
+            if conn.remote_ts > 0:
+                self.send_to(endpoint, netstring.encode(jsonrpc.notification(
+                    "log::SetLogPosition", {"log_position": conn.remote_ts})),
+                    "log::SetLogPosition")
 
     # ------------------------------------------------------------------ shutdown
 
