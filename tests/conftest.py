@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -27,3 +30,18 @@ def run(request):
 def _router_logs(caplog):
     caplog.set_level(logging.INFO, logger="router")
     yield
+
+
+#: Small plugin scripts for the checker tests.
+PLUGIN_DATA = Path(__file__).parent / "data" / "plugins"
+
+
+@pytest.fixture
+def plugins(tmp_path: Path) -> Path:
+    """A private, executable copy of tests/data/plugins (tests may modify it)."""
+    target = tmp_path / "plugins"
+    target.mkdir()
+    for source in PLUGIN_DATA.iterdir():
+        shutil.copy(source, target / source.name)
+        os.chmod(target / source.name, 0o755)
+    return target

@@ -9,9 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from router.cli import main

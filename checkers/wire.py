@@ -1,0 +1,110 @@
+"""Framing of the executor socket: netstring frames holding orjson objects.
+
+Both directions use :func:`router.protocol.netstring.encode` around ``orjson.dumps`` of
+one JSON object per frame; ``checkers/README.md`` lists the messages. This module only
+frames and unframes, it does no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from checkers.errors import WireError
+from checkers.messages import CheckRequest, PluginResult
+from router.errors import FramingError, MessageTooLarge
+from router.protocol.netstring import NetstringDecoder, encode
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAX_FRAME",
+    "FrameReader",
+    "frame",
+    "request_message",
+    "reply_message",
+    "result_from_reply",
+]
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 << 20
+"""Largest frame either side accepts: a reply holds at most ``output_limit`` bytes of
+output, which JSON escaping can grow up to six times; 64 MiB leaves room for the 1 MiB
+default and for limits raised to a few MiB."""
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    """One message, encoded and framed."""
+    return encode(orjson.dumps(message))
+
+
+class FrameReader:
+    """Bytes in, decoded JSON objects out; raises :class:`WireError` on garbage."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, max_size: int = MAX_FRAME) -> None:
+        self._decoder = NetstringDecoder(max_size)
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        try:
+            payloads = self._decoder.feed(data)
+        except (FramingError, MessageTooLarge) as error:
+            raise WireError(f"bad frame on the executor socket: {error}") from None
+        messages = []
+        for payload in payloads:
+            try:
+                message = orjson.loads(payload)
+            except orjson.JSONDecodeError as error:
+                raise WireError(f"bad JSON on the executor socket: {error}") from None
+            if not isinstance(message, dict):
+                raise WireError("a frame on the executor socket is not a JSON object")
+            messages.append(message)
+        return messages
+
+
+def request_message(job_id: int, request: CheckRequest) -> dict[str, Any]:
+    """The request frame body for ``request`` (see ``checkers/README.md``)."""
+    message: dict[str, Any] = {"id": job_id, "timeout": request.timeout,
+                               "output_limit": request.output_limit}
+    if request.internal is not None:
+        message["internal"] = request.internal
+        message["macros"] = dict(request.macros)
+    else:
+        message["argv"] = list(request.argv)
+        if request.env:
+            message["env"] = dict(request.env)
+    return message
+
+
+def reply_message(job_id: Any, result: PluginResult) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "exit_status": result.exit_status,
+        "output": result.output,
+        "performance_data": result.performance_data,
+        "execution_start": result.execution_start,
+        "execution_end": result.execution_end,
+        "timed_out": result.timed_out,
+        "truncated": result.truncated,
+        "error": result.error,
+    }
+
+
+def result_from_reply(reply: dict[str, Any]) -> PluginResult:
+    """A :class:`PluginResult` from a reply frame; raises :class:`WireError` if malformed."""
+    try:
+        exit_status = reply["exit_status"]
+        output = reply["output"]
+        perfdata = reply.get("performance_data") or []
+        start = float(reply["execution_start"])
+        end = float(reply["execution_end"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise WireError(f"malformed reply: {error!r}") from None
+    if not isinstance(exit_status, int) or not isinstance(output, str) \
+            or not isinstance(perfdata, list):
+        raise WireError("malformed reply: wrong field types")
+    error = reply.get("error")
+    return PluginResult(exit_status, output, [str(item) for item in perfdata], start, end,
+                        bool(reply.get("timed_out")), bool(reply.get("truncated")),
+                        error if isinstance(error, str) else None)

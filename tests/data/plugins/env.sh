@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "PATH=$PATH LANG=$LANG HOME=${HOME-unset} EXTRA=${EXTRA-unset}"

@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "something went badly wrong"
+exit 255

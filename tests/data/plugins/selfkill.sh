@@ -1,0 +1,4 @@
+#!/bin/sh
+# Prints a line, then dies from SIGKILL.
+echo "about to die"
+kill -9 $$
