@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import shutil
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -33,6 +35,8 @@ class RouterService:
         self.server: asyncio.AbstractServer | None = None
         self.status: StatusServer | None = None
         self.connector: Connector | None = None
+        self.pool: Any = None
+        self._socket_dir = ""
         self._stopped = asyncio.Event()
 
     @property
@@ -58,6 +62,8 @@ class RouterService:
             self.status = StatusServer(report.routes(
                 node, lambda: (self.status_port, self.listen_port)))
             await self.status.start(*config.status_listen)
+        if config.node.accept_commands:
+            await self._start_executors(node)
         timeouts = config.timeouts
         self.connector = Connector(
             node, node.topology.dial_targets(),
@@ -74,6 +80,18 @@ class RouterService:
             log.info("status: http://%s:%s/v1/status  metrics: http://%s:%s/metrics",
                      config.status_listen[0], self.status_port,  # type: ignore[index]
                      config.status_listen[0], self.status_port)  # type: ignore[index]
+
+    async def _start_executors(self, node: Node) -> None:
+        """Check executors for command_endpoint checks (separate processes, Unix socket)."""
+        from checkers.pool import CheckerPool
+        from router.execution import CommandExecutor
+
+        # A short private directory: Unix socket paths are limited to about 100 bytes.
+        self._socket_dir = tempfile.mkdtemp(prefix="router-checkers-")
+        self.pool = CheckerPool(self._socket_dir)
+        await self.pool.start()
+        node.executor = CommandExecutor(node.name, self.pool)
+        log.info("accepting commands: %d check executors started", self.pool.workers)
 
     async def stop(self, drain_timeout: float | None = None) -> bool:
         """Stop accepting, stop dialling, flush queues (bounded), close every session."""
@@ -99,6 +117,9 @@ class RouterService:
             await self.server.wait_closed()
         if self.status is not None:
             await self.status.close()
+        if self.pool is not None:
+            await self.pool.close(drain_timeout=min(timeout, 5.0))
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
         self._stopped.set()
         log.info("stopped in %.2f s (%s)", time.monotonic() - started,
                  "all queues flushed" if drained else "drain timed out, queued messages lost")

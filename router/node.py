@@ -152,6 +152,9 @@ class Node:
         self.closing = False
         #: Set by the service: the dialler, for connect counters on /metrics.
         self.connector: Any = None
+        #: Set by the service when accept_commands is on: runs ExecuteCommand requests.
+        self.executor: Any = None
+        self._command_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ helpers
 
@@ -497,14 +500,15 @@ class Node:
                          f"{sorted(zones) if isinstance(zones, dict) else '?'}", msg)
 
     def _execute_command(self, conn: PeerConnection, params: dict[str, Any]) -> None:
-        # Without check executors (checkers/ is not wired in yet) a node answers the way
-        # Icinga does with accept_commands off, so the parent records UNKNOWN / exit 126
-        # instead of waiting for a result that never comes.
-        if self.config.node.accept_commands:
-            output = (f"Endpoint '{self.name}' accepts commands but has no check executors "
-                      f"configured.")
-        else:
-            output = f"Endpoint '{self.name}' does not accept commands."
+        """A parent asks us to run a check (command_endpoint) or an API execution."""
+        if self.config.node.accept_commands and self.executor is not None:
+            task = self.loop.create_task(self._run_command(conn.endpoint or "", params))
+            self._command_tasks.add(task)
+            task.add_done_callback(self._command_tasks.discard)
+            return
+        # Commands off: answer the way Icinga does, so the parent records UNKNOWN / exit
+        # 126 instead of waiting for a result that never comes.
+        output = f"Endpoint '{self.name}' does not accept commands."
         self._ratelog.log((conn.endpoint, "execute"), logging.WARNING,
                           "[%s %s] not executing command %r for %s: %s", conn.endpoint,
                           conn.address, params.get("command"), params.get("host"), output)
@@ -512,6 +516,20 @@ class Node:
             params, endpoint_name=self.name, output=output, now=time.time()))
         method = "event::ExecutedCommand" if "source" in params else CHECK_RESULT
         self.send_to(conn.endpoint or "", frame, method)
+
+    async def _run_command(self, requester: str, params: dict[str, Any]) -> None:
+        assert self.executor is not None
+        try:
+            payload = await self.executor.execute(params, requester)
+        except Exception:  # a bug here must not take the node down
+            log.exception("[%s] executing %r failed", requester, params.get("command"))
+            return
+        if payload is None:
+            return
+        method = "event::ExecutedCommand" if "source" in params else CHECK_RESULT
+        if not self.send_to(requester, netstring.encode(payload), method):
+            log.warning("[%s] result of %r dropped: the requester is no longer connected",
+                        requester, params.get("command"))
 
     def _remember_execution(self, requester: str, params: dict[str, Any]) -> None:
         source = params.get("source")

@@ -65,7 +65,8 @@ class ClusterSpec:
             self.ports[name] = free_port()
         return self.ports[name]
 
-    def toml(self, name: str, *, listen: bool = True, extra: str = "") -> str:
+    def toml(self, name: str, *, listen: bool = True, extra: str = "",
+             node_extra: str = "") -> str:
         lines = [
             "log_level = \"debug\"",
             f"listen = \"127.0.0.1:{self.port(name)}\"" if listen else "listen = \"none\"",
@@ -74,6 +75,7 @@ class ClusterSpec:
             "[node]",
             f"name = \"{name}\"",
             f"data_dir = \"{self.directory / name}\"",
+            node_extra,
             "[tls]",
             f"ca = \"{self.pki.ca_cert}\"",
             f"cert = \"{self.pki.cert(name)}\"",
@@ -95,14 +97,16 @@ class ClusterSpec:
                 lines.append(f"addresses = [\"127.0.0.1:{self.port(ep)}\"]")
         return "\n".join(lines) + "\n"
 
-    def config(self, name: str, *, listen: bool = True, extra: str = ""):
+    def config(self, name: str, *, listen: bool = True, extra: str = "", node_extra: str = ""):
         (self.directory / name).mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{name}.toml"
-        path.write_text(self.toml(name, listen=listen, extra=extra))
+        path.write_text(self.toml(name, listen=listen, extra=extra, node_extra=node_extra))
         return parse_config(path.read_text(), str(path))
 
-    async def start(self, name: str, *, listen: bool = True, extra: str = "") -> RouterService:
-        service = RouterService(self.config(name, listen=listen, extra=extra))
+    async def start(self, name: str, *, listen: bool = True, extra: str = "",
+                    node_extra: str = "") -> RouterService:
+        service = RouterService(self.config(name, listen=listen, extra=extra,
+                                            node_extra=node_extra))
         await service.start()
         return service
 

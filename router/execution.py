@@ -1,0 +1,99 @@
+"""Running ``event::ExecuteCommand`` from a parent (Icinga's command_endpoint).
+
+A parent that schedules a check with ``command_endpoint`` set to this node sends the command
+name and the macros it resolved. Like an Icinga agent, we build the command line from our
+own catalog (same command and macro names as Icinga's template library), run it on the
+checker pool (never in the router process: a slow plugin must not stall routing), and
+answer directly to the requesting endpoint, without ``ts``:
+
+- a scheduled check gets ``event::CheckResult`` (host, service, cr) with
+  ``check_source`` = this node;
+- an API execution (``source`` set) gets ``event::ExecutedCommand`` with the exit code and
+  the raw output; one whose ``deadline`` has passed is dropped, as Icinga drops it.
+
+What Icinga answers for an unknown command or a missing macro is an UNKNOWN result with
+its text; so do we (lib/icinga/clusterevents-check.cpp).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from checkers.catalog import Catalog
+from checkers.errors import MacroError, UnknownCommand
+from checkers.messages import CheckOutcome, outcome_to_cr
+from checkers.pool import CheckerPool
+from router.protocol import jsonrpc
+
+log = logging.getLogger("router.execution")
+
+
+class CommandExecutor:
+    """Turns an ExecuteCommand into a pool run and the answer message."""
+
+    def __init__(self, node_name: str, pool: CheckerPool, catalog: Catalog | None = None,
+                 plugin_dir: str = "/usr/lib/nagios/plugins") -> None:
+        self.node_name = node_name
+        self.pool = pool
+        self.catalog = catalog or Catalog.load()
+        self.plugin_dir = plugin_dir
+        self.executed = 0
+        self.expired = 0
+
+    async def execute(self, params: dict[str, Any], requester: str) -> bytes | None:
+        """The JSON payload to send back to ``requester``, or None when nothing is due."""
+        now = time.time()
+        command = params.get("command")
+        host = params.get("host") if isinstance(params.get("host"), str) else ""
+        service = params.get("service") if isinstance(params.get("service"), str) else None
+        if "source" in params:
+            deadline = params.get("deadline")
+            if isinstance(deadline, (int, float)) and now > deadline:
+                self.expired += 1
+                log.info("[%s] discarding execute-command for %s: its deadline has passed",
+                         requester, host)
+                return None
+        command_type = params.get("command_type", "check_command")
+        if command_type != "check_command":
+            log.warning("[%s] not running %s %r: only check commands are executed here",
+                        requester, command_type, command)
+            return None
+        outcome = await self._run(command, params)
+        self.executed += 1
+        if "source" in params:
+            output = outcome.output
+            if outcome.performance_data:
+                output = f"{output}|{' '.join(outcome.performance_data)}"
+            answer: dict[str, Any] = {
+                "end": outcome.execution_end, "execution": params.get("source"),
+                "exit": outcome.exit_status, "host": host, "output": output,
+                "start": outcome.execution_start}
+            if service is not None:
+                answer["service"] = service
+            return jsonrpc.notification("event::ExecutedCommand", answer)
+        cr = outcome_to_cr(outcome, check_source=self.node_name, schedule_start=now,
+                           schedule_end=outcome.execution_end)
+        result: dict[str, Any] = {"cr": cr, "host": host}
+        if service is not None:
+            result["service"] = service
+        return jsonrpc.notification("event::CheckResult", result)
+
+    async def _run(self, command: Any, params: dict[str, Any]) -> CheckOutcome:
+        macros = params.get("macros")
+        timeout = params.get("check_timeout")
+        try:
+            if not isinstance(command, str):
+                raise UnknownCommand(f"Check command '{command}' does not exist.")
+            request = self.catalog.build(
+                command, macros if isinstance(macros, dict) else {}, plugin_dir=self.plugin_dir,
+                use_defaults=True,
+                timeout=float(timeout) if isinstance(timeout, (int, float)) else None)
+        except UnknownCommand:
+            return CheckOutcome.unknown(f"Check command '{command}' does not exist.",
+                                        error="unknown command", now=time.time())
+        except MacroError as exc:
+            return CheckOutcome.unknown(str(exc), error="macro", now=time.time(),
+                                        command=command)
+        return await self.pool.run(request)

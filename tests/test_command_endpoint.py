@@ -1,0 +1,74 @@
+"""Our node as a command_endpoint: a parent's event::ExecuteCommand runs on the executors."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.nodeutil import ClusterSpec, FakePeer, wait_until
+from tests.pkiutil import make_test_pki
+
+CHECK_LOAD = "/usr/lib/nagios/plugins/check_load"
+
+
+@pytest.fixture
+def spec(tmp_path):
+    pki = make_test_pki(tmp_path / "pki", ["master", "agent1"])
+    return ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("agent1", ["agent1"], "master")])
+
+
+def test_parent_checks_run_on_our_executors(spec, run):
+    async def main():
+        agent = await spec.start("agent1", node_extra="accept_commands = true")
+        try:
+            assert agent.pool is not None and agent.pool.workers >= 1
+            parent = await FakePeer.connect(spec.port("agent1"), spec.pki, "master",
+                                            server_name="agent1")
+            parent.send("event::ExecuteCommand", {
+                "command": "dummy", "command_type": "check_command", "host": "agent1",
+                "service": "dummy-svc",
+                "macros": {"dummy_state": 2, "dummy_text": "boom from the executor"}})
+            parent.send("event::ExecuteCommand", {
+                "command": "no-such-command", "command_type": "check_command",
+                "host": "agent1", "service": "x", "macros": {}})
+            expected = 2
+            if os.access(CHECK_LOAD, os.X_OK):
+                parent.send("event::ExecuteCommand", {
+                    "command": "load", "command_type": "check_command", "host": "agent1",
+                    "service": "load", "macros": {"load_wload1": 1000, "load_cload1": 2000}})
+                expected += 1
+            parent.send("event::ExecuteCommand", {
+                "command": "dummy", "command_type": "check_command", "host": "agent1",
+                "macros": {"dummy_state": 0, "dummy_text": "api run"},
+                "source": "6f0e5d6a-0000-4000-8000-000000000001",
+                "deadline": time.time() + 60, "endpoint": "agent1"})
+            parent.send("event::ExecuteCommand", {
+                "command": "dummy", "command_type": "check_command", "host": "agent1",
+                "macros": {}, "source": "6f0e5d6a-0000-4000-8000-000000000002",
+                "deadline": time.time() - 1, "endpoint": "agent1"})
+            await wait_until(lambda: len(parent.messages("event::CheckResult")) == expected
+                             and parent.messages("event::ExecutedCommand"), timeout=30,
+                             what="answers from the executors")
+            results = {m["params"]["service"]: m for m in parent.messages("event::CheckResult")}
+            cr = results["dummy-svc"]["params"]["cr"]
+            assert (cr["state"], cr["output"]) == (2, "boom from the executor")
+            assert cr["check_source"] == "agent1" and cr["performance_data"] == []
+            assert "ts" not in results["dummy-svc"]  # direct answer, like Icinga
+            unknown = results["x"]["params"]["cr"]
+            assert unknown["state"] == 3
+            assert unknown["output"] == "Check command 'no-such-command' does not exist."
+            if "load" in results:
+                load = results["load"]["params"]["cr"]
+                assert load["state"] == 0 and load["output"].startswith("LOAD OK")
+                assert any(p.startswith("load1=") for p in load["performance_data"])
+            [executed] = parent.messages("event::ExecutedCommand")
+            assert executed["params"]["execution"] == "6f0e5d6a-0000-4000-8000-000000000001"
+            assert executed["params"]["exit"] == 0 and executed["params"]["output"] == "api run"
+            await parent.close()
+        finally:
+            await agent.stop()
+
+    run(main(), timeout=90)
