@@ -82,12 +82,13 @@ class RouterNode:
         timeouts: ``[timeouts]`` keys (reconnect_max defaults to 2 s here, so a dial
             that raced the peer's start-up is retried quickly).
         extra_toml: more top-level keys (placed before the first table).
+        node_toml: more ``[node]`` keys (e.g. ``accept_commands = true``).
     """
 
     def __init__(self, base_dir: Path, name: str, *, zones: list[dict],
                  endpoints: list[dict], cert: Path, key: Path, ca: Path,
                  listen: str | None = "127.0.0.1:0", timeouts: dict[str, Any] | None = None,
-                 extra_toml: str = "") -> None:
+                 extra_toml: str = "", node_toml: str = "") -> None:
         self.name = name
         self.dir = Path(base_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +105,7 @@ class RouterNode:
         self.cert, self.key, self.ca = Path(cert), Path(key), Path(ca)
         self.listen = listen
         self.extra_toml = extra_toml
+        self.node_toml = node_toml
         self.config_path.write_text(self.render_config())
 
         self.service: RouterService | None = None
@@ -133,6 +135,7 @@ class RouterNode:
             "[node]",
             f"name = {_toml_str(self.name)}",
             f"data_dir = {_toml_str(str(self.data_dir))}",
+            self.node_toml,
             "",
             "[tls]",
             f"ca = {_toml_str(str(self.ca))}",
