@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import shutil
 import signal
@@ -64,6 +65,7 @@ class RouterService:
             await self.status.start(*config.status_listen)
         if config.node.accept_commands:
             await self._start_executors(node)
+        self._open_replay_log(node)
         timeouts = config.timeouts
         self.connector = Connector(
             node, node.topology.dial_targets(),
@@ -80,6 +82,16 @@ class RouterService:
             log.info("status: http://%s:%s/v1/status  metrics: http://%s:%s/metrics",
                      config.status_listen[0], self.status_port,  # type: ignore[index]
                      config.status_listen[0], self.status_port)  # type: ignore[index]
+
+    def _open_replay_log(self, node: Node) -> None:
+        """The LMDB replay log under DATA_DIR/replaylog (store-and-forward)."""
+        from replaylog import ReplayWriter
+        from router.replay import ReplayManager
+
+        path = os.path.join(self.config.node.data_dir, "replaylog")
+        node.replay = ReplayManager(node, ReplayWriter.open(path))
+        if node.replay.zones:
+            log.info("replay log %s for zones %s", path, ", ".join(sorted(node.replay.zones)))
 
     async def _start_executors(self, node: Node) -> None:
         """Check executors for command_endpoint checks (separate processes, Unix socket)."""
@@ -113,6 +125,9 @@ class RouterService:
             await asyncio.sleep(0.02)
         for conn in list(node.all_connections):
             conn.abort("shutdown deadline")
+        if node.replay is not None:
+            # Last: closing sessions hand the log their unsent frames; close() flushes.
+            await node.replay.close(timeout=10.0)
         if self.server is not None:
             await self.server.wait_closed()
         if self.status is not None:

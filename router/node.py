@@ -154,6 +154,9 @@ class Node:
         self.connector: Any = None
         #: Set by the service when accept_commands is on: runs ExecuteCommand requests.
         self.executor: Any = None
+        #: Set by the service: the replay log (router.replay.ReplayManager).
+        self.replay: Any = None
+        self._drain_waiters: dict[PeerConnection, asyncio.Future[None]] = {}
         self._command_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ helpers
@@ -296,16 +299,43 @@ class Node:
             liveness_timeout=timeouts.liveness, anonymous_timeout=timeouts.anonymous,
             enrollment_timeout=timeouts.enrollment, first_byte_timeout=timeouts.connect)
         stats = self.endpoint_stats(endpoint or ANONYMOUS)
+        replaying = False
         if endpoint is None:
             self.anonymous.add(conn)
         else:
             self.connections[endpoint] = conn
-            self.connected_names.add(endpoint)
             stats.connected_since = time.time()
-            self.log_peer(conn, logging.INFO, "connected (%s, %s)", conn.direction,
-                          self.topology.relation(endpoint).name.lower())
+            replaying = self.replay is not None and self.replay.wants_replay(endpoint)
+            if not replaying:
+                self.connected_names.add(endpoint)
+            self.log_peer(conn, logging.INFO, "connected (%s, %s)%s", conn.direction,
+                          self.topology.relation(endpoint).name.lower(),
+                          "; replaying its log first" if replaying else "")
         conn.start_session(peer, SendQueue(self.queue_limits), endpoint, stats)
+        if endpoint is not None and replaying and conn.state == "open":
+            self.replay.start(conn)
         return True
+
+    def replay_done(self, conn: PeerConnection, count: int, seconds: float) -> None:
+        """The replay caught up with the log: from now on the peer gets live traffic."""
+        if conn.endpoint is None or self.connections.get(conn.endpoint) is not conn:
+            return
+        self.connected_names.add(conn.endpoint)
+        level = logging.INFO if count else logging.DEBUG
+        self.log_peer(conn, level, "replayed %d logged messages in %.2f s; now live", count,
+                      seconds)
+
+    def wait_drained(self, conn: PeerConnection) -> asyncio.Future[None]:
+        """Future resolved when ``conn``'s queue is below low water again (or it closed)."""
+        fut = self._drain_waiters.get(conn)
+        if fut is None or fut.done():
+            fut = self._drain_waiters[conn] = self.loop.create_future()
+        return fut
+
+    def _wake_drain_waiter(self, conn: PeerConnection) -> None:
+        fut = self._drain_waiters.pop(conn, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def connection_lost(self, conn: PeerConnection, exc: Exception | None) -> None:
         self.all_connections.discard(conn)
@@ -321,12 +351,18 @@ class Node:
             for waiter in self._session_waiters.pop(endpoint, ()):
                 if not waiter.done():
                     waiter.set_result(None)
+        self._wake_drain_waiter(conn)
         if conn.queue is not None:
-            dropped = conn.queue.clear()
-            if dropped and conn.stats is not None:
+            leftovers = conn.queue.clear()
+            kept = 0
+            if leftovers and self.replay is not None and endpoint is not None:
+                kept = self.replay.persist_unsent(conn, leftovers)
+            dropped = len(leftovers) - kept
+            if leftovers and conn.stats is not None:
                 conn.stats.dropped += dropped
-                self.log_peer(conn, logging.WARNING, "%d queued messages dropped with the "
-                              "connection", dropped)
+                self.log_peer(conn, logging.WARNING, "%d queued messages unsent at disconnect:"
+                              " %d kept in the replay log, %d dropped", len(leftovers), kept,
+                              dropped)
         for source in conn.blocked_sources:
             self._unblock(source)
         conn.blocked_sources.clear()
@@ -426,13 +462,17 @@ class Node:
             return
         if decision.local:
             self._consume(conn, msg, decision)
-        if decision.targets:
-            self._relay(conn, msg, decision.targets)
+        if decision.targets or (decision.logged and decision.unreachable
+                                and self.replay is not None):
+            self._relay(conn, msg, decision)
 
-    def _relay(self, source: PeerConnection, msg: jsonrpc.Message,
-               targets: tuple[str, ...]) -> None:
+    def _relay(self, source: PeerConnection, msg: jsonrpc.Message, decision: Any) -> None:
         from_zone = self.router.from_zone(source.endpoint, msg.origin_zone)  # type: ignore[arg-type]
-        frame = netstring.encode(jsonrpc.relay_payload(msg, self.stamp(), from_zone))
+        ts = self.stamp()
+        frame = netstring.encode(jsonrpc.relay_payload(msg, ts, from_zone))
+        if decision.logged and decision.unreachable and self.replay is not None:
+            self.replay.persist(decision.unreachable, ts, frame, decision.object_zone)
+        targets = decision.targets
         method = msg.method or ""
         key = None
         if method == CHECK_RESULT and msg.params is not None:
@@ -488,6 +528,8 @@ class Node:
             if isinstance(position, (int, float)) and conn.stats is not None:
                 conn.stats.confirmed_log_position = max(conn.stats.confirmed_log_position,
                                                         float(position))
+                if self.replay is not None and conn.endpoint is not None:
+                    self.replay.confirm(conn.endpoint, float(position))
         elif method == "pki::RequestCertificate":
             self._pki_request(conn, msg)
         elif method == "pki::UpdateCertificate":
@@ -638,6 +680,7 @@ class Node:
 
     def queue_drained(self, conn: PeerConnection) -> None:
         """``conn``'s queue fell below low water: resume whoever it held back."""
+        self._wake_drain_waiter(conn)
         sources = conn.blocked_sources
         conn.blocked_sources = set()
         for source in sources:
@@ -659,6 +702,8 @@ class Node:
                     and now - conn.last_write_progress > timeout:
                 self._slow_consumer(conn, f"no write progress for {timeout:g} s")
         self._prune_executions()
+        if self.replay is not None:
+            self.replay.housekeeping(now)
         if now >= self._next_log_position:
             self._next_log_position = now + LOG_POSITION_INTERVAL
             self._confirm_log_positions()

@@ -85,7 +85,10 @@ order. For each of these zones (``RelayMessageOne``):
    other endpoint must receive the message, so our zone counts as unreachable as soon as one of
    its other endpoints is disconnected (Icinga's loop has the same intent but, because it walks
    a pointer-ordered set, only notices a disconnected peer if it comes last; for the usual
-   1-2 endpoint zones the two rules agree). Skipped endpoints do not make a zone unreachable.
+   1-2 endpoint zones the two rules agree). Skipped endpoints do not make a zone unreachable,
+   and neither the sender's zone nor ``from_zone`` ever is: the message came from there, and
+   logging it would replay it back to its origin (the sender counts as present even while the
+   node has not added it to ``connected`` yet, e.g. during its replay).
 
 The result lists targets zone by zone in relay order, endpoints within a zone in configured
 order; every endpoint appears at most once (a zone is served at most once per message).
@@ -648,7 +651,10 @@ class Router:
                 skip_zone = zname == from_zone
                 for ep in eps:
                     if ep not in connected:
-                        missing = True
+                        # The sender is alive by definition even when the node has not
+                        # put it in the connected set yet (it may still be replaying).
+                        if ep != sender:
+                            missing = True
                     elif skip_zone or ep == sender or (not is_master and ep != master):
                         continue
                     else:
@@ -670,7 +676,7 @@ class Router:
                             continue
                         targets.append(ep)
                         break
-                if not reached:
+                if not reached and zname != from_zone and sender not in eps:
                     if unreachable is None:
                         unreachable = [zname]
                     else:

@@ -148,12 +148,12 @@ class SendQueue:
             return True
         return False
 
-    def clear(self) -> int:
-        """Drop everything (the peer is gone); return the number of frames dropped."""
-        dropped = self.messages
+    def clear(self) -> list[tuple[bytes, str]]:
+        """Empty the queue (the peer is gone); return the unsent frames with their methods."""
+        left = [(e.frame, e.method) for e in self._entries if e.frame is not None]
         self._entries.clear()
         self._by_key.clear()
         self.bytes = 0
         self.messages = 0
         self.congested = False
-        return dropped
+        return left

@@ -653,3 +653,23 @@ def test_route_local_has_no_origin_skips() -> None:
     s1 = make("s1")
     accepted(s1.route_local(CR, cr("a1host"), up(s1)), ("a1", "s2", "m1"))
     accepted(s1.route_local(CR, cr("ghost"), up(s1)), ("s2", "a1", "a2"))
+
+
+def test_origin_zone_is_never_unreachable_even_before_the_sender_counts_as_connected():
+    """A sender that is still replaying (not in ``connected``) must not have its own
+    message logged for its own zone: that would replay the message back to its origin."""
+    from router.routing import ObjectZones, Router
+    from router.topology import EndpointSpec, Topology, ZoneSpec
+
+    zones = [ZoneSpec("master", ("m1",)), ZoneSpec("sat", ("s1", "s2"), parent="master"),
+             ZoneSpec("leaf", ("leaf",), parent="sat")]
+    endpoints = [EndpointSpec(n) for n in ("m1", "s1", "s2", "leaf")]
+    topo = Topology(zones, endpoints, "s1")
+    router = Router(topo, ObjectZones(topo))
+    params = {"host": "leaf", "service": "x", "cr": {}}
+    decision = router.route("event::CheckResult", params, "leaf", None, {"m1", "s2"})
+    assert decision.accepted and "leaf" not in decision.unreachable
+    assert decision.targets == ("s2", "m1")
+    # An HA peer that is replaying sends us something: our zone is not unreachable for it.
+    decision = router.route("event::CheckResult", params, "s2", "leaf", {"m1"})
+    assert "sat" not in decision.unreachable and "leaf" not in decision.unreachable

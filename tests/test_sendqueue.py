@@ -78,7 +78,7 @@ def test_hard_limit_and_clear():
     for _ in range(4):
         q.put(frame(80), "m")
     assert q.over_hard_limit
-    assert q.clear() == 4
+    assert q.clear() == [(frame(80), "m")] * 4  # unsent frames go back to the caller
     assert (q.bytes, q.messages, q.congested) == (0, 0, False)
 
 

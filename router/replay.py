@@ -1,0 +1,191 @@
+"""Store-and-forward for peers that are away: the node's side of the replay log.
+
+What is kept: a message Icinga marks as logged (routing's ``decision.logged``: check
+results, next-check updates, acknowledgements, notifications, executions, deletions) whose
+target zone had nobody connected (``decision.unreachable``) is appended, as the exact frame
+we would have sent, to that zone's log (``replaylog``). Frames still waiting in a peer's
+send queue when its connection drops are kept the same way, so a disconnect loses nothing
+that Icinga would have logged.
+
+Replay: when an endpoint of a zone with a log comes back, its session starts in the
+*replaying* state. It is registered (duplicates are refused, its own messages are routed)
+but it is not yet in the routing table's connected set, so new messages for its zone keep
+going to the log, **behind** the backlog, instead of overtaking it. Receivers drop any
+message whose ``ts`` is older than the last one they saw, so overtaking would lose the
+backlog. The replay task streams the log from the endpoint's confirmed position in chunks
+read off the event loop, and it waits whenever the peer's send queue is congested, so
+other peers' traffic keeps flowing. When the read finds nothing new and every submitted
+record is committed, the endpoint joins the connected set in the same loop step, so no
+message can slip between the log and the live path. Icinga drops live messages for a
+peer while it replays; we do not.
+
+Positions: a peer's ``log::SetLogPosition`` (the newest ``ts`` it received from us) is
+persisted and bounds the next replay; records every eligible endpoint has confirmed, or
+older than its ``log_duration``, are pruned every ``PRUNE_INTERVAL`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from replaylog import ReplayWriter
+from router.routing import METHODS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.node import Node
+    from router.transport import PeerConnection
+
+log = logging.getLogger("router.replay")
+
+PRUNE_INTERVAL = 10.0
+#: Frames per replay chunk handed to the send queue.
+CHUNK = 1024
+#: Label for replayed frames in the per-method sent counters.
+REPLAY_METHOD = "(replay)"
+
+
+class ReplayManager:
+    """Persists logged messages for unreachable zones and replays them on reconnect."""
+
+    def __init__(self, node: Node, writer: ReplayWriter) -> None:
+        self.node = node
+        self.writer = writer
+        self.store = writer.store
+        topology = node.topology
+        durations = node.config.endpoint_log_duration
+        #: Zones we keep a log for: adjacent zones with an endpoint whose log_duration != 0.
+        self.zones: dict[str, tuple[str, ...]] = {}
+        for zone in (topology.local_zone, topology.parent_zone, *topology.child_zones):
+            if zone is None:
+                continue
+            spec = topology.zone(zone)
+            endpoints = tuple(e for e in spec.endpoints if e != node.name) if spec else ()
+            if any(durations.get(e, 86400.0) != 0 for e in endpoints):
+                self.zones[zone] = endpoints
+        self.persisted = 0
+        self.replayed: dict[str, int] = {}
+        self.replaying: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._next_prune = 0.0
+
+    # ------------------------------------------------------------------ writing
+
+    def persist(self, zones: tuple[str, ...], ts: float, frame: bytes,
+                object_zone: str | None) -> None:
+        """Append ``frame`` to the log of every zone in ``zones`` that keeps one."""
+        for zone in zones:
+            if zone in self.zones and self.writer.submit(zone, ts, frame, object_zone):
+                self.persisted += 1
+
+    def persist_unsent(self, conn: PeerConnection, leftovers: list[tuple[bytes, str]]) -> int:
+        """Keep the logged frames a dropped connection never sent; returns how many."""
+        zone = self.node.topology.zone_of(conn.endpoint or "")
+        if zone not in self.zones:
+            return 0
+        kept = 0
+        for frame, method in leftovers:
+            spec = METHODS.get(method)
+            if spec is None or not spec.logged:
+                continue
+            ts = _frame_ts(frame)
+            if ts is not None and self.writer.submit(zone, ts, frame, None):
+                kept += 1
+        self.persisted += kept
+        return kept
+
+    def confirm(self, endpoint: str, position: float) -> None:
+        self.writer.confirm(endpoint, position, now=time.time())
+
+    def wants_replay(self, endpoint: str) -> bool:
+        return self.node.topology.zone_of(endpoint) in self.zones
+
+    # ------------------------------------------------------------------ replay
+
+    def start(self, conn: PeerConnection) -> None:
+        task = self.node.loop.create_task(self._replay(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replay(self, conn: PeerConnection) -> None:
+        node = self.node
+        loop = node.loop
+        endpoint = conn.endpoint or ""
+        zone = node.topology.zone_of(endpoint) or ""
+        store = self.store
+        started = time.monotonic()
+        count = 0
+        self.replaying[endpoint] = 0
+        try:
+            position = await loop.run_in_executor(None, store.position, endpoint)
+            after_seq = 0
+            while self._current(conn):
+                batch = await loop.run_in_executor(None, functools.partial(
+                    store.read_batch, zone, position, after_seq=after_seq, limit=CHUNK))
+                if not self._current(conn):
+                    return
+                if not batch:
+                    if self.writer.pending:
+                        await loop.run_in_executor(None, self.writer.flush, 5.0)
+                        continue
+                    # Nothing pending: one last read in this loop step, then go live.
+                    batch = store.read_batch(zone, position, after_seq=after_seq, limit=CHUNK)
+                    if not batch:
+                        node.replay_done(conn, count, time.monotonic() - started)
+                        return
+                queue = conn.queue
+                assert queue is not None
+                for record in batch:
+                    queue.put(record.frame, REPLAY_METHOD)
+                after_seq = batch[-1].seq
+                count += len(batch)
+                self.replaying[endpoint] = count
+                conn.schedule_flush()
+                while queue.congested and self._current(conn):
+                    await node.wait_drained(conn)
+        except Exception:  # the replay of one peer must not take the node down
+            log.exception("[%s] replay failed after %d messages; closing the session",
+                          endpoint, count)
+            conn.close("replay failed")
+        finally:
+            self.replaying.pop(endpoint, None)
+            self.replayed[endpoint] = self.replayed.get(endpoint, 0) + count
+
+    def _current(self, conn: PeerConnection) -> bool:
+        return (conn.state == "open" and conn.endpoint is not None
+                and self.node.connections.get(conn.endpoint) is conn)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def housekeeping(self, now: float) -> None:
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_INTERVAL
+        self.writer.prune(time.time(), self.zones,
+                          dict(self.node.config.endpoint_log_duration))
+
+    def stats(self) -> dict[str, Any]:
+        return {"persisted": self.persisted, "replayed": dict(self.replayed),
+                "replaying": dict(self.replaying), "writer": self.writer.stats(),
+                "store": self.store.stats()}
+
+    async def close(self, timeout: float) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.node.loop.run_in_executor(None, self.writer.close, timeout)
+
+
+def _frame_ts(frame: bytes) -> float | None:
+    """The ``ts`` of a netstring frame we encoded (only used when a connection drops)."""
+    try:
+        start = frame.index(b":") + 1
+        data = orjson.loads(frame[start:-1])
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    ts = data.get("ts") if isinstance(data, dict) else None
+    return float(ts) if isinstance(ts, (int, float)) else None

@@ -1,0 +1,113 @@
+"""The replay log end to end: a parent that is away misses nothing, in order, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+
+from tests.nodeutil import ClusterSpec, FakePeer, check_result, status_json, wait_until
+from tests.pkiutil import make_test_pki
+
+FAST = "reconnect_min = 0.1\nreconnect_max = 0.3\nconnect = 3.0"
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_test_pki(tmp_path / "pki", ["master", "sat1", "agent1"])
+
+
+def outputs(peer: FakePeer) -> list[str]:
+    return [m["params"]["cr"]["output"] for m in peer.messages("event::CheckResult")]
+
+
+def test_results_for_an_absent_parent_are_replayed_in_order(tmp_path, pki, run):
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("sat", ["sat1"], "master"),
+                                       ("agent1", ["agent1"], "sat")],
+                       dialled={"master"}, timeouts=FAST,
+                       limits="send_queue_high_messages = 200\nsend_queue_low_messages = 50")
+
+    async def main():
+        sat = await spec.start("sat1")
+        try:
+            agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
+                                           server_name="sat1")
+            backlog = 3000  # > the queue's high water: replay must pace itself
+            for i in range(backlog):
+                agent.send("event::CheckResult", check_result("agent1", f"s{i % 7}", f"r{i}"))
+            await wait_until(lambda: sat.node.replay.persisted >= backlog,
+                             what="results written to the replay log")
+            # The parent comes (back): a scripted master listening where sat1 dials.
+            server_ready = asyncio.Event()
+            received: list[FakePeer] = []
+
+            async def accept(reader, writer):
+                peer = FakePeer(reader, writer)
+                peer.send("icinga::Hello", {"capabilities": 1, "version": 21306})
+                received.append(peer)
+                server_ready.set()
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(pki.cert("master")), str(pki.key("master")))
+            ctx.load_verify_locations(str(pki.ca_cert))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            server = await asyncio.start_server(accept, "127.0.0.1", spec.port("master"),
+                                                ssl=ctx)
+            await asyncio.wait_for(server_ready.wait(), 15)
+            master = received[0]
+            # Live traffic while the replay runs must queue behind it.
+            for i in range(backlog, backlog + 50):
+                agent.send("event::CheckResult", check_result("agent1", "live", f"r{i}"))
+            await wait_until(lambda: len(outputs(master)) >= backlog + 50, timeout=30,
+                             what="backlog and live results at the parent")
+            await asyncio.sleep(0.3)
+            got = outputs(master)
+            assert got == [f"r{i}" for i in range(backlog + 50)]  # in order, exactly once
+            stamps = [m["ts"] for m in master.messages("event::CheckResult")]
+            assert stamps == sorted(stamps)  # Icinga would drop anything older
+            status = await status_json(sat)
+            ep = {e["name"]: e for e in status["endpoints"]}
+            assert ep["master"]["connected"]
+            # The parent confirms what it got; the log is pruned on the next pass.
+            master.send("log::SetLogPosition", {"log_position": stamps[-1]})
+            sat.node.replay._next_prune = 0.0
+            await wait_until(lambda: sat.node.replay.store.total_records == 0,
+                             what="confirmed records pruned")
+            server.close()
+            await agent.close()
+            await master.close()
+        finally:
+            await sat.stop()
+
+    run(main(), timeout=90)
+
+
+def test_log_survives_a_restart_of_the_node(tmp_path, pki, run):
+    """Records committed before a (clean) restart are replayed by the next process."""
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("sat", ["sat1"], "master"),
+                                       ("agent1", ["agent1"], "sat")],
+                       dialled={"master"}, timeouts=FAST)
+
+    async def main():
+        sat = await spec.start("sat1")
+        agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1", server_name="sat1")
+        for i in range(20):
+            agent.send("event::CheckResult", check_result("agent1", "disk", f"before {i}"))
+        await wait_until(lambda: sat.node.replay.persisted >= 20, what="persisted")
+        await agent.close()
+        await sat.stop()
+        sat = await spec.start("sat1")
+        try:
+            assert sat.node.replay.store.total_records == 20
+            master = await FakePeer.connect(spec.port("sat1"), pki, "master",
+                                            server_name="sat1")
+            await wait_until(lambda: len(outputs(master)) == 20, what="replay after restart")
+            assert outputs(master) == [f"before {i}" for i in range(20)]
+            await master.close()
+        finally:
+            await sat.stop()
+
+    run(main(), timeout=60)
