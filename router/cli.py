@@ -143,6 +143,86 @@ def status(url: str, as_json: bool) -> None:
         click.echo(statusview.format_status(doc))
 
 
+@main.group("replaylog")
+def replaylog_group() -> None:
+    """Inspect or reset a node's replay log (DATA_DIR/replaylog)."""
+
+
+def _open_log(data_dir: str):
+    from replaylog import ReplayStore
+
+    path = Path(data_dir) / "replaylog"
+    if not path.exists():
+        raise click.ClickException(f"{path}: no replay log here")
+    try:
+        return ReplayStore(path, readonly=True)
+    except RouterError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@replaylog_group.command("stats")
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw statistics.")
+def replaylog_stats(data_dir: str, as_json: bool) -> None:
+    """Per zone: records, bytes, oldest/newest ts; per endpoint: confirmed position, lag."""
+    store = _open_log(data_dir)
+    try:
+        stats = store.stats()
+        positions = store.positions()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(orjson.dumps({"store": stats, "positions": positions},
+                                option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"{stats['path']}: {stats['records']} records, {stats['bytes']} bytes "
+               f"(cap {stats['max_bytes']}), evicted {stats['evicted']}")
+    click.echo(f"{'ZONE':24} {'RECORDS':>9} {'BYTES':>12} {'OLDEST TS':>18} {'NEWEST TS':>18}")
+    for zone, z in sorted(stats["zones"].items()):
+        click.echo(f"{zone:24} {z['records']:>9} {z['bytes']:>12} "
+                   f"{z['oldest_ts'] or 0:>18.6f} {z['newest_ts'] or 0:>18.6f}")
+    if positions:
+        click.echo(f"{'ENDPOINT':24} {'CONFIRMED POSITION':>18}")
+        for endpoint, position in sorted(positions.items()):
+            click.echo(f"{endpoint:24} {position:>18.6f}")
+
+
+@replaylog_group.command("dump")
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--zone", required=True, help="Zone whose log to print (the peer's zone).")
+@click.option("--since", type=float, default=None, help="Only records with ts > SINCE.")
+@click.option("--limit", type=int, default=None, help="At most this many records.")
+def replaylog_dump(data_dir: str, zone: str, since: float | None, limit: int | None) -> None:
+    """Print a zone's logged messages as JSON lines, oldest first."""
+    store = _open_log(data_dir)
+    try:
+        shown = 0
+        for record in store.iter_from(zone, since if since is not None else float("-inf")):
+            payload = record.frame[record.frame.index(b":") + 1:-1]
+            click.echo(orjson.dumps({"seq": record.seq, "ts": record.ts,
+                                     "object_zone": record.object_zone,
+                                     "message": orjson.loads(payload)}).decode())
+            shown += 1
+            if limit is not None and shown >= limit:
+                break
+    finally:
+        store.close()
+
+
+@replaylog_group.command("reset")
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False))
+def replaylog_reset(data_dir: str) -> None:
+    """Move a broken replay log aside and start an empty one (the node must be stopped)."""
+    from replaylog.store import reset
+
+    try:
+        moved = reset(Path(data_dir) / "replaylog")
+    except RouterError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"moved the old log to {moved}" if moved else "no log to move; created an "
+               "empty one")
+
+
 @main.group("pki")
 def pki_group() -> None:
     """Create a CA and node certificates (Icinga's on-disk layout)."""

@@ -199,6 +199,25 @@ CATALOG: tuple[MetricSpec, ...] = (
                "Host-to-zone assignments learned from traffic."),
     MetricSpec("router_check_results_stored", "gauge",
                "Check results held in the result view."),
+    # -- replay log
+    MetricSpec("router_replay_log_bytes", "gauge",
+               "Bytes of messages held in the replay log (all zones)."),
+    MetricSpec("router_replay_log_records", "gauge",
+               "Messages held in the replay log for a zone whose endpoints were away.",
+               ("zone",)),
+    MetricSpec("router_replay_lag_seconds", "gauge",
+               "Newest logged message for the endpoint's zone minus the position the "
+               "endpoint confirmed (0 when it has everything).", ("endpoint",)),
+    MetricSpec("router_replay_evicted_total", "counter",
+               "Messages evicted from the replay log by the byte cap or a full map.",
+               ("zone",)),
+    MetricSpec("router_replay_persisted_total", "counter",
+               "Messages written to the replay log."),
+    MetricSpec("router_replay_replayed_total", "counter",
+               "Logged messages replayed to an endpoint after it came back.", ("endpoint",)),
+    MetricSpec("router_replay_in_progress", "gauge",
+               "Messages replayed so far to an endpoint whose replay is running (absent "
+               "when none runs).", ("endpoint",)),
     # -- process
     MetricSpec("router_process_resident_memory_bytes", "gauge",
                "Resident set size of the router process in bytes."),

@@ -222,8 +222,38 @@ def metric_families(node: Node) -> list[MetricFamily]:
         family("router_check_results_stored", [
             ({}, len(node.results) if node.results is not None else 0)]),
     ]
+    if node.replay is not None:
+        fams += replay_families(node)
     fams += process_families()
     return fams
+
+
+def replay_families(node: Node) -> list[MetricFamily]:
+    replay = node.replay
+    stats = replay.store.stats()
+    positions = replay.store.positions()
+    zones = stats["zones"]
+    lag = []
+    for zone, endpoints in sorted(replay.zones.items()):
+        newest = zones.get(zone, {}).get("newest_ts")
+        for endpoint in endpoints:
+            behind = 0.0
+            if newest is not None and zones[zone]["records"]:
+                behind = max(0.0, newest - positions.get(endpoint, 0.0))
+            lag.append(({"endpoint": endpoint}, behind))
+    return [
+        family("router_replay_log_bytes", [({}, stats["bytes"])]),
+        family("router_replay_log_records", [
+            ({"zone": z}, v["records"]) for z, v in sorted(zones.items())]),
+        family("router_replay_lag_seconds", lag),
+        family("router_replay_evicted_total", [
+            ({"zone": z}, v["evicted"]) for z, v in sorted(zones.items())]),
+        family("router_replay_persisted_total", [({}, replay.persisted)]),
+        family("router_replay_replayed_total", [
+            ({"endpoint": e}, n) for e, n in sorted(replay.replayed.items())]),
+        family("router_replay_in_progress", [
+            ({"endpoint": e}, n) for e, n in sorted(replay.replaying.items())]),
+    ]
 
 
 def checkresults_document(node: Node, host: str | None, service: str | None) -> dict[str, Any]:

@@ -126,3 +126,33 @@ def test_serve_reports_a_port_in_use(tmp_path):
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode != 0
     assert "cannot start" in proc.stderr and str(port) in proc.stderr
+
+
+def test_replaylog_stats_dump_and_reset(tmp_path):
+    from replaylog import ReplayStore
+    from router.protocol import jsonrpc, netstring
+
+    log_dir = tmp_path / "replaylog"
+    store = ReplayStore(log_dir)
+    frames = [netstring.encode(jsonrpc.notification("event::SetNextCheck",
+                                                    {"host": "h", "next_check": 5.0}, ts=t))
+              for t in (10.0, 11.0, 12.0)]
+    store.append_many([("master", t, f, "agent1") for t, f in zip((10.0, 11.0, 12.0), frames)])
+    store.confirm("m1", 10.5)
+    store.close()
+    runner = CliRunner()
+    stats = runner.invoke(main, ["replaylog", "stats", "--data-dir", str(tmp_path)])
+    assert stats.exit_code == 0, stats.output
+    assert "master" in stats.output and "m1" in stats.output and "3 records" in stats.output
+    dump = runner.invoke(main, ["replaylog", "dump", "--data-dir", str(tmp_path),
+                                "--zone", "master", "--since", "10.5"])
+    lines = [json.loads(line) for line in dump.output.splitlines()]
+    assert [r["ts"] for r in lines] == [11.0, 12.0]
+    assert lines[0]["message"]["method"] == "event::SetNextCheck"
+    (log_dir / "data.mdb").write_bytes(b"garbage" * 1000)
+    broken = runner.invoke(main, ["replaylog", "stats", "--data-dir", str(tmp_path)])
+    assert broken.exit_code != 0 and "router replaylog reset" in broken.output
+    reset = runner.invoke(main, ["replaylog", "reset", "--data-dir", str(tmp_path)])
+    assert reset.exit_code == 0 and "broken" in reset.output
+    fresh = runner.invoke(main, ["replaylog", "stats", "--data-dir", str(tmp_path)])
+    assert fresh.exit_code == 0 and "0 records" in fresh.output

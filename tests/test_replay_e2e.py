@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 
 import pytest
 
-from tests.nodeutil import ClusterSpec, FakePeer, check_result, status_json, wait_until
+from tests.nodeutil import (ClusterSpec, FakePeer, check_result, metrics_text, status_json,
+                            wait_until)
 from tests.pkiutil import make_test_pki
 
 FAST = "reconnect_min = 0.1\nreconnect_max = 0.3\nconnect = 3.0"
@@ -70,6 +72,12 @@ def test_results_for_an_absent_parent_are_replayed_in_order(tmp_path, pki, run):
             status = await status_json(sat)
             ep = {e["name"]: e for e in status["endpoints"]}
             assert ep["master"]["connected"]
+            text = await metrics_text(sat)
+            replayed = int(re.search(r'router_replay_replayed_total\{endpoint="master"\} (\d+)',
+                                     text).group(1))
+            # The live results sent during the replay may have queued behind it in the log.
+            assert backlog <= replayed <= backlog + 50
+            assert f"router_replay_persisted_total {replayed}" in text
             # The parent confirms what it got; the log is pruned on the next pass.
             master.send("log::SetLogPosition", {"log_position": stamps[-1]})
             sat.node.replay._next_prune = 0.0
