@@ -102,8 +102,10 @@ def endpoints(node: Node) -> list[dict[str, Any]]:
             "bytes_sent": stats.bytes_sent if stats else 0,
             "messages_received_per_second": stats.rate_in.rate(now) if stats else 0.0,
             "messages_sent_per_second": stats.rate_out.rate(now) if stats else 0.0,
-            "send_queue_bytes": (queue.bytes + conn.write_buffer_size) if queue else 0,  # type: ignore[union-attr]
-            "send_queue_messages": len(queue) if queue else 0,
+            # "is not None": an empty SendQueue is falsy (__len__).
+            "send_queue_bytes": (queue.bytes + conn.write_buffer_size  # type: ignore[union-attr]
+                                 if queue is not None else 0),
+            "send_queue_messages": len(queue) if queue is not None else 0,
             "last_message_received": stats.last_message_received if stats else None,
             "last_message_sent": stats.last_message_sent if stats else None,
             "refused": sum(stats.refused.values()) if stats else 0,
@@ -197,10 +199,12 @@ def metric_families(node: Node) -> list[MetricFamily]:
         coalesced.append(({"endpoint": label}, stats.coalesced))
         conn = node.connections.get(name)
         queue = conn.queue if conn is not None else None
+        has_queue = queue is not None      # an empty SendQueue is falsy (__len__)
         q_bytes.append(({"endpoint": label},
-                        (queue.bytes + conn.write_buffer_size) if queue else 0))  # type: ignore[union-attr]
-        q_msgs.append(({"endpoint": label}, len(queue) if queue else 0))
-        congested.append(({"endpoint": label}, queue.high_water_events if queue else 0))
+                        (queue.bytes + conn.write_buffer_size) if has_queue else 0))  # type: ignore[union-attr]
+        q_msgs.append(({"endpoint": label}, len(queue) if has_queue else 0))  # type: ignore[arg-type]
+        congested.append(({"endpoint": label},
+                          queue.high_water_events if has_queue else 0))  # type: ignore[union-attr]
     fams += [
         family("router_messages_received_total", received),
         family("router_messages_sent_total", sent),

@@ -102,6 +102,7 @@ class PeerConnection(asyncio.Protocol):
         self._timer_when: float | None = None
         self._writing_paused = False
         self._reading_paused = False
+        self._read_yield = False
         self._flush_scheduled = False
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -150,6 +151,31 @@ class PeerConnection(asyncio.Protocol):
         self._after_protocol_step()
         if eof and self.state == OPEN:
             self.close("peer closed the session")
+        elif self.state == OPEN:
+            self._yield_reading()
+
+    def _yield_reading(self) -> None:
+        """Take one buffer per loop turn from this peer.
+
+        libuv keeps reading a socket (up to 32 reads of uvloop's 250 KB buffer) as long as the
+        protocol does not pause it, so one busy peer can feed megabytes into a single loop
+        turn, delaying every other peer, timer and status request. Pause after each
+        buffer and resume in the next turn.
+        """
+        transport = self.transport
+        if self._reading_paused or self._read_yield or transport is None \
+                or transport.is_closing():
+            return
+        self._read_yield = True
+        transport.pause_reading()
+        self.loop.call_soon(self._end_read_yield)
+
+    def _end_read_yield(self) -> None:
+        self._read_yield = False
+        transport = self.transport
+        if not self._reading_paused and self.state == OPEN and transport is not None \
+                and not transport.is_closing():
+            transport.resume_reading()
 
     def eof_received(self) -> bool:
         if self.peer is not None and self.state == OPEN:
@@ -337,9 +363,19 @@ class PeerConnection(asyncio.Protocol):
         if not self._flush_scheduled and self.state == OPEN:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
+        queue = self.queue
+        if queue is not None and queue.bytes >= FLUSH_CHUNK and not self._writing_paused:
+            # A full chunk is waiting: write it now instead of at the end of the loop
+            # turn, which may still bring megabytes of input from other peers. Waiting
+            # let the queue reach its high-water mark (and coalesce results) although the
+            # peer reads as fast as we write.
+            self._write_queued()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._write_queued()
+
+    def _write_queued(self) -> None:
         queue = self.queue
         if queue is None or self.state != OPEN:
             return
@@ -375,7 +411,8 @@ class PeerConnection(asyncio.Protocol):
         if self._reading_paused and self.transport is not None \
                 and not self.transport.is_closing():
             self._reading_paused = False
-            self.transport.resume_reading()
+            if not self._read_yield:        # else _end_read_yield resumes it
+                self.transport.resume_reading()
 
     @property
     def reading_paused(self) -> bool:

@@ -78,6 +78,11 @@ def test_results_for_an_absent_parent_are_replayed_in_order(tmp_path, pki, run):
             # The live results sent during the replay may have queued behind it in the log.
             assert backlog <= replayed <= backlog + 50
             assert f"router_replay_persisted_total {replayed}" in text
+            # The replay pushed the parent's queue past high water; now that it is empty
+            # the counter must still say so (an empty SendQueue is falsy: not a reset).
+            congested = int(re.search(
+                r'router_send_queue_congested_total\{endpoint="master"\} (\d+)', text).group(1))
+            assert congested > 0
             # The parent confirms what it got; the log is pruned on the next pass.
             master.send("log::SetLogPosition", {"log_position": stamps[-1]})
             sat.node.replay._next_prune = 0.0
