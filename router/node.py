@@ -33,9 +33,9 @@ from router.protocol.events import (HelloReceived, MessageReceived, NotJsonRpc, 
                                     ProtocolFailed)
 from router.protocol.peer import PeerProtocol, Role
 from router.results import ResultStore
-from router.routing import METHODS, ObjectZones, Router, UnknownObjects
+from router.routing import METHODS, ObjectZones, RouteDecision, Router, UnknownObjects
 from router.sendqueue import QueueLimits, SendQueue
-from router.topology import EndpointSpec, Relation, Topology, ZoneSpec
+from router.topology import Relation, Topology
 from router.transport import PeerConnection
 
 log = logging.getLogger("router.node")
@@ -466,7 +466,8 @@ class Node:
                                 and self.replay is not None):
             self._relay(conn, msg, decision)
 
-    def _relay(self, source: PeerConnection, msg: jsonrpc.Message, decision: Any) -> None:
+    def _relay(self, source: PeerConnection, msg: jsonrpc.Message,
+               decision: RouteDecision) -> None:
         from_zone = self.router.from_zone(source.endpoint, msg.origin_zone)  # type: ignore[arg-type]
         ts = self.stamp()
         frame = netstring.encode(jsonrpc.relay_payload(msg, ts, from_zone))
@@ -507,7 +508,8 @@ class Node:
 
     # ------------------------------------------------------------------ local consumption
 
-    def _consume(self, conn: PeerConnection, msg: jsonrpc.Message, decision: Any) -> None:
+    def _consume(self, conn: PeerConnection, msg: jsonrpc.Message,
+                 decision: RouteDecision) -> None:
         method = msg.method
         params = msg.params or {}
         if method == CHECK_RESULT:
@@ -776,4 +778,4 @@ def describe_topology(topology: Topology) -> str:
             f"(parent {parent}; child zones {children})")
 
 
-__all__ = ["Node", "EndpointStats", "describe_topology", "EndpointSpec", "ZoneSpec"]
+__all__ = ["Node", "EndpointStats", "describe_topology"]
