@@ -189,11 +189,33 @@ def replaylog_stats(data_dir: str, as_json: bool) -> None:
 
 @replaylog_group.command("dump")
 @click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--zone", required=True, help="Zone whose log to print (the peer's zone).")
+@click.option("--zone", help="Zone whose log to print.")
+@click.option("--peer", help="Endpoint whose log to print (its zone's log; needs --config).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="The node's configuration, to find --peer's zone.")
 @click.option("--since", type=float, default=None, help="Only records with ts > SINCE.")
 @click.option("--limit", type=int, default=None, help="At most this many records.")
-def replaylog_dump(data_dir: str, zone: str, since: float | None, limit: int | None) -> None:
-    """Print a zone's logged messages as JSON lines, oldest first."""
+def replaylog_dump(data_dir: str, zone: str | None, peer: str | None,
+                   config_path: str | None, since: float | None, limit: int | None) -> None:
+    """Print the logged messages waiting for a zone (or a peer) as JSON lines, oldest first.
+
+    Logs are kept per zone: every endpoint of a zone is replayed from the same log.
+    """
+    if (zone is None) == (peer is None):
+        raise click.UsageError("give exactly one of --zone and --peer")
+    if peer is not None:
+        if config_path is None:
+            raise click.UsageError("--peer needs --config to find the peer's zone")
+        from router import config as config_mod
+
+        try:
+            cfg = config_mod.load_config(config_path)
+        except RouterError as exc:
+            raise click.ClickException(str(exc)) from exc
+        zone = next((z.name for z in cfg.zones if peer in z.endpoints), None)
+        if zone is None:
+            raise click.ClickException(f"endpoint {peer!r} is in no zone of {config_path}")
+    assert zone is not None
     store = _open_log(data_dir)
     try:
         shown = 0

@@ -31,7 +31,7 @@ __all__ = [
     "process_info",
 ]
 
-MetricType = Literal["counter", "gauge"]
+MetricType = Literal["counter", "gauge", "histogram"]
 Sample = tuple[dict[str, str], float]
 
 
@@ -43,6 +43,9 @@ class MetricFamily:
     type: MetricType
     help: str
     samples: list[Sample] = field(default_factory=list)
+    #: Samples whose name extends the family's (``_bucket``, ``_sum``, ``_count`` of a
+    #: histogram): (suffix, labels, value).
+    suffixed: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -96,6 +99,8 @@ def render_prometheus(families: Iterable[MetricFamily]) -> str:
         name = fam.name
         for labels, value in fam.samples:
             append(f"{name}{_format_labels(labels)} {format_value(value)}")
+        for suffix, labels, value in fam.suffixed:
+            append(f"{name}{suffix}{_format_labels(labels)} {format_value(value)}")
     if not out:
         return ""
     out.append("")
@@ -218,6 +223,23 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("router_replay_in_progress", "gauge",
                "Messages replayed so far to an endpoint whose replay is running (absent "
                "when none runs).", ("endpoint",)),
+    # -- check executors (only when accept_commands is on)
+    MetricSpec("router_checks_running", "gauge",
+               "Checks running on the executor processes."),
+    MetricSpec("router_checks_queued", "gauge",
+               "Checks waiting for a free slot (beyond the concurrency cap)."),
+    MetricSpec("router_checks_executed_total", "counter",
+               "Checks the executors ran to an outcome."),
+    MetricSpec("router_check_timeouts_total", "counter",
+               "Checks killed at their timeout."),
+    MetricSpec("router_check_overflow_total", "counter",
+               "Checks answered UNKNOWN at once because the check queue was full."),
+    MetricSpec("router_check_executors_lost_total", "counter",
+               "Checks answered UNKNOWN because their executor process died."),
+    MetricSpec("router_check_executor_restarts_total", "counter",
+               "Executor processes restarted after they died."),
+    MetricSpec("router_check_queue_wait_seconds", "histogram",
+               "Time a check waited for a free slot before it was sent to an executor."),
     # -- process
     MetricSpec("router_process_resident_memory_bytes", "gauge",
                "Resident set size of the router process in bytes."),

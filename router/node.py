@@ -69,6 +69,10 @@ class EndpointStats:
     capabilities: int | None = None
     #: Position the peer confirmed with log::SetLogPosition (kept for the replay log).
     confirmed_log_position: float = 0.0
+    #: Newest ``ts`` received from the endpoint (Icinga's remote_log_position). It
+    #: outlives reconnects: an agent replaying its own log after a reconnect sends old
+    #: messages again, and those already seen are dropped as stale.
+    remote_log_position: float = 0.0
     coalesced: int = 0
     dropped: int = 0
 
@@ -444,15 +448,15 @@ class Node:
             self._refuse(conn, label, "no_method", "message without a method")
             return
         ts = msg.ts
-        if ts is not None:
-            if ts < conn.remote_ts:
+        if ts is not None and stats is not None:
+            if ts < stats.remote_log_position:
                 # Icinga drops these silently: it is how relay loops die out.
                 self.stale_dropped += 1
                 if self._debug:
                     self.log_peer(conn, logging.DEBUG, "dropping %s with ts %.6f older than "
-                                  "%.6f", method, ts, conn.remote_ts)
+                                  "%.6f", method, ts, stats.remote_log_position)
                 return
-            conn.remote_ts = ts
+            stats.remote_log_position = ts
         decision = self.router.route(method, msg.params, endpoint, msg.origin_zone,
                                      self.connected_names)
         if not decision.accepted:
@@ -717,10 +721,11 @@ class Node:
         Icinga replays everything newer than the position a peer confirmed; without this a
         peer would replay every earlier outage again on each reconnect.
         """
-        for endpoint, conn in self.connections.items():
-            if conn.remote_ts > 0:
+        for endpoint in self.connections:
+            position = self.endpoint_stats(endpoint).remote_log_position
+            if position > 0:
                 self.send_to(endpoint, netstring.encode(jsonrpc.notification(
-                    "log::SetLogPosition", {"log_position": conn.remote_ts})),
+                    "log::SetLogPosition", {"log_position": position})),
                     "log::SetLogPosition")
 
     # ------------------------------------------------------------------ shutdown

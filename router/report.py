@@ -60,8 +60,24 @@ def connection_states(node: Node) -> dict[str, int]:
     return states
 
 
+def zone_log_lag(node: Node, endpoints: list[str], now: float) -> float:
+    """Icinga's CalculateZoneLag: for each endpoint that is not connected (or still
+    replaying) and from which we ever received a ``ts``, now minus that ``ts``; the zone's
+    lag is the largest. It tells how far behind the zone's messages are."""
+    lag = 0.0
+    for endpoint in endpoints:
+        stats = node.stats.get(endpoint)
+        if stats is None or not stats.remote_log_position:
+            continue
+        if endpoint in node.connected_names:
+            continue
+        lag = max(lag, now - stats.remote_log_position)
+    return lag
+
+
 def zones(node: Node) -> list[dict[str, Any]]:
     topology = node.topology
+    now = time.time()
     out = []
     for name in topology.zone_names:
         spec = topology.zone(name)
@@ -74,6 +90,7 @@ def zones(node: Node) -> list[dict[str, Any]]:
             "relation": _zone_relation(node, name),
             "connected": any(e in node.connected_names for e in others),
             "endpoints": list(spec.endpoints),
+            "log_lag": zone_log_lag(node, others, now),
         })
     return out
 
@@ -228,8 +245,28 @@ def metric_families(node: Node) -> list[MetricFamily]:
     ]
     if node.replay is not None:
         fams += replay_families(node)
+    if node.executor is not None:
+        fams += checker_families(node.executor.pool.stats())
     fams += process_families()
     return fams
+
+
+def checker_families(stats: dict[str, Any]) -> list[MetricFamily]:
+    """The executor pool's counters (checkers.pool.CheckerPool.stats())."""
+    wait = stats["queue_wait_seconds"]
+    histogram = family("router_check_queue_wait_seconds")
+    histogram.suffixed = [("_bucket", {"le": le}, n) for le, n in wait["buckets"].items()]
+    histogram.suffixed += [("_sum", {}, wait["sum"]), ("_count", {}, wait["count"])]
+    return [
+        family("router_checks_running", [({}, stats["running"])]),
+        family("router_checks_queued", [({}, stats["queued"])]),
+        family("router_checks_executed_total", [({}, stats["executed"])]),
+        family("router_check_timeouts_total", [({}, stats["timeouts"])]),
+        family("router_check_overflow_total", [({}, stats["overflow"])]),
+        family("router_check_executors_lost_total", [({}, stats["lost"])]),
+        family("router_check_executor_restarts_total", [({}, stats["restarts"])]),
+        histogram,
+    ]
 
 
 def replay_families(node: Node) -> list[MetricFamily]:

@@ -78,8 +78,6 @@ class PeerConnection(asyncio.Protocol):
         self.peer: PeerProtocol | None = None
         self.queue: SendQueue | None = None
         self.stats: EndpointStats | None = None
-        #: ``ts`` of the newest message received (Icinga's remote_log_position).
-        self.remote_ts = 0.0
         #: Congested queues this connection feeds; reading pauses while non-zero.
         self.blocked_by = 0
         #: Connections paused because *our* queue is congested.

@@ -149,6 +149,15 @@ def test_replaylog_stats_dump_and_reset(tmp_path):
     lines = [json.loads(line) for line in dump.output.splitlines()]
     assert [r["ts"] for r in lines] == [11.0, 12.0]
     assert lines[0]["message"]["method"] == "event::SetNextCheck"
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\nname = "s1"\ndata_dir = "d"\n'
+                      '[[zones]]\nname = "master"\nendpoints = ["m1"]\n'
+                      '[[zones]]\nname = "sat"\nendpoints = ["s1"]\nparent = "master"\n'
+                      '[[endpoints]]\nname = "m1"\n[[endpoints]]\nname = "s1"\n')
+    by_peer = runner.invoke(main, ["replaylog", "dump", "--data-dir", str(tmp_path),
+                                   "--peer", "m1", "--config", str(config), "--limit", "1"])
+    assert by_peer.exit_code == 0, by_peer.output
+    assert [json.loads(line)["ts"] for line in by_peer.output.splitlines()] == [10.0]
     (log_dir / "data.mdb").write_bytes(b"garbage" * 1000)
     broken = runner.invoke(main, ["replaylog", "stats", "--data-dir", str(tmp_path)])
     assert broken.exit_code != 0 and "router replaylog reset" in broken.output

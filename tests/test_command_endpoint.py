@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.nodeutil import ClusterSpec, FakePeer, wait_until
+from tests.nodeutil import ClusterSpec, FakePeer, metrics_text, wait_until
 from tests.pkiutil import make_test_pki
 
 CHECK_LOAD = "/usr/lib/nagios/plugins/check_load"
@@ -64,6 +64,10 @@ def test_parent_checks_run_on_our_executors(spec, run):
                 load = results["load"]["params"]["cr"]
                 assert load["state"] == 0 and load["output"].startswith("LOAD OK")
                 assert any(p.startswith("load1=") for p in load["performance_data"])
+            text = await metrics_text(agent)
+            assert "router_checks_executed_total " in text
+            assert 'router_check_queue_wait_seconds_bucket{le="+Inf"}' in text
+            assert "# TYPE router_check_queue_wait_seconds histogram" in text
             [executed] = parent.messages("event::ExecutedCommand")
             assert executed["params"]["execution"] == "6f0e5d6a-0000-4000-8000-000000000001"
             assert executed["params"]["exit"] == 0 and executed["params"]["output"] == "api run"

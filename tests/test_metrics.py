@@ -113,7 +113,7 @@ def test_catalog_names_are_valid_and_unique() -> None:
     assert len(names) == len(set(names))
     for spec in CATALOG:
         assert re.fullmatch(r"router_[a-z0-9_]+", spec.name)
-        assert spec.type in ("counter", "gauge")
+        assert spec.type in ("counter", "gauge", "histogram")
         assert spec.help and "\n" not in spec.help
         if spec.type == "counter":
             assert spec.name.endswith(("_total", "_seconds_total")), spec.name
@@ -302,3 +302,13 @@ def test_process_info_explicit_process_and_failures() -> None:
     text = render_prometheus(fams)
     assert "# HELP router_process_open_fds" in text
     assert "router_process_start_time_seconds 123\n" in text
+
+
+def test_histogram_renders_suffixed_samples() -> None:
+    fam = MetricFamily("wait_seconds", "histogram", "Wait.")
+    fam.suffixed = [("_bucket", {"le": "0.1"}, 2), ("_bucket", {"le": "+Inf"}, 3),
+                    ("_sum", {}, 0.25), ("_count", {}, 3)]
+    assert render_prometheus([fam]) == (
+        "# HELP wait_seconds Wait.\n# TYPE wait_seconds histogram\n"
+        'wait_seconds_bucket{le="0.1"} 2\nwait_seconds_bucket{le="+Inf"} 3\n'
+        "wait_seconds_sum 0.25\nwait_seconds_count 3\n")

@@ -59,6 +59,12 @@ def test_agent_results_reach_master_view(tmp_path, pki, run):
                 in text
             assert 'router_connections{state="established"} 1' in text
             await agent.close()
+            await wait_until(lambda: "agent1" not in master.node.connections,
+                             what="agent1 gone")
+            zones = {z["name"]: z for z in (await status_json(master))["zones"]}
+            # Icinga's zone lag: now minus the newest ts from a disconnected endpoint.
+            assert zones["agent1"]["log_lag"] > 0 and not zones["agent1"]["connected"]
+            assert zones["agent2"]["log_lag"] == 0
         finally:
             await master.stop()
 
