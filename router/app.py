@@ -63,8 +63,12 @@ class RouterService:
             self.status = StatusServer(report.routes(
                 node, lambda: (self.status_port, self.listen_port)))
             await self.status.start(*config.status_listen)
-        if config.node.accept_commands:
+        local_checks = [c for c in config.checks
+                        if not c.command_endpoint or c.command_endpoint == node.name]
+        if config.node.accept_commands or local_checks:
             await self._start_executors(node)
+        if config.checks:
+            self._start_checks(node)
         self._open_replay_log(node)
         timeouts = config.timeouts
         self.connector = Connector(
@@ -93,6 +97,20 @@ class RouterService:
         if node.replay.zones:
             log.info("replay log %s for zones %s", path, ", ".join(sorted(node.replay.zones)))
 
+    def _start_checks(self, node: Node) -> None:
+        from router.checking import LocalChecks
+        from router.scheduler import Scheduler
+
+        topology = node.topology
+        zone = topology.zone(topology.local_zone)
+        scheduler = Scheduler(self.config.checks, local_endpoint=node.name,
+                              zone_endpoints=zone.endpoints if zone else (node.name,),
+                              started=time.time(),
+                              cold_start=self.config.timeouts.ha_cold_start)
+        node.checks = LocalChecks(node, scheduler, self.pool)
+        node.checks.start()
+        log.info("scheduling %d checks", len(scheduler))
+
     async def _start_executors(self, node: Node) -> None:
         """Check executors for command_endpoint checks (separate processes, Unix socket)."""
         from checkers.pool import CheckerPool
@@ -102,8 +120,10 @@ class RouterService:
         self._socket_dir = tempfile.mkdtemp(prefix="router-checkers-")
         self.pool = CheckerPool(self._socket_dir)
         await self.pool.start()
-        node.executor = CommandExecutor(node.name, self.pool)
-        log.info("accepting commands: %d check executors started", self.pool.workers)
+        if self.config.node.accept_commands:
+            node.executor = CommandExecutor(node.name, self.pool)
+        log.info("%d check executors started%s", self.pool.workers,
+                 " (accepting commands)" if node.executor is not None else "")
 
     async def stop(self, drain_timeout: float | None = None) -> bool:
         """Stop accepting, stop dialling, flush queues (bounded), close every session."""
@@ -116,6 +136,8 @@ class RouterService:
             self.server.close()
         if self.connector is not None:
             await self.connector.stop()
+        if node.checks is not None:
+            await node.checks.stop()
         drained = await node.drain(timeout)
         node.close_all("node is shutting down")
         node.stop_housekeeping()

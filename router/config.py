@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from router.errors import ConfigError
+from router.scheduler import CheckSpec
 from router.topology import EndpointSpec, ZoneSpec
 
 __all__ = [
@@ -188,6 +189,9 @@ class Timeouts:
     """A peer congested with no write progress for this long is disconnected."""
     drain: float = 10.0
     """On shutdown, how long to wait for send queues to drain."""
+    ha_cold_start: float = 30.0
+    """Alone in an HA zone this soon after start, run no scheduled checks: the peer may be
+    running them (Icinga: 30 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +241,8 @@ class RouterConfig:
     endpoint_log_duration: Mapping[str, float] = field(default_factory=FrozenMap)
     """Replay-log retention per endpoint in seconds (Icinga ``log_duration``); every endpoint
     has an entry (default 86400, 0 disables the replay log for it)."""
+    checks: tuple[CheckSpec, ...] = ()
+    """Checks this node schedules itself (``[[checks]]``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.zones, tuple):
@@ -755,7 +761,7 @@ def _toml_syntax_error(e: tomllib.TOMLDecodeError, text: str, path: str | None) 
 # --------------------------------------------------------------------------------------------
 
 _TOP_KEYS = ("node", "listen", "status_listen", "log_level", "results", "tls", "zones",
-             "endpoints", "limits", "timeouts", "objects")
+             "endpoints", "limits", "timeouts", "objects", "checks")
 _TOP_SCALARS = ("listen", "status_listen", "log_level", "results")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "node": ("name", "data_dir", "icinga_version", "accept_commands"),
@@ -765,6 +771,8 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "limits": tuple(f.name for f in dataclasses.fields(Limits)),
     "timeouts": tuple(f.name for f in dataclasses.fields(Timeouts)),
     "objects": ("unknown", "hosts"),
+    "checks": ("host", "service", "command", "macros", "interval", "retry_interval",
+               "max_check_attempts", "command_endpoint", "zone"),
 }
 _SIZE_LIMITS = frozenset({"max_message_size_anonymous", "max_message_size_child",
                           "max_message_size_peer", "send_queue_high_bytes",
@@ -774,7 +782,7 @@ _SIZE_LIMITS = frozenset({"max_message_size_anonymous", "max_message_size_child"
 def _section_label(section: str) -> str:
     if not section:
         return "at the top level"
-    if section in ("zones", "endpoints"):
+    if section in ("zones", "endpoints", "checks"):
         return f"in [[{section}]]"
     return f"in [{section}]"
 
@@ -888,7 +896,7 @@ class _Builder:
             node=node, listen=listen, status_listen=status_listen, tls=tls, zones=zones,
             endpoints=endpoints, limits=self.limits(), timeouts=self.timeouts(),
             objects=self.objects(), results=results, log_level=log_level,
-            path=self.where.path, endpoint_log_duration=durations)
+            path=self.where.path, endpoint_log_duration=durations, checks=self.checks())
 
     def node(self) -> NodeConfig:
         if "node" not in self.doc:
@@ -1038,6 +1046,45 @@ class _Builder:
                 raise self.err(str(e), f"timeouts.{name}") from None
         return Timeouts(**values)
 
+    def checks(self) -> tuple[CheckSpec, ...]:
+        raw = self.doc.get("checks", [])
+        if not isinstance(raw, list):
+            raise self.err("expected [[checks]] tables", "checks")
+        checks = []
+        for i, t in enumerate(raw):
+            prefix = f"checks[{i}]"
+            t = self.table(t, prefix, "[[checks]]")
+            self.check_keys(t, "checks", prefix)
+            for required in ("host", "command"):
+                if required not in t:
+                    raise self.err(f"missing required key '{required}' in [[checks]]",
+                                   f"{prefix}.{required}")
+            values: dict[str, Any] = {
+                "host": self.string(t["host"], f"{prefix}.host").strip(),
+                "command": self.string(t["command"], f"{prefix}.command").strip()}
+            for key in ("service", "command_endpoint", "zone"):
+                if key in t:
+                    values[key] = self.string(t[key], f"{prefix}.{key}").strip()
+            for key in ("interval", "retry_interval"):
+                if key in t:
+                    try:
+                        values[key] = parse_duration(t[key])
+                    except ValueError as e:
+                        raise self.err(str(e), f"{prefix}.{key}") from None
+                    if not math.isfinite(values[key]) or values[key] <= 0:
+                        raise self.err("must be a positive number of seconds",
+                                       f"{prefix}.{key}")
+            if "max_check_attempts" in t:
+                values["max_check_attempts"] = self.integer(t["max_check_attempts"],
+                                                            f"{prefix}.max_check_attempts")
+                if values["max_check_attempts"] < 1:
+                    raise self.err("must be at least 1", f"{prefix}.max_check_attempts")
+            if "macros" in t:
+                values["macros"] = FrozenMap(self.table(t["macros"], f"{prefix}.macros",
+                                                        "[checks.macros]"))
+            checks.append(CheckSpec(**values))
+        return tuple(checks)
+
     def objects(self) -> ObjectsConfig:
         t = self.table(self.doc.get("objects"), "objects", "[objects]")
         self.check_keys(t, "objects", "objects")
@@ -1179,6 +1226,33 @@ def validate(cfg: RouterConfig) -> None:
     _validate(cfg, _Where(cfg.path))
 
 
+def _check_checks(cfg: RouterConfig, where: _Where) -> None:
+    """A check's zone must exist; its command_endpoint must be us, a peer of our zone or an
+    endpoint of a direct child zone (Icinga sends ExecuteCommand only to those)."""
+    zone_of = {e: z.name for z in cfg.zones for e in z.endpoints}
+    local = zone_of.get(cfg.node.name)
+    children = {z.name for z in cfg.zones if z.parent == local and not z.global_}
+    names = [z.name for z in cfg.zones]
+    seen: set[str] = set()
+    for i, check in enumerate(cfg.checks):
+        prefix = f"checks[{i}]"
+        if check.name in seen:
+            raise where.error(f"check '{check.name}' is defined twice", f"{prefix}.host")
+        seen.add(check.name)
+        if check.zone is not None and check.zone not in names:
+            raise where.error(f"zone '{check.zone}' is not defined{_suggest(check.zone, names)}",
+                              f"{prefix}.zone")
+        ep = check.command_endpoint
+        if ep is not None and ep != cfg.node.name:
+            if ep not in zone_of:
+                raise where.error(f"endpoint '{ep}' is not in any zone"
+                                  f"{_suggest(ep, list(zone_of))}", f"{prefix}.command_endpoint")
+            if zone_of[ep] != local and zone_of[ep] not in children:
+                raise where.error(f"command_endpoint '{ep}' must be in our zone or a direct "
+                                  f"child zone (it is in '{zone_of[ep]}')",
+                                  f"{prefix}.command_endpoint")
+
+
 def _validate(cfg: RouterConfig, where: _Where) -> None:
     node = cfg.node
     if not isinstance(node.name, str) or _check_name(node.name, "node"):
@@ -1247,6 +1321,8 @@ def _validate(cfg: RouterConfig, where: _Where) -> None:
             raise where.error("host name must not be empty", key)
         if zone not in zone_names:
             raise where.error(f"zone '{zone}' is not defined{_suggest(zone, zone_names)}", key)
+
+    _check_checks(cfg, where)
 
     ep_names = {e.name: i for i, e in enumerate(cfg.endpoints)}
     for name, seconds in cfg.endpoint_log_duration.items():
@@ -1421,7 +1497,8 @@ def quickstart_config(*, node_name: str | None = None, data_dir: str | None = No
     kwargs: dict[str, Any] = {}
     if base is not None:
         kwargs = dict(limits=base.limits, timeouts=base.timeouts, objects=base.objects,
-                      results=base.results, log_level=base.log_level, path=base.path)
+                      results=base.results, log_level=base.log_level, path=base.path,
+                      checks=base.checks)
     cfg = RouterConfig(node=node, listen=listen_v, status_listen=status_v, tls=tls,
                        zones=tuple(zones), endpoints=tuple(endpoints),
                        endpoint_log_duration=durations, **kwargs)
@@ -1540,4 +1617,31 @@ def config_to_toml(cfg: RouterConfig) -> str:
         out.append("")
 
     out.append(topology_to_toml(cfg.zones, cfg.endpoints, cfg.endpoint_log_duration))
+    default = CheckSpec("", "")
+    for check in cfg.checks:
+        out += ["", "[[checks]]", f"host = {_toml_str(check.host)}",
+                f"command = {_toml_str(check.command)}"]
+        for key in ("service", "command_endpoint", "zone"):
+            value = getattr(check, key)
+            if value is not None:
+                out.append(f"{key} = {_toml_str(value)}")
+        for key in ("interval", "retry_interval", "max_check_attempts"):
+            value = getattr(check, key)
+            if value != getattr(default, key):
+                out.append(f"{key} = {value!r}")
+        if check.macros:
+            out.append("[checks.macros]")
+            for name, value in check.macros.items():
+                out.append(f"{_toml_key(name)} = {_toml_value(value)}")
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    """A macro value (string, number, bool or list of those) as TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return _toml_str(str(value))

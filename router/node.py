@@ -115,7 +115,10 @@ class Node:
         self.loop = loop or asyncio.get_running_loop()
         self.name = config.node.name
         self.topology = Topology(config.zones, config.endpoints, self.name)
-        self.objects = ObjectZones(self.topology, hosts=dict(config.objects.hosts),
+        hosts = dict(config.objects.hosts)
+        for check in config.checks:  # our own checks' hosts live in their zone (or ours)
+            hosts.setdefault(check.host, check.zone or self.topology.local_zone)
+        self.objects = ObjectZones(self.topology, hosts=hosts,
                                    unknown=UnknownObjects(config.objects.unknown))
         self.router = Router(self.topology, self.objects)
         tls_cfg = config.tls
@@ -160,6 +163,8 @@ class Node:
         self.executor: Any = None
         #: Set by the service: the replay log (router.replay.ReplayManager).
         self.replay: Any = None
+        #: Set by the service when [[checks]] are configured (router.checking.LocalChecks).
+        self.checks: Any = None
         self._drain_waiters: dict[PeerConnection, asyncio.Future[None]] = {}
         self._command_tasks: set[asyncio.Task[None]] = set()
 
@@ -457,6 +462,9 @@ class Node:
                                   "%.6f", method, ts, stats.remote_log_position)
                 return
             stats.remote_log_position = ts
+        if method == CHECK_RESULT and self.checks is not None \
+                and self.checks.accept_result(endpoint, msg.params):
+            return  # the answer to our own ExecuteCommand (command_endpoint)
         decision = self.router.route(method, msg.params, endpoint, msg.origin_zone,
                                      self.connected_names)
         if not decision.accepted:
@@ -477,13 +485,42 @@ class Node:
         frame = netstring.encode(jsonrpc.relay_payload(msg, ts, from_zone))
         if decision.logged and decision.unreachable and self.replay is not None:
             self.replay.persist(decision.unreachable, ts, frame, decision.object_zone)
-        targets = decision.targets
         method = msg.method or ""
-        key = None
-        if method == CHECK_RESULT and msg.params is not None:
-            key = (msg.params.get("host"), msg.params.get("service"))
         if method == "event::ExecuteCommand" and msg.params is not None:
             self._remember_execution(source.endpoint, msg.params)  # type: ignore[arg-type]
+        self._fan_out(frame, method, msg.params, decision.targets, source)
+
+    def originate(self, method: str, params: dict[str, Any]) -> bool:
+        """Route a message this node produces (e.g. its own check results).
+
+        Encoded once with a fresh ``ts``, sent to every target the routing rules give for
+        a local origin, logged for unreachable zones, and consumed locally like a received
+        one (the result view). Returns False when routing refused it.
+        """
+        decision = self.router.route_local(method, params, self.connected_names)
+        if not decision.accepted:
+            log.warning("not sending our own %s: %s", method, decision.reason)
+            return False
+        ts = self.stamp()
+        frame = netstring.encode(jsonrpc.notification(method, params, ts=ts))
+        if decision.logged and decision.unreachable and self.replay is not None:
+            self.replay.persist(decision.unreachable, ts, frame, decision.object_zone)
+        self._fan_out(frame, method, params, decision.targets, None)
+        if method == CHECK_RESULT:
+            self.check_results_received += 1
+            host, cr = params.get("host"), params.get("cr")
+            if self.results is not None and isinstance(host, str) and isinstance(cr, dict):
+                service = params.get("service")
+                self.results.update(host, service if isinstance(service, str) else None, cr,
+                                    self.name, time.time())
+        return True
+
+    def _fan_out(self, frame: bytes, method: str, params: dict[str, Any] | None,
+                 targets: tuple[str, ...], source: PeerConnection | None) -> None:
+        """Queue one frame on every target; pause ``source`` behind congested queues."""
+        key = None
+        if method == CHECK_RESULT and params is not None:
+            key = (params.get("host"), params.get("service"))
         connections = self.connections
         for name in targets:
             target = connections.get(name)
@@ -495,7 +532,8 @@ class Node:
             if queue.coalesced != coalesced and target.stats is not None:
                 target.stats.coalesced += 1
             if queue.congested:
-                self._block(source, target)
+                if source is not None:
+                    self._block(source, target)
                 if queue.over_hard_limit:
                     self._slow_consumer(target, "queue above its hard limit")
                     continue

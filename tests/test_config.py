@@ -888,3 +888,65 @@ def test_reference_documents_every_key() -> None:
         assert f"| `{name}` |" in doc, name
     for block in re.findall(r"```toml\n(.*?)```", doc, re.S):
         tomllib.loads(block)
+
+
+CHECKS_BASE = '''[node]
+name = "m1"
+data_dir = "d"
+[[zones]]
+name = "master"
+endpoints = ["m1"]
+[[zones]]
+name = "agent1"
+endpoints = ["a1"]
+parent = "master"
+[[zones]]
+name = "far"
+endpoints = ["f1"]
+parent = "agent1"
+[[endpoints]]
+name = "m1"
+[[endpoints]]
+name = "a1"
+[[endpoints]]
+name = "f1"
+'''
+
+
+def test_checks_parse_and_round_trip():
+    from router.config import config_to_toml, parse_config
+
+    cfg = parse_config(CHECKS_BASE + '''[[checks]]
+host = "a1"
+service = "disk"
+command = "disk"
+command_endpoint = "a1"
+interval = "30s"
+max_check_attempts = 2
+[checks.macros]
+disk_wfree = "20%"
+disk_partitions = ["/"]
+[[checks]]
+host = "web01"
+command = "ping4"
+''', "c.toml")
+    disk, ping = cfg.checks
+    assert (disk.name, disk.interval, disk.max_check_attempts) == ("a1!disk", 30.0, 2)
+    assert dict(disk.macros) == {"disk_wfree": "20%", "disk_partitions": ["/"]}
+    assert ping.name == "web01" and ping.command_endpoint is None
+    assert parse_config(config_to_toml(cfg), "again.toml").checks == cfg.checks
+
+
+@pytest.mark.parametrize("extra,line,text", [
+    ('[[checks]]\nhost = "a1"\ncommand = "dummy"\ncommand_endpoint = "f1"\n', 24,
+     "must be in our zone or a direct child zone"),
+    ('[[checks]]\nhost = "a1"\ncommand = "dummy"\nzone = "nope"\n', 24, "zone 'nope'"),
+    ('[[checks]]\nhost = "a1"\n', 21, "missing required key 'command'"),
+    ('[[checks]]\nhost = "a1"\ncommand = "dummy"\nintervall = 5\n', 24, "intervall"),
+])
+def test_check_errors_name_the_line(extra, line, text):
+    from router.config import parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(CHECKS_BASE + extra, "c.toml")
+    assert info.value.line == line and text in str(info.value), str(info.value)
