@@ -470,6 +470,31 @@ class Catalog:
 
     # ----------------------------------------------------------------- building
 
+    def collect_macros(self, command_name: str, macros: Mapping[str, Any]) -> dict[str, Any]:
+        """The macros a parent sends with ``event::ExecuteCommand`` for ``command_name``.
+
+        An Icinga parent resolves the command in "collect" mode and sends the values it
+        found, including the command's own defaults derived from other macros (``ping4``'s
+        ``ping_address`` from ``address``), because the child resolves only what it is
+        given. So: the given macros, plus every command var that resolves completely.
+
+        Raises:
+            UnknownCommand: no such command.
+        """
+        definition = self.get(command_name)
+        resolver = _Resolver(macros, definition.vars)
+        collected = dict(macros)
+        for name in definition.vars:
+            if name in collected:
+                continue
+            try:
+                value, missing = resolver.resolve_macro(name, 0)
+            except MacroError:
+                continue
+            if missing is None and value is not None:
+                collected[name] = value
+        return collected
+
     def build(self, command_name: str, macros: Mapping[str, Any] | None = None, *,
               plugin_dir: str = DEFAULT_PLUGIN_DIR, use_defaults: bool = False,
               timeout: float | None = None,

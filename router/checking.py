@@ -145,11 +145,15 @@ class LocalChecks:
         if endpoint not in node.connected_names:
             return _unknown_cr(f"Remote Icinga instance '{endpoint}' is not connected to "
                                f"'{node.name}'", node.name, now)
+        try:
+            macros = self.catalog.collect_macros(spec.command, spec.macros)
+        except UnknownCommand:
+            macros = dict(spec.macros)  # the child may know it even if we do not
         key = (spec.host, spec.service)
         future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
         self._pending[key] = (endpoint, future)
         params: dict[str, Any] = {"command": spec.command, "command_type": "check_command",
-                                  "host": spec.host, "macros": dict(spec.macros)}
+                                  "host": spec.host, "macros": macros}
         if spec.service is not None:
             params["service"] = spec.service
         node.send_to(endpoint, netstring.encode(jsonrpc.notification(

@@ -305,3 +305,15 @@ def test_load_from_a_file(tmp_path: Path) -> None:
     assert cat.build("mine", {}, use_defaults=True).argv == ("/usr/local/bin/check_mine", "-v")
     with pytest.raises(CatalogError, match="cannot read"):
         Catalog.load(tmp_path / "absent.toml")
+
+
+def test_collect_macros_adds_resolved_command_vars_like_an_icinga_parent() -> None:
+    from checkers.catalog import Catalog
+
+    catalog = Catalog.load()
+    collected = catalog.collect_macros("ping4", {"address": "192.0.2.7", "ping_packets": 1})
+    assert collected["ping_address"] == "192.0.2.7"      # derived from address
+    assert collected["ping_packets"] == 1                 # given values win
+    # What the child builds from the collected macros alone has the address.
+    request = catalog.build("ping4", collected)
+    assert "192.0.2.7" in request.argv

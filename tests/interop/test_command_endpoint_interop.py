@@ -76,3 +76,64 @@ def test_icinga_master_runs_command_endpoint_checks_on_router(
                for p in load["performance_data"]), load
     status = router.endpoint_status("master")
     assert status["connected"] and status["relation"] == "parent"
+
+
+CHECKS_ON_ICINGA_AGENT = """
+[[checks]]
+host = "agent1"
+service = "remote-dummy"
+command = "dummy"
+command_endpoint = "agent1"
+interval = 2
+retry_interval = 2
+[checks.macros]
+dummy_state = 2
+dummy_text = "dummy run by a real Icinga agent"
+
+[[checks]]
+host = "agent1"
+service = "remote-ping"
+command = "ping4"
+command_endpoint = "agent1"
+interval = 2
+retry_interval = 2
+[checks.macros]
+address = "127.0.0.1"
+ping_wrta = 100
+ping_crta = 200
+ping_wpl = 50
+ping_cpl = 80
+ping_packets = 1
+ping_timeout = 5
+"""
+
+
+def test_router_master_runs_checks_on_icinga_agent(icinga_factory: IcingaFactory,
+                                                   make_router: RouterMaker) -> None:
+    """Our master schedules checks whose command_endpoint is a real Icinga 2 agent."""
+    router = make_router("master", zones=MASTER_AGENT_ZONES,
+                         endpoints=[{"name": "master"}, {"name": "agent1"}],
+                         extra_toml=CHECKS_ON_ICINGA_AGENT)
+    router.start()
+    agent = icinga_factory("agent1", "agent1",
+                           endpoints=[{"name": "master", "host": "127.0.0.1",
+                                       "port": router.listen_port}, {"name": "agent1"}],
+                           zones=MASTER_AGENT_ZONES, accept_commands=True, checker=False)
+    agent.start()
+
+    def result(service: str):
+        results = router.checkresults("agent1", service)
+        return results[0] if results and results[0]["check_source"] == "agent1" else None
+
+    dummy = router.wait_for(lambda: result("remote-dummy"), 40,
+                            what="remote-dummy result from the real agent",
+                            extra=lambda: agent.diagnostics(40))
+    assert dummy["state"] == 2 and dummy["output"] == "dummy run by a real Icinga agent"
+    if os.access("/usr/lib/nagios/plugins/check_ping", os.X_OK):
+        ping = router.wait_for(lambda: result("remote-ping"), 40,
+                               what="remote-ping result from the real agent",
+                               extra=lambda: agent.diagnostics(40))
+        assert "PING" in ping["output"], ping
+    refused = router.metric("router_messages_refused_total", endpoint="agent1",
+                            method="event::CheckResult", reason="wrong_zone")
+    assert refused == 0, diag(router, agent)
