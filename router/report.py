@@ -245,18 +245,37 @@ def metric_families(node: Node) -> list[MetricFamily]:
     ]
     if node.replay is not None:
         fams += replay_families(node)
-    if node.executor is not None:
-        fams += checker_families(node.executor.pool.stats())
+    pool = node.executor.pool if node.executor is not None else (
+        node.checks.pool if node.checks is not None else None)
+    if pool is not None:
+        fams += checker_families(pool.stats())
+    if node.checks is not None:
+        fams += scheduler_families(node.checks.stats())
     fams += process_families()
     return fams
 
 
+def _histogram(name: str, data: dict[str, Any]) -> MetricFamily:
+    """A histogram family from {"buckets": {le: cumulative count}, "sum", "count"}."""
+    fam = family(name)
+    fam.suffixed = [("_bucket", {"le": le}, n) for le, n in data["buckets"].items()]
+    fam.suffixed += [("_sum", {}, data["sum"]), ("_count", {}, data["count"])]
+    return fam
+
+
+def scheduler_families(stats: dict[str, Any]) -> list[MetricFamily]:
+    """The local check scheduler (router.checking.LocalChecks.stats())."""
+    return [
+        family("router_checks_scheduled_total", [({}, stats["scheduled"])]),
+        family("router_check_handovers_total", [({}, stats["handovers"])]),
+        family("router_check_remote_sent_total", [({}, stats["remote_sent"])]),
+        _histogram("router_check_schedule_latency_seconds", stats["latency"]),
+    ]
+
+
 def checker_families(stats: dict[str, Any]) -> list[MetricFamily]:
     """The executor pool's counters (checkers.pool.CheckerPool.stats())."""
-    wait = stats["queue_wait_seconds"]
-    histogram = family("router_check_queue_wait_seconds")
-    histogram.suffixed = [("_bucket", {"le": le}, n) for le, n in wait["buckets"].items()]
-    histogram.suffixed += [("_sum", {}, wait["sum"]), ("_count", {}, wait["count"])]
+    histogram = _histogram("router_check_queue_wait_seconds", stats["queue_wait_seconds"])
     return [
         family("router_checks_running", [({}, stats["running"])]),
         family("router_checks_queued", [({}, stats["queued"])]),

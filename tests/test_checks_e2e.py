@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from router.scheduler import sdbm
-from tests.nodeutil import ClusterSpec, status_json, wait_until
+from tests.nodeutil import ClusterSpec, metrics_text, status_json, wait_until
 from tests.pkiutil import make_test_pki
 
 FAST = "reconnect_min = 0.1\nreconnect_max = 0.3\nconnect = 3.0"
@@ -65,6 +65,7 @@ def test_ha_pair_splits_checks_and_takes_over(tmp_path, pki, run):
                 return all(r["check_source"] == "m1" for r in (await results(m1)).values())
             await wait_until(all_m1, timeout=15, what="m1 took over every check")
             assert m1.node.checks.scheduler.handovers >= 1
+            assert master_metrics_ok(await metrics_text(m1))
         finally:
             await m1.stop()
             await m2.stop()
@@ -117,3 +118,10 @@ async def _wait_value(probe, timeout=20):
         return box["v"]
     await wait_until(check, timeout=timeout, what=probe.__name__)
     return box["v"]
+
+
+def master_metrics_ok(text: str) -> bool:
+    return ("router_checks_scheduled_total " in text
+            and 'router_check_schedule_latency_seconds_bucket{le="+Inf"}' in text
+            and "router_check_handovers_total " in text
+            and "router_checks_executed_total " in text)

@@ -34,7 +34,10 @@ def test_parent_checks_run_on_our_executors(spec, run):
             parent.send("event::ExecuteCommand", {
                 "command": "no-such-command", "command_type": "check_command",
                 "host": "agent1", "service": "x", "macros": {}})
-            expected = 2
+            parent.send("event::ExecuteCommand", {
+                "command": "ping4", "command_type": "check_command", "host": "agent1",
+                "service": "no-address", "macros": {}})
+            expected = 3
             if os.access(CHECK_LOAD, os.X_OK):
                 parent.send("event::ExecuteCommand", {
                     "command": "load", "command_type": "check_command", "host": "agent1",
@@ -57,6 +60,8 @@ def test_parent_checks_run_on_our_executors(spec, run):
             assert (cr["state"], cr["output"]) == (2, "boom from the executor")
             assert cr["check_source"] == "agent1" and cr["performance_data"] == []
             assert "ts" not in results["dummy-svc"]  # direct answer, like Icinga
+            missing = results["no-address"]["params"]["cr"]
+            assert missing["state"] == 3 and "Non-optional macro" in missing["output"]
             unknown = results["x"]["params"]["cr"]
             assert unknown["state"] == 3
             assert unknown["output"] == "Check command 'no-such-command' does not exist."
@@ -76,3 +81,27 @@ def test_parent_checks_run_on_our_executors(spec, run):
             await agent.stop()
 
     run(main(), timeout=90)
+
+
+def test_execute_command_from_a_child_is_refused(spec, run):
+    """Commands only flow down: a child zone may not make us run anything."""
+    async def main():
+        master = await spec.start("master", node_extra="accept_commands = true")
+        try:
+            child = await FakePeer.connect(spec.port("master"), spec.pki, "agent1",
+                                           server_name="master")
+            child.send("event::ExecuteCommand", {
+                "command": "dummy", "command_type": "check_command", "host": "agent1",
+                "service": "x", "macros": {"dummy_text": "should not run"}})
+            await wait_until(lambda: master.node.stats.get("agent1") is not None
+                             and master.node.stats["agent1"].refused, what="refusal")
+            text = await metrics_text(master)
+            assert ('router_messages_refused_total{endpoint="agent1",'
+                    'method="event::ExecuteCommand",reason="not_allowed"} 1') in text
+            assert 'router_checks_executed_total 0' in text
+            assert not child.messages("event::CheckResult") and not child.closed
+            await child.close()
+        finally:
+            await master.stop()
+
+    run(main(), timeout=60)
