@@ -186,6 +186,16 @@ class RouterNode:
             raise RuntimeError(f"router {self.name} failed to start: {error!r}\n"
                                f"{self.log_tail()}") from error
 
+    def pin_listen_port(self) -> int:
+        """Make the next :meth:`start` bind the cluster port bound now (configured as port
+        0), so that a restarted router keeps the address its peers dial. Returns it."""
+        if self.listen_port is None:
+            raise RuntimeError(f"router {self.name} has not bound a cluster port yet")
+        host = (self.listen or "127.0.0.1:0").rsplit(":", 1)[0]
+        self.listen = f"{host}:{self.listen_port}"
+        self.config_path.write_text(self.render_config())
+        return self.listen_port
+
     def _run(self, config: Any) -> None:
         try:
             uvloop.run(self._main(config))
