@@ -48,8 +48,8 @@ def test_ha_pair_splits_checks_and_takes_over(tmp_path, pki, run):
 
             async def all_seen(service):
                 return len(await results(service)) == len(hosts)
-            await wait_until(lambda: all_seen(m1), timeout=15, what="every check at m1")
-            await wait_until(lambda: all_seen(m2), timeout=15, what="every check at m2")
+            await wait_until(lambda: all_seen(m1), timeout=40, what="every check at m1")
+            await wait_until(lambda: all_seen(m2), timeout=40, what="every check at m2")
             # Wait for a round that ran after both were connected, then compare owners.
             await wait_until(lambda: m1.node.checks.scheduler.scheduled > len(hosts),
                              what="a second round")
@@ -63,7 +63,7 @@ def test_ha_pair_splits_checks_and_takes_over(tmp_path, pki, run):
 
             async def all_m1():
                 return all(r["check_source"] == "m1" for r in (await results(m1)).values())
-            await wait_until(all_m1, timeout=15, what="m1 took over every check")
+            await wait_until(all_m1, timeout=40, what="m1 took over every check")
             assert m1.node.checks.scheduler.handovers >= 1
             assert master_metrics_ok(await metrics_text(m1))
         finally:
