@@ -1123,20 +1123,28 @@ def check_topology(zones: Iterable[ZoneSpec], endpoints: Iterable[EndpointSpec],
     _check_topology(tuple(zones), tuple(endpoints), node_name, _Where(path, lines))
 
 
-def _check_topology(zones: tuple[ZoneSpec, ...], endpoints: tuple[EndpointSpec, ...],
-                    node_name: str | None, where: _Where) -> None:
-    ep_index: dict[str, int] = {}
-    for i, ep in enumerate(endpoints):
-        key = f"endpoints[{i}].name"
-        problem = _check_name(ep.name, "endpoint") if isinstance(ep.name, str) else \
-            f"endpoint name must be a string, got {_type_name(ep.name)}"
+def _unique_names(items: tuple[ZoneSpec, ...] | tuple[EndpointSpec, ...], kind: str,
+                  section: str, where: _Where) -> dict[str, int]:
+    """Check each item's name and that none repeats; name -> index."""
+    index: dict[str, int] = {}
+    for i, item in enumerate(items):
+        key = f"{section}[{i}].name"
+        problem = _check_name(item.name, kind) if isinstance(item.name, str) else \
+            f"{kind} name must be a string, got {_type_name(item.name)}"
         if problem:
             raise where.error(problem, key)
-        if ep.name in ep_index:
-            first = where.line(f"endpoints[{ep_index[ep.name]}]")
+        if item.name in index:
+            first = where.line(f"{section}[{index[item.name]}]")
             at = f" (first at line {first})" if first else ""
-            raise where.error(f"endpoint '{ep.name}' is defined twice{at}", key)
-        ep_index[ep.name] = i
+            raise where.error(f"{kind} '{item.name}' is defined twice{at}", key)
+        index[item.name] = i
+    return index
+
+
+def _check_topology(zones: tuple[ZoneSpec, ...], endpoints: tuple[EndpointSpec, ...],
+                    node_name: str | None, where: _Where) -> None:
+    ep_index = _unique_names(endpoints, "endpoint", "endpoints", where)
+    for i, ep in enumerate(endpoints):
         for k, addr in enumerate(ep.addresses):
             akey = f"endpoints[{i}].addresses[{k}]"
             if (not isinstance(addr, tuple) or len(addr) != 2 or not isinstance(addr[0], str)
@@ -1149,18 +1157,7 @@ def _check_topology(zones: tuple[ZoneSpec, ...], endpoints: tuple[EndpointSpec, 
             except ValueError as e:
                 raise where.error(str(e), akey) from None
 
-    zone_index: dict[str, int] = {}
-    for i, z in enumerate(zones):
-        key = f"zones[{i}].name"
-        problem = _check_name(z.name, "zone") if isinstance(z.name, str) else \
-            f"zone name must be a string, got {_type_name(z.name)}"
-        if problem:
-            raise where.error(problem, key)
-        if z.name in zone_index:
-            first = where.line(f"zones[{zone_index[z.name]}]")
-            at = f" (first at line {first})" if first else ""
-            raise where.error(f"zone '{z.name}' is defined twice{at}", key)
-        zone_index[z.name] = i
+    zone_index = _unique_names(zones, "zone", "zones", where)
 
     zone_of: dict[str, str] = {}
     for i, z in enumerate(zones):
