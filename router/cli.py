@@ -286,5 +286,80 @@ def pki_ticket(cn: str, salt: str) -> None:
     click.echo(pki.ticket(cn, salt))
 
 
+@main.command()
+@click.option("--endpoints", type=click.IntRange(1, 20000), default=5000, show_default=True,
+              help="Emulated agents (one TLS session and certificate each).")
+@click.option("--rate", default="5000", show_default=True,
+              help="Results/s in total for steady/churn/replay, or 'max' (flat out).")
+@click.option("--duration", type=float, default=10.0, show_default=True,
+              help="Measurement window per load scenario, s.")
+@click.option("--warmup", type=float, default=3.0, show_default=True, help="Warm-up, s.")
+@click.option("--payload-bytes", type=int, default=1024, show_default=True,
+              help="Size of one CheckResult message (JSON).")
+@click.option("--scenario", "scenario", default="steady", show_default=True,
+              help="steady|max|storm|churn|replay|all, or several separated by commas; "
+                   "run in turn on the connected agents ('all': every scenario).")
+@click.option("--target", metavar="HOST:PORT",
+              help="An existing node instead of the local demo topology (needs --pki).")
+@click.option("--pki", "pki_dir", type=click.Path(file_okay=False),
+              help="With --target: CA directory (ca.crt, ca.key) to issue the agents' "
+                   "and master's certificates.")
+@click.option("--status-url", help="With --target: our router's status URL, to count "
+                                   "connected endpoints on the node itself.")
+@click.option("--against", type=click.Choice(["icinga2"]),
+              help="Also run the same workload against a real Icinga 2 node, same run.")
+@click.option("--workers", type=int, default=0, help="Load processes (default: one per core).")
+@click.option("--replay-cut", type=float, default=5.0, show_default=True,
+              help="replay: how long the parent is cut off, s.")
+@click.option("--churn-fraction", type=float, default=0.1, show_default=True,
+              help="churn: fraction of the agents that keep reconnecting.")
+@click.option("--connect-timeout", type=float, default=0.0,
+              help="Bound for connecting all agents, s (default: max(60, N/20)).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write every number as JSON.")
+@click.option("--keep", is_flag=True, help="Keep the temporary directory.")
+def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_bytes: int,
+         scenario: str, target: str | None, pki_dir: str | None, status_url: str | None,
+         against: str | None, workers: int, replay_cut: float, churn_fraction: float,
+         connect_timeout: float, json_path: str | None, keep: bool) -> None:
+    """Load-test a node: N emulated agents -> node -> emulated parent.
+
+    Without --target it starts a local demo topology (our router satellite between the
+    agents and the parent) on 127.0.0.1. See perf/README.md.
+    """
+    try:
+        from perf import tool
+    except ImportError as exc:       # installed without the perf package
+        raise click.ClickException(f"the perf package is not available: {exc}") from exc
+    try:
+        parsed_rate = None if rate.strip().lower() == "max" else float(rate)
+    except ValueError as exc:
+        raise click.BadParameter("a number or 'max'", param_hint="--rate") from exc
+    if parsed_rate is not None and parsed_rate <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--rate")
+    if against == "icinga2":
+        from tests.interop.icinga import find_icinga2  # on sys.path through perf.common
+        if find_icinga2() is None:
+            raise click.ClickException("--against icinga2: icinga2 is not installed")
+    scenarios = tool.SCENARIOS if scenario == "all" else tuple(
+        x.strip() for x in scenario.split(",") if x.strip())
+    bad = [x for x in scenarios if x not in tool.SCENARIOS]
+    if bad or not scenarios:
+        raise click.BadParameter(f"unknown scenario {', '.join(bad) or scenario!r}; choose "
+                                 f"from {', '.join(tool.SCENARIOS)} or all",
+                                 param_hint="--scenario")
+    opts = tool.Options(
+        endpoints=endpoints, rate=parsed_rate, duration=duration, warmup=warmup,
+        payload_bytes=payload_bytes, scenarios=scenarios, target=target, pki_dir=pki_dir,
+        status_url=status_url, against=against, workers=workers, replay_cut=replay_cut,
+        churn_fraction=churn_fraction, connect_timeout=connect_timeout, json_path=json_path,
+        keep=keep)
+    try:
+        result = tool.run(opts, echo=lambda s: click.echo(s, err=True))
+    except (ValueError, RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(tool.format_report(result))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,329 @@
+"""Load processes of ``router perf``: emulated agents that connect, send, churn, reconnect.
+
+One load process (multiprocessing, spawn, uvloop) owns a share of the agents. It talks to
+the main process over a pipe (commands ``connect``, ``go``, ``stop``, ``reconnect``,
+``close``) and publishes live counters in a shared array (``C_*`` indices below), which the
+main process reads for the progress display without a round trip.
+
+Every agent has its own certificate (all agents may share one EC key: ``router perf``
+issues N certificates for one key, which is much faster than N key generations) and its
+own TLS session. The messages are ``event::CheckResult`` in the shape Icinga agents send
+(``perf.common.message_template``); ``cr.execution_end`` is the agent's wall clock at
+the moment of writing (microseconds, strictly increasing per agent), so the parent reads
+the end-to-end latency from it and ``(host, execution_end)`` identifies each result
+exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from perf.common import (
+    HELLO,
+    PACE_TICK,
+    SAT,
+    agent_name,
+    client_context,
+    message_template,
+    raise_nofile,
+)
+
+# indices of the shared counter array (one per load process)
+C_SENT, C_BYTES, C_IDENTIFIED, C_CONNECTS, C_CONNECT_FAILURES, C_CLOSED_BY_PEER = range(6)
+N_COUNTERS = 6
+#: storm: a session the node has not answered within this many seconds is redialled
+IDENTIFY_TIMEOUT = 10.0
+
+
+class PerfAgent:
+    """One emulated agent: a TLS session that may be dropped and dialled again."""
+
+    def __init__(self, name: str, host: str, port: int, ctx: ssl.SSLContext, template: bytes,
+                 batch: int, counter: Any, sndbuf: int) -> None:
+        self.name = name
+        self.host, self.port = host, port
+        self.ctx = ctx
+        self.template = template
+        self.batch = batch
+        self.counter = counter
+        self.sndbuf = sndbuf
+        self.writer: asyncio.StreamWriter | None = None
+        self.identified = False
+        self.sent = 0
+        self.last_us = 0
+        self.errors: list[str] = []
+        self.auto_reconnect = False
+        self._read_task: asyncio.Task[None] | None = None
+        self._reconnecting = False
+        self.closing = False
+
+    async def connect(self, timeout: float = 30) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self.sndbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(
+                sock, (self.host, self.port)), timeout)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                sock=sock, ssl=self.ctx, server_hostname=SAT), timeout)
+        except BaseException:
+            sock.close()
+            self.counter[C_CONNECT_FAILURES] += 1
+            raise
+        writer.transport.set_write_buffer_limits(high=256 * 1024)
+        writer.write(HELLO)
+        self.writer = writer
+        self.counter[C_CONNECTS] += 1
+        self._read_task = asyncio.ensure_future(self._read_loop(reader, writer))
+        if self.auto_reconnect:
+            asyncio.get_running_loop().call_later(IDENTIFY_TIMEOUT, self._check_identified,
+                                                  writer)
+
+    def _check_identified(self, writer: asyncio.StreamWriter) -> None:
+        """A session the node never answered (e.g. accepted while it shut down): redial."""
+        if self.writer is writer and not self.identified and not self.closing:
+            if len(self.errors) < 3:
+                self.errors.append(f"no answer from the node {IDENTIFY_TIMEOUT:g} s after "
+                                   f"connecting: dialling again")
+            self.drop()
+            asyncio.ensure_future(self.reconnect(backoff=True))
+
+    async def _read_loop(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                if not self.identified:
+                    # the node's first frame (its icinga::Hello): it accepted our identity
+                    self.identified = True
+                    self.counter[C_IDENTIFIED] += 1
+        except (OSError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:
+            return
+        if self.writer is writer:
+            self._lost(by_peer=True)
+
+    def _lost(self, by_peer: bool) -> None:
+        if self.identified:
+            self.identified = False
+            self.counter[C_IDENTIFIED] -= 1
+        if by_peer and not self.closing:
+            self.counter[C_CLOSED_BY_PEER] += 1
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.transport.abort()
+        if by_peer and self.auto_reconnect and not self.closing:
+            asyncio.ensure_future(self.reconnect(backoff=True))
+
+    async def reconnect(self, backoff: bool) -> None:
+        """Dial again until it works (a storm: random 0-0.5 s first, then doubling to 2 s)."""
+        if self._reconnecting:
+            return
+        self._reconnecting = True
+        delay = 0.5
+        try:
+            if backoff:
+                await asyncio.sleep(random.uniform(0, 0.5))
+            while not self.closing and self.writer is None:
+                try:
+                    await self.connect(timeout=15)
+                    return
+                except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+                    if len(self.errors) < 3:
+                        self.errors.append(f"reconnect: {type(exc).__name__}: {exc}")
+                    await asyncio.sleep(random.uniform(0, delay))
+                    delay = min(2.0, delay * 2)
+        finally:
+            self._reconnecting = False
+
+    def drop(self) -> None:
+        """Close our side (churn)."""
+        if self._read_task is not None:
+            self._read_task.cancel()
+        self._lost(by_peer=False)
+
+    async def run(self, stop: asyncio.Event, rate: float, offset: float) -> None:
+        """Send until ``stop``: flat out (``rate`` 0) or ``rate`` results per second."""
+        template, counter = self.template, self.counter
+        last = self.last_us
+        started = time.monotonic()
+        sent_here = 0
+        if rate:
+            await asyncio.sleep(offset)
+        while not stop.is_set():
+            writer = self.writer
+            if writer is None:
+                await asyncio.sleep(PACE_TICK)
+                if rate:        # a disconnected agent does not build up a debt
+                    sent_here = int((time.monotonic() - started) * rate)
+                continue
+            batch = self.batch
+            if rate:
+                elapsed = time.monotonic() - started
+                due = int(elapsed * rate) - sent_here
+                if due <= 0:
+                    # sleep until the next result is due (at least one tick): with 1 result/s
+                    # per agent and thousands of agents, waking every tick would saturate us
+                    await asyncio.sleep(max(PACE_TICK, (sent_here + 1) / rate - elapsed))
+                    continue
+                batch = min(due, 4 * self.batch)
+            now = int(time.time() * 1e6)
+            first = now if now > last else last + 1
+            frames = []
+            for us in range(first, first + batch):
+                end = b"%d.%06d" % divmod(us, 1_000_000)
+                start = b"%d.%06d" % divmod(us - 1000, 1_000_000)
+                sched = b"%d.%06d" % divmod(us - 2000, 1_000_000)
+                payload = template % (end, start, end, sched, end)
+                frames.append(b"%d:%b," % (len(payload), payload))
+            last = first + batch - 1
+            data = b"".join(frames)
+            try:
+                writer.write(data)
+                self.sent += batch
+                sent_here += batch
+                counter[C_SENT] += batch
+                counter[C_BYTES] += len(data)
+                await writer.drain()
+            except (OSError, ssl.SSLError, ConnectionError, RuntimeError) as exc:
+                if len(self.errors) < 3:
+                    self.errors.append(f"send: {type(exc).__name__}: {exc}")
+                if self.writer is writer:
+                    self._lost(by_peer=True)
+            await asyncio.sleep(0)
+        self.last_us = last
+
+    async def close(self) -> None:
+        self.closing = True
+        if self._read_task is not None:
+            self._read_task.cancel()
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), 2)
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001, S110 - best effort
+                pass
+
+
+def load_worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
+    """Entry point of a load process (multiprocessing, spawn)."""
+    raise_nofile()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the main process stops us
+    import uvloop
+    uvloop.run(_worker(cfg, conn, counter))
+
+
+async def _churn(agents: list[PerfAgent], stop: asyncio.Event, period: tuple[float, float],
+                 stats: dict[str, int]) -> None:
+    """Each agent in ``agents``: connected for a random while, then dropped and redialled."""
+    async def cycle(agent: PerfAgent) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), random.uniform(*period))
+                return
+            except TimeoutError:
+                pass
+            agent.drop()
+            stats["drops"] += 1
+            await agent.reconnect(backoff=False)
+    await asyncio.gather(*(cycle(a) for a in agents))
+
+
+async def _worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+    def pump() -> None:
+        while True:
+            try:
+                cmd = conn.recv()
+            except (EOFError, OSError):
+                cmd = ("close",)
+            loop.call_soon_threadsafe(commands.put_nowait, cmd)
+            if cmd[0] == "close":
+                return
+
+    threading.Thread(target=pump, daemon=True).start()
+    ca, certs = Path(cfg["ca"]), Path(cfg["certs"])
+    agents = []
+    for i in cfg["agents"]:
+        name = agent_name(i)
+        key = Path(cfg["shared_key"]) if cfg.get("shared_key") else certs / f"{name}.key"
+        ctx = client_context(ca, certs / f"{name}.crt", key)
+        agents.append(PerfAgent(name, cfg["host"], cfg["port"], ctx,
+                                message_template(name, cfg["payload_bytes"]), cfg["batch"],
+                                counter, cfg["sndbuf"]))
+    conn.send(("ready", len(agents)))
+    stop = asyncio.Event()
+    tasks: list[asyncio.Future[Any]] = []
+    churn_stats = {"drops": 0}
+    sent_at_go = 0
+    while True:
+        cmd = await commands.get()
+        if cmd[0] == "connect":
+            sem = asyncio.Semaphore(cfg.get("concurrency", 64))
+
+            async def one(agent: PerfAgent, sem: asyncio.Semaphore = sem) -> None:
+                async with sem:
+                    await agent.connect()
+
+            results = await asyncio.gather(*(one(a) for a in agents), return_exceptions=True)
+            errors = [f"{a.name}: {r!r}" for a, r in zip(agents, results)
+                      if isinstance(r, BaseException)]
+            conn.send(("connected", len(agents) - len(errors), errors[:5], len(errors)))
+        elif cmd[0] == "go":
+            _, rate, churn_fraction, churn_period = cmd
+            stop = asyncio.Event()
+            sent_at_go = sum(a.sent for a in agents)
+            tasks = [asyncio.ensure_future(a.run(stop, rate, PACE_TICK * k / len(agents)))
+                     for k, a in enumerate(agents)]
+            if churn_fraction:
+                every = max(1, round(1 / churn_fraction))
+                churners = [a for k, a in enumerate(agents) if k % every == 0]
+                churn_stats = {"drops": 0}
+                tasks.append(asyncio.ensure_future(
+                    _churn(churners, stop, churn_period, churn_stats)))
+        elif cmd[0] == "stop":
+            stop.set()
+            if tasks:
+                await asyncio.wait(tasks, timeout=10)
+            tasks = []
+            # agents the node dropped during the phase (churn) come back for the next one
+            lost = [a for a in agents if a.writer is None and not a.closing]
+            if lost:
+                await asyncio.wait([asyncio.ensure_future(a.reconnect(backoff=False))
+                                    for a in lost], timeout=15)
+            conn.send(("stopped", {
+                "sent": sum(a.sent for a in agents) - sent_at_go,
+                "per_agent_sent": {a.name: a.sent for a in agents},
+                "errors": [f"{a.name}: {e}" for a in agents for e in a.errors][:5],
+                "churn_drops": churn_stats["drops"],
+            }))
+            churn_stats = {"drops": 0}
+        elif cmd[0] == "reconnect":     # the node goes away: dial again when it does
+            for a in agents:
+                a.auto_reconnect = bool(cmd[1])
+                if a.auto_reconnect and a.writer is None:   # lost earlier (e.g. churn)
+                    asyncio.ensure_future(a.reconnect(backoff=True))
+            conn.send(("ok",))
+        elif cmd[0] == "close":
+            stop.set()
+            await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
+            try:
+                conn.send(("closed",))
+            except OSError:
+                pass
+            return

@@ -1,0 +1,59 @@
+"""Smoke test of ``router perf``: the tool runs and reports sane fields (never speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, *args: str, timeout: float = 90) -> tuple[dict, str]:
+    out = tmp_path / "perf.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "router", "perf", *args, "--json", str(out)],
+        cwd=str(REPO), capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_perf_steady_200_endpoints(tmp_path: Path) -> None:
+    result, output = _run(tmp_path, "--endpoints", "200", "--duration", "5", "--warmup", "1")
+    assert "time to all connected" in output and "steady: delivered results/s" in output
+    assert "router" in output
+    (session,) = result["sessions"]
+    assert session["target"] == "router"
+    conn = session["connect"]
+    assert conn["connected"] == 200 and conn["connect_failures"] == 0
+    assert conn["all_connected_s"] > 0 and conn["handshakes_per_s"] > 0
+    assert conn["node_rss_mb_connected"] > 0
+    steady = session["steady"]
+    assert steady["sent"] > 0 and steady["delivered_total"] > 0
+    assert steady["delivered_per_s"] > 0 and steady["latency_samples"] > 0
+    assert 0 < steady["latency_ms_p50"] <= steady["latency_ms_p99"] <= steady["latency_ms_p999"]
+    assert steady["node_cpu_s_per_10k"] is not None and steady["node_cpu_s_per_10k"] >= 0
+    assert steady["refused"] == 0
+    assert not session["bad_messages_at_parent"]
+    assert result["meta"]["endpoints"] == 200
+
+
+@pytest.mark.timeout(120)
+def test_perf_all_scenarios_small(tmp_path: Path) -> None:
+    result, output = _run(tmp_path, "--endpoints", "20", "--duration", "1", "--warmup", "0.5",
+                          "--rate", "500", "--scenario", "all", "--replay-cut", "1")
+    (session,) = result["sessions"]
+    for sc in ("steady", "max", "churn", "replay", "storm"):
+        assert sc in session, sc
+    assert session["max"]["offered_per_s"] is None
+    assert session["churn"]["churn_reconnects"] >= 0
+    replay = session["replay"]
+    assert replay["sent"] > 0
+    assert replay["received_unique"] + replay["missing"] == replay["sent"]
+    storm = session["storm"]
+    assert storm["reconnected"] == 20 and storm["all_back_s"] is not None
+    assert "storm: all back after restart" in output
