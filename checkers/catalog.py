@@ -350,6 +350,37 @@ class Catalog:
         return cls.loads(text, path=str(file))
 
     @classmethod
+    def load_merged(cls, extra: str | os.PathLike[str] | None) -> Catalog:
+        """The bundled catalog with ``extra``'s templates and commands merged over it.
+
+        A definition in ``extra`` with a bundled name replaces the bundled one whole.
+        """
+        if extra is None:
+            return cls.load()
+        data = tomllib.loads(BUNDLED_CATALOG.read_text(encoding="utf-8"))
+        try:
+            text = Path(extra).read_text(encoding="utf-8")
+        except OSError as error:
+            raise CatalogError(f"cannot read the catalog: {error.strerror}",
+                               path=str(extra)) from None
+        try:
+            more = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise CatalogError(str(error), path=str(extra)) from None
+        for section in ("templates", "commands"):
+            table = more.get(section, {})
+            if not isinstance(table, dict):
+                raise CatalogError("must be a table", path=str(extra), key=section)
+            for name, body in table.items():
+                other = "commands" if section == "templates" else "templates"
+                data.get(other, {}).pop(name, None)
+                data.setdefault(section, {})[name] = body
+        unknown = set(more) - {"templates", "commands"}
+        if unknown:
+            raise CatalogError(f"unknown top-level table(s) {sorted(unknown)}", path=str(extra))
+        return cls.from_dict(data, path=str(extra))
+
+    @classmethod
     def loads(cls, text: str, *, path: str | None = None) -> Catalog:
         try:
             data = tomllib.loads(text)

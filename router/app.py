@@ -97,6 +97,11 @@ class RouterService:
         if node.replay.zones:
             log.info("replay log %s for zones %s", path, ", ".join(sorted(node.replay.zones)))
 
+    def _catalog(self) -> Any:
+        from checkers.catalog import Catalog
+
+        return Catalog.load_merged(self.config.node.command_catalog)
+
     def _start_checks(self, node: Node) -> None:
         from router.checking import LocalChecks
         from router.scheduler import Scheduler
@@ -107,7 +112,7 @@ class RouterService:
                               zone_endpoints=zone.endpoints if zone else (node.name,),
                               started=time.time(),
                               cold_start=self.config.timeouts.ha_cold_start)
-        node.checks = LocalChecks(node, scheduler, self.pool)
+        node.checks = LocalChecks(node, scheduler, self.pool, self._catalog())
         node.checks.start()
         log.info("scheduling %d checks", len(scheduler))
 
@@ -121,7 +126,7 @@ class RouterService:
         self.pool = CheckerPool(self._socket_dir)
         await self.pool.start()
         if self.config.node.accept_commands:
-            node.executor = CommandExecutor(node.name, self.pool)
+            node.executor = CommandExecutor(node.name, self.pool, self._catalog())
         log.info("%d check executors started%s", self.pool.workers,
                  " (accepting commands)" if node.executor is not None else "")
 

@@ -86,6 +86,22 @@ def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@click.option("--socket", "socket_path", required=True,
+              help="Unix socket of the router's check pool to connect to.")
+@click.option("--max-inflight", type=int, default=None,
+              help="Checks this executor runs at once.")
+@click.option("--log-level", default="WARNING", show_default=True)
+def checker(socket_path: str, max_inflight: int | None, log_level: str) -> None:
+    """Run one check-executor process (router serve starts and supervises these)."""
+    from checkers import worker
+
+    args = ["--socket", socket_path, "--log-level", log_level]
+    if max_inflight is not None:
+        args += ["--max-inflight", str(max_inflight)]
+    sys.exit(worker.main(args))
+
+
 @main.group()
 def config() -> None:
     """Validate and convert configuration."""

@@ -116,6 +116,9 @@ class NodeConfig:
     """Version announced in ``icinga::Hello`` (major*10000 + minor*100 + patch)."""
     accept_commands: bool = False
     """Whether this node accepts commands (``event::ExecuteCommand``) from its parents."""
+    command_catalog: str | None = None
+    """Extra check command definitions (TOML, absolute path) merged over the bundled
+    catalog: new commands are added, ones with a bundled name replace it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -764,7 +767,7 @@ _TOP_KEYS = ("node", "listen", "status_listen", "log_level", "results", "tls", "
              "endpoints", "limits", "timeouts", "objects", "checks")
 _TOP_SCALARS = ("listen", "status_listen", "log_level", "results")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    "node": ("name", "data_dir", "icinga_version", "accept_commands"),
+    "node": ("name", "data_dir", "icinga_version", "accept_commands", "command_catalog"),
     "tls": ("ca", "cert", "key"),
     "zones": ("name", "endpoints", "parent", "global"),
     "endpoints": ("name", "addresses", "host", "port", "log_duration"),
@@ -924,8 +927,19 @@ class _Builder:
         accept = False
         if "accept_commands" in t:
             accept = self.boolean(t["accept_commands"], "node.accept_commands")
+        catalog = None
+        if "command_catalog" in t:
+            catalog = self.file_path(t["command_catalog"], "node.command_catalog")
+            from checkers.catalog import Catalog
+            from checkers.errors import CheckerError
+
+            try:
+                Catalog.load_merged(catalog)
+            except CheckerError as e:
+                raise self.err(f"unusable command catalog: {e}", "node.command_catalog") \
+                    from None
         return NodeConfig(name=name, data_dir=data_dir, icinga_version=version,
-                          accept_commands=accept)
+                          accept_commands=accept, command_catalog=catalog)
 
     def tls(self, node: NodeConfig) -> TLSConfig:
         t = self.table(self.doc.get("tls"), "tls", "[tls]")

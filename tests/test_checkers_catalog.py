@@ -317,3 +317,15 @@ def test_collect_macros_adds_resolved_command_vars_like_an_icinga_parent() -> No
     # What the child builds from the collected macros alone has the address.
     request = catalog.build("ping4", collected)
     assert "192.0.2.7" in request.argv
+
+
+def test_user_catalog_adds_and_replaces_commands(tmp_path) -> None:
+    from checkers.catalog import Catalog
+
+    extra = tmp_path / "mine.toml"
+    extra.write_text('[commands.my-check]\ncommand = ["/opt/my_check", "-x", "$my_x$"]\n'
+                     '[commands.load]\ncommand = ["/opt/better_load"]\n')
+    catalog = Catalog.load_merged(extra)
+    assert catalog.build("my-check", {"my_x": 3}).argv == ("/opt/my_check", "-x", "3")
+    assert catalog.build("load", {}).argv == ("/opt/better_load",)
+    assert "ping4" in catalog  # bundled commands stay

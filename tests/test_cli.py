@@ -165,3 +165,15 @@ def test_replaylog_stats_dump_and_reset(tmp_path):
     assert reset.exit_code == 0 and "broken" in reset.output
     fresh = runner.invoke(main, ["replaylog", "stats", "--data-dir", str(tmp_path)])
     assert fresh.exit_code == 0 and "0 records" in fresh.output
+
+
+def test_checker_command_runs_the_executor_main(tmp_path):
+    """`router checker --socket PATH` is the executor process (checkers.worker); with no
+    pool listening on PATH it fails at once with a message, instead of hanging."""
+    help_text = CliRunner().invoke(main, ["checker", "--help"]).output
+    assert "--socket" in help_text
+    proc = subprocess.run([sys.executable, "-m", "router", "checker", "--socket",
+                           str(tmp_path / "none.sock")], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode != 0
+    assert "none.sock" in proc.stderr

@@ -950,3 +950,17 @@ def test_check_errors_name_the_line(extra, line, text):
     with pytest.raises(ConfigError) as info:
         parse_config(CHECKS_BASE + extra, "c.toml")
     assert info.value.line == line and text in str(info.value), str(info.value)
+
+
+def test_command_catalog_is_checked_at_load(tmp_path):
+    from router.config import parse_config
+
+    good = tmp_path / "cmds.toml"
+    good.write_text('[commands.x]\ncommand = ["/bin/true"]\n')
+    base = CHECKS_BASE.replace('data_dir = "d"', 'data_dir = "d"\ncommand_catalog = "cmds.toml"')
+    cfg = parse_config(base, str(tmp_path / "c.toml"))
+    assert cfg.node.command_catalog == str(good)
+    good.write_text('[commands.x]\ncommand = [\n')
+    with pytest.raises(ConfigError) as info:
+        parse_config(base, str(tmp_path / "c.toml"))
+    assert info.value.line == 4 and "unusable command catalog" in str(info.value)
