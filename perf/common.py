@@ -432,17 +432,7 @@ class Agent:
                         await asyncio.sleep(PACE_TICK)
                         continue
                     batch = min(due, 4 * self.batch)
-                now = int(time.time() * 1e6)
-                first = now if now > last else last + 1
-                frames = []
-                for us in range(first, first + batch):
-                    end = b"%d.%06d" % divmod(us, 1_000_000)
-                    start = b"%d.%06d" % divmod(us - 1000, 1_000_000)
-                    sched = b"%d.%06d" % divmod(us - 2000, 1_000_000)
-                    payload = template % (end, start, end, sched, end)
-                    frames.append(b"%d:%b," % (len(payload), payload))
-                last = first + batch - 1
-                data = b"".join(frames)
+                data, last = stamped_frames(template, last, batch)
                 writer.write(data)
                 self.sent += batch
                 self.bytes_sent += len(data)
@@ -688,3 +678,22 @@ def machine_busy() -> tuple[float, float]:
     idle = t.idle + getattr(t, "iowait", 0.0)
     total = sum(t)
     return total - idle, total
+
+
+def stamped_frames(template: bytes, last: int, batch: int) -> tuple[bytes, int]:
+    """``batch`` framed CheckResults from ``template`` with strictly increasing stamps.
+
+    Each message gets its own microsecond (after ``last``, the previous batch's final
+    one), used for execution_end/start, schedule_start and ts, because Icinga drops results
+    whose stamps do not increase per agent. Returns the frames and the new ``last``.
+    """
+    now = int(time.time() * 1e6)
+    first = now if now > last else last + 1
+    frames = []
+    for us in range(first, first + batch):
+        end = b"%d.%06d" % divmod(us, 1_000_000)
+        start = b"%d.%06d" % divmod(us - 1000, 1_000_000)
+        sched = b"%d.%06d" % divmod(us - 2000, 1_000_000)
+        payload = template % (end, start, end, sched, end)
+        frames.append(b"%d:%b," % (len(payload), payload))
+    return b"".join(frames), first + batch - 1

@@ -34,6 +34,7 @@ from perf.common import (
     client_context,
     message_template,
     raise_nofile,
+    stamped_frames,
 )
 
 # indices of the shared counter array (one per load process)
@@ -179,17 +180,7 @@ class PerfAgent:
                     await asyncio.sleep(max(PACE_TICK, (sent_here + 1) / rate - elapsed))
                     continue
                 batch = min(due, 4 * self.batch)
-            now = int(time.time() * 1e6)
-            first = now if now > last else last + 1
-            frames = []
-            for us in range(first, first + batch):
-                end = b"%d.%06d" % divmod(us, 1_000_000)
-                start = b"%d.%06d" % divmod(us - 1000, 1_000_000)
-                sched = b"%d.%06d" % divmod(us - 2000, 1_000_000)
-                payload = template % (end, start, end, sched, end)
-                frames.append(b"%d:%b," % (len(payload), payload))
-            last = first + batch - 1
-            data = b"".join(frames)
+            data, last = stamped_frames(template, last, batch)
             try:
                 writer.write(data)
                 self.sent += batch
