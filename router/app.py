@@ -55,6 +55,8 @@ class RouterService:
         config = self.config
         node = self.node = Node(config, loop, **self._node_kwargs)
         node.start()
+        # Before any socket opens: a peer that connects must find its log to replay.
+        self._open_replay_log(node)
         if config.listen is not None:
             host, port = config.listen
             self.server = await loop.create_server(node.new_inbound, host, port,
@@ -69,7 +71,6 @@ class RouterService:
             await self._start_executors(node)
         if config.checks:
             self._start_checks(node)
-        self._open_replay_log(node)
         timeouts = config.timeouts
         self.connector = Connector(
             node, node.topology.dial_targets(),
@@ -164,7 +165,8 @@ class RouterService:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
         self._stopped.set()
         log.info("stopped in %.2f s (%s)", time.monotonic() - started,
-                 "all queues flushed" if drained else "drain timed out, queued messages lost")
+                 "all queues flushed" if drained else
+                 "drain timed out; unsent logged messages were kept in the replay log")
         return drained
 
 
