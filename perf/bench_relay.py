@@ -111,7 +111,9 @@ from perf.common import (  # noqa: E402
     rss_bytes,
     all_cpu,
     machine_busy,
+    stop_workers,
 )
+from perf.common import recv_from as _recv  # noqa: E402
 
 
 async def _poll(predicate: Any, timeout: float, what: str, target: Target) -> Any:
@@ -156,14 +158,6 @@ async def icinga_queues(target: Target) -> dict[str, Any]:
         return dict(status.get("json_rpc", {}))
     except Exception as exc:  # noqa: BLE001
         return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-async def _recv(conn: Any, timeout: float) -> Any:
-    def get() -> Any:
-        if not conn.poll(timeout):
-            raise TimeoutError("load worker did not answer")
-        return conn.recv()
-    return await asyncio.to_thread(get)
 
 
 async def run_target(target: Target, bench_pki: BenchPKI, args: argparse.Namespace
@@ -292,20 +286,7 @@ async def run_target(target: Target, bench_pki: BenchPKI, args: argparse.Namespa
             except subprocess.TimeoutExpired:
                 pyspy.kill()
     finally:
-        for proc, here, _ in workers:
-            try:
-                here.send("close")
-            except OSError:
-                pass
-        for proc, here, _ in workers:
-            try:
-                await _recv(here, 10)
-            except (TimeoutError, EOFError, OSError):
-                pass
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
+        await stop_workers(workers, "close", 10)
         if parent is not None and parent.transport is not None:
             parent.transport.close()
         print(f"[{target.name}] stopping the node ...", flush=True)

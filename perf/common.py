@@ -22,7 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 #: The repository checkout (the interop harness in tests/ lives there).
 REPO = Path(__file__).resolve().parents[1]
@@ -571,35 +571,16 @@ class ParentProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes += len(data)
-        buf = self.buf
-        buf += data
-        pos = 0
-        n = len(buf)
-        find = buf.find
-        while True:
-            colon = find(b":", pos, pos + 12)
-            if colon < 0:
-                break
-            size = int(buf[pos:colon])
-            end = colon + 1 + size
-            if end >= n:
-                break
-            if find(CHECK_RESULT, colon + 1, colon + 1 + min(size, 200)) >= 0:
-                self.check_results += 1
-                self.last_arrival = time.monotonic()
-                if self.check_results % SAMPLE_EVERY == 0:
-                    self._sample(bytes(buf[colon + 1:end]))
-            else:
-                self.other += 1
-                try:
-                    self.methods[orjson.loads(bytes(buf[colon + 1:end])).get("method", "?")] += 1
-                except orjson.JSONDecodeError:
-                    self.methods["(bad json)"] += 1
-            pos = end + 1
-        if pos:
-            del buf[:pos]
+        self.buf += data
+        self.other += scan_frames(self.buf, self.methods, self._check_result)
         if self.read_rate:
             self._throttle()
+
+    def _check_result(self, buf: bytearray, start: int, end: int) -> None:
+        self.check_results += 1
+        self.last_arrival = time.monotonic()
+        if self.check_results % SAMPLE_EVERY == 0:
+            self._sample(bytes(buf[start:end]))
 
     def _throttle(self) -> None:
         allowed = (time.monotonic() - self._budget_start) * self.read_rate
@@ -697,3 +678,64 @@ def stamped_frames(template: bytes, last: int, batch: int) -> tuple[bytes, int]:
         payload = template % (end, start, end, sched, end)
         frames.append(b"%d:%b," % (len(payload), payload))
     return b"".join(frames), first + batch - 1
+
+
+def scan_frames(buf: bytearray, methods: Any,
+                on_check_result: Callable[[bytearray, int, int], None]) -> int:
+    """Consume the complete netstring frames at the start of ``buf``.
+
+    An emulated parent must not parse every result (it would become the bottleneck): a
+    frame whose first 200 bytes name ``event::CheckResult`` is handed to
+    ``on_check_result(buf, start, end)`` unparsed; any other frame is parsed and counted
+    in ``methods`` by method. Returns the number of those other frames.
+    """
+    pos, n, find = 0, len(buf), buf.find
+    other = 0
+    while True:
+        colon = find(b":", pos, pos + 12)
+        if colon < 0:
+            break
+        size = int(buf[pos:colon])
+        end = colon + 1 + size
+        if end >= n:
+            break
+        if find(CHECK_RESULT, colon + 1, colon + 1 + min(size, 200)) >= 0:
+            on_check_result(buf, colon + 1, end)
+        else:
+            other += 1
+            try:
+                methods[orjson.loads(bytes(buf[colon + 1:end])).get("method", "?")] += 1
+            except orjson.JSONDecodeError:
+                methods["(bad json)"] += 1
+        pos = end + 1
+    if pos:
+        del buf[:pos]
+    return other
+
+
+async def recv_from(conn: Any, timeout: float) -> Any:
+    """Receive from a load process's pipe without blocking the loop."""
+    def get() -> Any:
+        if not conn.poll(timeout):
+            raise TimeoutError("load process did not answer")
+        return conn.recv()
+    return await asyncio.to_thread(get)
+
+
+async def stop_workers(workers: list[tuple[Any, Any, Any]], close_message: Any,
+                       timeout: float) -> None:
+    """Ask every load process to close, wait for its answer, then join (or terminate)."""
+    for _, pipe, _ in workers:
+        try:
+            pipe.send(close_message)
+        except OSError:
+            pass
+    for proc, pipe, _ in workers:
+        try:
+            await recv_from(pipe, timeout)
+        except (TimeoutError, EOFError, OSError):
+            pass
+        proc.join(5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)

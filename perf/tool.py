@@ -41,7 +41,6 @@ import orjson
 import psutil
 
 from perf.common import (
-    CHECK_RESULT,
     HELLO,
     MASTER,
     SAT,
@@ -59,7 +58,10 @@ from perf.common import (
     netstring,
     raise_nofile,
     rss_bytes,
+    scan_frames,
+    stop_workers,
 )
+from perf.common import recv_from as _recv
 from perf.load import C_CLOSED_BY_PEER, C_IDENTIFIED, C_SENT, N_COUNTERS, load_worker
 
 #: order of --scenario all: max leaves a backlog in a slow node, storm restarts the node
@@ -173,33 +175,16 @@ class PerfParent(asyncio.Protocol):
         self._timer = asyncio.get_running_loop().call_later(1.0, self._set_log_position)
 
     def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._now = time.monotonic()
+        self.t.other += scan_frames(self.buf, self.t.methods, self._check_result)
+
+    def _check_result(self, buf: bytearray, start: int, end: int) -> None:
         t = self.t
-        buf = self.buf
-        buf += data
-        pos, n, find = 0, len(buf), buf.find
-        now_m = time.monotonic()
-        while True:
-            colon = find(b":", pos, pos + 12)
-            if colon < 0:
-                break
-            size = int(buf[pos:colon])
-            end = colon + 1 + size
-            if end >= n:
-                break
-            if find(CHECK_RESULT, colon + 1, colon + 1 + min(size, 200)) >= 0:
-                t.check_results += 1
-                t.last_arrival = now_m
-                if t.keys is not None or t.check_results % t.parse_every == 0:
-                    self._parse(bytes(buf[colon + 1:end]), now_m)
-            else:
-                t.other += 1
-                try:
-                    t.methods[orjson.loads(bytes(buf[colon + 1:end])).get("method", "?")] += 1
-                except orjson.JSONDecodeError:
-                    t.methods["(bad json)"] += 1
-            pos = end + 1
-        if pos:
-            del buf[:pos]
+        t.check_results += 1
+        t.last_arrival = self._now
+        if t.keys is not None or t.check_results % t.parse_every == 0:
+            self._parse(bytes(buf[start:end]), self._now)
 
     def _parse(self, payload: bytes, now_m: float) -> None:
         t = self.t
@@ -647,34 +632,13 @@ class Session:
             out["other_methods_at_parent"] = dict(self.tally.methods)
             out["bad_messages_at_parent"] = self.tally.bad[:3]
         finally:
-            for _, pipe, _ in self.workers:
-                try:
-                    pipe.send(("close",))
-                except OSError:
-                    pass
-            for proc, pipe, _ in self.workers:
-                try:
-                    await _recv(pipe, 15)
-                except (TimeoutError, EOFError, OSError):
-                    pass
-                proc.join(5)
-                if proc.is_alive():
-                    proc.terminate()
-                    proc.join(5)
+            await stop_workers(self.workers, ("close",), 15)
             if self.parent is not None and self.parent.transport is not None:
                 self.parent.transport.close()
             self.say("stopping the node ...")
             await asyncio.to_thread(target.stop)
         out["warnings"] = self.warnings
         return out
-
-
-async def _recv(conn: Any, timeout: float) -> Any:
-    def get() -> Any:
-        if not conn.poll(timeout):
-            raise TimeoutError("load process did not answer")
-        return conn.recv()
-    return await asyncio.to_thread(get)
 
 
 def _pct(values: list[float], p: float) -> float | None:
