@@ -31,20 +31,6 @@ def _addr(pair: tuple[str, int] | None, port: int | None = None) -> str | None:
     return f"{pair[0]}:{port if port is not None else pair[1]}"
 
 
-def _zone_relation(node: Node, zone: str) -> str:
-    topology = node.topology
-    spec = topology.zone(zone)
-    if spec is not None and spec.global_:
-        return "global"
-    if zone == topology.local_zone:
-        return "local"
-    if zone == topology.parent_zone:
-        return "parent"
-    if zone in topology.child_zones:
-        return "child"
-    return "other"
-
-
 def _endpoint_relation(node: Node, name: str) -> str:
     relation = node.topology.relation(name)
     return relation.name.lower() if relation is not None else "other"
@@ -87,7 +73,7 @@ def zones(node: Node) -> list[dict[str, Any]]:
             "name": name,
             "parent": spec.parent,
             "global": spec.global_,
-            "relation": _zone_relation(node, name),
+            "relation": topology.zone_relation(name),
             "connected": any(e in node.connected_names for e in others),
             "endpoints": list(spec.endpoints),
             "log_lag": zone_log_lag(node, others, now),
@@ -95,11 +81,13 @@ def zones(node: Node) -> list[dict[str, Any]]:
     return out
 
 
-def endpoints(node: Node) -> list[dict[str, Any]]:
+def endpoints(node: Node, only: str | None = None) -> list[dict[str, Any]]:
     topology = node.topology
     now = node.loop.time()
     out = []
-    for name in topology.endpoint_names:
+    names = topology.endpoint_names if only is None else (
+        (only,) if topology.endpoint(only) is not None else ())
+    for name in names:
         relation = topology.relation(name)
         stats = node.stats.get(name)
         conn = node.connections.get(name)
@@ -134,13 +122,25 @@ def endpoints(node: Node) -> list[dict[str, Any]]:
     return out
 
 
+STATUS_SECTIONS = ("node", "zones", "endpoints", "connections", "totals", "process")
+"""Top-level keys of /v1/status, in document order; ``?sections=`` picks a subset."""
+
+
 def status_document(node: Node, status_port: int | None = None,
-                    listen_port: int | None = None) -> dict[str, Any]:
+                    listen_port: int | None = None, sections: tuple[str, ...] = STATUS_SECTIONS,
+                    endpoint: str | None = None) -> dict[str, Any]:
+    """The /v1/status document, or the named ``sections`` of it.
+
+    The zones and endpoints sections grow with the cluster (5 000 agents: 5 000 entries
+    each); a poller that only wants the connection counts asks for ``connections`` and does
+    not stall the event loop for the rest. ``endpoint`` restricts the endpoints section to
+    that one endpoint.
+    """
     config = node.config
     now = time.time()
     all_stats = node.stats.values()
-    return {
-        "node": {
+    builders: dict[str, Callable[[], Any]] = {
+        "node": lambda: {
             "name": node.name,
             "zone": node.topology.local_zone,
             "role": role(node),
@@ -150,10 +150,10 @@ def status_document(node: Node, status_port: int | None = None,
             "listen": _addr(config.listen, listen_port),
             "status_listen": _addr(config.status_listen, status_port),
         },
-        "zones": zones(node),
-        "endpoints": endpoints(node),
-        "connections": connection_states(node),
-        "totals": {
+        "zones": lambda: zones(node),
+        "endpoints": lambda: endpoints(node, endpoint),
+        "connections": lambda: connection_states(node),
+        "totals": lambda: {
             "messages_received": sum(sum(s.received.values()) for s in all_stats),
             "messages_sent": sum(sum(s.sent.values()) for s in all_stats),
             "messages_refused": sum(sum(s.refused.values()) for s in all_stats),
@@ -163,8 +163,20 @@ def status_document(node: Node, status_port: int | None = None,
             "objects_learned": len(node.objects),
             "results_stored": len(node.results) if node.results is not None else None,
         },
-        "process": process_info(),
+        "process": process_info,
     }
+    return {name: builders[name]() for name in STATUS_SECTIONS if name in sections}
+
+
+def parse_sections(text: str | None) -> tuple[str, ...]:
+    """``?sections=a,b`` as a tuple; ValueError naming an unknown section."""
+    if text is None or not text.strip():
+        return STATUS_SECTIONS
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in STATUS_SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown section {unknown[0]!r}; known: {', '.join(STATUS_SECTIONS)}")
+    return names
 
 
 def metric_families(node: Node) -> list[MetricFamily]:
@@ -330,7 +342,12 @@ def routes(node: Node, ports: Callable[[], tuple[int | None, int | None]] | None
 
     def status(query: dict[str, str]) -> tuple[int, str, bytes]:
         status_port, listen_port = ports() if ports else (None, None)
-        return json_response(status_document(node, status_port, listen_port), query=query)
+        try:
+            sections = parse_sections(query.get("sections"))
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, status=400)
+        return json_response(status_document(node, status_port, listen_port, sections,
+                                             query.get("endpoint") or None), query=query)
 
     def metrics(query: dict[str, str]) -> tuple[int, str, bytes]:
         return text_response(render_prometheus(metric_families(node)))

@@ -58,7 +58,7 @@ class Topology:
     __slots__ = (
         "local_endpoint", "local_zone", "parent_zone", "child_zones", "global_zones",
         "zone_names", "endpoint_names", "_zones", "_endpoints", "_zone_of", "_ancestors", "_children",
-        "_relations", "_adjacent_zones",
+        "_relations", "_adjacent_zones", "_zone_relations",
     )
 
     def __init__(self, zones: Iterable[ZoneSpec], endpoints: Iterable[EndpointSpec],
@@ -168,6 +168,14 @@ class Topology:
         rel[local_endpoint] = Relation.SELF
         self._relations = rel
 
+        zrel = {name: ("global" if z.global_ else "other") for name, z in zmap.items()}
+        for c in self.child_zones:
+            zrel[c] = "child"
+        if self.parent_zone is not None:
+            zrel[self.parent_zone] = "parent"
+        zrel[self.local_zone] = "local"
+        self._zone_relations = zrel
+
     # -- lookups -------------------------------------------------------------------------
 
     def zone(self, name: str) -> ZoneSpec | None:
@@ -202,6 +210,14 @@ class Topology:
 
     def relation(self, endpoint: str) -> Relation | None:
         return self._relations.get(endpoint)
+
+    def zone_relation(self, zone: str) -> str:
+        """How ``zone`` stands to us: "local", "parent", "child", "global" or "other".
+
+        A dictionary lookup: the status document asks it for every zone, and a satellite
+        with 5 000 agent zones must not pay a scan of its child zones for each.
+        """
+        return self._zone_relations.get(zone, "other")
 
     def dial_targets(self) -> tuple[EndpointSpec, ...]:
         """Endpoints of the local, parent and direct child zones that have an address (not us)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 
 import pytest
 
-from tests.nodeutil import (ClusterSpec, FakePeer, check_result, metrics_text, status_json,
-                            wait_until)
+from tests.nodeutil import (ClusterSpec, FakePeer, check_result, http_get, metrics_text,
+                            status_json, wait_until)
 from tests.pkiutil import make_test_pki
 
 
@@ -23,15 +24,20 @@ def master_with_agents(tmp_path, pki, **kw) -> ClusterSpec:
                                        ("agent2", ["agent2"], "master")], **kw)
 
 
+async def agent_to_master(spec: ClusterSpec, pki, name: str = "agent1") -> FakePeer:
+    """An agent session to ``master`` that has the master's Hello."""
+    agent = await FakePeer.connect(spec.port("master"), pki, name, server_name="master")
+    await wait_until(lambda: agent.messages("icinga::Hello"), what="master's hello")
+    return agent
+
+
 def test_agent_results_reach_master_view(tmp_path, pki, run):
     spec = master_with_agents(tmp_path, pki)
 
     async def main():
         master = await spec.start("master")
         try:
-            agent = await FakePeer.connect(spec.port("master"), pki, "agent1",
-                                           server_name="master")
-            await wait_until(lambda: agent.messages("icinga::Hello"), what="master's hello")
+            agent = await agent_to_master(spec, pki)
             agent.send("event::CheckResult", check_result("agent1", "disk", "DISK OK"),
                        ts=1700000000.5)
             agent.send("event::CheckResult", check_result("agent1", None, "PING OK"),
@@ -52,6 +58,19 @@ def test_agent_results_reach_master_view(tmp_path, pki, run):
             assert not ep["agent2"]["connected"]
             assert status["totals"]["check_results"] == 2
             assert status["node"]["role"] == "master"
+            assert {z["name"]: z["relation"] for z in status["zones"]} == {
+                "master": "local", "agent1": "child", "agent2": "child"}
+            # ?sections= and ?endpoint=: what a frequent poller asks for instead of it all.
+            part = await status_json(master, "/v1/status?sections=connections,totals")
+            assert list(part) == ["connections", "totals"]
+            assert part["connections"]["established"] == 1
+            part = await status_json(master, "/v1/status?sections=endpoints&endpoint=agent1")
+            assert [e["name"] for e in part["endpoints"]] == ["agent1"]
+            part = await status_json(master, "/v1/status?sections=endpoints&endpoint=nobody")
+            assert part == {"endpoints": []}
+            code, body = await asyncio.to_thread(http_get, master.status_port,
+                                                 "/v1/status?sections=connections,bogus")
+            assert code == 400 and b"unknown section 'bogus'" in body
             text = await metrics_text(master)
             assert ('router_messages_received_total{endpoint="agent1",'
                     'method="event::CheckResult"} 2') in text

@@ -125,6 +125,21 @@ def test_relation(local: str, endpoint: str, relation: Relation | None) -> None:
     assert topo(local).relation(endpoint) is relation
 
 
+@pytest.mark.parametrize(("local", "zone", "relation"), [
+    ("s1", "sat", "local"),
+    ("s1", "master", "parent"),
+    ("s1", "a1", "child"),
+    ("s1", "sat-b", "other"),    # sibling satellite zone
+    ("s1", "global-templates", "global"),
+    ("s1", "nope", "other"),
+    ("m1", "master", "local"),
+    ("m1", "a1", "other"),       # grandchild zone
+    ("a1", "sat", "parent"),
+])
+def test_zone_relation(local: str, zone: str, relation: str) -> None:
+    assert topo(local).zone_relation(zone) == relation
+
+
 def test_adjacent_endpoints_and_dial_targets() -> None:
     t = topo("s1")
     assert t.adjacent_endpoints() == ("s2", "m1", "m2", "a1", "a2")
