@@ -163,3 +163,33 @@ def test_refused_messages_keep_the_connection(tmp_path, pki, run):
             await master.stop()
 
     run(main())
+
+
+def test_log_position_confirmed_once_per_change(tmp_path, pki, run):
+    """log::SetLogPosition tells a peer the newest ts we have from it (so it replays only
+    what we lack after a reconnect); it is repeated only when that position moved."""
+    spec = master_with_agents(tmp_path, pki)
+
+    async def main():
+        master = await spec.start("master")
+        master.node.log_position_interval = 0.2
+        try:
+            agent = await agent_to_master(spec, pki)
+            agent.send("event::CheckResult", check_result("agent1", "disk", "DISK OK"),
+                       ts=1700000000.5)
+
+            def positions():
+                return [m["params"]["log_position"]
+                        for m in agent.messages("log::SetLogPosition")]
+            await wait_until(lambda: positions() == [1700000000.5], what="first confirmation")
+            await asyncio.sleep(1.0)            # five intervals: the position did not move
+            assert positions() == [1700000000.5]
+            agent.send("event::CheckResult", check_result("agent1", "disk", "DISK WARN"),
+                       ts=1700000002.0)
+            await wait_until(lambda: positions() == [1700000000.5, 1700000002.0],
+                             what="second confirmation")
+            await agent.close()
+        finally:
+            await master.stop()
+
+    run(main())
