@@ -1003,6 +1003,16 @@ class ReplayStore:
                 return current
             return self._write(write)
 
+    def zone_records(self, zone: str) -> int:
+        """Committed records of ``zone`` (0 for a zone never written).
+
+        Lock-free and cheap: it reads the in-memory mirror the writer publishes after each
+        commit, so the event loop can ask it for every connecting endpoint.
+        """
+        zid = self._ids.get(zone)
+        state = self._zones.get(zid) if zid is not None else None
+        return state.records if state is not None else 0
+
     def position(self, endpoint: str) -> float:
         """The confirmed position of ``endpoint`` (0.0 when it never confirmed)."""
         raw_name = K.encode_name(endpoint)

@@ -103,7 +103,19 @@ class ReplayManager:
         self.writer.confirm(endpoint, position, now=time.time())
 
     def wants_replay(self, endpoint: str) -> bool:
-        return self.node.topology.zone_of(endpoint) in self.zones
+        """Does ``endpoint`` start its session replaying?
+
+        Not when its zone keeps no log, and not when the log has no record for the zone and
+        no record is on its way to the file: then nothing can be replayed and the endpoint
+        is live at once, without a replay task and two thread hops (5 000 agents
+        reconnecting after a restart would pay those for nothing). The writer publishes a
+        commit's counters before it counts the records as committed, so with nothing
+        pending ``zone_records`` is exact.
+        """
+        zone = self.node.topology.zone_of(endpoint)
+        if zone not in self.zones:
+            return False
+        return bool(self.writer.pending) or self.store.zone_records(zone) > 0
 
     # ------------------------------------------------------------------ replay
 

@@ -36,6 +36,10 @@ def test_results_for_an_absent_parent_are_replayed_in_order(tmp_path, pki, run):
         try:
             agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
                                            server_name="sat1")
+            await wait_until(lambda: agent.messages("icinga::Hello"), what="sat's hello")
+            # Nothing is logged for the agent's zone: live at once, no replay task.
+            assert "agent1" in sat.node.connected_names
+            assert "agent1" not in sat.node.replay.replayed
             backlog = 3000  # > the queue's high water: replay must pace itself
             for i in range(backlog):
                 agent.send("event::CheckResult", check_result("agent1", f"s{i % 7}", f"r{i}"))

@@ -188,6 +188,16 @@ def test_a_zone_emptied_by_prune_does_not_reuse_seqs(store: ReplayStore) -> None
     assert store.append_many([("z", 200.0, frame(9), None)]) == 4
 
 
+def test_zone_records_counts_committed_records(store: ReplayStore) -> None:
+    assert store.zone_records("z") == 0                 # never written
+    store.append_many([("z", float(i), frame(i), None) for i in range(3)])
+    store.append_many([("y", 1.0, frame(1), None)])
+    assert (store.zone_records("z"), store.zone_records("y")) == (3, 1)
+    store.confirm("e", 1.0)
+    store.prune(100.0, {"z": ["e"]}, {})
+    assert store.zone_records("z") == 1                 # ts 2.0 is not confirmed
+
+
 def test_byte_totals_are_key_plus_value_bytes(store: ReplayStore) -> None:
     frames = [frame(i, 100 + i) for i in range(7)]
     store.append_many([("z", float(i), f, None) for i, f in enumerate(frames)])
