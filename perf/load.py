@@ -159,10 +159,11 @@ class PerfAgent:
         """Send until ``stop``: flat out (``rate`` 0) or ``rate`` results per second."""
         template, counter = self.template, self.counter
         last = self.last_us
-        started = time.monotonic()
         sent_here = 0
         if rate:
             await asyncio.sleep(offset)
+        # the schedule starts after the offset: each agent keeps its own phase
+        started = time.monotonic()
         while not stop.is_set():
             writer = self.writer
             if writer is None:
@@ -258,6 +259,7 @@ async def _worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
                                 message_template(name, cfg["payload_bytes"]), cfg["batch"],
                                 counter, cfg["sndbuf"]))
     conn.send(("ready", len(agents)))
+    total = max(1, int(cfg.get("endpoints", len(agents))))
     stop = asyncio.Event()
     tasks: list[asyncio.Future[Any]] = []
     churn_stats = {"drops": 0}
@@ -279,8 +281,12 @@ async def _worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
             _, rate, churn_fraction, churn_period = cmd
             stop = asyncio.Event()
             sent_at_go = sum(a.sent for a in agents)
-            tasks = [asyncio.ensure_future(a.run(stop, rate, PACE_TICK * k / len(agents)))
-                     for k, a in enumerate(agents)]
+            # Phases spread evenly over one sending period across all load processes
+            # (agent i of N starts at i/N of it): 5 000 agents at 1 result/s each must
+            # offer 5 000 results/s, not a burst of 5 000 once a second.
+            period = 1.0 / rate if rate else 0.0
+            tasks = [asyncio.ensure_future(a.run(stop, rate, period * i / total))
+                     for i, a in zip(cfg["agents"], agents)]
             if churn_fraction:
                 every = max(1, round(1 / churn_fraction))
                 churners = [a for k, a in enumerate(agents) if k % every == 0]
