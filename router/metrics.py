@@ -199,6 +199,12 @@ CATALOG: tuple[MetricSpec, ...] = (
                ("endpoint",)),
     MetricSpec("router_reading_paused", "gauge",
                "Connections whose reading is paused by back-pressure."),
+    MetricSpec("router_read_waiting", "gauge",
+               "Connections that read and wait for their next turn to read (many only "
+               "when the node reads at its per-turn input budget)."),
+    MetricSpec("router_read_deferred_turns_total", "counter",
+               "Event-loop turns that ended with connections still waiting to read: "
+               "the node was reading as fast as its input budget allows."),
     # -- object zones
     MetricSpec("router_objects_learned", "gauge",
                "Host-to-zone assignments learned from traffic."),

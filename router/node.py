@@ -36,7 +36,8 @@ from router.results import ResultStore
 from router.routing import METHODS, ObjectZones, RouteDecision, Router, UnknownObjects
 from router.sendqueue import QueueLimits, SendQueue
 from router.topology import Relation, Topology
-from router.transport import PeerConnection
+from router.readsched import ReadScheduler
+from router.transport import READ_BUFFER_SIZE, PeerConnection
 
 log = logging.getLogger("router.node")
 
@@ -117,6 +118,11 @@ class Node:
                  *, server_context: Any = None, client_context: Any = None) -> None:
         self.config = config
         self.loop = loop or asyncio.get_running_loop()
+        #: Every peer connection reads into this one buffer and copies out at once
+        #: (BufferedProtocol): no idle connection holds a read buffer.
+        self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
+        #: Bounds what one loop turn reads from all peers together (router.readsched).
+        self.reads = ReadScheduler(self.loop)
         self.name = config.node.name
         self.topology = Topology(config.zones, config.endpoints, self.name)
         hosts = dict(config.objects.hosts)

@@ -8,14 +8,18 @@ allocates a 256 KiB read buffer per connection. Running ``ssl.SSLObject`` over t
 (counted and logged with the address), the peer certificate, a hard handshake deadline,
 and small per-connection memory.
 
-Data path, per ``data_received`` call:
+Data path, per read (``BufferedProtocol``: the socket is read straight into the node's
+one shared 64 KiB buffer, so an idle connection holds no read buffer of its own):
 
 1. feed the TCP bytes into the incoming BIO;
 2. while handshaking, drive ``do_handshake``; afterwards read all available plaintext
    in one go and hand it to ``PeerProtocol.receive_data`` (one call per read, not per
    frame);
 3. hand the protocol's events to the node, write its control frames (Hello, Heartbeat)
-   straight away, and re-arm the single protocol timer.
+   straight away, and re-arm the single protocol timer;
+4. park: stop reading until the node's ``ReadScheduler`` readmits the connection at the
+   end of the loop turn (at once under normal load, round-robin within a byte budget per
+   turn under overload; see ``router.readsched``).
 
 Write path: the node puts frames into ``self.queue`` and calls ``schedule_flush``; one
 ``call_soon`` per loop turn joins the waiting frames into one ``SSLObject.write`` (fewer,
@@ -31,6 +35,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from router.protocol.peer import PeerProtocol, State
+from router.readsched import MIN_EXPECTED_READ
 from router.sendqueue import SendQueue
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +49,10 @@ FLUSH_CHUNK = 256 * 1024
 WRITE_BUFFER_HIGH = 512 * 1024
 WRITE_BUFFER_LOW = 128 * 1024
 READ_CHUNK = 256 * 1024
+#: Largest read from a socket (the node's shared read buffer).
+READ_BUFFER_SIZE = 64 * 1024
+#: Ciphertext handed to the incoming MemoryBIO at a time (see buffer_updated).
+BIO_SLICE = 4 * 1024
 
 HANDSHAKING = "handshaking"
 OPEN = "open"
@@ -56,7 +65,7 @@ def _consume_result(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-class PeerConnection(asyncio.Protocol):
+class PeerConnection(asyncio.BufferedProtocol):
     """One TCP connection to a cluster peer (inbound or outbound)."""
 
     def __init__(self, node: Node, ssl_context: ssl.SSLContext, *,
@@ -99,8 +108,13 @@ class PeerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when: float | None = None
         self._writing_paused = False
+        #: Paused by back-pressure (``pause_reading``).
         self._reading_paused = False
-        self._read_yield = False
+        #: Waiting in the node's ReadScheduler for its next turn to read.
+        self._parked = False
+        #: Whether we last told the transport to read.
+        self._transport_reading = True
+        self._last_read = 0
         self._flush_scheduled = False
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -127,19 +141,39 @@ class PeerConnection(asyncio.Protocol):
         self.node.connection_made(self)
         self._do_handshake()
 
-    def data_received(self, data: bytes) -> None:
-        self._incoming.write(data)
-        if self.state == HANDSHAKING:
-            if not self._do_handshake():
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.node.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._last_read = nbytes
+        view = self.node.read_buffer
+        incoming = self._incoming
+        parts: list[bytes] = []
+        eof = False
+        # Feed the BIO a slice at a time and drain it after each: a MemoryBIO keeps the
+        # capacity of its largest write for good (64 KiB x 5 000 busy peers = 350 MB),
+        # while OpenSSL pulls everything it is given into its own record buffer.
+        for start in range(0, nbytes, BIO_SLICE):
+            incoming.write(view[start:min(start + BIO_SLICE, nbytes)])
+            if self.state == HANDSHAKING and not self._do_handshake():
+                if self.state == HANDSHAKING:
+                    continue            # the handshake wants more bytes
                 return
-        if self.state != OPEN:
-            return
-        plain, eof = self._read_plaintext()
+            if self.state != OPEN:
+                return
+            part, eof = self._read_plaintext()
+            if self.state != OPEN:
+                return
+            if part:
+                parts.append(part)
+            if eof:
+                break
         peer = self.peer
-        if peer is None:
+        if peer is None or self.state != OPEN:
             return
         now = self.loop.time()
-        if plain:
+        if parts:
+            plain = parts[0] if len(parts) == 1 else b"".join(parts)
             if self.stats is not None:
                 self.stats.bytes_received += len(plain)
             peer.receive_data(plain, now)
@@ -150,30 +184,38 @@ class PeerConnection(asyncio.Protocol):
         if eof and self.state == OPEN:
             self.close("peer closed the session")
         elif self.state == OPEN:
-            self._yield_reading()
+            self._park()
 
-    def _yield_reading(self) -> None:
-        """Take one buffer per loop turn from this peer.
+    def _park(self) -> None:
+        """Stop reading until the read scheduler gives us our next turn.
 
-        libuv keeps reading a socket (up to 32 reads of uvloop's 250 KB buffer) as long as the
-        protocol does not pause it, so one busy peer can feed megabytes into a single loop
-        turn, delaying every other peer, timer and status request. Pause after each
-        buffer and resume in the next turn.
+        libuv keeps reading a socket (up to 32 reads in one go) as long as the protocol
+        does not pause it, and a loop turn reads every ready socket before anything is
+        written; see ``router.readsched`` for why and how turns are bounded.
         """
-        transport = self.transport
-        if self._reading_paused or self._read_yield or transport is None \
-                or transport.is_closing():
+        if self._parked or self.state != OPEN:
             return
-        self._read_yield = True
-        transport.pause_reading()
-        self.loop.call_soon(self._end_read_yield)
+        self._parked = True
+        self._set_transport_reading(False)
+        self.node.reads.park(self)
 
-    def _end_read_yield(self) -> None:
-        self._read_yield = False
+    def unpark(self) -> int:
+        """Our turn: read again unless back-pressure holds us (ReadScheduler callback)."""
+        self._parked = False
+        if self._reading_paused or self.state != OPEN:
+            return 0
+        self._set_transport_reading(True)
+        return max(self._last_read, MIN_EXPECTED_READ)
+
+    def _set_transport_reading(self, on: bool) -> None:
         transport = self.transport
-        if not self._reading_paused and self.state == OPEN and transport is not None \
-                and not transport.is_closing():
+        if on == self._transport_reading or transport is None or transport.is_closing():
+            return
+        self._transport_reading = on
+        if on:
             transport.resume_reading()
+        else:
+            transport.pause_reading()
 
     def eof_received(self) -> bool:
         if self.peer is not None and self.state == OPEN:
@@ -314,7 +356,7 @@ class PeerConnection(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_result(None)
         # Application data that arrived with the end of the handshake is read by the
-        # data_received call that completed the handshake.
+        # buffer_updated call that completed the handshake.
 
     def _after_protocol_step(self) -> None:
         peer = self.peer
@@ -400,17 +442,16 @@ class PeerConnection(asyncio.Protocol):
         return self.transport.get_write_buffer_size()
 
     def pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None \
-                and not self.transport.is_closing():
+        """Back-pressure: stop reading until ``resume_reading``."""
+        if not self._reading_paused:
             self._reading_paused = True
-            self.transport.pause_reading()
+            self._set_transport_reading(False)
 
     def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None \
-                and not self.transport.is_closing():
+        """Back-pressure released: queue for a turn to read (see ``router.readsched``)."""
+        if self._reading_paused:
             self._reading_paused = False
-            if not self._read_yield:        # else _end_read_yield resumes it
-                self.transport.resume_reading()
+            self._park()
 
     @property
     def reading_paused(self) -> bool:

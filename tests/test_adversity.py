@@ -209,3 +209,51 @@ def test_peer_that_stops_reading_is_bounded_then_cut(tmp_path, pki, run, caplog)
             await sat.stop()
 
     run(main(), timeout=90)
+
+
+def test_flooding_peers_take_turns_and_a_quiet_one_gets_through(tmp_path, run):
+    """Peers sending flat out are read round-robin within a per-turn byte budget (here
+    shrunk to 4 KiB so every turn hits it): nothing is lost, a quiet agent's result and
+    the status endpoint are served while the flood goes on."""
+    names = [f"flood{i}" for i in range(6)]
+    pki = make_test_pki(tmp_path / "pki", ["master", "quiet", *names])
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("quiet", ["quiet"], "master"),
+                                       *((n, [n], "master") for n in names)])
+    per_flooder = 1500
+
+    async def main():
+        master = await spec.start("master")
+        master.node.reads.budget = 4096
+        try:
+            flooders = [await FakePeer.connect(spec.port("master"), pki, n,
+                                               server_name="master") for n in names]
+            quiet = await FakePeer.connect(spec.port("master"), pki, "quiet",
+                                           server_name="master")
+            payload = "x" * 900
+            for i in range(per_flooder):
+                for peer, name in zip(flooders, names):
+                    peer.send("event::CheckResult",
+                              check_result(name, f"svc{i}", f"{i} {payload}"))
+            quiet.send("event::CheckResult", check_result("quiet", "ping", "PING OK"))
+
+            async def quiet_stored():
+                doc = await status_json(master, "/v1/objects/checkresults?host=quiet")
+                return bool(doc["results"])
+            await wait_until(quiet_stored, timeout=30, what="the quiet agent's result")
+            total = per_flooder * len(names) + 1
+
+            async def all_counted():
+                return (await status_json(master))["totals"]["check_results"] == total
+            await wait_until(all_counted, timeout=60, what="every flooded result")
+            assert master.node.reads.deferred_turns > 0      # the budget was the limit
+            text = await metrics_text(master)
+            assert "router_read_deferred_turns_total " in text
+            assert "router_read_waiting 0" in text
+            for peer in (*flooders, quiet):
+                assert not peer.closed
+                await peer.close()
+        finally:
+            await master.stop()
+
+    run(main(), timeout=120)

@@ -1,0 +1,85 @@
+"""Fair reading under overload: a bound on what one event-loop turn reads from all peers.
+
+An event loop turn polls the sockets and calls every ready protocol before it runs the
+callbacks that write (our per-turn flushes, timers, the status server). When thousands
+of peers all send flat out, one turn used to read a buffer from each of them: 5 000
+agents x up to 256 KiB is gigabytes of input before anything is written, so the node
+stopped delivering, its memory grew, heartbeats and status requests waited seconds.
+
+The rule here: after each read a connection *parks* (its transport stops reading) and
+queues up. At the end of the turn the scheduler readmits parked connections in arrival
+order until the bytes they are expected to read next (each one's last read, at least
+:data:`MIN_EXPECTED_READ`) reach :attr:`ReadScheduler.budget`; the rest wait for the next
+turn, in order. Under normal load everybody is readmitted every turn and nothing changes
+but a pause/resume pair per read; under overload reading becomes round-robin with a
+bounded turn, so output, timers and the status endpoint keep their share of the loop.
+
+Back-pressure (a congested send queue pausing the connections that feed it) also goes
+through here: a connection released from back-pressure queues up like any other instead
+of joining a thundering herd of 5 000 resumed readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Protocol
+
+#: Bytes the readers admitted for one loop turn are expected to read, together.
+TURN_INPUT_BUDGET = 1024 * 1024
+#: What a connection is assumed to read next when its last read was smaller.
+MIN_EXPECTED_READ = 2048
+
+
+class Parked(Protocol):
+    """A reader that waits for its turn (``PeerConnection``)."""
+
+    def unpark(self) -> int:
+        """Start reading again; return the bytes its next read is expected to bring
+        (0 when it will not read: closed, or paused by back-pressure)."""
+
+
+class ReadScheduler:
+    """The queue of parked readers of one event loop and the per-turn admission."""
+
+    __slots__ = ("_loop", "budget", "_waiting", "_scheduled", "deferred_turns",
+                 "admitted")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 budget: int = TURN_INPUT_BUDGET) -> None:
+        self._loop = loop
+        self.budget = budget
+        self._waiting: deque[Parked] = deque()
+        self._scheduled = False
+        #: Turns that ended with readers still waiting (the node was reading at its limit).
+        self.deferred_turns = 0
+        #: Readers readmitted so far.
+        self.admitted = 0
+
+    def park(self, reader: Parked) -> None:
+        """Queue ``reader``; it is readmitted at the end of this turn or a later one."""
+        self._waiting.append(reader)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._admit)
+
+    @property
+    def waiting(self) -> int:
+        """Readers queued for a later turn."""
+        return len(self._waiting)
+
+    def _admit(self) -> None:
+        self._scheduled = False
+        waiting = self._waiting
+        budget = self.budget
+        expected = 0
+        admitted = 0
+        while waiting and expected < budget:
+            expected += waiting.popleft().unpark()
+            admitted += 1
+        self.admitted += admitted
+        if waiting:
+            # Runs after the next poll: the readers admitted now read first.
+            self.deferred_turns += 1
+            self._scheduled = True
+            self._loop.call_soon(self._admit)
