@@ -142,7 +142,8 @@ class TLSConfig:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Resource limits (``[limits]``). Sizes in bytes, all strictly positive."""
+    """Resource limits (``[limits]``). Sizes in bytes, all strictly positive (but
+    ``handshake_threads``, where 0 has a meaning)."""
 
     max_message_size_anonymous: int = 1 * _MiB
     """Largest message accepted from a peer that is not a known endpoint (Icinga: 1 MiB)."""
@@ -166,6 +167,11 @@ class Limits:
     """Most simultaneous connections from peers that are not known endpoints."""
     dial_concurrency: int = 64
     """Most outgoing connection attempts in flight at once."""
+    handshake_threads: int = 0
+    """Threads that run the TLS handshake computations (OpenSSL releases the GIL there),
+    so a reconnect storm can use spare cores; 0 (default) runs them in the event-loop
+    thread. Off by default: on a 2-core machine with the load generator on the other core
+    it measured no faster and cost 10-20 % more CPU per handshake (perf/RESULTS.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1296,7 +1302,11 @@ def _validate(cfg: RouterConfig, where: _Where) -> None:
 
     for f in dataclasses.fields(Limits):
         value = getattr(cfg.limits, f.name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if f.name == "handshake_threads":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 256:
+                raise where.error(f"must be an integer from 0 to 256, got {value!r}",
+                                  f"limits.{f.name}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise where.error(f"must be a positive integer, got {value!r}", f"limits.{f.name}")
     for kind in ("bytes", "messages"):
         low = getattr(cfg.limits, f"send_queue_low_{kind}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,10 @@ class Node:
         self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
         #: Bounds what one loop turn reads from all peers together (router.readsched).
         self.reads = ReadScheduler(self.loop)
+        #: Threads for TLS handshake steps (None: in the loop thread); see transport.py.
+        threads = config.limits.handshake_threads
+        self.tls_pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="router-tls") if threads else None
         self.name = config.node.name
         self.topology = Topology(config.zones, config.endpoints, self.name)
         hosts = dict(config.objects.hosts)
@@ -825,6 +830,9 @@ class Node:
     def close_all(self, reason: str) -> None:
         for conn in list(self.all_connections):
             conn.close(reason)
+        if self.tls_pool is not None:
+            # Handshakes still queued are cancelled; their connections are closing.
+            self.tls_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def method_label(method: str | None) -> str:

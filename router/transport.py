@@ -65,6 +65,16 @@ def _consume_result(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
+def _handshake_step(sslobj: ssl.SSLObject) -> BaseException | None:
+    """One ``do_handshake`` call; the exception it raised (SSLWantReadError: it needs
+    more bytes), or None when the handshake is complete. Runs in a TLS thread or inline."""
+    try:
+        sslobj.do_handshake()
+    except (ssl.SSLError, ssl.CertificateError) as exc:
+        return exc
+    return None
+
+
 class PeerConnection(asyncio.BufferedProtocol):
     """One TCP connection to a cluster peer (inbound or outbound)."""
 
@@ -115,6 +125,9 @@ class PeerConnection(asyncio.BufferedProtocol):
         #: Whether we last told the transport to read.
         self._transport_reading = True
         self._last_read = 0
+        #: A handshake step running in the node's TLS threads, and bytes that came meanwhile.
+        self._handshake_step: asyncio.Future[BaseException | None] | None = None
+        self._handshake_backlog: list[bytes] = []
         self._flush_scheduled = False
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -146,15 +159,25 @@ class PeerConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._last_read = nbytes
-        view = self.node.read_buffer
+        data = self.node.read_buffer[:nbytes]
+        if self.state == HANDSHAKING and self.node.tls_pool is not None:
+            self._handshake_input(data)
+        elif self.state in (HANDSHAKING, OPEN):
+            self._receive(data)
+
+    def _receive(self, data: memoryview) -> None:
+        """Ciphertext in; the plaintext to the peer protocol in one call; then park."""
         incoming = self._incoming
         parts: list[bytes] = []
         eof = False
+        nbytes = len(data)
         # Feed the BIO a slice at a time and drain it after each: a MemoryBIO keeps the
         # capacity of its largest write for good (64 KiB x 5 000 busy peers = 350 MB),
-        # while OpenSSL pulls everything it is given into its own record buffer.
-        for start in range(0, nbytes, BIO_SLICE):
-            incoming.write(view[start:min(start + BIO_SLICE, nbytes)])
+        # while OpenSSL pulls everything it is given into its own record buffer. With no
+        # data (a handshake just finished in a thread) read what OpenSSL already holds.
+        for start in range(0, nbytes, BIO_SLICE) if nbytes else (0,):
+            if nbytes:
+                incoming.write(data[start:min(start + BIO_SLICE, nbytes)])
             if self.state == HANDSHAKING and not self._do_handshake():
                 if self.state == HANDSHAKING:
                     continue            # the handshake wants more bytes
@@ -185,6 +208,42 @@ class PeerConnection(asyncio.BufferedProtocol):
             self.close("peer closed the session")
         elif self.state == OPEN:
             self._park()
+
+    # ------------------------------------------------------------------ handshake in a thread
+
+    def _handshake_input(self, data: memoryview) -> None:
+        """Handshake bytes while the node runs handshakes in its TLS threads.
+
+        ``SSLObject.do_handshake`` releases the GIL while OpenSSL computes (key exchange,
+        signature, the peer's certificate chain: about 0.8 ms of a core per handshake),
+        so a reconnect storm of thousands of agents uses every core instead of stalling
+        the event loop. While a step runs, the SSL object and its BIOs belong to that
+        thread: new bytes wait here and go in after it.
+        """
+        if self._handshake_step is not None:
+            self._handshake_backlog.append(bytes(data))
+            return
+        self._incoming.write(data)
+        self._start_handshake_step()
+
+    def _start_handshake_step(self) -> None:
+        future = self.loop.run_in_executor(self.node.tls_pool, _handshake_step, self._sslobj)
+        self._handshake_step = future
+        future.add_done_callback(self._handshake_step_done)
+
+    def _handshake_step_done(self, future: asyncio.Future[BaseException | None]) -> None:
+        self._handshake_step = None
+        if future.cancelled() or self.state != HANDSHAKING:
+            return                       # closed meanwhile (deadline, shutdown)
+        opened = self._handshake_outcome(future.result())
+        backlog, self._handshake_backlog = self._handshake_backlog, []
+        if self.state == HANDSHAKING:
+            if backlog:
+                self._incoming.write(b"".join(backlog))
+                self._start_handshake_step()
+        elif opened:
+            # Bytes that came with or after the peer's last handshake flight.
+            self._receive(memoryview(b"".join(backlog)))
 
     def _park(self) -> None:
         """Stop reading until the read scheduler gives us our next turn.
@@ -249,18 +308,19 @@ class PeerConnection(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ TLS pump
 
     def _do_handshake(self) -> bool:
-        """Drive the handshake; True once it is complete and the session is open."""
+        """Drive the handshake here; True once it is complete and the session is open."""
         assert self._sslobj is not None
-        try:
-            self._sslobj.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush_tls()
+        return self._handshake_outcome(_handshake_step(self._sslobj))
+
+    def _handshake_outcome(self, exc: BaseException | None) -> bool:
+        """After a handshake step (here or in a TLS thread): send what it produced; on
+        success open the session; True when the session is open."""
+        self._flush_tls()
+        if isinstance(exc, ssl.SSLWantReadError):
             return False
-        except (ssl.SSLError, ssl.CertificateError) as exc:
-            self._flush_tls()
+        if exc is not None:
             self._fail_handshake(exc)
             return False
-        self._flush_tls()
         if self._handshake_handle is not None:
             self._handshake_handle.cancel()
             self._handshake_handle = None
@@ -464,7 +524,8 @@ class PeerConnection(asyncio.BufferedProtocol):
         if self.state in (CLOSING, CLOSED):
             return
         self._begin_close(reason)
-        if self._sslobj is not None:
+        # (not while a TLS thread runs a handshake step on the SSL object)
+        if self._sslobj is not None and self._handshake_step is None:
             try:
                 self._sslobj.unwrap()
             except (ssl.SSLError, ValueError):

@@ -23,14 +23,19 @@ def pki(tmp_path):
                          other_ca_names=["intruder"], expired_names=["agent-old"])
 
 
-@pytest.fixture
-def spec(tmp_path, pki):
+def make_spec(tmp_path, pki, extra_limits: str = "") -> ClusterSpec:
     return ClusterSpec(tmp_path, pki, [("master", ["master"], None),
                                        ("agent1", ["agent1"], "master"),
                                        ("agent2", ["agent2"], "master"),
                                        ("agent-old", ["agent-old"], "master"),
                                        ("intruder", ["intruder"], "master")],
-                       timeouts=FAST_TIMEOUTS, limits="max_message_size_child = 32768")
+                       timeouts=FAST_TIMEOUTS,
+                       limits="max_message_size_child = 32768" + extra_limits)
+
+
+@pytest.fixture
+def spec(tmp_path, pki):
+    return make_spec(tmp_path, pki)
 
 
 async def good_peer_still_works(master, spec, pki, tag: str) -> None:
@@ -103,9 +108,16 @@ def test_unknown_cn_is_anonymous_refused_and_closed(spec, pki, run, caplog):
 
 @pytest.mark.parametrize("who,reason", [("intruder", "unknown_ca"),
                                         ("agent-old", "cert_expired")])
-def test_bad_certificates_fail_the_handshake(spec, pki, run, caplog, who, reason):
+@pytest.mark.parametrize("threads", [0, 2], ids=["handshake-inline", "handshake-threads"])
+def test_bad_certificates_fail_the_handshake(tmp_path, pki, run, caplog, who, reason,
+                                             threads):
+    """Both handshake paths (in the loop thread, in TLS threads) count and log a bad
+    certificate and keep serving good peers."""
+    spec = make_spec(tmp_path, pki, f"\nhandshake_threads = {threads}")
+
     async def main():
         master = await spec.start("master")
+        assert (master.node.tls_pool is None) == (threads == 0)
         try:
             ca = pki.ca_cert
             with pytest.raises((ssl.SSLError, ConnectionError, OSError)):

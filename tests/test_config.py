@@ -144,6 +144,7 @@ def test_defaults() -> None:
         20000, 5000)
     assert (cfg.limits.max_connections, cfg.limits.max_anonymous_clients,
             cfg.limits.dial_concurrency, cfg.limits.max_json_depth) == (20000, 100, 64, 128)
+    assert cfg.limits.handshake_threads == 0
     assert cfg.timeouts == Timeouts()
     assert (cfg.timeouts.handshake, cfg.timeouts.connect, cfg.timeouts.heartbeat_interval,
             cfg.timeouts.liveness, cfg.timeouts.anonymous, cfg.timeouts.enrollment,
@@ -164,6 +165,7 @@ def test_all_sections() -> None:
         send_queue_high_bytes = 1000000
         send_queue_low_bytes = "500KB"
         dial_concurrency = 8
+        handshake_threads = 4
         [timeouts]
         liveness = "2m"
         heartbeat_interval = 15
@@ -185,6 +187,7 @@ def test_all_sections() -> None:
     assert cfg.limits.max_message_size_child == 32 * 1024 * 1024
     assert cfg.limits.send_queue_low_bytes == 500_000
     assert cfg.limits.dial_concurrency == 8
+    assert cfg.limits.handshake_threads == 4
     assert cfg.timeouts.liveness == 120.0
     assert cfg.timeouts.drain == 2.5
     assert cfg.timeouts.reconnect_min == pytest.approx(0.1)
@@ -428,6 +431,10 @@ ERROR_CASES = [
 
         dial_concurrency = -4
         """), E + 2, "limits.dial_concurrency", "must be a positive integer, got -4"),
+    ("negative-handshake-threads", appended("""\
+        [limits]
+        handshake_threads = -1
+        """), E + 1, "limits.handshake_threads", "must be an integer from 0 to 256, got -1"),
     ("low-water-above-high-bytes", appended("""\
         [limits]
         send_queue_high_bytes = "1MiB"
