@@ -90,6 +90,7 @@ class Options:
     drain: float = 30.0
     json_path: str | None = None
     keep: bool = False
+    router_toml: str = ""                # appended to the demo router's configuration
     progress: bool | None = None         # None: when stderr is a terminal
 
 
@@ -812,7 +813,7 @@ def run(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str, A
                 host, _, port = opts.target.rpartition(":")  # type: ignore[union-attr]
                 target: Target = ExternalTarget(host, int(port), opts.status_url)
             elif kind == "router":
-                target = RouterTarget(base, bpki, opts.endpoints)
+                target = RouterTarget(base, bpki, opts.endpoints, opts.router_toml)
             else:
                 target = IcingaTarget(base, bpki, opts.endpoints, "information")
                 _scale_icinga_start(target, opts.endpoints)

@@ -333,11 +333,15 @@ def pki_ticket(cn: str, salt: str) -> None:
               help="Bound for connecting all agents, s (default: max(60, N/20)).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write every number as JSON.")
+@click.option("--router-toml", type=click.Path(dir_okay=False, exists=True),
+              help="TOML appended to the demo router's configuration (for example a "
+                   "[limits] table), to measure a setting.")
 @click.option("--keep", is_flag=True, help="Keep the temporary directory.")
 def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_bytes: int,
          scenario: str, target: str | None, pki_dir: str | None, status_url: str | None,
          against: str | None, workers: int, replay_cut: float, churn_fraction: float,
-         connect_timeout: float, json_path: str | None, keep: bool) -> None:
+         connect_timeout: float, json_path: str | None, router_toml: str | None,
+         keep: bool) -> None:
     """Load-test a node: N emulated agents -> node -> emulated parent.
 
     Without --target it starts a local demo topology (our router satellite between the
@@ -369,7 +373,7 @@ def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_byte
         payload_bytes=payload_bytes, scenarios=scenarios, target=target, pki_dir=pki_dir,
         status_url=status_url, against=against, workers=workers, replay_cut=replay_cut,
         churn_fraction=churn_fraction, connect_timeout=connect_timeout, json_path=json_path,
-        keep=keep)
+        keep=keep, router_toml=Path(router_toml).read_text() if router_toml else "")
     try:
         result = tool.run(opts, echo=lambda s: click.echo(s, err=True))
     except (ValueError, RuntimeError, TimeoutError) as exc:
