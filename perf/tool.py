@@ -553,14 +553,17 @@ class Session:
         await asyncio.to_thread(self.target.start)
         t_up = time.monotonic()
         self.refresh_node_procs()
+        cpu0 = cpu_seconds(self.node_procs)
         await self.connect_parent()
         timeout = self.connect_timeout()
         took, got = await self.wait_connected(n, timeout, "storm reconnect")
+        storm_cpu = cpu_seconds(self.node_procs) - cpu0
         await self.ask_all(("reconnect", False), 10)
         res = {"scenario": "storm", "stop_s": t_stopped - t0, "start_s": t_up - t_stopped,
                "all_back_s": took, "all_back_since_restart_s":
                    (t_up - t0 + took) if took is not None else None,
                "reconnected": got, "handshakes_per_s": (n / took) if took else None,
+               "node_cpu_ms_per_handshake": storm_cpu / n * 1000,
                "node_rss_mb": rss_bytes(self.node_procs) / 2**20}
         if took is None:
             self.warn(f"storm: only {got} of {n} agents back after {timeout:.0f} s")
@@ -622,6 +625,7 @@ class Session:
                 "connect_errors": [e for r in replies for e in r[2]][:5],
                 "handshakes_per_s": (n / took) if took else None,
                 "node_cpu_s": cpu_seconds(self.node_procs) - node0,
+                "node_cpu_ms_per_handshake": (cpu_seconds(self.node_procs) - node0) / n * 1000,
                 "generator_cpu_cores": [(cpu_seconds([p]) - a) / el
                                         for p, a in zip(self.gen_procs, gen0)],
                 "node_rss_mb_idle": rss_idle / 2**20,
@@ -684,6 +688,7 @@ def _fmt(x: Any, fmt: str = ".1f") -> str:
 ROWS = [
     ("time to all connected, s", ("connect", "all_connected_s"), ".2f", "low"),
     ("handshakes/s", ("connect", "handshakes_per_s"), ".0f", "high"),
+    ("node CPU per handshake, ms", ("connect", "node_cpu_ms_per_handshake"), ".2f", "low"),
     ("RSS per endpoint, KB", ("connect", "rss_kb_per_endpoint"), ".1f", "low"),
     ("RSS connected, MB", ("connect", "node_rss_mb_connected"), ".1f", "low"),
     ("steady: offered results/s", ("steady", "offered_per_s"), ".0f", None),
@@ -709,8 +714,10 @@ ROWS = [
      "low"),
     ("replay: missing", ("replay", "missing"), "d", None),
     ("replay: duplicates", ("replay", "duplicates"), "d", None),
-    ("storm: node restart (stop+start), s", ("storm", "start_s"), ".2f", None),
+    ("storm: node start, s", ("storm", "start_s"), ".2f", None),
     ("storm: all back after restart, s", ("storm", "all_back_s"), ".2f", "low"),
+    ("storm: node CPU per handshake, ms", ("storm", "node_cpu_ms_per_handshake"), ".2f",
+     "low"),
     ("refused by the node (steady)", ("steady", "refused"), "d", None),
 ]
 
