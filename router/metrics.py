@@ -193,6 +193,13 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("router_send_queue_congested_total", "counter",
                "Times the endpoint's send queue crossed its high-water mark.",
                ("endpoint",)),
+    MetricSpec("router_unconfirmed_bytes", "gauge",
+               "Logged messages written to the endpoint that it has not confirmed with "
+               "log::SetLogPosition yet; kept in memory and put into the replay log if "
+               "the connection drops.", ("endpoint",)),
+    MetricSpec("router_unconfirmed_overflow_total", "counter",
+               "Written logged messages that left the unconfirmed window (32 MiB) before "
+               "the endpoint confirmed them: a drop would lose them.", ("endpoint",)),
     MetricSpec("router_slow_consumer_disconnects_total", "counter",
                "Peers disconnected because their send queue made no progress for the "
                "slow-consumer timeout.",

@@ -35,7 +35,7 @@ from router.protocol.events import (HelloReceived, MessageReceived, NotJsonRpc, 
 from router.protocol.peer import PeerProtocol, Role
 from router.results import ResultStore
 from router.routing import METHODS, ObjectZones, RouteDecision, Router, UnknownObjects
-from router.sendqueue import QueueLimits, SendQueue
+from router.sendqueue import Ledger, QueueLimits, SendQueue
 from router.topology import Relation, Topology
 from router.readsched import ReadScheduler
 from router.transport import READ_BUFFER_SIZE, PeerConnection
@@ -79,6 +79,9 @@ class EndpointStats:
     #: outlives reconnects: an agent replaying its own log after a reconnect sends old
     #: messages again, and those already seen are dropped as stale.
     remote_log_position: float = 0.0
+    #: Written logged frames that left the unconfirmed ledger unprotected (its cap),
+    #: over past sessions (the current session's are on ``conn.ledger``).
+    unconfirmed_overflow: int = 0
     coalesced: int = 0
     dropped: int = 0
 
@@ -345,6 +348,8 @@ class Node:
             self.log_peer(conn, logging.INFO, "connected (%s, %s)%s", conn.direction,
                           self.topology.relation(endpoint).name.lower(),
                           "; replaying its log first" if replaying else "")
+        if endpoint is not None and self.replay is not None and self.replay.keeps_log(endpoint):
+            conn.ledger = Ledger()
         conn.start_session(peer, SendQueue(self.queue_limits), endpoint, stats)
         if endpoint is not None and replaying and conn.state == "open":
             self.replay.start(conn)
@@ -387,6 +392,16 @@ class Node:
                 if not waiter.done():
                     waiter.set_result(None)
         self._wake_drain_waiter(conn)
+        if conn.ledger is not None and self.replay is not None and endpoint is not None:
+            # Written but never confirmed: maybe lost in flight. Logged first: older.
+            if conn.stats is not None:
+                conn.stats.unconfirmed_overflow += conn.ledger.overflowed
+            unconfirmed = conn.ledger.drain()
+            if unconfirmed:
+                self.replay.persist_written(conn, unconfirmed)
+                self.log_peer(conn, logging.INFO, "%d logged messages written but not "
+                              "confirmed at disconnect: kept in the replay log",
+                              len(unconfirmed))
         if conn.queue is not None:
             leftovers = conn.queue.clear()
             kept = 0
@@ -514,7 +529,8 @@ class Node:
         method = msg.method or ""
         if method == "event::ExecuteCommand" and msg.params is not None:
             self._remember_execution(source.endpoint, msg.params)  # type: ignore[arg-type]
-        self._fan_out(frame, method, msg.params, decision.targets, source)
+        self._fan_out(frame, method, msg.params, decision.targets, source,
+                      ts if decision.logged else 0.0)
 
     def originate(self, method: str, params: dict[str, Any]) -> bool:
         """Route a message this node produces (e.g. its own check results).
@@ -531,7 +547,8 @@ class Node:
         frame = netstring.encode(jsonrpc.notification(method, params, ts=ts))
         if decision.logged and decision.unreachable and self.replay is not None:
             self.replay.persist(decision.unreachable, ts, frame, decision.object_zone)
-        self._fan_out(frame, method, params, decision.targets, None)
+        self._fan_out(frame, method, params, decision.targets, None,
+                      ts if decision.logged else 0.0)
         if method == CHECK_RESULT:
             self.check_results_received += 1
             host, cr = params.get("host"), params.get("cr")
@@ -542,8 +559,12 @@ class Node:
         return True
 
     def _fan_out(self, frame: bytes, method: str, params: dict[str, Any] | None,
-                 targets: tuple[str, ...], source: PeerConnection | None) -> None:
-        """Queue one frame on every target; pause ``source`` behind congested queues."""
+                 targets: tuple[str, ...], source: PeerConnection | None,
+                 ts: float = 0.0) -> None:
+        """Queue one frame on every target; pause ``source`` behind congested queues.
+
+        ``ts`` is set for logged messages: once written they wait in the target's ledger
+        until it confirms them (see ``sendqueue.Ledger``)."""
         key = None
         if method == CHECK_RESULT and params is not None:
             key = (params.get("host"), params.get("service"))
@@ -554,7 +575,7 @@ class Node:
                 continue
             queue = target.queue
             coalesced = queue.coalesced
-            queue.put(frame, method, key)
+            queue.put(frame, method, key, ts)
             if queue.coalesced != coalesced and target.stats is not None:
                 target.stats.coalesced += 1
             if queue.congested:
@@ -600,6 +621,8 @@ class Node:
                                                         float(position))
                 if self.replay is not None and conn.endpoint is not None:
                     self.replay.confirm(conn.endpoint, float(position))
+                if conn.ledger is not None:
+                    conn.ledger.confirm(float(position))
         elif method == "pki::RequestCertificate":
             self._pki_request(conn, msg)
         elif method == "pki::UpdateCertificate":

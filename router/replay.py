@@ -19,6 +19,14 @@ record is committed, the endpoint joins the connected set in the same loop step,
 message can slip between the log and the live path. Icinga drops live messages for a
 peer while it replays; we do not.
 
+In flight: a logged frame written to a peer is not safe until the peer confirms it.
+Each connection to a zone with a log keeps the written, unconfirmed frames in memory
+(``sendqueue.Ledger``, 32 MiB at most); a confirmation drops what it covers, and when the
+connection is lost the rest is appended to the log before the unsent queue. The peer's
+next session replays from its confirmed position: receivers ignore a message older than
+the newest ``ts`` they processed (Icinga's rule), so only the message at exactly that
+position can be processed twice, as with Icinga's own replay. Nothing written is lost.
+
 Positions: a peer's ``log::SetLogPosition`` (the newest ``ts`` it received from us) is
 persisted and bounds the next replay; records every eligible endpoint has confirmed, or
 older than its ``log_duration``, are pruned every ``PRUNE_INTERVAL`` seconds.
@@ -98,6 +106,21 @@ class ReplayManager:
                 kept += 1
         self.persisted += kept
         return kept
+
+    def persist_written(self, conn: PeerConnection,
+                        items: list[tuple[float, bytes, str]]) -> int:
+        """Keep logged frames that were written to a dropped connection but never
+        confirmed (its ledger, with their stamps); returns how many."""
+        zone = self.node.topology.zone_of(conn.endpoint or "")
+        if zone not in self.zones:
+            return 0
+        kept = sum(1 for ts, frame, _ in items if self.writer.submit(zone, ts, frame, None))
+        self.persisted += kept
+        return kept
+
+    def keeps_log(self, endpoint: str) -> bool:
+        """Does the zone of ``endpoint`` keep a replay log (its log_duration is not 0)?"""
+        return self.node.topology.zone_of(endpoint) in self.zones
 
     def confirm(self, endpoint: str, position: float) -> None:
         self.writer.confirm(endpoint, position, now=time.time())

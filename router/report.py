@@ -213,6 +213,8 @@ def metric_families(node: Node) -> list[MetricFamily]:
 
     received, sent, refused, bytes_in, bytes_out = [], [], [], [], []
     rate_in, rate_out, q_bytes, q_msgs, coalesced, congested = [], [], [], [], [], []
+    unconfirmed: list[tuple[dict[str, str], float]] = []
+    unprotected: list[tuple[dict[str, str], float]] = []
     for name, stats in sorted(node.stats.items()):
         label = "-" if name.startswith("(") else name
         for method, n in sorted(stats.received.items()):
@@ -234,6 +236,10 @@ def metric_families(node: Node) -> list[MetricFamily]:
         q_msgs.append(({"endpoint": label}, len(queue) if has_queue else 0))  # type: ignore[arg-type]
         congested.append(({"endpoint": label},
                           queue.high_water_events if has_queue else 0))  # type: ignore[union-attr]
+        ledger = conn.ledger if conn is not None else None
+        unconfirmed.append(({"endpoint": label}, ledger.bytes if ledger is not None else 0))
+        unprotected.append(({"endpoint": label}, stats.unconfirmed_overflow
+                            + (ledger.overflowed if ledger is not None else 0)))
     fams += [
         family("router_messages_received_total", received),
         family("router_messages_sent_total", sent),
@@ -247,6 +253,8 @@ def metric_families(node: Node) -> list[MetricFamily]:
         family("router_send_queue_messages", q_msgs),
         family("router_send_queue_coalesced_total", coalesced),
         family("router_send_queue_congested_total", congested),
+        family("router_unconfirmed_bytes", unconfirmed),
+        family("router_unconfirmed_overflow_total", unprotected),
         family("router_slow_consumer_disconnects_total", [
             ({"endpoint": "-"}, node.disconnects.get(("slow_consumer",)))]),
         family("router_reading_paused", [

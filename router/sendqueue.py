@@ -49,12 +49,59 @@ class QueueLimits:
 class _Entry:
     """One queued frame; ``frame`` is set to None when a newer result supersedes it."""
 
-    __slots__ = ("frame", "key", "method")
+    __slots__ = ("frame", "key", "method", "ts")
 
-    def __init__(self, frame: bytes, key: Hashable | None, method: str) -> None:
+    def __init__(self, frame: bytes, key: Hashable | None, method: str, ts: float) -> None:
         self.frame: bytes | None = frame
         self.key = key
         self.method = method
+        self.ts = ts
+
+
+class Ledger:
+    """Logged frames written to a peer that the peer has not confirmed yet.
+
+    A frame handed to the transport can still be lost: in our socket buffer, on the
+    wire, or unread by a peer that goes away. Icinga covers that by logging every logged
+    message and replaying from the position the peer confirmed (``log::SetLogPosition``,
+    every 5 s). We keep just the unconfirmed tail in memory: ``confirm`` drops what the
+    peer has, and when the connection is lost the rest goes to the replay log, so the
+    peer gets it again on its return (a receiver ignores what is older than the newest
+    ``ts`` it processed, as Icinga does). Bounded by ``max_bytes``: beyond it the oldest
+    frames leave unprotected and are counted in ``overflowed``.
+    """
+
+    __slots__ = ("_entries", "bytes", "max_bytes", "overflowed")
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self._entries: deque[tuple[float, bytes, str]] = deque()
+        self.bytes = 0
+        self.max_bytes = max_bytes
+        self.overflowed = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, ts: float, frame: bytes, method: str) -> None:
+        entries = self._entries
+        entries.append((ts, frame, method))
+        self.bytes += len(frame)
+        while self.bytes > self.max_bytes and len(entries) > 1:
+            self.bytes -= len(entries.popleft()[1])
+            self.overflowed += 1
+
+    def confirm(self, position: float) -> None:
+        """The peer has everything stamped up to ``position``."""
+        entries = self._entries
+        while entries and entries[0][0] <= position:
+            self.bytes -= len(entries.popleft()[1])
+
+    def drain(self) -> list[tuple[float, bytes, str]]:
+        """Everything unconfirmed, oldest first; the ledger is empty afterwards."""
+        out = list(self._entries)
+        self._entries.clear()
+        self.bytes = 0
+        return out
 
 
 class SendQueue:
@@ -84,11 +131,13 @@ class SendQueue:
     def over_hard_limit(self) -> bool:
         return self.bytes > self.limits.hard_bytes
 
-    def put(self, frame: bytes, method: str, key: Hashable | None = None) -> bool:
+    def put(self, frame: bytes, method: str, key: Hashable | None = None,
+            ts: float = 0.0) -> bool:
         """Append ``frame``; return True when this put made the queue congested.
 
         ``key`` identifies a coalescable message (host, service) and is None for
-        everything that must be delivered as is.
+        everything that must be delivered as is. ``ts`` (the frame's stamp) marks a
+        logged message that goes to the connection's :class:`Ledger` once written.
         """
         if key is not None:
             older = self._by_key.get(key)
@@ -98,10 +147,10 @@ class SendQueue:
                 self.messages -= 1
                 older.frame = None
                 self.coalesced += 1
-            entry = _Entry(frame, key, method)
+            entry = _Entry(frame, key, method, ts)
             self._by_key[key] = entry
         else:
-            entry = _Entry(frame, None, method)
+            entry = _Entry(frame, None, method, ts)
         self._entries.append(entry)
         self.bytes += len(frame)
         self.messages += 1
@@ -112,10 +161,12 @@ class SendQueue:
             return True
         return False
 
-    def take(self, max_bytes: int) -> tuple[list[bytes], list[str]]:
+    def take(self, max_bytes: int, ledger: Ledger | None = None
+             ) -> tuple[list[bytes], list[str]]:
         """Pop frames worth up to ``max_bytes`` (at least one frame if any is waiting).
 
-        Returns the frames and their methods (for per-method sent counters).
+        Returns the frames and their methods (for per-method sent counters). Frames put
+        with a ``ts`` are recorded in ``ledger`` (the caller writes them now).
         """
         frames: list[bytes] = []
         methods: list[str] = []
@@ -132,6 +183,8 @@ class SendQueue:
             frames.append(frame)
             methods.append(entry.method)
             taken += len(frame)
+            if ledger is not None and entry.ts:
+                ledger.add(entry.ts, frame, entry.method)
         self.bytes -= taken
         self.messages -= len(frames)
         return frames, methods

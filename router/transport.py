@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from router.protocol.peer import PeerProtocol, State
 from router.readsched import MIN_EXPECTED_READ
-from router.sendqueue import SendQueue
+from router.sendqueue import Ledger, SendQueue
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.node import EndpointStats, Node
@@ -96,6 +96,9 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.endpoint: str | None = None
         self.peer: PeerProtocol | None = None
         self.queue: SendQueue | None = None
+        #: Logged frames written but not confirmed by the peer (set by the node when the
+        #: peer's zone keeps a replay log).
+        self.ledger: Ledger | None = None
         self.stats: EndpointStats | None = None
         #: Congested queues this connection feeds; reading pauses while non-zero.
         self.blocked_by = 0
@@ -480,7 +483,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         if queue is None or self.state != OPEN:
             return
         while queue.messages and not self._writing_paused and self.state == OPEN:
-            frames, methods = queue.take(FLUSH_CHUNK)
+            frames, methods = queue.take(FLUSH_CHUNK, self.ledger)
             if not frames:
                 break
             data = frames[0] if len(frames) == 1 else b"".join(frames)

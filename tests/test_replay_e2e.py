@@ -128,3 +128,49 @@ def test_log_survives_a_restart_of_the_node(tmp_path, pki, run):
             await sat.stop()
 
     run(main(), timeout=60)
+
+
+def test_written_but_unconfirmed_results_are_replayed_after_a_drop(tmp_path, pki, run):
+    """A frame handed to TCP can still be lost when the parent goes away. What the
+    parent has not confirmed (log::SetLogPosition) goes to the replay log at the drop,
+    so the parent's next session gets everything after its confirmed position."""
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("sat", ["sat1"], "master"),
+                                       ("agent1", ["agent1"], "sat")], timeouts=FAST)
+
+    async def main():
+        sat = await spec.start("sat1")
+        try:
+            first = await FakePeer.connect(spec.port("sat1"), pki, "master",
+                                           server_name="sat1")
+            agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
+                                           server_name="sat1")
+            await wait_until(lambda: "agent1" in sat.node.connected_names
+                             and "master" in sat.node.connected_names, what="sessions")
+            for i in range(10):
+                agent.send("event::CheckResult", check_result("agent1", "disk", f"r{i}"))
+            await wait_until(lambda: len(outputs(first)) == 10, what="ten results")
+            stamps = [m["ts"] for m in first.messages("event::CheckResult")]
+            ledger = sat.node.connections["master"].ledger
+            assert ledger is not None and len(ledger) == 10
+            text = await metrics_text(sat)
+            assert re.search(r'router_unconfirmed_bytes\{endpoint="master"\} [1-9]', text)
+            # The parent confirms r0..r4 and goes away; pretend r5..r9 were lost in flight.
+            first.send("log::SetLogPosition", {"log_position": stamps[4]})
+            await wait_until(lambda: len(ledger) == 5, what="confirmation applied")
+            first.writer.transport.abort()
+            await wait_until(lambda: "master" not in sat.node.connections, what="drop seen")
+            second = await FakePeer.connect(spec.port("sat1"), pki, "master",
+                                            server_name="sat1")
+            await wait_until(lambda: len(outputs(second)) == 5, what="the unconfirmed five")
+            agent.send("event::CheckResult", check_result("agent1", "disk", "r10"))
+            await wait_until(lambda: len(outputs(second)) == 6, what="live after the replay")
+            assert outputs(second) == [f"r{i}" for i in range(5, 11)]
+            got = [m["ts"] for m in second.messages("event::CheckResult")]
+            assert got[:5] == stamps[5:] and got == sorted(got)
+            for peer in (agent, second):
+                await peer.close()
+        finally:
+            await sat.stop()
+
+    run(main(), timeout=60)

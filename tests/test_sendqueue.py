@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.sendqueue import QueueLimits, SendQueue
+from router.sendqueue import Ledger, QueueLimits, SendQueue
 
 LIMITS = QueueLimits(high_bytes=100, low_bytes=40, high_messages=10, low_messages=4,
                      hard_bytes=300)
@@ -91,3 +91,27 @@ def test_invalid_limits(kwargs):
     params.update(kwargs)
     with pytest.raises(ValueError):
         QueueLimits(**params)
+
+
+def test_ledger_keeps_written_logged_frames_until_confirmed():
+    q = SendQueue(QueueLimits())
+    ledger = Ledger()
+    q.put(b"a", "event::CheckResult", ("h", "s1"), ts=1.0)
+    q.put(b"hb", "event::Heartbeat")                        # not logged: no ts
+    q.put(b"b", "event::CheckResult", ("h", "s2"), ts=2.0)
+    q.put(b"c", "event::CheckResult", ("h", "s3"), ts=3.0)
+    frames, _ = q.take(2, ledger)                           # written: a, hb
+    assert frames == [b"a", b"hb"] and len(ledger) == 1
+    q.take(100, ledger)
+    assert len(ledger) == 3 and ledger.bytes == 3
+    ledger.confirm(2.0)                                     # the peer has up to ts 2
+    assert ledger.drain() == [(3.0, b"c", "event::CheckResult")]
+    assert len(ledger) == 0 and ledger.bytes == 0
+
+
+def test_ledger_is_bounded_and_counts_what_it_let_go():
+    ledger = Ledger(max_bytes=10)
+    for i in range(5):
+        ledger.add(float(i), b"xxxx", "event::CheckResult")
+    assert ledger.bytes == 8 and ledger.overflowed == 3
+    assert [ts for ts, _, _ in ledger.drain()] == [3.0, 4.0]

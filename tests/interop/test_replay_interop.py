@@ -159,6 +159,14 @@ def test_results_for_stopped_master_are_replayed_once(icinga_factory: IcingaFact
     router.wait_for(lambda: service_result(master, "agent1", "passive-svc", "live r0"),
                     RESULT_TIMEOUT, what="the live result on the real master",
                     extra=lambda: master.diagnostics(40))
+    # Until the master confirms r0 (log::SetLogPosition, every 5 s), our satellite keeps
+    # it as possibly lost in flight and would replay it after a drop; the restarted
+    # master would then process it again (equal ts), as it would from an Icinga
+    # satellite. Wait for the confirmation: it also checks that a real master's
+    # confirmations release what we hold.
+    router.wait_for(lambda: router.metric("router_unconfirmed_bytes", endpoint="master") == 0,
+                    15, what="the master confirming r0",
+                    extra=lambda: diag(router, master, agent))
 
     master.stop()
     router.wait_for(lambda: not router.endpoint_status("master")["connected"], 10,
