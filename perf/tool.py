@@ -728,6 +728,8 @@ ROWS = [
     ("replay: resent, ignored as older", ("replay", "ignored_as_older"), "d", None),
     ("storm: node start, s", ("storm", "start_s"), ".2f", None),
     ("storm: all back after restart, s", ("storm", "all_back_s"), ".2f", "low"),
+    ("storm: all back since restart, s", ("storm", "all_back_since_restart_s"),
+     ".2f", "low"),
     ("storm: node CPU per handshake, ms", ("storm", "node_cpu_ms_per_handshake"), ".2f",
      "low"),
     ("refused by the node (steady)", ("steady", "refused"), "d", None),
