@@ -57,3 +57,29 @@ def test_perf_all_scenarios_small(tmp_path: Path) -> None:
     storm = session["storm"]
     assert storm["reconnected"] == 20 and storm["all_back_s"] is not None
     assert "storm: all back after restart" in output
+
+
+@pytest.mark.timeout(120)
+def test_perf_against_an_existing_node(tmp_path: Path) -> None:
+    """--target HOST:PORT --pki CA_DIR: the tool issues its own certificates from the
+    node's CA and measures a node it did not start (here a router it cannot restart)."""
+    sys.path.insert(0, str(REPO))
+    from perf.common import RouterTarget, make_pki
+
+    bench = make_pki(tmp_path / "pki", 20, shared_key=True)
+    node = RouterTarget(tmp_path / "node", bench, 20)
+    node.start()
+    try:
+        result, output = _run(
+            tmp_path, "--endpoints", "20", "--duration", "1", "--warmup", "0.5",
+            "--rate", "200", "--scenario", "steady,storm",
+            "--target", f"127.0.0.1:{node.port}", "--pki", str(bench.ca_dir),
+            "--status-url", f"http://127.0.0.1:{node.status_port}")
+    finally:
+        node.stop()
+    (session,) = result["sessions"]
+    assert session["target"] == "target"
+    assert session["connect"]["connected"] == 20
+    assert session["steady"]["delivered_total"] == session["steady"]["sent"] > 0
+    assert session["storm"]["skipped"] == "cannot restart an existing node"
+    assert "existing node at 127.0.0.1" in output
