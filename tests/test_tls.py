@@ -533,3 +533,36 @@ def test_cert_is_current_before_2017_forces_renewal(pki: TestPKI) -> None:
     cert, _ = pkimod.issue_certificate(ca_cert, ca_key, "ancient", not_before=old_start,
                                        not_after=dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc))
     assert not tls.cert_is_current(cert, pki.ca_cert, dt.datetime.now(dt.timezone.utc))
+
+
+# -- the chain we send ----------------------------------------------------------------------
+
+def _first_flight(server_ctx: ssl.SSLContext, pki: TestPKI) -> int:
+    """Bytes of the server's first handshake flight (it carries the certificate chain)."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = _unchecked_client(pki, "client").wrap_bio(c_in, c_out, server_hostname="server")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    s_in.write(c_out.read())
+    with pytest.raises(ssl.SSLWantReadError):
+        server.do_handshake()
+    return s_out.pending
+
+
+def test_issuer_chain_is_spelled_out_as_openssl_would_build_it(pki: TestPKI,
+                                                              tmp_path: Path) -> None:
+    [issuer] = tls.issuer_chain(pki.ca_cert, pki.cert("server"))
+    assert issuer == pkimod.load_certificates(pki.ca_cert, "CA")[0]
+    chained = tmp_path / "chained.crt"
+    chained.write_bytes(pki.cert("server").read_bytes() + pki.ca_cert.read_bytes())
+    assert tls.issuer_chain(pki.ca_cert, chained) == []           # already a chain
+    assert tls.issuer_chain(pki.other_ca_cert, pki.cert("server")) == []
+    # On the wire: what OpenSSL sends when it builds the chain itself (leaf + CA), and
+    # clearly more than the leaf alone (a server that cannot find the issuer).
+    ours = _first_flight(tls.server_context(pki.ca_cert, pki.cert("server"),
+                                            pki.key("server")), pki)
+    built = _first_flight(_unchecked_server(pki, "server"), pki)
+    leaf_only = _first_flight(_unchecked_server(pki, "server", ca=pki.other_ca_cert), pki)
+    assert abs(ours - built) <= 4                  # ECDSA signatures vary by a byte or two
+    assert ours > leaf_only + 200
