@@ -20,7 +20,7 @@ from typing import Any
 from router import __version__, report
 from router.config import RouterConfig
 from router.connector import Backoff, Connector
-from router.node import Node, describe_topology
+from router.node import Node, describe_topology, name_list
 from router.status import StatusServer
 
 log = logging.getLogger("router.app")
@@ -96,7 +96,8 @@ class RouterService:
         path = os.path.join(self.config.node.data_dir, "replaylog")
         node.replay = ReplayManager(node, ReplayWriter.open(path))
         if node.replay.zones:
-            log.info("replay log %s for zones %s", path, ", ".join(sorted(node.replay.zones)))
+            log.info("replay log %s for %d zones: %s", path, len(node.replay.zones),
+                     name_list(sorted(node.replay.zones)))
 
     def _catalog(self) -> Any:
         from checkers.catalog import Catalog

@@ -24,7 +24,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from router import answers, tls
 from router.config import RouterConfig
@@ -882,12 +882,24 @@ _REFUSAL_TEXT = {
 }
 
 
+def name_list(names: Iterable[str], limit: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 4995 more``: a satellite with 5 000 agent
+    zones must not write a 60 KB log line."""
+    names = list(names)
+    if not names:
+        return "-"
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
+
+
 def describe_topology(topology: Topology) -> str:
     """One line for the start-up log."""
     parent = topology.parent_zone or "-"
-    children = ", ".join(topology.child_zones) or "-"
+    children = name_list(topology.child_zones)
+    count = f"{len(topology.child_zones)} child zones" if topology.child_zones else "child zones"
     return (f"endpoint {topology.local_endpoint} in zone {topology.local_zone} "
-            f"(parent {parent}; child zones {children})")
+            f"(parent {parent}; {count} {children})")
 
 
-__all__ = ["Node", "EndpointStats", "describe_topology"]
+__all__ = ["Node", "EndpointStats", "describe_topology", "name_list"]

@@ -217,3 +217,18 @@ def test_deep_chain_is_fine() -> None:
     assert len(t.ancestors("z49")) == 49
     assert t.ancestors("z49")[0] == "z48"
     assert t.ancestors("z49")[-1] == "z0"
+
+
+def test_start_up_line_names_a_few_child_zones_and_counts_the_rest() -> None:
+    from router.node import describe_topology, name_list
+
+    assert name_list([]) == "-"
+    assert name_list(["a", "b"]) == "a, b"
+    assert name_list([f"z{i}" for i in range(5000)]) == "z0, z1, z2, z3, z4 and 4995 more"
+    line = describe_topology(topo("s1"))
+    assert line == "endpoint s1 in zone sat (parent master; 2 child zones a1, a2)"
+    many = [ZoneSpec("top", ("t",))] + [ZoneSpec(f"c{i}", (f"e{i}",), "top")
+                                        for i in range(300)]
+    eps = [EndpointSpec("t")] + [EndpointSpec(f"e{i}") for i in range(300)]
+    line = describe_topology(Topology(many, eps, "t"))
+    assert "300 child zones c0, c1, c2, c3, c4 and 295 more" in line and len(line) < 200
