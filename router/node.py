@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from router import answers, tls
 from router.config import RouterConfig
@@ -33,11 +34,11 @@ from router.protocol import jsonrpc, netstring
 from router.protocol.events import (HelloReceived, MessageReceived, NotJsonRpc, PeerTimedOut,
                                     ProtocolFailed)
 from router.protocol.peer import PeerProtocol, Role
+from router.readsched import ReadScheduler
 from router.results import ResultStore
 from router.routing import METHODS, ObjectZones, RouteDecision, Router, UnknownObjects
 from router.sendqueue import Ledger, QueueLimits, SendQueue
 from router.topology import Relation, Topology
-from router.readsched import ReadScheduler
 from router.transport import READ_BUFFER_SIZE, PeerConnection
 
 log = logging.getLogger("router.node")
@@ -398,10 +399,11 @@ class Node:
                 conn.stats.unconfirmed_overflow += conn.ledger.overflowed
             unconfirmed = conn.ledger.drain()
             if unconfirmed:
-                self.replay.persist_written(conn, unconfirmed)
-                self.log_peer(conn, logging.INFO, "%d logged messages written but not "
-                              "confirmed at disconnect: kept in the replay log",
-                              len(unconfirmed))
+                kept = self.replay.persist_written(conn, unconfirmed)
+                self.log_peer(conn, logging.INFO if kept == len(unconfirmed) else
+                              logging.WARNING, "%d logged messages written but not "
+                              "confirmed at disconnect: %d kept in the replay log",
+                              len(unconfirmed), kept)
         if conn.queue is not None:
             leftovers = conn.queue.clear()
             kept = 0

@@ -42,8 +42,7 @@ class Parked(Protocol):
 class ReadScheduler:
     """The queue of parked readers of one event loop and the per-turn admission."""
 
-    __slots__ = ("_loop", "budget", "_waiting", "_scheduled", "deferred_turns",
-                 "admitted")
+    __slots__ = ("_loop", "_scheduled", "_waiting", "admitted", "budget", "deferred_turns")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  budget: int = TURN_INPUT_BUDGET) -> None:

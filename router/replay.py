@@ -25,7 +25,8 @@ Each connection to a zone with a log keeps the written, unconfirmed frames in me
 connection is lost the rest is appended to the log before the unsent queue. The peer's
 next session replays from its confirmed position: receivers ignore a message older than
 the newest ``ts`` they processed (Icinga's rule), so only the message at exactly that
-position can be processed twice, as with Icinga's own replay. Nothing written is lost.
+position can be processed twice, as with Icinga's own replay. Nothing written is lost
+unless more than 32 MiB stays unconfirmed (``router_unconfirmed_overflow_total``).
 
 Positions: a peer's ``log::SetLogPosition`` (the newest ``ts`` it received from us) is
 persisted and bounds the next replay; records every eligible endpoint has confirmed, or
