@@ -67,6 +67,8 @@ from perf.load import C_CLOSED_BY_PEER, C_IDENTIFIED, C_SENT, N_COUNTERS, load_w
 #: order of --scenario all: max leaves a backlog in a slow node, storm restarts the node
 SCENARIOS = ("steady", "churn", "replay", "max", "storm")
 GEN_SATURATED = 0.90
+#: Above this share of all CPUs busy, a wall time measures the machine, not only the node.
+MACHINE_SATURATED = 0.90
 
 
 @dataclass
@@ -623,12 +625,14 @@ class Session:
             # -------- connect all N
             gen0 = [cpu_seconds([p]) for p in self.gen_procs]
             node0 = cpu_seconds(self.node_procs)
+            busy0 = machine_busy()
             t0 = time.monotonic()
             for _, pipe, _ in self.workers:
                 pipe.send(("connect",))
             took, got = await self.wait_connected(n, self.connect_timeout(), "connecting")
             replies = [await _recv(pipe, self.connect_timeout()) for _, pipe, _ in self.workers]
             el = time.monotonic() - t0
+            busy1 = machine_busy()
             failed = sum(r[3] for r in replies)
             rss_conn = rss_bytes(self.node_procs)
             out["connect"] = {
@@ -639,6 +643,7 @@ class Session:
                 "node_cpu_ms_per_handshake": (cpu_seconds(self.node_procs) - node0) / n * 1000,
                 "generator_cpu_cores": [(cpu_seconds([p]) - a) / el
                                         for p, a in zip(self.gen_procs, gen0)],
+                "machine_busy": (busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1]),
                 "node_rss_mb_idle": rss_idle / 2**20,
                 "node_rss_mb_connected": rss_conn / 2**20,
                 "rss_kb_per_endpoint": (rss_conn - rss_idle) / n / 1024,
@@ -646,6 +651,11 @@ class Session:
             if took is None:
                 self.warn(f"only {got} of {n} agents connected after "
                           f"{self.connect_timeout():.0f} s ({failed} failures)")
+            elif out["connect"]["machine_busy"] > MACHINE_SATURATED:
+                self.warn(f"connecting: the machine was {out['connect']['machine_busy']:.0%} "
+                          f"busy; the emulated agents' handshakes share its CPUs with the "
+                          f"node, so the time to connect is partly theirs. 'node CPU per "
+                          f"handshake' is the node's own cost")
             else:
                 self.say(f"{n} agents connected and identified in {took:.1f} s "
                          f"({n / took:.0f} handshakes/s), node RSS {rss_conn / 2**20:.0f} MB")
