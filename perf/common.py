@@ -466,21 +466,31 @@ def load_worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
     uvloop.run(_worker(cfg, conn, counter))
 
 
-async def _worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
+def pipe_commands(conn: Any, close: Any, is_close: Any) -> asyncio.Queue[Any]:
+    """Commands from the main process's pipe, as an asyncio queue of the running loop.
+
+    A daemon thread blocks in ``conn.recv()``; a closed pipe counts as ``close``, and
+    the thread ends after the first command ``is_close`` accepts.
+    """
     loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[str] = asyncio.Queue()
+    commands: asyncio.Queue[Any] = asyncio.Queue()
 
     def pump() -> None:
         while True:
             try:
                 cmd = conn.recv()
             except (EOFError, OSError):
-                cmd = "close"
+                cmd = close
             loop.call_soon_threadsafe(commands.put_nowait, cmd)
-            if cmd == "close":
+            if is_close(cmd):
                 return
 
     threading.Thread(target=pump, daemon=True).start()
+    return commands
+
+
+async def _worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
+    commands = pipe_commands(conn, "close", lambda cmd: cmd == "close")
     ca, certs = Path(cfg["ca"]), Path(cfg["certs"])
     agents = []
     for i in cfg["agents"]:

@@ -21,7 +21,6 @@ import random
 import signal
 import socket
 import ssl
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from perf.common import (
     agent_name,
     client_context,
     message_template,
+    pipe_commands,
     raise_nofile,
     stamped_frames,
 )
@@ -235,20 +235,7 @@ async def _churn(agents: list[PerfAgent], stop: asyncio.Event, period: tuple[flo
 
 
 async def _worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-
-    def pump() -> None:
-        while True:
-            try:
-                cmd = conn.recv()
-            except (EOFError, OSError):
-                cmd = ("close",)
-            loop.call_soon_threadsafe(commands.put_nowait, cmd)
-            if cmd[0] == "close":
-                return
-
-    threading.Thread(target=pump, daemon=True).start()
+    commands = pipe_commands(conn, ("close",), lambda cmd: cmd[0] == "close")
     ca, certs = Path(cfg["ca"]), Path(cfg["certs"])
     agents = []
     for i in cfg["agents"]:
