@@ -643,6 +643,9 @@ class Session:
                 "node_cpu_ms_per_handshake": (cpu_seconds(self.node_procs) - node0) / n * 1000,
                 "generator_cpu_cores": [(cpu_seconds([p]) - a) / el
                                         for p, a in zip(self.gen_procs, gen0)],
+                # the client side of the handshakes, on the same CPUs as the node
+                "agent_cpu_ms_per_handshake": sum(
+                    cpu_seconds([p]) - a for p, a in zip(self.gen_procs, gen0)) / n * 1000,
                 "machine_busy": (busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1]),
                 "node_rss_mb_idle": rss_idle / 2**20,
                 "node_rss_mb_connected": rss_conn / 2**20,
@@ -710,6 +713,7 @@ ROWS = [
     ("time to all connected, s", ("connect", "all_connected_s"), ".2f", "low"),
     ("handshakes/s", ("connect", "handshakes_per_s"), ".0f", "high"),
     ("node CPU per handshake, ms", ("connect", "node_cpu_ms_per_handshake"), ".2f", "low"),
+    ("agent CPU per handshake, ms", ("connect", "agent_cpu_ms_per_handshake"), ".2f", None),
     ("RSS per endpoint, KB", ("connect", "rss_kb_per_endpoint"), ".1f", "low"),
     ("RSS connected, MB", ("connect", "node_rss_mb_connected"), ".1f", "low"),
     ("steady: offered results/s", ("steady", "offered_per_s"), ".0f", None),
