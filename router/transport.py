@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from typing import TYPE_CHECKING
 
@@ -140,12 +139,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         peername = transport.get_extra_info("peername")
         if peername:
             self.address = f"{peername[0]}:{peername[1]}"
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # pragma: no cover - platform specific
-                pass
+        # TCP_NODELAY: uvloop and asyncio both set it on every TCP transport (a test checks).
         self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         # SNI = endpoint name, as Icinga sends it (no Environment suffix in 2.13 defaults).
         self._sslobj = self._ssl_context.wrap_bio(

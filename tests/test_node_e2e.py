@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -188,6 +189,25 @@ def test_log_position_confirmed_once_per_change(tmp_path, pki, run):
                        ts=1700000002.0)
             await wait_until(lambda: positions() == [1700000000.5, 1700000002.0],
                              what="second confirmation")
+            await agent.close()
+        finally:
+            await master.stop()
+
+    run(main())
+
+
+def test_sessions_send_without_nagle_delay(tmp_path, pki, run):
+    """Small frames (heartbeats, one CheckResult) must leave at once: every session's socket
+    has TCP_NODELAY, which the event loop sets for TCP transports (the node relies on it)."""
+    spec = master_with_agents(tmp_path, pki)
+
+    async def main():
+        master = await spec.start("master")
+        try:
+            agent = await agent_to_master(spec, pki)
+            await wait_until(lambda: "agent1" in master.node.connections, what="agent1 up")
+            sock = master.node.connections["agent1"].transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
             await agent.close()
         finally:
             await master.stop()
