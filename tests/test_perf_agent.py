@@ -187,6 +187,32 @@ def test_agent_counts_a_refused_dial_as_a_failure(bench_pki) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_agent_rejected_by_the_node_is_never_identified(bench_pki, tmp_path: Path) -> None:
+    """TLS 1.3: the agent's handshake completes before the node checks its certificate;
+    the rejection arrives as an alert afterwards and must end the session, counted."""
+    stranger = make_pki(tmp_path / "stranger", 1, shared_key=True)
+
+    async def main() -> None:
+        server, state, port = await _serve(bench_pki)
+        counter = (ctypes.c_longlong * N_COUNTERS)()
+        name = agent_name(0)
+        ctx = client_context(bench_pki.ca_cert, stranger.cert(name),
+                             stranger.out_dir / "agents.key")
+        agent = PerfAgent(name, "127.0.0.1", port, ctx, b"", 1, counter, 0)
+        try:
+            await agent.connect(timeout=5)
+        except (OSError, ssl.SSLError):
+            assert counter[C_CONNECT_FAILURES] == 1
+        else:
+            await _until(lambda: counter[C_CLOSED_BY_PEER] == 1)
+        assert not agent.identified and counter[C_IDENTIFIED] == 0
+        assert agent.protocol is None and state.received == 0
+        server.close()
+        await server.wait_closed()
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
 def test_agent_sends_until_stopped_and_waits_while_the_node_does_not_read(bench_pki) -> None:
     async def main() -> None:
         server, state, port = await _serve(bench_pki)
