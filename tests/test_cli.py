@@ -177,3 +177,18 @@ def test_checker_command_runs_the_executor_main(tmp_path):
                           timeout=30)
     assert proc.returncode != 0
     assert "none.sock" in proc.stderr
+
+
+def test_log_formatter_prints_what_the_stdlib_formatter_prints():
+    """The per-second cache of the date text must never show a stale second."""
+    import logging
+
+    from router.cli import LOG_FORMAT, LogFormatter
+    ours, stdlib = LogFormatter(LOG_FORMAT), logging.Formatter(LOG_FORMAT)
+    base = 1_700_000_000.0
+    for created in (base + 0.0004, base + 0.9996, base + 1.0, base + 1.5, base + 0.25,
+                    base + 86_400.001, base + 86_399.999):
+        record = logging.LogRecord("router.node", logging.INFO, __file__, 1,
+                                   "[%s %s] connected", ("agent-1", "127.0.0.1:1"), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000 // 1
+        assert ours.format(record) == stdlib.format(record), created
