@@ -240,3 +240,15 @@ def test_agent_sends_until_stopped_and_waits_while_the_node_does_not_read(bench_
         server.close()
         await server.wait_closed()
     asyncio.run(main())
+
+
+def test_handshake_benchmark_reports_every_variant(capsys) -> None:
+    """perf/bench_handshake.py runs and reports each variant (numbers are not judged)."""
+    from perf import bench_handshake
+    assert bench_handshake.main(["--number", "3", "--repeat", "1", "--json"]) == 0
+    out = __import__("json").loads(capsys.readouterr().out)
+    assert set(out["results"]) == {"baseline", "tls12", "p256-group", "no-client-cert",
+                                   "client-leaf-only"}
+    for r in out["results"].values():
+        assert r["client_ms"] > 0 and r["server_ms"] > 0
+    assert out["results"]["baseline"]["server_ratio"] == 1.0

@@ -1,0 +1,148 @@
+"""Micro-benchmark: OpenSSL's CPU per TLS handshake, each side, with the node's contexts.
+
+``router perf`` reports the node's CPU per accepted agent (about 1 ms) and the agents'
+(about 1 ms). This script measures the floor under both: one client and one server
+``SSLObject`` joined by memory BIOs in one process, no sockets, no event loop, timing
+only ``do_handshake`` on each side. The baseline is the node's real server context
+(:func:`router.tls.server_context`) against an agent context like ``router perf``'s (its
+certificate file holds its chain, as an Icinga agent sends it). The variants show what
+the cost depends on, as ratios against that baseline in the same run:
+
+- ``tls12``: the node capped at TLS 1.2;
+- ``p256-group``: key exchange on P-256 instead of X25519;
+- ``no-client-cert``: the node does not ask for a certificate (not an option for a
+  cluster node: it is how peers are identified; shows what checking one costs);
+- ``client-leaf-only``: the agent sends its certificate without the CA (Icinga agents
+  send both: shows what parsing the redundant CA copy costs the node).
+
+Usage: ``python perf/bench_handshake.py [--json] [--number N] [--repeat R]``. Each figure
+is the minimum over ``--repeat`` runs of ``--number`` handshakes, in ms per handshake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from perf.common import SAT, agent_name, client_context, make_pki
+from router import tls
+
+
+def handshake_cpu(client: ssl.SSLContext, server: ssl.SSLContext, number: int
+                  ) -> tuple[float, float]:
+    """(client, server) CPU seconds per handshake over ``number`` full handshakes."""
+    client_s = server_s = 0.0
+    clock = time.process_time
+    for _ in range(number):
+        c_in, c_out, s_in, s_out = (ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(),
+                                    ssl.MemoryBIO())
+        c = client.wrap_bio(c_in, c_out, server_side=False, server_hostname=SAT)
+        s = server.wrap_bio(s_in, s_out, server_side=True)
+        c_done = s_done = False
+        for _step in range(8):
+            if not c_done:
+                t = clock()
+                try:
+                    c.do_handshake()
+                    c_done = True
+                except ssl.SSLWantReadError:
+                    pass
+                client_s += clock() - t
+            s_in.write(c_out.read())
+            if not s_done:
+                t = clock()
+                try:
+                    s.do_handshake()
+                    s_done = True
+                except ssl.SSLWantReadError:
+                    pass
+                server_s += clock() - t
+            c_in.write(s_out.read())
+            if c_done and s_done:
+                break
+        else:
+            raise RuntimeError("handshake did not complete")
+    return client_s / number, server_s / number
+
+
+def variants(base: Path) -> dict[str, tuple[ssl.SSLContext, ssl.SSLContext]]:
+    bench_pki = make_pki(base, 1, shared_key=True)
+    name = agent_name(0)
+    key = bench_pki.out_dir / "agents.key"
+
+    def agent(cert: Path | None = None) -> ssl.SSLContext:
+        return client_context(bench_pki.ca_cert, cert or bench_pki.cert(name), key)
+
+    def node() -> ssl.SSLContext:
+        return tls.server_context(bench_pki.ca_cert, bench_pki.cert(SAT), bench_pki.key(SAT))
+
+    out = {"baseline": (agent(), node())}
+    capped = node()
+    capped.maximum_version = ssl.TLSVersion.TLSv1_2
+    out["tls12"] = (agent(), capped)
+    p256 = node()
+    p256.set_ecdh_curve("prime256v1")
+    out["p256-group"] = (agent(), p256)
+    blind = node()
+    blind.verify_mode = ssl.CERT_NONE
+    out["no-client-cert"] = (agent(), blind)
+    # A client that cannot complete its chain (no CA in its store) sends the leaf alone.
+    leaf = base / "leaf.crt"
+    pem = bench_pki.cert(name).read_bytes()
+    end = b"-----END CERTIFICATE-----"
+    leaf.write_bytes(pem[:pem.index(end) + len(end)] + b"\n")
+    lone = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    lone.check_hostname = False
+    lone.verify_mode = ssl.CERT_NONE
+    lone.load_cert_chain(str(leaf), str(key))
+    out["client-leaf-only"] = (lone, node())
+    return out
+
+
+def run(number: int, repeat: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-handshake-") as tmp:
+        cases = variants(Path(tmp))
+        results: dict[str, dict[str, float]] = {}
+        for label, (client, server) in cases.items():
+            handshake_cpu(client, server, 20)             # warm caches and lazy loads
+            runs = [handshake_cpu(client, server, number) for _ in range(repeat)]
+            results[label] = {"client_ms": min(r[0] for r in runs) * 1000,
+                              "server_ms": min(r[1] for r in runs) * 1000}
+    base = results["baseline"]
+    for r in results.values():
+        r["client_ratio"] = r["client_ms"] / base["client_ms"]
+        r["server_ratio"] = r["server_ms"] / base["server_ms"]
+    return {"openssl": ssl.OPENSSL_VERSION, "number": number, "repeat": repeat,
+            "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--number", type=int, default=300, help="handshakes per run")
+    ap.add_argument("--repeat", type=int, default=3, help="runs; the minimum counts")
+    ap.add_argument("--json", action="store_true", help="print JSON")
+    args = ap.parse_args(argv)
+    out = run(args.number, args.repeat)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"# {out['openssl']}; {args.number} handshakes x {args.repeat} runs, minimum")
+    print(f"{'variant':18} {'client ms':>10} {'ratio':>6} {'server ms':>10} {'ratio':>6}")
+    for label, r in out["results"].items():
+        print(f"{label:18} {r['client_ms']:10.3f} {r['client_ratio']:6.2f} "
+              f"{r['server_ms']:10.3f} {r['server_ratio']:6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
