@@ -55,7 +55,7 @@ class _AgentProtocol(asyncio.Protocol):
     """
 
     __slots__ = ("_drain", "_incoming", "_outgoing", "_paused", "_sslobj", "agent",
-                 "closed", "handshake", "transport")
+                 "closed", "handshake", "heard", "transport")
 
     def __init__(self, agent: PerfAgent, handshake: asyncio.Future[None]) -> None:
         self.agent = agent
@@ -69,6 +69,8 @@ class _AgentProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         #: set by ``PerfAgent.close`` to learn when the session is gone
         self.closed: asyncio.Future[None] | None = None
+        #: the node sent application data (its first frame is its icinga::Hello)
+        self.heard = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -122,11 +124,9 @@ class _AgentProtocol(asyncio.Protocol):
             self.transport.abort()  # type: ignore[union-attr]
             return
         self._flush()                           # key updates, alerts
-        agent = self.agent
-        if got and not agent.identified and agent.protocol is self:
-            # the node's first frame (its icinga::Hello): it accepted our identity
-            agent.identified = True
-            agent.counter[C_IDENTIFIED] += 1
+        if got and not self.heard:
+            self.heard = True
+            self.agent.heard_from(self)
 
     def eof_received(self) -> bool:
         return False                        # close; connection_lost follows
@@ -220,8 +220,16 @@ class PerfAgent:
         protocol.write(HELLO)
         self.protocol = protocol
         self.counter[C_CONNECTS] += 1
+        if protocol.heard:      # the node's frame came before this coroutine resumed
+            self.heard_from(protocol)
         if self.auto_reconnect:
             loop.call_later(IDENTIFY_TIMEOUT, self._check_identified, protocol)
+
+    def heard_from(self, protocol: _AgentProtocol) -> None:
+        """The node's first frame (its icinga::Hello): it accepted our identity."""
+        if protocol is self.protocol and not self.identified:
+            self.identified = True
+            self.counter[C_IDENTIFIED] += 1
 
     def _check_identified(self, protocol: _AgentProtocol) -> None:
         """A session the node never answered (e.g. accepted while it shut down): redial."""
