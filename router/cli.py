@@ -362,6 +362,11 @@ def pki_ticket(cn: str, salt: str) -> None:
               help="churn: fraction of the agents that keep reconnecting.")
 @click.option("--connect-timeout", type=float, default=0.0,
               help="Bound for connecting all agents, s (default: max(60, N/20)).")
+@click.option("--drain", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True,
+              help="After each load phase, wait up to this long for results still on "
+                   "their way before counting any as missing, s (flat out with many "
+                   "agents, their socket buffers hold a large backlog).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write every number as JSON.")
 @click.option("--router-toml", type=click.Path(dir_okay=False, exists=True),
@@ -371,8 +376,8 @@ def pki_ticket(cn: str, salt: str) -> None:
 def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_bytes: int,
          scenario: str, target: str | None, pki_dir: str | None, status_url: str | None,
          against: str | None, workers: int, replay_cut: float, churn_fraction: float,
-         connect_timeout: float, json_path: str | None, router_toml: str | None,
-         keep: bool) -> None:
+         connect_timeout: float, drain: float, json_path: str | None,
+         router_toml: str | None, keep: bool) -> None:
     """Load-test a node: N emulated agents -> node -> emulated parent.
 
     Without --target it starts a local demo topology (our router satellite between the
@@ -403,7 +408,8 @@ def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_byte
         endpoints=endpoints, rate=parsed_rate, duration=duration, warmup=warmup,
         payload_bytes=payload_bytes, scenarios=scenarios, target=target, pki_dir=pki_dir,
         status_url=status_url, against=against, workers=workers, replay_cut=replay_cut,
-        churn_fraction=churn_fraction, connect_timeout=connect_timeout, json_path=json_path,
+        churn_fraction=churn_fraction, connect_timeout=connect_timeout, drain=drain,
+        json_path=json_path,
         keep=keep, router_toml=Path(router_toml).read_text() if router_toml else "")
     try:
         result = tool.run(opts, echo=lambda s: click.echo(s, err=True))

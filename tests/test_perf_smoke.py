@@ -45,7 +45,9 @@ def test_perf_steady_200_endpoints(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_perf_all_scenarios_small(tmp_path: Path) -> None:
     result, output = _run(tmp_path, "--endpoints", "20", "--duration", "1", "--warmup", "0.5",
-                          "--rate", "500", "--scenario", "all", "--replay-cut", "1")
+                          "--rate", "500", "--scenario", "all", "--replay-cut", "1",
+                          "--drain", "5")
+    assert result["meta"]["drain"] == 5
     (session,) = result["sessions"]
     for sc in ("steady", "max", "churn", "replay", "storm"):
         assert sc in session, sc
