@@ -382,6 +382,7 @@ class Session:
         last = s0
         rss_peak = 0
         per_second: list[float] = []
+        seen_latencies = len(t.latencies)
         try:
             while time.monotonic() < s0["t"] + opts.duration:
                 await asyncio.sleep(min(0.5, max(0.01, s0["t"] + opts.duration
@@ -391,8 +392,12 @@ class Session:
                 if snap["t"] - last["t"] >= 0.99:
                     rate_now = (snap["delivered"] - last["delivered"]) / (snap["t"] - last["t"])
                     per_second.append(rate_now)
+                    # p99 of the results sampled since the last line (arrival order)
+                    recent = sorted(x for _, x in t.latencies[seen_latencies:])
+                    seen_latencies = len(t.latencies)
                     bar.update(int(snap["t"] - s0["t"]),
-                               f"{rate_now:.0f} results/s delivered, "
+                               f"{rate_now:.0f} results/s delivered, p99 "
+                               f"{_fmt(_pct(recent, 0.99))} ms, "
                                f"{self.counter_sum(C_IDENTIFIED)} agents up")
                     last = snap
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ def _run(tmp_path: Path, *args: str, timeout: float = 90) -> tuple[dict, str]:
 def test_perf_steady_200_endpoints(tmp_path: Path) -> None:
     result, output = _run(tmp_path, "--endpoints", "200", "--duration", "5", "--warmup", "1")
     assert "time to all connected" in output and "steady: delivered results/s" in output
+    # the live display: connected endpoints while connecting, results/s and p99 under load
+    assert "connected," in output and re.search(r"results/s delivered, p99 [0-9.]+ ms", output)
     assert "router" in output
     (session,) = result["sessions"]
     assert session["target"] == "router"
