@@ -252,3 +252,27 @@ def test_handshake_benchmark_reports_every_variant(capsys) -> None:
     for r in out["results"].values():
         assert r["client_ms"] > 0 and r["server_ms"] > 0
     assert out["results"]["baseline"]["server_ratio"] == 1.0
+
+
+def test_listening_reads_the_kernel_table() -> None:
+    """The storm's 'port open' clock: a listening socket is seen, a closed one is not."""
+    import socket
+    import threading
+
+    from perf.tool import listening, wait_listening
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+        except OSError:
+            continue                    # no IPv6 here
+        port = sock.getsockname()[1]
+        if listening(port) is None:
+            pytest.skip("no /proc/net/tcp on this platform")
+        assert listening(port) is False          # bound, not listening
+        sock.listen()
+        assert listening(port) is True
+        assert wait_listening(port, 1.0, threading.Event()) is not None
+        sock.close()
+        assert listening(port) is False
+        assert wait_listening(port, 0.2, threading.Event()) is None

@@ -61,7 +61,8 @@ def test_perf_all_scenarios_small(tmp_path: Path) -> None:
     assert replay["received_unique"] + replay["missing"] == replay["sent"]
     storm = session["storm"]
     assert storm["reconnected"] == 20 and storm["all_back_s"] is not None
-    assert "storm: all back after restart" in output
+    assert storm["port_open_s"] is not None and storm["all_back_since_port_open_s"] is not None
+    assert "storm: all back since port open" in output
 
 
 @pytest.mark.timeout(120)
