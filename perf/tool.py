@@ -893,6 +893,10 @@ def run(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str, A
     raise_nofile()
     if opts.endpoints < 1:
         raise ValueError("endpoints must be >= 1")
+    if opts.workers < 0:
+        raise ValueError("workers must be >= 0 (0: one per core)")
+    if opts.duration <= 0 or opts.warmup < 0 or opts.drain <= 0 or opts.replay_cut <= 0:
+        raise ValueError("duration, drain and replay_cut must be > 0, warmup >= 0")
     for sc in opts.scenarios:
         if sc not in SCENARIOS:
             raise ValueError(f"unknown scenario {sc!r}")

@@ -339,11 +339,15 @@ def pki_ticket(cn: str, salt: str) -> None:
               help="Emulated agents (one TLS session and certificate each).")
 @click.option("--rate", default="5000", show_default=True,
               help="Results/s in total for steady/churn/replay, or 'max' (flat out).")
-@click.option("--duration", type=float, default=10.0, show_default=True,
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True,
               help="Measurement window per load scenario, s.")
-@click.option("--warmup", type=float, default=3.0, show_default=True, help="Warm-up, s.")
-@click.option("--payload-bytes", type=int, default=1024, show_default=True,
-              help="Size of one CheckResult message (JSON).")
+@click.option("--warmup", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Warm-up, s.")
+@click.option("--payload-bytes", type=click.IntRange(min=0, max=16 * 1024 * 1024),
+              default=1024, show_default=True,
+              help="Size of one CheckResult message (JSON; at least the size of the "
+                   "unpadded message, about 700 bytes).")
 @click.option("--scenario", "scenario", default="steady", show_default=True,
               help="steady|max|storm|churn|replay|all, or several separated by commas; "
                    "run in turn on the connected agents ('all': every scenario).")
@@ -356,12 +360,15 @@ def pki_ticket(cn: str, salt: str) -> None:
                                    "connected endpoints on the node itself.")
 @click.option("--against", type=click.Choice(["icinga2"]),
               help="Also run the same workload against a real Icinga 2 node, same run.")
-@click.option("--workers", type=int, default=0, help="Load processes (default: one per core).")
-@click.option("--replay-cut", type=float, default=5.0, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=0,
+              help="Load processes (default: one per core).")
+@click.option("--replay-cut", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True,
               help="replay: how long the parent is cut off, s.")
-@click.option("--churn-fraction", type=float, default=0.1, show_default=True,
+@click.option("--churn-fraction", type=click.FloatRange(min=0, max=1, min_open=True),
+              default=0.1, show_default=True,
               help="churn: fraction of the agents that keep reconnecting.")
-@click.option("--connect-timeout", type=float, default=0.0,
+@click.option("--connect-timeout", type=click.FloatRange(min=0), default=0.0,
               help="Bound for connecting all agents, s (default: max(60, N/20)).")
 @click.option("--drain", type=click.FloatRange(min=0, min_open=True), default=30.0,
               show_default=True,

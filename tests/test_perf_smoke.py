@@ -89,3 +89,29 @@ def test_perf_against_an_existing_node(tmp_path: Path) -> None:
     assert session["steady"]["delivered_total"] == session["steady"]["sent"] > 0
     assert session["storm"]["skipped"] == "cannot restart an existing node"
     assert "existing node at 127.0.0.1" in output
+
+
+@pytest.mark.parametrize("args", [
+    ["--endpoints", "0"], ["--duration", "0"], ["--duration", "-1"], ["--warmup", "-1"],
+    ["--workers", "-1"], ["--rate", "-5"], ["--rate", "abc"], ["--scenario", "bogus"],
+    ["--churn-fraction", "0"], ["--churn-fraction", "1.5"], ["--replay-cut", "0"],
+    ["--drain", "0"], ["--connect-timeout", "-1"], ["--payload-bytes", "-1"],
+])
+def test_perf_rejects_bad_options_before_starting_anything(args: list[str]) -> None:
+    """A bad value is a usage error at once, not a run that hangs (--workers -1 used to
+    start no load process and wait for the connect timeout)."""
+    from click.testing import CliRunner
+
+    from router.cli import main
+    result = CliRunner().invoke(main, ["perf", *args])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output or "Error" in result.output
+
+
+def test_perf_api_rejects_bad_options() -> None:
+    sys.path.insert(0, str(REPO))
+    from perf.tool import Options, run
+    for bad in (Options(workers=-1), Options(duration=0), Options(warmup=-1),
+                Options(drain=0), Options(endpoints=0)):
+        with pytest.raises(ValueError):
+            run(bad)
