@@ -900,6 +900,15 @@ def run(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str, A
     for sc in opts.scenarios:
         if sc not in SCENARIOS:
             raise ValueError(f"unknown scenario {sc!r}")
+    if opts.target:
+        host, sep, port = opts.target.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--target {opts.target!r}: expected HOST:PORT")
+        if not opts.pki_dir:
+            raise ValueError("--target needs --pki DIR (the CA: ca.crt and ca.key)")
+    elif opts.pki_dir or opts.status_url:
+        raise ValueError("--pki and --status-url describe an existing node: use them with "
+                         "--target")
     started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="router-perf-"))
     sessions: list[dict[str, Any]] = []
@@ -907,9 +916,7 @@ def run(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str, A
     try:
         t0 = time.monotonic()
         if opts.target:
-            if not opts.pki_dir:
-                raise ValueError("--target needs --pki DIR (the CA: ca.crt and ca.key)")
-            bpki = _pki_from_ca(base, Path(opts.pki_dir), opts.endpoints)
+            bpki = _pki_from_ca(base, Path(opts.pki_dir), opts.endpoints)  # type: ignore[arg-type]
         else:
             bpki = make_pki(base, opts.endpoints, shared_key=True)
         echo(f"certificates for {opts.endpoints} agents issued in {time.monotonic() - t0:.1f} s")

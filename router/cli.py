@@ -421,7 +421,7 @@ def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_byte
         keep=keep, router_toml=Path(router_toml).read_text() if router_toml else "")
     try:
         result = tool.run(opts, echo=lambda s: click.echo(s, err=True))
-    except (ValueError, RuntimeError, TimeoutError) as exc:
+    except (ValueError, RuntimeError, TimeoutError, RouterError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(tool.format_report(result))
 

@@ -115,3 +115,20 @@ def test_perf_api_rejects_bad_options() -> None:
                 Options(drain=0), Options(endpoints=0)):
         with pytest.raises(ValueError):
             run(bad)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--target", "nocolon", "--pki", "/tmp"], "expected HOST:PORT"),
+    (["--target", "127.0.0.1:99999", "--pki", "/tmp"], "expected HOST:PORT"),
+    (["--target", "127.0.0.1:5665"], "needs --pki"),
+    (["--status-url", "http://127.0.0.1:1"], "use them with --target"),
+    (["--target", "127.0.0.1:1", "--pki", "/nonexistent-ca-dir"], "does not exist"),
+])
+def test_perf_target_mistakes_are_clear_errors(args: list[str], says: str) -> None:
+    """Mistakes about an existing node end with one line, not a traceback."""
+    from click.testing import CliRunner
+
+    from router.cli import main
+    result = CliRunner().invoke(main, ["perf", "--endpoints", "2", *args])
+    assert result.exit_code == 1, result.output
+    assert says in result.output and "Traceback" not in result.output
