@@ -8,6 +8,7 @@ and turns SIGTERM/SIGINT into a drain-then-close shutdown.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -184,6 +185,26 @@ def raise_nofile_limit() -> int:
     return soft
 
 
+#: Young-generation threshold of the cyclic garbage collector while serving (default 700).
+GC_THRESHOLD0 = 5000
+
+
+def tune_gc() -> None:
+    """Freeze the start-up objects out of the cyclic GC and collect less often.
+
+    The configuration and topology (tens of thousands of objects on a master with 5 000
+    agent zones) live as long as the process, yet every full collection walks them again;
+    and with a threshold of 700 allocations a node that parses 5 000 messages a second
+    runs a collection every few hundred microseconds. Measured with `router perf
+    --endpoints 1000 --scenario steady,max --duration 5 --warmup 1`: the collector took
+    0.42 s of 17.2 s CPU in 1 826 collections before, 0.12 s of 16.8 s in 86 collections
+    (1.4 ms each) after. Reference counting still frees everything that is not in a
+    cycle, frozen or not.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD0, *gc.get_threshold()[1:])
+
+
 async def _serve(config: RouterConfig, ready_message: str | None) -> int:
     service = RouterService(config)
     loop = asyncio.get_running_loop()
@@ -191,6 +212,7 @@ async def _serve(config: RouterConfig, ready_message: str | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    tune_gc()
     if ready_message:
         print(ready_message.format(status_port=service.status_port,
                                    listen_port=service.listen_port), flush=True)

@@ -192,3 +192,17 @@ def test_log_formatter_prints_what_the_stdlib_formatter_prints():
                                    "[%s %s] connected", ("agent-1", "127.0.0.1:1"), None)
         record.created, record.msecs = created, (created - int(created)) * 1000 // 1
         assert ours.format(record) == stdlib.format(record), created
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_the_threshold():
+    import gc
+
+    from router.app import GC_THRESHOLD0, tune_gc
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_THRESHOLD0, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
