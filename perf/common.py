@@ -474,6 +474,15 @@ def load_worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
     uvloop.run(_worker(cfg, conn, counter))
 
 
+async def close_agents(agents: list[Any], conn: Any) -> None:
+    """Close every agent's session, then tell the main process (``("closed",)``)."""
+    await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
+    try:
+        conn.send(("closed",))
+    except OSError:
+        pass             # the main process is gone already
+
+
 def pipe_commands(conn: Any, close: Any, is_close: Any) -> asyncio.Queue[Any]:
     """Commands from the main process's pipe, as an asyncio queue of the running loop.
 
@@ -538,11 +547,7 @@ async def _worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
             }))
         elif cmd == "close":
             stop.set()
-            await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
-            try:
-                conn.send(("closed",))
-            except OSError:
-                pass
+            await close_agents(agents, conn)
             return
 
 

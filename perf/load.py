@@ -31,6 +31,7 @@ from perf.common import (
     SAT,
     agent_name,
     client_context,
+    close_agents,
     message_template,
     pipe_commands,
     raise_nofile,
@@ -427,9 +428,5 @@ async def _worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
             conn.send(("ok",))
         elif cmd[0] == "close":
             stop.set()
-            await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
-            try:
-                conn.send(("closed",))
-            except OSError:
-                pass
+            await close_agents(agents, conn)
             return
