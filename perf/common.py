@@ -100,22 +100,25 @@ class BenchPKI:
         return self.out_dir / f"{name}.key"
 
 
-def make_pki(base: Path, agents: int, shared_key: bool = False) -> BenchPKI:
-    """One CA; certificates for sat1, master and every agent (EC P-256, CN = SAN = name).
+def make_pki(base: Path, agents: int, shared_key: bool = False,
+             key_type: str = "ec") -> BenchPKI:
+    """One CA; certificates for sat1, master and every agent (CN = SAN = name).
 
-    ``shared_key``: all agents share one EC key (``agents.key``) and get one certificate
+    ``shared_key``: all agents share one key (``agents.key``) and get one certificate
     each; issuing N certificates for one key is much faster than generating N keys.
+    ``key_type``: every key, the CA's included (:data:`router.pki.KEY_TYPES`; ``rsa4096``
+    is what an Icinga CA and ``icinga2 pki new-cert`` make).
     """
     ca_dir, out_dir = base / "ca", base / "issued"
-    pki.create_ca(ca_dir, common_name="Bench Relay CA")
+    pki.create_ca(ca_dir, common_name="Bench Relay CA", key_type=key_type)
     ca_cert, ca_key = pki.load_ca(ca_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     agent_key = None
     if shared_key:
-        _, agent_key = pki.issue_certificate(ca_cert, ca_key, agent_name(0))
+        _, agent_key = pki.issue_certificate(ca_cert, ca_key, agent_name(0), key_type=key_type)
         pki.write_private_key(out_dir / "agents.key", agent_key)  # type: ignore[arg-type]
     for name in [SAT, MASTER]:
-        cert, key = pki.issue_certificate(ca_cert, ca_key, name)
+        cert, key = pki.issue_certificate(ca_cert, ca_key, name, key_type=key_type)
         pki.write_private_key(out_dir / f"{name}.key", key)  # type: ignore[arg-type]
         pki.write_certificate(out_dir / f"{name}.crt", cert)
     # An agent's certificate file holds its chain (its certificate, then the CA's), which
@@ -125,7 +128,8 @@ def make_pki(base: Path, agents: int, shared_key: bool = False) -> BenchPKI:
     # handshake, CPU the node under test shares).
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
     for name in [agent_name(i) for i in range(agents)]:
-        cert, key = pki.issue_certificate(ca_cert, ca_key, name, key=agent_key)
+        cert, key = pki.issue_certificate(ca_cert, ca_key, name, key=agent_key,
+                                          key_type=key_type)
         if agent_key is None:
             pki.write_private_key(out_dir / f"{name}.key", key)  # type: ignore[arg-type]
         (out_dir / f"{name}.crt").write_bytes(

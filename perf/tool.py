@@ -94,6 +94,7 @@ class Options:
     json_path: str | None = None
     keep: bool = False
     router_toml: str = ""                # appended to the demo router's configuration
+    key_type: str = "ec"                 # every key: ec, rsa (2048) or rsa4096 (Icinga's)
     progress: bool | None = None         # None: when stderr is a terminal
 
 
@@ -893,6 +894,9 @@ def run(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str, A
     raise_nofile()
     if opts.endpoints < 1:
         raise ValueError("endpoints must be >= 1")
+    from router.pki import KEY_TYPES
+    if opts.key_type not in KEY_TYPES:
+        raise ValueError(f"key type {opts.key_type!r}: expected one of {', '.join(KEY_TYPES)}")
     if opts.workers < 0:
         raise ValueError("workers must be >= 0 (0: one per core)")
     if opts.duration <= 0 or opts.warmup < 0 or opts.drain <= 0 or opts.replay_cut <= 0:
@@ -916,9 +920,10 @@ def run(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str, A
     try:
         t0 = time.monotonic()
         if opts.target:
-            bpki = _pki_from_ca(base, Path(opts.pki_dir), opts.endpoints)  # type: ignore[arg-type]
+            bpki = _pki_from_ca(base, Path(opts.pki_dir), opts.endpoints,  # type: ignore[arg-type]
+                                opts.key_type)
         else:
-            bpki = make_pki(base, opts.endpoints, shared_key=True)
+            bpki = make_pki(base, opts.endpoints, shared_key=True, key_type=opts.key_type)
         echo(f"certificates for {opts.endpoints} agents issued in {time.monotonic() - t0:.1f} s")
         kinds = ["target"] if opts.target else ["router"]
         if opts.against == "icinga2":
@@ -960,17 +965,25 @@ def _scale_icinga_start(target: IcingaTarget, n: int) -> None:
     target.start = lambda: orig(timeout=timeout)  # type: ignore[method-assign]
 
 
-def _pki_from_ca(base: Path, ca_dir: Path, n: int) -> BenchPKI:
-    """Certificates for ``master`` and the agents, issued by an existing CA (``--pki``)."""
+def _pki_from_ca(base: Path, ca_dir: Path, n: int, key_type: str = "ec") -> BenchPKI:
+    """Certificates for ``master`` and the agents, issued by an existing CA (``--pki``).
+
+    Like :func:`perf.common.make_pki`: one shared key, and each agent's certificate file
+    holds its chain (certificate, then CA), the bytes an Icinga agent sends.
+    """
+    from cryptography.hazmat.primitives import serialization
+
     from router import pki
     ca_cert, ca_key = pki.load_ca(ca_dir)
     out = base / "issued"
     out.mkdir(parents=True)
     shutil.copy(ca_dir / "ca.crt", out / "ca.crt")
-    _, shared = pki.issue_certificate(ca_cert, ca_key, MASTER)
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    _, shared = pki.issue_certificate(ca_cert, ca_key, MASTER, key_type=key_type)
     pki.write_private_key(out / "agents.key", shared)  # type: ignore[arg-type]
     for name in [MASTER] + [agent_name(i) for i in range(n)]:
         cert, key = pki.issue_certificate(ca_cert, ca_key, name, key=shared)
-        pki.write_certificate(out / f"{name}.crt", cert)
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        (out / f"{name}.crt").write_bytes(pem if name == MASTER else pem + ca_pem)
         pki.write_private_key(out / f"{name}.key", key)  # type: ignore[arg-type]
     return BenchPKI(ca_dir, out)

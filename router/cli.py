@@ -380,12 +380,17 @@ def pki_ticket(cn: str, salt: str) -> None:
 @click.option("--router-toml", type=click.Path(dir_okay=False, exists=True),
               help="TOML appended to the demo router's configuration (for example a "
                    "[limits] table), to measure a setting.")
+@click.option("--key-type", type=click.Choice(["ec", "rsa", "rsa4096"]), default="ec",
+              show_default=True,
+              help="Keys of the CA, the nodes and the agents: EC P-256, RSA 2048, or RSA "
+                   "4096 (what an Icinga CA and 'icinga2 pki new-cert' make; every handshake "
+                   "then signs with it).")
 @click.option("--keep", is_flag=True, help="Keep the temporary directory.")
 def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_bytes: int,
          scenario: str, target: str | None, pki_dir: str | None, status_url: str | None,
          against: str | None, workers: int, replay_cut: float, churn_fraction: float,
          connect_timeout: float, drain: float, json_path: str | None,
-         router_toml: str | None, keep: bool) -> None:
+         router_toml: str | None, key_type: str, keep: bool) -> None:
     """Load-test a node: N emulated agents -> node -> emulated parent.
 
     Without --target it starts a local demo topology (our router satellite between the
@@ -418,7 +423,8 @@ def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_byte
         status_url=status_url, against=against, workers=workers, replay_cut=replay_cut,
         churn_fraction=churn_fraction, connect_timeout=connect_timeout, drain=drain,
         json_path=json_path,
-        keep=keep, router_toml=Path(router_toml).read_text() if router_toml else "")
+        keep=keep, router_toml=Path(router_toml).read_text() if router_toml else "",
+        key_type=key_type)
     try:
         result = tool.run(opts, echo=lambda s: click.echo(s, err=True))
     except (ValueError, RuntimeError, TimeoutError, RouterError) as exc:

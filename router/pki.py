@@ -11,7 +11,8 @@ works without any preparation; :func:`issue_node_files` hands out certificates f
 nodes (demo, tests). Differences from Icinga, on purpose:
 
 * keys are EC P-256 by default (Icinga 2.13.6 accepts them; its own CLI makes RSA 4096,
-  which takes seconds to generate); ``key_type="rsa"`` gives RSA 2048;
+  which takes seconds to generate); ``key_type="rsa"`` gives RSA 2048 and ``"rsa4096"``
+  Icinga's own choice;
 * leaf certificates also carry extendedKeyUsage serverAuth+clientAuth and the key
   identifiers, on top of Icinga's basicConstraints and ``SAN DNS:<CN>``;
 * ``notBefore`` is back-dated by :data:`CLOCK_SKEW` so a peer whose clock is slightly behind
@@ -42,6 +43,7 @@ from router.errors import TLSSetupError
 __all__ = [
     "CA_VALID_DAYS",
     "CLOCK_SKEW",
+    "KEY_TYPES",
     "LEAF_VALID_DAYS",
     "NodePKI",
     "PrivateKey",
@@ -69,6 +71,8 @@ CA_VALID_DAYS: Final = 15 * 365        # Icinga ROOT_VALID_FOR
 LEAF_VALID_DAYS: Final = 397           # Icinga LEAF_VALID_FOR (since 2.13.3)
 CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 RSA_BITS: Final = 2048                 # Icinga uses 4096; 2048 keeps tests and demos fast
+#: Key types :func:`generate_key` knows: EC P-256, RSA 2048, RSA 4096 (``icinga2 pki``'s).
+KEY_TYPES: Final = ("ec", "rsa", "rsa4096")
 TICKET_ITERATIONS: Final = 50_000      # Icinga PBKDF2_SHA1 in PkiUtility::GenTicket
 
 CERT_MODE: Final = 0o644
@@ -91,7 +95,8 @@ def generate_key(key_type: str = "ec") -> PrivateKey:
     """Return a new private key.
 
     Args:
-        key_type: ``"ec"`` (NIST P-256) or ``"rsa"`` (2048 bits, e = 65537).
+        key_type: ``"ec"`` (NIST P-256), ``"rsa"`` (2048 bits, e = 65537) or ``"rsa4096"``
+            (what ``icinga2 pki new-cert`` makes; slow to generate and to sign with).
 
     Raises:
         ValueError: unknown ``key_type``.
@@ -100,7 +105,9 @@ def generate_key(key_type: str = "ec") -> PrivateKey:
         return ec.generate_private_key(ec.SECP256R1())
     if key_type == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-    raise ValueError(f"unknown key type {key_type!r} (expected 'ec' or 'rsa')")
+    if key_type == "rsa4096":
+        return rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    raise ValueError(f"unknown key type {key_type!r} (expected one of {', '.join(KEY_TYPES)})")
 
 
 def _now() -> dt.datetime:
@@ -156,7 +163,7 @@ def create_ca(directory: str | os.PathLike[str], *, common_name: str = "Router C
     Args:
         directory: where to write (Icinga: ``DataDir/ca``).
         common_name: subject CN (Icinga names its CA ``"Icinga CA"``).
-        key_type: ``"ec"`` or ``"rsa"``.
+        key_type: one of :data:`KEY_TYPES`.
         days: validity from now.
 
     Returns:
@@ -207,7 +214,7 @@ def issue_certificate(
         key: the subject key: a private key, or only a public key when signing somebody
             else's request (Icinga re-signs the presented certificate's public key).
             ``None`` generates a new private key of ``key_type``.
-        key_type: ``"ec"`` or ``"rsa"``, used when ``key`` is None.
+        key_type: one of :data:`KEY_TYPES`, used when ``key`` is None.
         days: validity, counted from ``not_before`` (default: now).
         not_before, not_after: explicit validity window (aware datetimes); override ``days``.
 
@@ -401,7 +408,7 @@ def issue_node_files(ca_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
         ca_dir: directory with ``ca.crt`` and ``ca.key`` (see :func:`create_ca`).
         out_dir: destination, created (0700) when missing; existing files are replaced.
         node_name: the endpoint name (CN and SAN DNS).
-        key_type: ``"ec"`` or ``"rsa"``.
+        key_type: one of :data:`KEY_TYPES`.
 
     Returns:
         ``(cert_path, key_path)``.

@@ -132,3 +132,15 @@ def test_perf_target_mistakes_are_clear_errors(args: list[str], says: str) -> No
     result = CliRunner().invoke(main, ["perf", "--endpoints", "2", *args])
     assert result.exit_code == 1, result.output
     assert says in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.timeout(120)
+def test_perf_with_rsa_keys(tmp_path: Path) -> None:
+    """--key-type: the whole PKI (CA, node, parent, agents) with RSA keys; every agent
+    still connects and its results arrive."""
+    result, _ = _run(tmp_path, "--endpoints", "20", "--duration", "1", "--warmup", "0.5",
+                     "--rate", "200", "--key-type", "rsa")
+    assert result["meta"]["key_type"] == "rsa"
+    (session,) = result["sessions"]
+    assert session["connect"]["connected"] == 20
+    assert session["steady"]["delivered_total"] > 0 and session["steady"]["missing"] == 0

@@ -249,3 +249,17 @@ def test_issue_node_files(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "ca.crt").read_bytes() == (tmp_path / "ca" / "ca.crt").read_bytes()
     tls.check_own_files(tmp_path / "out" / "ca.crt", cert_path, key_path)
     assert tls.cert_is_current(cert_path.read_bytes(), tmp_path / "out" / "ca.crt")
+
+
+def test_generate_key_types():
+    """EC P-256 by default; RSA 2048; RSA 4096 as Icinga's own CLI makes."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from router.pki import KEY_TYPES, generate_key
+    assert KEY_TYPES == ("ec", "rsa", "rsa4096")
+    assert isinstance(generate_key(), ec.EllipticCurvePrivateKey)
+    assert generate_key("rsa").key_size == 2048
+    big = generate_key("rsa4096")
+    assert isinstance(big, rsa.RSAPrivateKey) and big.key_size == 4096
+    with pytest.raises(ValueError, match="rsa4096"):
+        generate_key("dsa")
