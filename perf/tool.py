@@ -13,7 +13,9 @@ and identified), then run the scenarios one after the other on the same connecti
 * ``max``: flat out (every agent writes as fast as the node reads); a slow node keeps a
   backlog after it, hence it runs after the paced scenarios with ``all``;
 * ``storm``: the node restarts; time until all N agents are back (they redial with a
-  random 0-0.5 s delay, then back off up to 2 s).
+  random 0-0.5 s delay, then back off up to 2 s), counted from the start of the restart,
+  from the moment the node's port opens, and from its ready signal. The agents are
+  watched from the moment the node is started, not after the parent has dialled in.
 
 Everything runs on 127.0.0.1 and is bounded in time. ``run()`` is the Python API; the CLI
 (``router perf``, in router/cli.py) only parses options and calls it.
