@@ -157,6 +157,10 @@ class Target:
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def root_pid(self) -> int | None: ...
+    def exited(self) -> int | None:
+        """The exit code when the node we started has exited (negative: killed by that
+        signal); None while it runs, or when we did not start it."""
+        return None
     def connected_endpoints(self) -> set[str]: ...
     def version(self) -> str: ...
     def diagnostics(self) -> str:
@@ -257,6 +261,9 @@ class RouterTarget(Target):
     def root_pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    def exited(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
     def version(self) -> str:
         from router import __version__
         if self.custom_command:
@@ -334,6 +341,10 @@ class IcingaTarget(Target):
 
     def root_pid(self) -> int | None:
         return self.node.pid
+
+    def exited(self) -> int | None:
+        proc = self.node._proc          # the harness's umbrella process
+        return proc.poll() if proc is not None else None
 
     def version(self) -> str:
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True,

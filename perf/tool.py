@@ -386,6 +386,8 @@ class Session:
         shown = 0.0
         try:
             while time.monotonic() - t0 < timeout:
+                if self.target.exited() is not None:
+                    break                   # the caller and node_died() report it
                 n = self.counter_sum(C_IDENTIFIED)
                 now = time.monotonic()
                 if n >= want:
@@ -662,6 +664,18 @@ class Session:
                  f"opened")
         return res
 
+    def node_died(self, when: str, out: dict[str, Any]) -> bool:
+        """True (with a warning and ``out["node_died"]``) when the node under test has
+        exited on its own: the numbers after that would measure nothing."""
+        code = self.target.exited()
+        if code is None:
+            return False
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        self.warn(f"the node under test {how} ({when}); the remaining scenarios are "
+                  f"skipped. {self.target.diagnostics()[-2000:]}".rstrip())
+        out["node_died"] = {"when": when, "exit_code": code}
+        return True
+
     def connect_timeout(self) -> float:
         return self.opts.connect_timeout or max(60.0, self.opts.endpoints / 20)
 
@@ -743,6 +757,8 @@ class Session:
                          f"({n / took:.0f} handshakes/s), node RSS {rss_conn / 2**20:.0f} MB")
             # -------- scenarios
             for sc in opts.scenarios:
+                if self.node_died("before " + sc, out):
+                    break
                 if sc == "steady":
                     out["steady"] = await self.load_phase("steady", opts.rate)
                 elif sc == "max":
@@ -754,6 +770,8 @@ class Session:
                     out["replay"] = await self.replay_phase()
                 elif sc == "storm":
                     out["storm"] = await self.storm_phase()
+            else:
+                self.node_died("at the end", out)
             out["node_rss_mb_end"] = rss_bytes(self.node_procs) / 2**20
             out["other_methods_at_parent"] = dict(self.tally.methods)
             out["bad_messages_at_parent"] = self.tally.bad[:3]

@@ -430,6 +430,10 @@ def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_byte
     except (ValueError, RuntimeError, TimeoutError, RouterError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(tool.format_report(result))
+    died = [s["target"] for s in result["sessions"] if s.get("node_died")]
+    if died:
+        raise click.ClickException(f"the node under test stopped during the run: "
+                                   f"{', '.join(died)} (see the warnings above)")
 
 
 if __name__ == "__main__":  # pragma: no cover

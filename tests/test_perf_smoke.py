@@ -144,3 +144,43 @@ def test_perf_with_rsa_keys(tmp_path: Path) -> None:
     (session,) = result["sessions"]
     assert session["connect"]["connected"] == 20
     assert session["steady"]["delivered_total"] > 0 and session["steady"]["missing"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_perf_reports_a_node_that_dies_and_fails(tmp_path: Path) -> None:
+    """The node under test killed mid-run: the tool says so, skips what is left, still
+    prints its report, and exits non-zero instead of reporting numbers that measure
+    nothing."""
+    import signal
+    import time
+
+    import psutil
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router", "perf", "--endpoints", "20", "--rate", "200",
+         "--scenario", "steady,churn,replay", "--duration", "3", "--warmup", "0.5",
+         "--json", str(tmp_path / "perf.json")],
+        cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        node = None
+        deadline = time.monotonic() + 60
+        while node is None and time.monotonic() < deadline:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    if "serve" in child.cmdline():
+                        node = child
+                except psutil.Error:
+                    pass
+            time.sleep(0.2)
+        assert node is not None, "the node never started"
+        time.sleep(2.5)                      # connected, into the steady scenario
+        node.send_signal(signal.SIGKILL)
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, output[-3000:]
+    assert "was killed by signal 9" in output and "stopped during the run" in output
+    result = json.loads((tmp_path / "perf.json").read_text())
+    (session,) = result["sessions"]
+    assert session["node_died"]["exit_code"] == -9
+    assert "replay" not in session              # skipped after the node died
