@@ -343,8 +343,7 @@ class IcingaTarget(Target):
         return self.node.pid
 
     def exited(self) -> int | None:
-        proc = self.node._proc          # the harness's umbrella process
-        return proc.poll() if proc is not None else None
+        return self.node.exit_code()
 
     def version(self) -> str:
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True,

@@ -344,6 +344,11 @@ class IcingaNode:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def exit_code(self) -> int | None:
+        """The daemon's exit code once it has exited (negative: the signal that killed
+        it); None while it runs or before it was started."""
+        return self._proc.poll() if self._proc is not None else None
+
     @property
     def pid(self) -> int | None:
         """Pid of the umbrella process (the one we started), None when not started."""
