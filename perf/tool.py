@@ -63,6 +63,7 @@ from perf.common import (
     rss_bytes,
     scan_frames,
     stop_workers,
+    write_agent_chain,
 )
 from perf.common import recv_from as _recv
 from perf.load import C_CLOSED_BY_PEER, C_IDENTIFIED, C_SENT, N_COUNTERS, load_worker
@@ -999,19 +1000,18 @@ def _pki_from_ca(base: Path, ca_dir: Path, n: int, key_type: str = "ec") -> Benc
     Like :func:`perf.common.make_pki`: one shared key, and each agent's certificate file
     holds its chain (certificate, then CA), the bytes an Icinga agent sends.
     """
-    from cryptography.hazmat.primitives import serialization
-
     from router import pki
     ca_cert, ca_key = pki.load_ca(ca_dir)
     out = base / "issued"
     out.mkdir(parents=True)
     shutil.copy(ca_dir / "ca.crt", out / "ca.crt")
-    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
     _, shared = pki.issue_certificate(ca_cert, ca_key, MASTER, key_type=key_type)
     pki.write_private_key(out / "agents.key", shared)  # type: ignore[arg-type]
     for name in [MASTER] + [agent_name(i) for i in range(n)]:
         cert, key = pki.issue_certificate(ca_cert, ca_key, name, key=shared)
-        pem = cert.public_bytes(serialization.Encoding.PEM)
-        (out / f"{name}.crt").write_bytes(pem if name == MASTER else pem + ca_pem)
+        if name == MASTER:
+            pki.write_certificate(out / f"{name}.crt", cert)
+        else:
+            write_agent_chain(out / f"{name}.crt", cert, ca_cert)
         pki.write_private_key(out / f"{name}.key", key)  # type: ignore[arg-type]
     return BenchPKI(ca_dir, out)
