@@ -80,6 +80,13 @@ HELLO = netstring(orjson.dumps({"jsonrpc": "2.0", "method": "icinga::Hello",
                                 "params": {"capabilities": 1, "version": 21306}}))
 
 
+def log_position_frame(position: float) -> bytes:
+    """The emulated parent's ``log::SetLogPosition``: it has every message up to
+    ``position``, so the node may forget them (and replays only what is newer)."""
+    return netstring(orjson.dumps({"jsonrpc": "2.0", "method": "log::SetLogPosition",
+                                   "params": {"log_position": position}, "ts": time.time()}))
+
+
 # ======================================================================================
 # PKI
 # ======================================================================================
@@ -608,9 +615,7 @@ class ParentProtocol(asyncio.Protocol):
     def _set_log_position(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(netstring(orjson.dumps({
-            "jsonrpc": "2.0", "method": "log::SetLogPosition",
-            "params": {"log_position": self.last_ts}, "ts": time.time()})))
+        self.transport.write(log_position_frame(self.last_ts))
         self._timer = asyncio.get_running_loop().call_later(1.0, self._set_log_position)
 
     def data_received(self, data: bytes) -> None:

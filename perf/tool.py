@@ -56,9 +56,9 @@ from perf.common import (
     agent_name,
     client_context,
     cpu_seconds,
+    log_position_frame,
     machine_busy,
     make_pki,
-    netstring,
     raise_nofile,
     rss_bytes,
     scan_frames,
@@ -179,9 +179,7 @@ class PerfParent(asyncio.Protocol):
     def _set_log_position(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(netstring(orjson.dumps({
-            "jsonrpc": "2.0", "method": "log::SetLogPosition",
-            "params": {"log_position": self.t.last_ts}, "ts": time.time()})))
+        self.transport.write(log_position_frame(self.t.last_ts))
         self._timer = asyncio.get_running_loop().call_later(1.0, self._set_log_position)
 
     def data_received(self, data: bytes) -> None:
