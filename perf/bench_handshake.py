@@ -2,12 +2,16 @@
 
 ``router perf`` reports the node's CPU per accepted agent (about 1 ms) and the agents'
 (about 1 ms). This script measures the floor under both: one client and one server
-``SSLObject`` joined by memory BIOs in one process, no sockets, no event loop, timing
-only ``do_handshake`` on each side. The baseline is the node's real server context
-(:func:`router.tls.server_context`) against an agent context like ``router perf``'s (its
-certificate file holds its chain, as an Icinga agent sends it). The variants show what
-the cost depends on, as ratios against that baseline in the same run:
+TLS session (``router.tlslib``) joined in memory in one process, no sockets, no event
+loop, timing each side's handshake steps (with feeding and taking out the bytes). The
+baseline is the node's server context on the ``system`` library (Python's ``ssl``,
+:func:`router.tls.server_context`) against an agent context like ``router perf``'s (its
+certificate file holds its chain, as an Icinga agent sends it; the agents always use
+Python's ``ssl``, like Icinga on the distribution's OpenSSL). The variants show what the
+cost depends on, as ratios against that baseline in the same run:
 
+- ``bundled``: the node on the ``bundled`` library (pyOpenSSL on the OpenSSL inside the
+  cryptography wheel), the node's default;
 - ``tls12``: the node capped at TLS 1.2;
 - ``p256-group``: key exchange on P-256 instead of X25519;
 - ``no-client-cert``: the node does not ask for a certificate (not an option for a
@@ -35,39 +39,35 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from perf.common import SAT, agent_name, client_context, make_pki
-from router import tls
+from router import tls, tlslib
+from router.tlslib import TLSLibrary, TLSSession
 
 
-def _step(sslobj: ssl.SSLObject) -> tuple[bool, float]:
-    """One ``do_handshake`` call: (finished, CPU seconds it took)."""
+def _step(session: TLSSession, data: bytes) -> tuple[bool, bytes, float]:
+    """Feed ``data``, one handshake step, take the output: (finished, output, CPU s)."""
     t = time.process_time()
-    try:
-        sslobj.do_handshake()
-        done = True
-    except ssl.SSLWantReadError:
-        done = False
-    return done, time.process_time() - t
+    if data:
+        session.feed(data)
+    done = session.handshake()
+    out = session.pull_output()
+    return done, out, time.process_time() - t
 
 
-def handshake_cpu(client: ssl.SSLContext, server: ssl.SSLContext, number: int
-                  ) -> tuple[float, float]:
+def handshake_cpu(client: TLSLibrary, server: TLSLibrary, number: int) -> tuple[float, float]:
     """(client, server) CPU seconds per handshake over ``number`` full handshakes."""
     client_s = server_s = 0.0
     for _ in range(number):
-        c_in, c_out, s_in, s_out = (ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(),
-                                    ssl.MemoryBIO())
-        c = client.wrap_bio(c_in, c_out, server_side=False, server_hostname=SAT)
-        s = server.wrap_bio(s_in, s_out, server_side=True)
+        c, s = client.session(SAT), server.session()
         c_done = s_done = False
+        to_client = b""
         for _round in range(8):
+            to_server = b""
             if not c_done:
-                c_done, took = _step(c)
+                c_done, to_server, took = _step(c, to_client)
                 client_s += took
-            s_in.write(c_out.read())
             if not s_done:
-                s_done, took = _step(s)
+                s_done, to_client, took = _step(s, to_server)
                 server_s += took
-            c_in.write(s_out.read())
             if c_done and s_done:
                 break
         else:
@@ -75,27 +75,33 @@ def handshake_cpu(client: ssl.SSLContext, server: ssl.SSLContext, number: int
     return client_s / number, server_s / number
 
 
-def variants(base: Path) -> dict[str, tuple[ssl.SSLContext, ssl.SSLContext]]:
+def variants(base: Path) -> dict[str, tuple[TLSLibrary, TLSLibrary]]:
     bench_pki = make_pki(base, 1, shared_key=True)
     name = agent_name(0)
     key = bench_pki.out_dir / "agents.key"
 
-    def agent(cert: Path | None = None) -> ssl.SSLContext:
-        return client_context(bench_pki.ca_cert, cert or bench_pki.cert(name), key)
+    def agent(cert: Path | None = None) -> TLSLibrary:
+        return tlslib.SystemTLS(client_context(bench_pki.ca_cert, cert or bench_pki.cert(name),
+                                               key), server_side=False)
 
     def node() -> ssl.SSLContext:
         return tls.server_context(bench_pki.ca_cert, bench_pki.cert(SAT), bench_pki.key(SAT))
 
-    out = {"baseline": (agent(), node())}
+    def system(ctx: ssl.SSLContext) -> TLSLibrary:
+        return tlslib.SystemTLS(ctx, server_side=True)
+
+    out = {"baseline": (agent(), system(node()))}
+    out["bundled"] = (agent(), tlslib.contexts("bundled", bench_pki.ca_cert, bench_pki.cert(SAT),
+                                               bench_pki.key(SAT))[0])
     capped = node()
     capped.maximum_version = ssl.TLSVersion.TLSv1_2
-    out["tls12"] = (agent(), capped)
+    out["tls12"] = (agent(), system(capped))
     p256 = node()
     p256.set_ecdh_curve("prime256v1")
-    out["p256-group"] = (agent(), p256)
+    out["p256-group"] = (agent(), system(p256))
     blind = node()
     blind.verify_mode = ssl.CERT_NONE
-    out["no-client-cert"] = (agent(), blind)
+    out["no-client-cert"] = (agent(), system(blind))
     # A client that cannot complete its chain (no CA in its store) sends the leaf alone.
     leaf = base / "leaf.crt"
     pem = bench_pki.cert(name).read_bytes()
@@ -105,7 +111,7 @@ def variants(base: Path) -> dict[str, tuple[ssl.SSLContext, ssl.SSLContext]]:
     lone.check_hostname = False
     lone.verify_mode = ssl.CERT_NONE
     lone.load_cert_chain(str(leaf), str(key))
-    out["client-leaf-only"] = (lone, node())
+    out["client-leaf-only"] = (tlslib.SystemTLS(lone, server_side=False), system(node()))
     return out
 
 
@@ -122,7 +128,10 @@ def run(number: int, repeat: int) -> dict[str, Any]:
     for r in results.values():
         r["client_ratio"] = r["client_ms"] / base["client_ms"]
         r["server_ratio"] = r["server_ms"] / base["server_ms"]
-    return {"openssl": ssl.OPENSSL_VERSION, "number": number, "repeat": repeat,
+    from OpenSSL import SSL
+    bundled = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+    return {"openssl": ssl.OPENSSL_VERSION, "bundled_openssl": bundled,
+            "number": number, "repeat": repeat,
             "results": results}
 
 
@@ -136,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"# {out['openssl']}; {args.number} handshakes x {args.repeat} runs, minimum")
+    print(f"# {out['openssl']} (agents, and the node but in 'bundled': "
+          f"{out['bundled_openssl']}); {args.number} handshakes x {args.repeat} runs, minimum")
     print(f"{'variant':18} {'client ms':>10} {'ratio':>6} {'server ms':>10} {'ratio':>6}")
     for label, r in out["results"].items():
         print(f"{label:18} {r['client_ms']:10.3f} {r['client_ratio']:6.2f} "

@@ -121,6 +121,10 @@ class NodeConfig:
     catalog: new commands are added, ones with a bundled name replace it."""
 
 
+#: Values of ``[tls] library`` (see ``router.tlslib``).
+TLS_LIBRARIES = ("bundled", "system")
+
+
 @dataclass(frozen=True, slots=True)
 class TLSConfig:
     """Our certificate, key and the cluster CA (``[tls]``), as absolute paths."""
@@ -131,6 +135,10 @@ class TLSConfig:
     """Our certificate (PEM); its CN must equal ``node.name``."""
     key: str
     """Our private key (PEM)."""
+    library: str = "bundled"
+    """TLS library of the node's sessions (``router.tlslib``): ``bundled`` (pyOpenSSL on
+    the OpenSSL inside the cryptography wheel; cheaper handshakes) or ``system`` (Python's
+    ``ssl`` on the distribution's OpenSSL)."""
 
     @classmethod
     def for_node(cls, name: str, data_dir: str) -> TLSConfig:
@@ -789,7 +797,7 @@ _TOP_KEYS = ("node", "listen", "status_listen", "log_level", "results", "tls", "
 _TOP_SCALARS = ("listen", "status_listen", "log_level", "results")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "node": ("name", "data_dir", "icinga_version", "accept_commands", "command_catalog"),
-    "tls": ("ca", "cert", "key"),
+    "tls": ("ca", "cert", "key", "library"),
     "zones": ("name", "endpoints", "parent", "global"),
     "endpoints": ("name", "addresses", "host", "port", "log_duration"),
     "limits": tuple(f.name for f in dataclasses.fields(Limits)),
@@ -968,7 +976,11 @@ class _Builder:
         default = TLSConfig.for_node(node.name, node.data_dir)
         values = {k: (self.file_path(t[k], f"tls.{k}") if k in t else getattr(default, k))
                   for k in ("ca", "cert", "key")}
-        return TLSConfig(**values)
+        library = t.get("library", default.library)
+        if library not in TLS_LIBRARIES:
+            raise self.err(f"unknown TLS library {library!r}; expected one of "
+                           f"{', '.join(repr(x) for x in TLS_LIBRARIES)}", "tls.library")
+        return TLSConfig(**values, library=library)
 
     def zones(self) -> tuple[ZoneSpec, ...]:
         raw = self.doc.get("zones", [])
@@ -1510,7 +1522,8 @@ def quickstart_config(*, node_name: str | None = None, data_dir: str | None = No
     else:
         old = TLSConfig.for_node(base.node.name, base.node.data_dir)
         tls = TLSConfig(**{k: getattr(new_tls, k) if getattr(base.tls, k) == getattr(old, k)
-                           else getattr(base.tls, k) for k in ("ca", "cert", "key")})
+                           else getattr(base.tls, k) for k in ("ca", "cert", "key")},
+                        library=base.tls.library)
 
     err_path = base.path if base else None
     if zones_file is not None:
@@ -1632,7 +1645,8 @@ def config_to_toml(cfg: RouterConfig) -> str:
     out.append("")
 
     default_tls = TLSConfig.for_node(cfg.node.name, cfg.node.data_dir)
-    tls_lines = [f"{k} = {_toml_str(getattr(cfg.tls, k))}" for k in ("ca", "cert", "key")
+    tls_lines = [f"{k} = {_toml_str(getattr(cfg.tls, k))}"
+                 for k in ("ca", "cert", "key", "library")
                  if getattr(cfg.tls, k) != getattr(default_tls, k)]
     if tls_lines:
         out += ["[tls]", *tls_lines, ""]

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from router import answers, tls
+from router import answers, tls, tlslib
 from router.config import RouterConfig
 from router.metrics import LabeledCounter, RateMeter
 from router.protocol import jsonrpc, netstring
@@ -141,10 +141,12 @@ class Node:
                                    unknown=UnknownObjects(config.objects.unknown))
         self.router = Router(self.topology, self.objects)
         tls_cfg = config.tls
-        self.server_context = server_context or tls.server_context(tls_cfg.ca, tls_cfg.cert,
-                                                                   tls_cfg.key)
-        self.client_context = client_context or tls.client_context(tls_cfg.ca, tls_cfg.cert,
-                                                                   tls_cfg.key)
+        if server_context is None or client_context is None:
+            server, client = tlslib.contexts(tls_cfg.library, tls_cfg.ca, tls_cfg.cert,
+                                             tls_cfg.key)
+        #: Session factories (router.tlslib) for accepted and dialled connections.
+        self.server_context = server_context or server
+        self.client_context = client_context or client
         limits = config.limits
         self.queue_limits = QueueLimits(
             high_bytes=limits.send_queue_high_bytes, low_bytes=limits.send_queue_low_bytes,
@@ -280,7 +282,7 @@ class Node:
 
     def handshake_done(self, conn: PeerConnection) -> bool:
         """Identify the peer and start its session; False when the connection was closed."""
-        identity = tls.peer_identity(conn.ssl_object)
+        identity = conn.peer_identity()
         conn.identity = identity
         if conn.expected_endpoint is not None and identity != conn.expected_endpoint:
             # Icinga: "Unexpected certificate common name" -> drop.

@@ -3,15 +3,15 @@
 Why not ``loop.create_server(ssl=...)``: asyncio's and uvloop's SSL transports swallow
 handshake failures (an ``ssl.SSLError`` is an ``OSError`` and only shows up in debug
 logs), never tell the protocol which certificate failed and why, and the stdlib one
-allocates a 256 KiB read buffer per connection. Running ``ssl.SSLObject`` over two
-``MemoryBIO``\\ s ourselves gives the node every handshake failure with its reason
-(counted and logged with the address), the peer certificate, a hard handshake deadline,
-and small per-connection memory.
+allocates a 256 KiB read buffer per connection. Running a TLS session on memory buffers
+ourselves (``router.tlslib``: pyOpenSSL or Python's ``ssl``) gives the node every
+handshake failure with its reason (counted and logged with the address), the peer
+certificate, a hard handshake deadline, and small per-connection memory.
 
 Data path, per read (``BufferedProtocol``: the socket is read straight into the node's
 one shared 64 KiB buffer, so an idle connection holds no read buffer of its own):
 
-1. feed the TCP bytes into the incoming BIO;
+1. feed the TCP bytes into the TLS session;
 2. while handshaking, drive ``do_handshake``; afterwards read all available plaintext
    in one go and hand it to ``PeerProtocol.receive_data`` (one call per read, not per
    frame);
@@ -22,7 +22,7 @@ one shared 64 KiB buffer, so an idle connection holds no read buffer of its own)
    turn under overload; see ``router.readsched``).
 
 Write path: the node puts frames into ``self.queue`` and calls ``schedule_flush``; one
-``call_soon`` per loop turn joins the waiting frames into one ``SSLObject.write`` (fewer,
+``call_soon`` per loop turn joins the waiting frames into one TLS ``write`` (fewer,
 fuller TLS records) until the transport asks us to pause writing.
 """
 
@@ -39,10 +39,11 @@ from router.sendqueue import Ledger, SendQueue
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.node import EndpointStats, Node
+    from router.tlslib import TLSLibrary, TLSSession
 
 log = logging.getLogger("router.transport")
 
-#: Plaintext handed to SSLObject.write per flush step.
+#: Plaintext handed to the TLS session's write per flush step.
 FLUSH_CHUNK = 256 * 1024
 #: Transport write buffer marks: above high, pause_writing() stops our flushes.
 WRITE_BUFFER_HIGH = 512 * 1024
@@ -50,7 +51,7 @@ WRITE_BUFFER_LOW = 128 * 1024
 READ_CHUNK = 256 * 1024
 #: Largest read from a socket (the node's shared read buffer).
 READ_BUFFER_SIZE = 64 * 1024
-#: Ciphertext handed to the incoming MemoryBIO at a time (see buffer_updated).
+#: Ciphertext fed to the TLS session at a time (see _receive).
 BIO_SLICE = 4 * 1024
 
 HANDSHAKING = "handshaking"
@@ -64,24 +65,23 @@ def _consume_result(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def _handshake_step(sslobj: ssl.SSLObject) -> BaseException | None:
-    """One ``do_handshake`` call; the exception it raised (SSLWantReadError: it needs
-    more bytes), or None when the handshake is complete. Runs in a TLS thread or inline."""
+def _handshake_step(session: TLSSession) -> BaseException | bool:
+    """One handshake step: True when complete, False when it needs more bytes, or the
+    exception it failed with. Runs in a TLS thread or inline."""
     try:
-        sslobj.do_handshake()
+        return session.handshake()
     except (ssl.SSLError, ssl.CertificateError) as exc:
         return exc
-    return None
 
 
 class PeerConnection(asyncio.BufferedProtocol):
     """One TCP connection to a cluster peer (inbound or outbound)."""
 
-    def __init__(self, node: Node, ssl_context: ssl.SSLContext, *,
+    def __init__(self, node: Node, tls_library: TLSLibrary, *,
                  expected_endpoint: str | None = None, handshake_timeout: float = 10.0) -> None:
         self.node = node
         self.loop = node.loop
-        self._ssl_context = ssl_context
+        self._tls_library = tls_library
         #: Set when we dialled: the certificate CN must equal this endpoint name.
         self.expected_endpoint = expected_endpoint
         self.direction = "outbound" if expected_endpoint else "inbound"
@@ -113,9 +113,7 @@ class PeerConnection(asyncio.BufferedProtocol):
             # Nobody awaits an inbound connection's outcome: keep asyncio from reporting
             # "exception was never retrieved" for every failed handshake.
             self.ready.add_done_callback(_consume_result)
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._sslobj: ssl.SSLObject | None = None
+        self._tls: TLSSession | None = None
         self._handshake_handle: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when: float | None = None
@@ -128,7 +126,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         self._transport_reading = True
         self._last_read = 0
         #: A handshake step running in the node's TLS threads, and bytes that came meanwhile.
-        self._handshake_step: asyncio.Future[BaseException | None] | None = None
+        self._handshake_step: asyncio.Future[BaseException | bool] | None = None
         self._handshake_backlog: list[bytes] = []
         self._flush_scheduled = False
 
@@ -142,10 +140,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         # TCP_NODELAY: uvloop and asyncio both set it on every TCP transport (a test checks).
         self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         # SNI = endpoint name, as Icinga sends it (no Environment suffix in 2.13 defaults).
-        self._sslobj = self._ssl_context.wrap_bio(
-            self._incoming, self._outgoing,
-            server_side=self.expected_endpoint is None,
-            server_hostname=self.expected_endpoint)
+        self._tls = self._tls_library.session(server_hostname=self.expected_endpoint)
         self._handshake_handle = self.loop.call_later(self._handshake_timeout,
                                                       self._on_handshake_timeout)
         self.node.connection_made(self)
@@ -164,17 +159,17 @@ class PeerConnection(asyncio.BufferedProtocol):
 
     def _receive(self, data: memoryview) -> None:
         """Ciphertext in; the plaintext to the peer protocol in one call; then park."""
-        incoming = self._incoming
+        feed = self._tls.feed  # type: ignore[union-attr]
         parts: list[bytes] = []
         eof = False
         nbytes = len(data)
-        # Feed the BIO a slice at a time and drain it after each: a MemoryBIO keeps the
-        # capacity of its largest write for good (64 KiB x 5 000 busy peers = 350 MB),
+        # Feed the session a slice at a time and drain it after each: a memory BIO keeps
+        # the capacity of its largest write for good (64 KiB x 5 000 busy peers = 350 MB),
         # while OpenSSL pulls everything it is given into its own record buffer. With no
         # data (a handshake just finished in a thread) read what OpenSSL already holds.
         for start in range(0, nbytes, BIO_SLICE) if nbytes else (0,):
             if nbytes:
-                incoming.write(data[start:min(start + BIO_SLICE, nbytes)])
+                feed(data[start:min(start + BIO_SLICE, nbytes)])
             if self.state == HANDSHAKING and not self._do_handshake():
                 if self.state == HANDSHAKING:
                     continue            # the handshake wants more bytes
@@ -211,7 +206,7 @@ class PeerConnection(asyncio.BufferedProtocol):
     def _handshake_input(self, data: memoryview) -> None:
         """Handshake bytes while the node runs handshakes in its TLS threads.
 
-        ``SSLObject.do_handshake`` releases the GIL while OpenSSL computes (key exchange,
+        Both TLS libraries release the GIL while OpenSSL computes (key exchange,
         signature, the peer's certificate chain: about 0.8 ms of a core per handshake),
         so a reconnect storm of thousands of agents uses every core instead of stalling
         the event loop. While a step runs, the SSL object and its BIOs belong to that
@@ -220,15 +215,15 @@ class PeerConnection(asyncio.BufferedProtocol):
         if self._handshake_step is not None:
             self._handshake_backlog.append(bytes(data))
             return
-        self._incoming.write(data)
+        self._tls.feed(data)  # type: ignore[union-attr]
         self._start_handshake_step()
 
     def _start_handshake_step(self) -> None:
-        future = self.loop.run_in_executor(self.node.tls_pool, _handshake_step, self._sslobj)
+        future = self.loop.run_in_executor(self.node.tls_pool, _handshake_step, self._tls)
         self._handshake_step = future
         future.add_done_callback(self._handshake_step_done)
 
-    def _handshake_step_done(self, future: asyncio.Future[BaseException | None]) -> None:
+    def _handshake_step_done(self, future: asyncio.Future[BaseException | bool]) -> None:
         self._handshake_step = None
         if future.cancelled() or self.state != HANDSHAKING:
             return                       # closed meanwhile (deadline, shutdown)
@@ -236,7 +231,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         backlog, self._handshake_backlog = self._handshake_backlog, []
         if self.state == HANDSHAKING:
             if backlog:
-                self._incoming.write(b"".join(backlog))
+                self._tls.feed(b"".join(backlog))  # type: ignore[union-attr]
                 self._start_handshake_step()
         elif opened:
             # Bytes that came with or after the peer's last handshake flight.
@@ -306,17 +301,17 @@ class PeerConnection(asyncio.BufferedProtocol):
 
     def _do_handshake(self) -> bool:
         """Drive the handshake here; True once it is complete and the session is open."""
-        assert self._sslobj is not None
-        return self._handshake_outcome(_handshake_step(self._sslobj))
+        assert self._tls is not None
+        return self._handshake_outcome(_handshake_step(self._tls))
 
-    def _handshake_outcome(self, exc: BaseException | None) -> bool:
+    def _handshake_outcome(self, outcome: BaseException | bool) -> bool:
         """After a handshake step (here or in a TLS thread): send what it produced; on
         success open the session; True when the session is open."""
         self._flush_tls()
-        if isinstance(exc, ssl.SSLWantReadError):
+        if outcome is False:
             return False
-        if exc is not None:
-            self._fail_handshake(exc)
+        if isinstance(outcome, BaseException):
+            self._fail_handshake(outcome)
             return False
         if self._handshake_handle is not None:
             self._handshake_handle.cancel()
@@ -345,18 +340,13 @@ class PeerConnection(asyncio.BufferedProtocol):
 
     def _read_plaintext(self) -> tuple[bytes, bool]:
         """Everything the TLS layer can decrypt now, and whether the peer sent close_notify."""
-        assert self._sslobj is not None
+        assert self._tls is not None
         chunks: list[bytes] = []
         eof = False
-        read = self._sslobj.read
+        read = self._tls.read
         while True:
             try:
                 chunk = read(READ_CHUNK)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                eof = True
-                break
             except ssl.SSLError as exc:
                 if self.peer is not None and self.peer.messages_received == 0 \
                         and self.peer.bytes_received == 0:
@@ -367,31 +357,34 @@ class PeerConnection(asyncio.BufferedProtocol):
                     self.node.log_peer(self, logging.WARNING, "TLS error, closing: %s", exc)
                 self.abort(f"TLS error: {exc}")
                 return b"", False
+            if chunk is None:
+                break
             if not chunk:
                 eof = True
                 break
             chunks.append(chunk)
         # Reading can produce TLS output (TLS 1.3 key updates, alerts).
-        if self._outgoing.pending:
-            self._flush_tls()
+        self._flush_tls()
         if len(chunks) == 1:
             return chunks[0], eof
         return b"".join(chunks), eof
 
     def _flush_tls(self) -> None:
-        if self._outgoing.pending and self.transport is not None \
-                and not self.transport.is_closing():
-            self.transport.write(self._outgoing.read())
+        if self._tls is None:
+            return
+        out = self._tls.pull_output()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out)
 
     def _write_plain(self, data: bytes) -> None:
-        """Encrypt and write; SSLObject may accept less than all (partial writes)."""
-        sslobj = self._sslobj
-        if sslobj is None or self.transport is None or self.transport.is_closing():
+        """Encrypt and write; the session may accept less than all (partial writes)."""
+        session = self._tls
+        if session is None or self.transport is None or self.transport.is_closing():
             return
         view = memoryview(data)
         while view:
             try:
-                written = sslobj.write(view)
+                written = session.write(view)
             except ssl.SSLError as exc:
                 self.abort(f"TLS write failed: {exc}")
                 return
@@ -522,11 +515,8 @@ class PeerConnection(asyncio.BufferedProtocol):
             return
         self._begin_close(reason)
         # (not while a TLS thread runs a handshake step on the SSL object)
-        if self._sslobj is not None and self._handshake_step is None:
-            try:
-                self._sslobj.unwrap()
-            except (ssl.SSLError, ValueError):
-                pass  # close_notify queued; no need to wait for the peer's answer
+        if self._tls is not None and self._handshake_step is None:
+            self._tls.close_notify()  # queued; no need to wait for the peer's answer
             self._flush_tls()
         if self.transport is not None:
             self.transport.close()
@@ -556,16 +546,13 @@ class PeerConnection(asyncio.BufferedProtocol):
             self._timer_when = None
 
     def peer_certificate_der(self) -> bytes | None:
-        if self._sslobj is None:
+        if self._tls is None or self.state == HANDSHAKING:
             return None
-        try:
-            return self._sslobj.getpeercert(binary_form=True)
-        except ValueError:
-            return None
+        return self._tls.peer_certificate_der()
 
-    @property
-    def ssl_object(self) -> ssl.SSLObject | None:
-        return self._sslobj
+    def peer_identity(self) -> str | None:
+        """Certificate CN of the peer (call once the handshake is complete)."""
+        return None if self._tls is None else self._tls.peer_identity()
 
     def __repr__(self) -> str:
         who = self.endpoint or self.identity or "?"

@@ -59,6 +59,8 @@ class ClusterSpec:
     ports: dict[str, int] = field(default_factory=dict)
     timeouts: str = ""
     limits: str = ""
+    #: node name -> ``[tls] library`` (default: the config's default)
+    libraries: dict[str, str] = field(default_factory=dict)
 
     def port(self, name: str) -> int:
         if name not in self.ports:
@@ -81,6 +83,8 @@ class ClusterSpec:
             f"cert = \"{self.pki.cert(name)}\"",
             f"key = \"{self.pki.key(name)}\"",
         ]
+        if name in self.libraries:
+            lines.append(f"library = \"{self.libraries[name]}\"")
         if self.timeouts:
             lines += ["[timeouts]", self.timeouts]
         if self.limits:

@@ -109,15 +109,18 @@ def test_unknown_cn_is_anonymous_refused_and_closed(spec, pki, run, caplog):
 @pytest.mark.parametrize("who,reason", [("intruder", "unknown_ca"),
                                         ("agent-old", "cert_expired")])
 @pytest.mark.parametrize("threads", [0, 2], ids=["handshake-inline", "handshake-threads"])
+@pytest.mark.parametrize("library", ["bundled", "system"])
 def test_bad_certificates_fail_the_handshake(tmp_path, pki, run, caplog, who, reason,
-                                             threads):
-    """Both handshake paths (in the loop thread, in TLS threads) count and log a bad
-    certificate and keep serving good peers."""
+                                             threads, library):
+    """Both handshake paths (in the loop thread, in TLS threads) on both TLS libraries
+    count and log a bad certificate and keep serving good peers."""
     spec = make_spec(tmp_path, pki, f"\nhandshake_threads = {threads}")
+    spec.libraries["master"] = library
 
     async def main():
         master = await spec.start("master")
         assert (master.node.tls_pool is None) == (threads == 0)
+        assert master.node.server_context.name == library
         try:
             ca = pki.ca_cert
             with pytest.raises((ssl.SSLError, ConnectionError, OSError)):

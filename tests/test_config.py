@@ -868,6 +868,22 @@ def test_quickstart_errors() -> None:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def test_tls_library() -> None:
+    assert parse_config(BASE).tls.library == "bundled"
+    cfg = parse_config(appended("""\
+        [tls]
+        library = "system"
+        """))
+    assert cfg.tls.library == "system"
+    assert parse_config(config_to_toml(cfg)) == cfg
+    err = error_of(appended("""\
+        [tls]
+        library = "gnutls"
+        """))
+    assert err.key == "tls.library"
+    assert "unknown TLS library 'gnutls'" in str(err) and "'system'" in str(err)
+
+
 def test_example_config_loads() -> None:
     cfg = load_config(os.path.join(ROOT, "examples", "router.toml"))
     assert cfg.node.name == "master1.example.com"
@@ -887,7 +903,8 @@ def test_reference_documents_every_key() -> None:
     with open(os.path.join(ROOT, "docs", "configuration.md"), encoding="utf-8") as f:
         doc = f.read()
     names = ["listen", "status_listen", "log_level", "results", "name", "data_dir",
-             "icinga_version", "accept_commands", "ca", "cert", "key", "endpoints", "parent",
+             "icinga_version", "accept_commands", "ca", "cert", "key", "library", "endpoints",
+             "parent",
              "global", "addresses", "host", "port", "log_duration", "unknown", "hosts"]
     names += [f.name for f in dataclasses.fields(Limits)]
     names += [f.name for f in dataclasses.fields(Timeouts)]

@@ -124,6 +124,42 @@ def test_satellite_relays_agent_results_to_parent_with_fresh_ts(tmp_path, pki, r
     run(main())
 
 
+@pytest.mark.parametrize(("master_lib", "sat_lib"), [("system", "bundled"),
+                                                    ("bundled", "system")])
+def test_nodes_on_different_tls_libraries(tmp_path, pki, run, master_lib, sat_lib):
+    """A satellite dials its master, each on its own ``[tls] library``; an agent's result
+    crosses both and the identities are the certificate CNs."""
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("sat", ["sat1"], "master"),
+                                       ("agent1", ["agent1"], "sat")],
+                       dialled={"master"}, libraries={"master": master_lib, "sat1": sat_lib})
+
+    async def main():
+        master = await spec.start("master")
+        sat = await spec.start("sat1")
+        try:
+            assert (master.node.server_context.name, sat.node.client_context.name) == \
+                (master_lib, sat_lib)
+            await wait_until(lambda: "sat1" in master.node.connections, what="sat1 at master")
+            conn = master.node.connections["sat1"]
+            assert conn.identity == "sat1" and conn.direction == "inbound"
+            assert sat.node.connections["master"].identity == "master"
+            agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
+                                           server_name="sat1")
+            agent.send("event::CheckResult", check_result("agent1", "disk", "DISK OK"))
+
+            async def arrived():
+                doc = await status_json(master, "/v1/objects/checkresults")
+                return [r["output"] for r in doc["results"]] == ["DISK OK"]
+            await wait_until(arrived, what="the result at the master")
+            await agent.close()
+        finally:
+            await sat.stop()
+            await master.stop()
+
+    run(main())
+
+
 def test_refused_messages_keep_the_connection(tmp_path, pki, run):
     spec = master_with_agents(tmp_path, pki)
 

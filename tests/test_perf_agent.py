@@ -247,7 +247,7 @@ def test_handshake_benchmark_reports_every_variant(capsys) -> None:
     from perf import bench_handshake
     assert bench_handshake.main(["--number", "3", "--repeat", "1", "--json"]) == 0
     out = __import__("json").loads(capsys.readouterr().out)
-    assert set(out["results"]) == {"baseline", "tls12", "p256-group", "no-client-cert",
+    assert set(out["results"]) == {"baseline", "bundled", "tls12", "p256-group", "no-client-cert",
                                    "client-leaf-only"}
     for r in out["results"].values():
         assert r["client_ms"] > 0 and r["server_ms"] > 0
