@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,57 @@ def _die_with_parent() -> None:
         pass
 
 
+def merge_toml(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Merge a parsed TOML document into ``base``: tables key by key (so extra ``[tls]``
+    or ``[timeouts]`` keys join ours instead of defining the table twice), arrays of
+    tables appended, other values replaced."""
+    for key, value in extra.items():
+        mine = base.get(key)
+        if isinstance(mine, dict) and isinstance(value, dict):
+            merge_toml(mine, value)
+        elif (isinstance(mine, list) and isinstance(value, list) and value
+              and all(isinstance(v, dict) for v in value)):
+            mine.extend(value)
+        else:
+            base[key] = value
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "-_" for c in key) else orjson.dumps(
+        key).decode()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return orjson.dumps(value).decode()       # JSON numbers and strings are TOML too
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise ValueError(f"cannot write {type(value).__name__} {value!r} as TOML")
+
+
+def dump_toml(doc: dict[str, Any], prefix: str = "") -> str:
+    """TOML text for a document of tables, arrays of tables and plain values (what a
+    router configuration holds; dates are not needed)."""
+    def is_tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in doc.items()
+             if not isinstance(v, dict) and not is_tables(v)]
+    for key, value in doc.items():
+        path = f"{prefix}{_toml_key(key)}"
+        if isinstance(value, dict):
+            lines += ["", f"[{path}]", dump_toml(value, f"{path}.").rstrip("\n")]
+        elif is_tables(value):
+            for item in value:
+                lines += ["", f"[[{path}]]", dump_toml(item, f"{path}.").rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
 class RouterTarget(Target):
     """``python -m router serve --config FILE`` as a subprocess (own CPU, own GIL)."""
 
@@ -206,36 +258,28 @@ class RouterTarget(Target):
         self.log_path = self.dir / "router.out"
         self.proc: subprocess.Popen[bytes] | None = None
         self._out = None
-        lines = [
-            'log_level = "info"',
-            f'listen = "127.0.0.1:{self.port}"',
-            f'status_listen = "127.0.0.1:{self.status_port}"',
-            "",
-            "[node]",
-            f'name = "{SAT}"',
-            f'data_dir = "{self.dir / "data"}"',
-            "",
-            "[tls]",
-            f'ca = "{bench_pki.ca_cert}"',
-            f'cert = "{bench_pki.cert(SAT)}"',
-            f'key = "{bench_pki.key(SAT)}"',
-            "",
-            "[timeouts]",
-            "drain = 2",
-            "",
-            "[[zones]]", f'name = "{MASTER}"', f'endpoints = ["{MASTER}"]',
-            "",
-            "[[zones]]", 'name = "satellite"', f'endpoints = ["{SAT}"]', f'parent = "{MASTER}"',
-        ]
-        for i in range(agents):
-            a = agent_name(i)
-            lines += ["", "[[zones]]", f'name = "{a}"', f'endpoints = ["{a}"]',
-                      'parent = "satellite"']
-        for ep in [MASTER, SAT] + [agent_name(i) for i in range(agents)]:
-            lines += ["", "[[endpoints]]", f'name = "{ep}"']
+        doc: dict[str, Any] = {
+            "log_level": "info",
+            "listen": f"127.0.0.1:{self.port}",
+            "status_listen": f"127.0.0.1:{self.status_port}",
+            "node": {"name": SAT, "data_dir": str(self.dir / "data")},
+            "tls": {"ca": str(bench_pki.ca_cert), "cert": str(bench_pki.cert(SAT)),
+                    "key": str(bench_pki.key(SAT))},
+            "timeouts": {"drain": 2},
+            "zones": [{"name": MASTER, "endpoints": [MASTER]},
+                      {"name": "satellite", "endpoints": [SAT], "parent": MASTER}]
+            + [{"name": agent_name(i), "endpoints": [agent_name(i)], "parent": "satellite"}
+               for i in range(agents)],
+            "endpoints": [{"name": ep}
+                          for ep in [MASTER, SAT] + [agent_name(i) for i in range(agents)]],
+        }
         if extra_toml:
-            lines += ["", extra_toml.replace("\\n", "\n")]
-        self.config_path.write_text("\n".join(lines) + "\n")
+            try:
+                extra = tomllib.loads(extra_toml.replace("\\n", "\n"))
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"TOML for the router's configuration: {exc}") from None
+            merge_toml(doc, extra)
+        self.config_path.write_text(dump_toml(doc))
 
     def start(self) -> None:
         (self.dir / "data").mkdir(exist_ok=True)

@@ -184,3 +184,36 @@ def test_perf_reports_a_node_that_dies_and_fails(tmp_path: Path) -> None:
     (session,) = result["sessions"]
     assert session["node_died"]["exit_code"] == -9
     assert "replay" not in session              # skipped after the node died
+
+
+def test_router_toml_joins_the_demo_tables(tmp_path: Path) -> None:
+    """--router-toml may set keys of tables the demo config already has ([tls],
+    [timeouts]): they are merged, not appended as a second table (a TOML error)."""
+    sys.path.insert(0, str(REPO))
+    from perf.common import RouterTarget, agent_name, make_pki
+    from router.config import load_config
+
+    bench = make_pki(tmp_path / "pki", 3, shared_key=True)
+    node = RouterTarget(tmp_path / "node", bench, 3,
+                        '[tls]\nlibrary = "system"\n[timeouts]\ndrain = 5\n'
+                        '[limits]\nhandshake_threads = 2\n'
+                        '[[zones]]\nname = "extra"\nendpoints = ["extra"]\nparent = "satellite"\n'
+                        '[[endpoints]]\nname = "extra"\n')
+    cfg = load_config(str(node.config_path))
+    assert cfg.tls.library == "system" and cfg.tls.ca == str(bench.ca_cert)
+    assert cfg.timeouts.drain == 5 and cfg.limits.handshake_threads == 2
+    assert {z.name for z in cfg.zones} >= {"satellite", "extra", agent_name(2)}
+    with pytest.raises(ValueError, match="TOML for the router"):
+        RouterTarget(tmp_path / "bad", bench, 3, "[tls\n")
+
+
+def test_dump_toml_round_trips() -> None:
+    import tomllib
+
+    sys.path.insert(0, str(REPO))
+    from perf.common import dump_toml
+
+    doc = {"a": 1, "f": 0.5, "b": False, "s": 'q"uo\\te \u00e9', "odd key": [1, 2],
+           "t": {"k": "v", "sub": {"x": [["n"]]}, "inline": [{"a": 1}, {"b": 2}]},
+           "arr": [{"name": "one", "list": ["x"]}, {"name": "two"}]}
+    assert tomllib.loads(dump_toml(doc)) == doc
