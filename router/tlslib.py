@@ -76,6 +76,13 @@ class TLSSession(Protocol):
     def pull_output(self) -> bytes:
         """Ciphertext to send to the peer (b"" when there is none)."""
 
+    def final_output_can_wait(self) -> bool:
+        """Whether what the handshake's last step produced may wait for our next write.
+
+        True only for a TLS 1.3 server session that sends session tickets: the peer
+        needs nothing from that step, so the tickets can share a send with our Hello.
+        """
+
     def close_notify(self) -> None:
         """Queue our close_notify (fetch it with ``pull_output``)."""
 
@@ -162,6 +169,9 @@ class _SystemSession:
 
     def pull_output(self) -> bytes:
         return self._out.read() if self._out.pending else b""
+
+    def final_output_can_wait(self) -> bool:
+        return False        # no tickets (num_tickets = 0): a last step's output is needed
 
     def close_notify(self) -> None:
         try:
@@ -293,7 +303,7 @@ def _translate(exc: Exception, verify_error: int | None) -> ssl.SSLError:
 
 
 class _BundledSession:
-    __slots__ = ("_SSL", "__weakref__", "_conn", "verify_error")
+    __slots__ = ("_SSL", "__weakref__", "_conn", "_server_side", "verify_error")
 
     def __init__(self, SSL, context, server_side: bool,  # type: ignore[no-untyped-def]
                  server_hostname: str | None) -> None:
@@ -307,6 +317,7 @@ class _BundledSession:
                 conn.set_tlsext_host_name(server_hostname.encode())
         conn.set_app_data(self)
         self._conn = conn
+        self._server_side = server_side
         #: X509 error of the first certificate OpenSSL rejected (see _note_verify_result)
         self.verify_error: int | None = None
 
@@ -351,6 +362,11 @@ class _BundledSession:
         if not chunks:
             return b""
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def final_output_can_wait(self) -> bool:
+        # pyOpenSSL cannot set num_tickets = 0: a TLS 1.3 server's last step writes two
+        # session tickets and nothing the client waits for.
+        return self._server_side and self._conn.get_protocol_version_name() == "TLSv1.3"
 
     def close_notify(self) -> None:
         try:

@@ -249,3 +249,34 @@ def test_sessions_send_without_nagle_delay(tmp_path, pki, run):
             await master.stop()
 
     run(main())
+
+
+def test_handshake_end_and_hello_leave_in_one_write(tmp_path, pki, run, monkeypatch):
+    """The last handshake step's output (here the bundled library's session tickets) is
+    not sent on its own: it goes out with our Hello, one send per handshake fewer."""
+    from router import tlslib
+
+    outputs: dict[int, list[int]] = {}
+    original = tlslib._BundledSession.pull_output
+
+    def recording(self):
+        out = original(self)
+        if out:
+            outputs.setdefault(id(self), []).append(len(out))
+        return out
+    monkeypatch.setattr(tlslib._BundledSession, "pull_output", recording)
+    spec = master_with_agents(tmp_path, pki)
+
+    async def main():
+        master = await spec.start("master")
+        assert master.node.server_context.name == "bundled"
+        try:
+            agent = await agent_to_master(spec, pki)
+            # server flight; then tickets + Hello together (not tickets, then Hello)
+            [sizes] = outputs.values()
+            assert len(sizes) == 2, sizes
+            await agent.close()
+        finally:
+            await master.stop()
+
+    run(main())
