@@ -322,7 +322,7 @@ class _BundledSession:
         self.verify_error: int | None = None
 
     def feed(self, data: bytes | memoryview) -> None:
-        self._conn.bio_write(bytes(data) if isinstance(data, memoryview) else data)
+        self._conn.bio_write(data)          # any buffer; no copy of a memoryview
 
     def handshake(self) -> bool:
         SSL = self._SSL
@@ -352,16 +352,22 @@ class _BundledSession:
             raise _translate(exc, self.verify_error) from None
 
     def pull_output(self) -> bytes:
-        WantReadError = self._SSL.WantReadError
-        chunks = []
-        while True:
-            try:
-                chunks.append(self._conn.bio_read(_OUT_CHUNK))
-            except WantReadError:
-                break
-        if not chunks:
+        # A memory BIO returns min(pending, asked): a short read means it is empty, so
+        # the usual case is one call and no WantReadError raised (and caught) to learn it.
+        try:
+            chunk = self._conn.bio_read(_OUT_CHUNK)
+        except self._SSL.WantReadError:
             return b""
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(chunk) < _OUT_CHUNK:
+            return chunk
+        chunks = [chunk]
+        while len(chunk) == _OUT_CHUNK:
+            try:
+                chunk = self._conn.bio_read(_OUT_CHUNK)
+            except self._SSL.WantReadError:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def final_output_can_wait(self) -> bool:
         # pyOpenSSL cannot set num_tickets = 0: a TLS 1.3 server's last step writes two
