@@ -1,7 +1,8 @@
 """TLS contexts, peer identity and handshake failure reasons, the way Icinga 2 does it.
 
-The transport runs its own TLS pump (``ctx.wrap_bio`` over two ``ssl.MemoryBIO``), so these
-contexts are never wrapped around sockets. What they implement (Icinga 2.13.6
+These are the contexts of the ``system`` TLS library (``router.tlslib``, which also holds
+the ``bundled`` one with the same settings); the transport runs its own TLS pump over
+them, so they are never wrapped around sockets. What they implement (Icinga 2.13.6
 ``lib/base/tlsutility.cpp``, ``lib/base/tlsstream.cpp``, protocol notes §2):
 
 * TLS 1.2 minimum, no maximum (TLS 1.3 when both sides can), Icinga's default cipher list

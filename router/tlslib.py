@@ -9,8 +9,11 @@ TLS library itself. Two libraries implement it (``[tls] library``):
     was written). Debian 12/13's OpenSSL 3.0, which Python's ``ssl`` module uses, decodes
     every certificate through the slow 3.0 decoder path: parsing the peer's chain is most
     of a server handshake. Measured with the same certificates (``perf/RESULTS.md``): a
-    server handshake costs 0.54 ms of CPU instead of 0.67 ms in isolation, and a node
-    accepting 4 000 agents spends 0.80-0.85 ms per agent instead of 0.98-1.01 ms.
+    server handshake costs 0.50-0.54 ms of CPU instead of 0.66 ms in isolation, and a
+    node accepting 5 000 agents spends 0.78-0.84 ms per agent instead of 1.0-1.05 ms.
+    The price is on the data path: pyOpenSSL's calls go through cffi and end every read
+    loop with an exception, about 5 us more per routed message (some 10 % of the node's
+    CPU per result at a steady 5 000 results/s).
 ``system``
     Python's ``ssl`` module on the distribution's OpenSSL, for sites that must use it
     (a FIPS build, a patch policy that covers only distribution packages).
@@ -265,10 +268,20 @@ class BundledTLS:
         return _BundledSession(self._SSL, self.context, self.server_side, server_hostname)
 
 
-def _verify_error(code: int) -> ssl.SSLCertVerificationError:
-    from OpenSSL._util import ffi, lib  # the binding pyOpenSSL itself uses
+def _verify_error_text(code: int) -> str:
+    """OpenSSL's text for an X509 error code (what Python's ssl reports as
+    verify_message), through the binding pyOpenSSL itself uses; a plain fallback if a
+    later pyOpenSSL moves it, so that a failure is still reported, not a crash."""
+    try:
+        from OpenSSL._util import ffi, lib
 
-    text = ffi.string(lib.X509_verify_cert_error_string(code)).decode(errors="replace")
+        return ffi.string(lib.X509_verify_cert_error_string(code)).decode(errors="replace")
+    except Exception:  # noqa: BLE001 - any breakage of a private binding
+        return f"X509 verification error {code}"
+
+
+def _verify_error(code: int) -> ssl.SSLCertVerificationError:
+    text = _verify_error_text(code)
     exc = ssl.SSLCertVerificationError(
         1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {text}")
     exc.reason = "CERTIFICATE_VERIFY_FAILED"        # type: ignore[attr-defined]

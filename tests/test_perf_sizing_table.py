@@ -18,9 +18,9 @@ def test_table_from_the_recorded_runs_matches_results_md() -> None:
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()[2:]}
     # RESULTS.md carries this very table
     assert text in (SIZING.parent / "RESULTS.md").read_text()
-    assert "| 5.00 | 10.85 | 0.46 |" in rows["time to all connected, s"]
-    assert rows["replay: missing"].startswith("| replay: missing | 0 | 65 |")
-    assert "| 5.48 | 10.44 | 0.52 |" in rows["storm: all back since the port opened, s"]
+    assert "| 4.59 | 11.81 | 0.39 |" in rows["time to all connected, s"]
+    assert rows["replay: missing"].startswith("| replay: missing | 0 | 53 |")
+    assert "| 4.38 | 11.85 | 0.37 |" in rows["storm: all back since the port opened, s"]
     # a measure no run has gets no row
     for run in runs:
         for session in run["sessions"]:

@@ -300,3 +300,15 @@ def test_bundled_sessions_release_idle_buffers(pki: TestPKI) -> None:
     for side in node(pki, "bundled", "server"):
         mode = side.context.set_mode(0)                # ORs nothing in; returns the mode
         assert mode & SSL.MODE_RELEASE_BUFFERS
+
+
+def test_verify_error_text_survives_a_moved_binding(monkeypatch) -> None:
+    """The X509 error text comes from pyOpenSSL's private binding: if a later version
+    moves it, a rejected certificate must still be reported, not crash the node."""
+    import sys
+
+    assert "expired" in tlslib._verify_error_text(10)
+    monkeypatch.setitem(sys.modules, "OpenSSL._util", None)     # import now fails
+    assert tlslib._verify_error_text(10) == "X509 verification error 10"
+    exc = tlslib._verify_error(10)
+    assert tls.classify_handshake_error(exc) == "cert_expired"
