@@ -120,7 +120,8 @@ class Node:
     """A running cluster node (master, satellite or agent)."""
 
     def __init__(self, config: RouterConfig, loop: asyncio.AbstractEventLoop | None = None,
-                 *, server_context: Any = None, client_context: Any = None) -> None:
+                 *, server_context: tlslib.TLSLibrary | None = None,
+                 client_context: tlslib.TLSLibrary | None = None) -> None:
         self.config = config
         self.loop = loop or asyncio.get_running_loop()
         #: Every peer connection reads into this one buffer and copies out at once
@@ -144,9 +145,10 @@ class Node:
         if server_context is None or client_context is None:
             server, client = tlslib.contexts(tls_cfg.library, tls_cfg.ca, tls_cfg.cert,
                                              tls_cfg.key)
-        #: Session factories (router.tlslib) for accepted and dialled connections.
-        self.server_context = server_context or server
-        self.client_context = client_context or client
+        #: Session factories (router.tlslib) for accepted and dialled connections
+        #: (``[tls] library``; a caller may pass its own).
+        self.server_context: tlslib.TLSLibrary = server_context or server
+        self.client_context: tlslib.TLSLibrary = client_context or client
         limits = config.limits
         self.queue_limits = QueueLimits(
             high_bytes=limits.send_queue_high_bytes, low_bytes=limits.send_queue_low_bytes,
