@@ -212,6 +212,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("router_read_deferred_turns_total", "counter",
                "Event-loop turns that ended with connections still waiting to read: "
                "the node was reading as fast as its input budget allows."),
+    MetricSpec("router_read_stalls_total", "counter",
+               "Connections found with unread input for 5 s although nothing held their "
+               "reading back (a lost wake-up); each was made to read again and logged."),
     # -- object zones
     MetricSpec("router_objects_learned", "gauge",
                "Host-to-zone assignments learned from traffic."),

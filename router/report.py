@@ -261,6 +261,7 @@ def metric_families(node: Node) -> list[MetricFamily]:
             ({}, sum(1 for c in node.all_connections if c.reading_paused))]),
         family("router_read_waiting", [({}, node.reads.waiting)]),
         family("router_read_deferred_turns_total", [({}, node.reads.deferred_turns)]),
+        family("router_read_stalls_total", [({}, node.read_stalls)]),
         family("router_objects_learned", [({}, len(node.objects))]),
         family("router_check_results_stored", [
             ({}, len(node.results) if node.results is not None else 0)]),

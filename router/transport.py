@@ -29,8 +29,11 @@ fuller TLS records) until the transport asks us to pause writing.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import ssl
+import sys
+import termios
 from typing import TYPE_CHECKING
 
 from router.protocol.peer import PeerProtocol, State
@@ -127,6 +130,8 @@ class PeerConnection(asyncio.BufferedProtocol):
         #: Whether we last told the transport to read.
         self._transport_reading = True
         self._last_read = 0
+        #: loop time of the last read (the node's read-stall watchdog)
+        self.last_read_at = self.created
         #: A handshake step running in the node's TLS threads, and bytes that came meanwhile.
         self._handshake_step: asyncio.Future[BaseException | bool] | None = None
         self._handshake_backlog: list[bytes] = []
@@ -153,6 +158,7 @@ class PeerConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._last_read = nbytes
+        self.last_read_at = self.loop.time()
         data = self.node.read_buffer[:nbytes]
         if self.state == HANDSHAKING and self.node.tls_pool is not None:
             self._handshake_input(data)
@@ -516,6 +522,35 @@ class PeerConnection(asyncio.BufferedProtocol):
     @property
     def reading_paused(self) -> bool:
         return self._reading_paused
+
+    @property
+    def parked(self) -> bool:
+        return self._parked
+
+    def unread_bytes(self) -> int:
+        """Input waiting in the kernel's receive buffer (FIONREAD; 0 when unknown)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return 0
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return 0
+        try:
+            raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return 0
+        return int.from_bytes(raw, sys.byteorder, signed=True)
+
+    def restart_reading(self) -> None:
+        """Read again although our bookkeeping says we already should (the node's
+        read-stall watchdog): transport reading on, and whatever the TLS session holds
+        handed on now."""
+        if self.state != OPEN or self._reading_paused:
+            return
+        self._parked = False
+        self._transport_reading = False
+        self._set_transport_reading(True)
+        self._receive(memoryview(b""))
 
     # ------------------------------------------------------------------ closing
 

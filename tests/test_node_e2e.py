@@ -265,7 +265,7 @@ def test_handshake_end_and_hello_leave_in_one_write(tmp_path, pki, run, monkeypa
             outputs.setdefault(id(self), []).append(len(out))
         return out
     monkeypatch.setattr(tlslib._BundledSession, "pull_output", recording)
-    spec = master_with_agents(tmp_path, pki)
+    spec = master_with_agents(tmp_path, pki, libraries={"master": "bundled"})
 
     async def main():
         master = await spec.start("master")
@@ -275,6 +275,41 @@ def test_handshake_end_and_hello_leave_in_one_write(tmp_path, pki, run, monkeypa
             # server flight; then tickets + Hello together (not tickets, then Hello)
             [sizes] = outputs.values()
             assert len(sizes) == 2, sizes
+            await agent.close()
+        finally:
+            await master.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize("library", ["system", "bundled"])
+def test_read_stall_watchdog_makes_a_stuck_session_read(tmp_path, pki, run, caplog, library):
+    """A session whose transport stopped reading behind the node's back (a lost wake-up)
+    while input waits in the kernel is found, logged with its state, counted, and read."""
+    spec = master_with_agents(tmp_path, pki, libraries={"master": library})
+
+    async def main():
+        master = await spec.start("master")
+        node = master.node
+        try:
+            agent = await agent_to_master(spec, pki)
+            conn = node.connections["agent1"]
+            await wait_until(lambda: conn.state == "open" and not conn.parked,
+                             what="agent1 reading")
+            conn.transport.pause_reading()          # what the bookkeeping does not know
+            agent.send("event::CheckResult", check_result("agent1", "disk", "DISK OK"))
+            await wait_until(lambda: conn.unread_bytes() > 0, what="input in the kernel")
+            await asyncio.sleep(0.3)
+            assert node.check_results_received == 0
+            node._check_read_stalls(node.loop.time())  # too early: nothing flagged
+            assert node.read_stalls == 0
+            node._check_read_stalls(node.loop.time() + 10)
+            assert node.read_stalls == 1
+            await wait_until(lambda: node.check_results_received == 1, what="the result")
+            assert "bytes unread for" in caplog.text and "agent1" in caplog.text
+            assert "router_read_stalls_total 1" in await metrics_text(master)
+            node._check_read_stalls(node.loop.time() + 20)   # read: nothing left
+            assert node.read_stalls == 1
             await agent.close()
         finally:
             await master.stop()
