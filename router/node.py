@@ -820,10 +820,12 @@ class Node:
     def _check_read_stalls(self, now: float) -> None:
         """Watchdog: a session with input waiting in the kernel for READ_STALL_AFTER
         seconds, although back-pressure does not hold it and it is not waiting for its
-        turn, has lost its wake-up. Seen in 3 of 9 runs of ``router perf --endpoints
-        10000`` flat out after a churn phase (2-175 agents never read again, their
-        results stuck until they disconnected); the cause is not found yet. Log it with
-        the connection's reading state, count it, and make it read again."""
+        turn, has lost its wake-up. Seen on the ``bundled`` TLS library with
+        ``router perf --endpoints 10000``: 3-91 such sessions per run, whose results
+        waited in the kernel until the agents disconnected; our reading state and
+        uvloop's both said "reading"; never seen on ``system``; the cause is not found
+        (perf/RESULTS.md). Log it with the connection's reading state, count it, and
+        make it read again."""
         waiting = self.reads.waiting
         for conn in list(self.connections.values()) + list(self.anonymous):
             if conn.state != "open" or conn.reading_paused \
