@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Protocol
 
@@ -245,7 +246,8 @@ def _bundled_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str],
 
 def _note_verify_result(conn, cert, errnum: int, depth: int, ok: int) -> bool:  # type: ignore[no-untyped-def]
     if not ok:
-        session = conn.get_app_data()
+        ref = conn.get_app_data()
+        session = ref() if ref is not None else None
         if session is not None and session.verify_error is None:
             session.verify_error = errnum
     return bool(ok)
@@ -330,7 +332,9 @@ class _BundledSession:
             conn.set_connect_state()
             if server_hostname:
                 conn.set_tlsext_host_name(server_hostname.encode())
-        conn.set_app_data(self)
+        # A weak reference: session -> connection -> session would be a cycle that only the
+        # cyclic GC frees, keeping each closed session's OpenSSL state until it runs.
+        conn.set_app_data(weakref.ref(self))
         self._conn = conn
         self._server_side = server_side
         #: X509 error of the first certificate OpenSSL rejected (see _note_verify_result)

@@ -312,3 +312,22 @@ def test_verify_error_text_survives_a_moved_binding(monkeypatch) -> None:
     assert tlslib._verify_error_text(10) == "X509 verification error 10"
     exc = tlslib._verify_error(10)
     assert tls.classify_handshake_error(exc) == "cert_expired"
+
+
+def test_bundled_session_is_freed_without_the_cyclic_gc(pki: TestPKI) -> None:
+    """A closed session must not wait for the garbage collector: with 5 000 agents
+    reconnecting, each one's OpenSSL state would linger until a collection."""
+    import gc
+    import weakref
+
+    server_lib, _ = node(pki, "bundled", "server")
+    _client, server = run(icinga_client(pki, "client"), server_lib)
+    assert server.done
+    ref = weakref.ref(server.session)
+    gc.disable()
+    try:
+        server.session = None                          # type: ignore[assignment]
+        del server
+        assert ref() is None
+    finally:
+        gc.enable()
