@@ -28,10 +28,12 @@ handshake failures on every peer later.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import ssl
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -168,19 +170,21 @@ def issuer_chain(ca: str | os.PathLike[str], cert: str | os.PathLike[str]
     return path
 
 
-def _load_identity(ctx: ssl.SSLContext, ca: str | os.PathLike[str],
-                   cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
-    """Load our certificate with its issuer chain spelled out.
+@contextlib.contextmanager
+def chain_file(ca: str | os.PathLike[str], cert: str | os.PathLike[str]) -> Iterator[str]:
+    """A file holding our certificate with its issuer chain spelled out (``cert`` itself
+    when it already holds the chain or no issuer is found).
 
     Given a lone leaf, OpenSSL builds the chain it sends from the trust store on every
     handshake; given the chain, it sends it as is. Same bytes on the wire (the CA after
     our certificate, as Icinga sends it), about 13 % less CPU per server handshake
-    (0.69 vs 0.79 ms in a memory-BIO benchmark). ``load_cert_chain`` only reads files, so
-    the chain goes through a private temporary file (certificates only, no key).
+    (0.69 vs 0.79 ms in a memory-BIO benchmark). Both TLS libraries load certificates
+    only from files, so the chain goes through a private temporary file (certificates
+    only, no key), removed on exit.
     """
     issuers = issuer_chain(ca, cert)
     if not issuers:
-        ctx.load_cert_chain(certfile=os.fspath(cert), keyfile=os.fspath(key))
+        yield os.fspath(cert)
         return
     pem = Path(cert).read_bytes().rstrip() + b"\n" + b"".join(
         c.public_bytes(serialization.Encoding.PEM) for c in issuers)
@@ -188,9 +192,16 @@ def _load_identity(ctx: ssl.SSLContext, ca: str | os.PathLike[str],
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(pem)
-        ctx.load_cert_chain(certfile=tmp, keyfile=os.fspath(key))
+        yield tmp
     finally:
         os.unlink(tmp)
+
+
+def _load_identity(ctx: ssl.SSLContext, ca: str | os.PathLike[str],
+                   cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
+    """Load our certificate with its issuer chain spelled out (see :func:`chain_file`)."""
+    with chain_file(ca, cert) as path:
+        ctx.load_cert_chain(certfile=path, keyfile=os.fspath(key))
 
 
 def _configure(ctx: ssl.SSLContext, ca: str | os.PathLike[str], cert: str | os.PathLike[str],

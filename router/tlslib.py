@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import os
 import ssl
-import tempfile
 import weakref
-from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
@@ -220,22 +218,15 @@ def _bundled_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str],
             ctx.load_client_ca(os.fsencode(ca))     # as Icinga: the CA names go to clients
     except SSL.Error as exc:
         raise TLSSetupError(f"{ca}: cannot load CA certificate: {exc}") from None
-    # Our chain spelled out (leaf + issuers), as router.tls sends it: OpenSSL then does not
-    # rebuild it from the trust store on every handshake. Same bytes on the wire.
-    pem = Path(cert).read_bytes().rstrip() + b"\n" + b"".join(
-        c.public_bytes(serialization.Encoding.PEM) for c in tls.issuer_chain(ca, cert))
-    fd, tmp = tempfile.mkstemp(prefix="router-chain-", suffix=".pem")
+    # Our chain spelled out (leaf + issuers), as the system library sends it.
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
-        ctx.use_certificate_chain_file(tmp)
+        with tls.chain_file(ca, cert) as path:
+            ctx.use_certificate_chain_file(path)
         ctx.use_privatekey_file(os.fspath(key))
         ctx.check_privatekey()
     except SSL.Error as exc:
         raise TLSSetupError(f"{cert} / {key}: cannot load certificate and key: {exc}") \
             from None
-    finally:
-        os.unlink(tmp)
     # VERIFY_PEER without FAIL_IF_NO_PEER_CERT: a server asks for a client certificate,
     # lets a peer without one in (anonymous) and fails a presented one that does not
     # verify; a client requires a valid server certificate. The callback only notes
