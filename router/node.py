@@ -179,6 +179,8 @@ class Node:
         #: connections the read-stall watchdog found not reading (see _check_read_stalls)
         self.read_stalls = 0
         self._last_stall_check = 0.0
+        #: sessions seen once with input waiting and no read: {connection: last_read_at}
+        self._stall_suspects: dict[PeerConnection, float] = {}
         self.started = time.time()
         self._last_stamp = 0.0
         self._pending_executions: dict[str, tuple[str, float]] = {}
@@ -818,15 +820,17 @@ class Node:
         self._housekeeping = self.loop.call_later(1.0, self._on_housekeeping)
 
     def _check_read_stalls(self, now: float) -> None:
-        """Watchdog: a session with input waiting in the kernel for READ_STALL_AFTER
-        seconds, although back-pressure does not hold it and it is not waiting for its
-        turn, has lost its wake-up. Seen on the ``bundled`` TLS library with
-        ``router perf --endpoints 10000``: 3-91 such sessions per run, whose results
-        waited in the kernel until the agents disconnected; our reading state and
-        uvloop's both said "reading"; never seen on ``system``; the cause is not found
-        (perf/RESULTS.md). Log it with the connection's reading state, count it, and
-        make it read again."""
+        """Watchdog for lost wake-ups: a session with input waiting in the kernel that is
+        not read although back-pressure does not hold it and it is not waiting for its
+        turn. Log it with its reading state, count it, and make it read again.
+
+        One sighting proves nothing: under load the loop may simply not have reached the
+        socket yet (its input can be a millisecond old while its last read, an idle
+        agent's, is minutes old). So a session is only flagged when it is seen at two
+        checks in a row with input waiting and no read in between: a reading transport is
+        polled many times in READ_STALL_CHECK_INTERVAL seconds."""
         waiting = self.reads.waiting
+        suspects, self._stall_suspects = self._stall_suspects, {}
         for conn in list(self.connections.values()) + list(self.anonymous):
             if conn.state != "open" or conn.reading_paused \
                     or now - conn.last_read_at < READ_STALL_AFTER:
@@ -835,6 +839,9 @@ class Node:
                 continue                    # in the read queue: its turn comes
             unread = conn.unread_bytes()
             if unread <= 0:
+                continue
+            if suspects.get(conn) != conn.last_read_at:
+                self._stall_suspects[conn] = conn.last_read_at
                 continue
             self.read_stalls += 1
             self._ratelog.log((conn.address, "read_stall"), logging.WARNING,
