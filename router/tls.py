@@ -170,10 +170,15 @@ def issuer_chain(ca: str | os.PathLike[str], cert: str | os.PathLike[str]
     return path
 
 
+def _self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject and _issued_by(cert, cert)
+
+
 @contextlib.contextmanager
-def chain_file(ca: str | os.PathLike[str], cert: str | os.PathLike[str]) -> Iterator[str]:
+def chain_file(ca: str | os.PathLike[str], cert: str | os.PathLike[str], *,
+               with_root: bool = True) -> Iterator[str]:
     """A file holding our certificate with its issuer chain spelled out (``cert`` itself
-    when it already holds the chain or no issuer is found).
+    when that is already what goes on the wire).
 
     Given a lone leaf, OpenSSL builds the chain it sends from the trust store on every
     handshake; given the chain, it sends it as is. Same bytes on the wire (the CA after
@@ -181,13 +186,29 @@ def chain_file(ca: str | os.PathLike[str], cert: str | os.PathLike[str]) -> Iter
     (0.69 vs 0.79 ms in a memory-BIO benchmark). Both TLS libraries load certificates
     only from files, so the chain goes through a private temporary file (certificates
     only, no key), removed on exit.
+
+    ``with_root=False`` leaves out self-signed certificates (the root CA; RFC 8446
+    4.4.2 lets a sender omit the trust anchor): every peer must have the root in its own
+    trust store to accept us anyway, so the copy on the wire only costs it parsing. The
+    caller must then stop OpenSSL from completing the chain from the store
+    (``SSL_MODE_NO_AUTO_CHAIN``), which Python's ``ssl`` cannot do.
     """
     issuers = issuer_chain(ca, cert)
-    if not issuers:
-        yield os.fspath(cert)
-        return
-    pem = Path(cert).read_bytes().rstrip() + b"\n" + b"".join(
-        c.public_bytes(serialization.Encoding.PEM) for c in issuers)
+    if with_root:
+        if not issuers:
+            yield os.fspath(cert)
+            return
+        chain = issuers
+        pem = Path(cert).read_bytes().rstrip() + b"\n"
+    else:
+        own = load_certificates(cert, "certificate")
+        kept = [c for c in own[1:] + issuers if not _self_signed(c)]
+        if len(kept) == len(own) - 1:
+            yield os.fspath(cert)          # nothing to add or leave out
+            return
+        chain = [own[0], *kept]
+        pem = b""
+    pem += b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     fd, tmp = tempfile.mkstemp(prefix="router-chain-", suffix=".pem")
     try:
         with os.fdopen(fd, "wb") as out:

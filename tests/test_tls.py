@@ -465,7 +465,10 @@ def test_own_certificate_not_signed_by_ca(pki: TestPKI) -> None:
     assert str(pki.ca_cert) in str(info.value)
 
 
-def test_chain_with_intermediate(tmp_path: Path) -> None:
+def intermediate_pki(tmp_path: Path) -> tuple[Path, x509.Certificate, x509.Certificate,
+                                               x509.Certificate]:
+    """root CA (``root/ca.crt``) -> intermediate -> leaf "node" (key in ``node.key``);
+    returns the root's directory and the three certificates."""
     root_dir = tmp_path / "root"
     pkimod.create_ca(root_dir)
     root_cert, root_key = pkimod.load_ca(root_dir)
@@ -479,10 +482,18 @@ def test_chain_with_intermediate(tmp_path: Path) -> None:
              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
              .sign(root_key, hashes.SHA256()))
     leaf, key = pkimod.issue_certificate(inter, inter_key, "node")
-    chain = tmp_path / "node.crt"
-    chain.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM)
-                               for c in (leaf, inter)))
     pkimod.write_private_key(tmp_path / "node.key", key)
+    return root_dir, root_cert, inter, leaf
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def test_chain_with_intermediate(tmp_path: Path) -> None:
+    root_dir, _root, inter, leaf = intermediate_pki(tmp_path)
+    chain = tmp_path / "node.crt"
+    chain.write_bytes(_pem(leaf, inter))
     tls.check_own_files(root_dir / "ca.crt", chain, tmp_path / "node.key")
     # Without the intermediate in the file the leaf does not chain to the root.
     pkimod.write_certificate(chain, leaf)
@@ -566,3 +577,31 @@ def test_issuer_chain_is_spelled_out_as_openssl_would_build_it(pki: TestPKI,
     leaf_only = _first_flight(_unchecked_server(pki, "server", ca=pki.other_ca_cert), pki)
     assert abs(ours - built) <= 4                  # ECDSA signatures vary by a byte or two
     assert ours > leaf_only + 200
+
+
+def _chain_sent(ca: Path, cert: Path, **kwargs: bool) -> list[x509.Certificate]:
+    with tls.chain_file(ca, cert, **kwargs) as path:
+        return pkimod.load_certificates(path)
+
+
+def test_chain_without_root_leaves_out_only_self_signed_certificates(
+        pki: TestPKI, tmp_path: Path) -> None:
+    """with_root=False (the bundled library): the peer has the root in its trust store;
+    intermediates it may not have still go with our certificate."""
+    [leaf] = pkimod.load_certificates(pki.cert("server"))
+    [ca] = pkimod.load_certificates(pki.ca_cert)
+    assert _chain_sent(pki.ca_cert, pki.cert("server")) == [leaf, ca]
+    assert _chain_sent(pki.ca_cert, pki.cert("server"), with_root=False) == [leaf]
+    chained = tmp_path / "chained.crt"                       # a file that holds the root
+    chained.write_bytes(_pem(leaf, ca))
+    assert _chain_sent(pki.ca_cert, chained, with_root=False) == [leaf]
+    root_dir, root, inter, node = intermediate_pki(tmp_path / "inter")
+    bundle = tmp_path / "bundle.crt"                         # root + intermediate as the CA
+    bundle.write_bytes(_pem(root, inter))
+    lone = tmp_path / "node.crt"
+    lone.write_bytes(_pem(node))
+    assert _chain_sent(bundle, lone) == [node, inter, root]
+    assert _chain_sent(bundle, lone, with_root=False) == [node, inter]
+    full = tmp_path / "full.crt"
+    full.write_bytes(_pem(node, inter, root))
+    assert _chain_sent(root_dir / "ca.crt", full, with_root=False) == [node, inter]

@@ -23,8 +23,10 @@ from router.errors import TLSSetupError
 
 try:
     from tests.pkiutil import TestPKI, make_test_pki
+    from tests.test_tls import intermediate_pki
 except ImportError:  # tests/ is on sys.path but is not a package
     from pkiutil import TestPKI, make_test_pki
+    from test_tls import intermediate_pki
 
 LIBS = pytest.mark.parametrize("library", TLS_LIBRARIES)
 
@@ -269,8 +271,9 @@ def test_unknown_library(pki: TestPKI) -> None:
         node(pki, "gnutls", "server")
 
 
-def test_bundled_server_sends_chain_and_client_ca_list(pki: TestPKI) -> None:
-    """Like Icinga: our chain (leaf + CA) and the CA's name as the acceptable issuers."""
+def test_bundled_server_sends_leaf_without_root_and_client_ca_list(pki: TestPKI) -> None:
+    """Our certificate without the root CA (every peer has it), unlike Icinga and the
+    system library (leaf + CA); like Icinga, the CA's name as the acceptable issuers."""
 
     def first_flight(server_lib: tlslib.TLSLibrary) -> bytes:
         client = icinga_client(pki, "client", max_version=ssl.TLSVersion.TLSv1_2).session("s")
@@ -284,12 +287,35 @@ def test_bundled_server_sends_chain_and_client_ca_list(pki: TestPKI) -> None:
     system = first_flight(node(pki, "system", "server")[0])
     ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
     leaf = x509.load_pem_x509_certificate(pki.cert("server").read_bytes())
-    for der in (leaf.public_bytes(serialization.Encoding.DER),
-                ca.public_bytes(serialization.Encoding.DER)):
-        assert der in bundled and der in system
+    leaf_der = leaf.public_bytes(serialization.Encoding.DER)
+    ca_der = ca.public_bytes(serialization.Encoding.DER)
+    assert leaf_der in bundled and leaf_der in system
+    assert ca_der in system and ca_der not in bundled
     # CertificateRequest names the CA (DER of its subject) only on the bundled library
     subject = ca.subject.public_bytes()
-    assert bundled.count(subject) > system.count(subject)
+    assert bundled.count(subject) == leaf_der.count(subject) + 1
+    assert system.count(subject) == leaf_der.count(subject) + ca_der.count(subject)
+
+
+@LIBS
+def test_intermediate_goes_on_the_wire_root_only_in_the_peer_store(tmp_path: Path,
+                                                                   library: str) -> None:
+    """A node certificate issued by an intermediate CA: a peer that trusts only the root
+    gets the intermediate from us on either library (the bundled one leaves out the
+    root alone), and the handshake verifies both ways."""
+    root_dir, root, inter, leaf = intermediate_pki(tmp_path)
+    (tmp_path / "node.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    bundle = tmp_path / "ca-bundle.crt"
+    bundle.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM)
+                                for c in (root, inter)))
+    server = tlslib.contexts(library, bundle, tmp_path / "node.crt", tmp_path / "node.key")[0]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(root_dir / "ca.crt")                 # the root, nothing else
+    client = tlslib.SystemTLS(ctx, server_side=False)
+    c, s = run(client, server, sni="node")
+    assert c.error is None and s.error is None, (c.error, s.error)
+    assert c.session.peer_identity() == "node" and s.session.peer_identity() is None
 
 
 def test_bundled_sessions_release_idle_buffers(pki: TestPKI) -> None:
