@@ -135,10 +135,11 @@ class TLSConfig:
     """Our certificate (PEM); its CN must equal ``node.name``."""
     key: str
     """Our private key (PEM)."""
-    library: str = "system"
-    """TLS library of the node's sessions (``router.tlslib``): ``system`` (Python's ``ssl``
-    on the distribution's OpenSSL) or ``bundled`` (pyOpenSSL on the OpenSSL inside the
-    cryptography wheel; cheaper handshakes, but see docs/configuration.md)."""
+    library: str = "bundled"
+    """TLS library of the node's sessions (``router.tlslib``): ``bundled`` (pyOpenSSL on
+    the OpenSSL inside the cryptography wheel; cheaper handshakes) or ``system`` (Python's
+    ``ssl`` on the distribution's OpenSSL; cheaper per message). See
+    docs/configuration.md."""
 
     @classmethod
     def for_node(cls, name: str, data_dir: str) -> TLSConfig:

@@ -4,7 +4,7 @@ The transport pumps bytes through a :class:`TLSSession` (ciphertext in with ``fe
 out with ``pull_output``; plaintext through ``read`` and ``write``) and never touches a
 TLS library itself. Two libraries implement it (``[tls] library``):
 
-``bundled`` (opt-in)
+``bundled`` (the default)
     pyOpenSSL on the OpenSSL that ships inside the ``cryptography`` wheel (4.0 when this
     was written). Debian 12/13's OpenSSL 3.0, which Python's ``ssl`` module uses, decodes
     every certificate through the slow 3.0 decoder path: parsing the peer's chain is most
@@ -13,11 +13,8 @@ TLS library itself. Two libraries implement it (``[tls] library``):
     node accepting 5 000 agents spends 0.78-0.84 ms per agent instead of 1.0-1.05 ms.
     The price is on the data path: pyOpenSSL's calls go through cffi and end every read
     loop with an exception, about 5 us more per routed message (some 10 % of the node's
-    CPU per result at a steady 5 000 results/s). Not the default: under load with
-    thousands of agents some sessions stopped being read although both our state and
-    uvloop's said they were reading (``Node._check_read_stalls`` heals them; the cause
-    is not found; docs/configuration.md).
-``system`` (the default)
+    CPU per result at a steady 5 000 results/s).
+``system``
     Python's ``ssl`` module on the distribution's OpenSSL.
 
 Both behave the same on the wire as far as the cluster is concerned: TLS 1.2 minimum,

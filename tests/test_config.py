@@ -869,12 +869,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_tls_library() -> None:
-    assert parse_config(BASE).tls.library == "system"
+    assert parse_config(BASE).tls.library == "bundled"
     cfg = parse_config(appended("""\
         [tls]
-        library = "bundled"
+        library = "system"
         """))
-    assert cfg.tls.library == "bundled"
+    assert cfg.tls.library == "system"
     assert parse_config(config_to_toml(cfg)) == cfg
     err = error_of(appended("""\
         [tls]
