@@ -18,9 +18,9 @@ def test_table_from_the_recorded_runs_matches_results_md() -> None:
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()[2:]}
     # RESULTS.md carries this very table
     assert text in (SIZING.parent / "RESULTS.md").read_text()
-    assert "| 5.22 | 10.27 | 0.51 |" in rows["time to all connected, s"]
-    assert rows["replay: missing"].startswith("| replay: missing | 0 | 34 |")
-    assert "| 5.20 | 10.38 | 0.50 |" in rows["storm: all back since the port opened, s"]
+    assert "| 4.35 | 10.51 | 0.41 |" in rows["time to all connected, s"]
+    assert rows["replay: missing"].startswith("| replay: missing | 0 | 42 |")
+    assert "| 4.16 | 10.35 | 0.40 |" in rows["storm: all back since the port opened, s"]
     # a measure no run has gets no row
     for run in runs:
         for session in run["sessions"]:
