@@ -340,6 +340,32 @@ def test_verify_error_text_survives_a_moved_binding(monkeypatch) -> None:
     assert tls.classify_handshake_error(exc) == "cert_expired"
 
 
+@pytest.mark.parametrize("probe", ["BIO length", "moved binding"])
+def test_bundled_output_with_and_without_the_length_probe(pki: TestPKI, probe: str,
+                                                          monkeypatch) -> None:
+    """pull_output asks the outgoing BIO its length before reading it (the usual answer
+    after a read is "nothing"); if a later pyOpenSSL moves that binding, it still works,
+    learning "nothing" from WantReadError. Handshake, data both ways, close_notify, and
+    a write larger than one pull_output chunk."""
+    if probe == "moved binding":
+        monkeypatch.setattr(tlslib, "_mem_bio_length", lambda: None)
+    server_lib, client_lib = node(pki, "bundled", "server")
+    assert (server_lib._output_length is None) == (probe == "moved binding")
+    client, server = run(client_lib, server_lib)
+    assert (server.received, client.received) == (b"ping", b"pong")
+    assert server.session.pull_output() == b"" and client.session.pull_output() == b""
+    big = bytes(range(256)) * 1024                      # 256 KiB: several 64 KiB pulls
+    sent = 0
+    while sent < len(big):
+        sent += server.session.write(big[sent:])
+    move(server, client)
+    client.read_all()
+    server.session.close_notify()
+    move(server, client)
+    client.read_all()
+    assert client.received == b"pong" + big and client.eof
+
+
 def test_bundled_session_is_freed_without_the_cyclic_gc(pki: TestPKI) -> None:
     """A closed session must not wait for the garbage collector: with 5 000 agents
     reconnecting, each one's OpenSSL state would linger until a collection."""
