@@ -2,14 +2,17 @@
 
 ::
 
-    RouterError                         (router.errors)
-    └── CheckerError                    root of everything raised by ``checkers``
-        ├── CatalogError(ValueError)    a command catalog file is unusable (file, key)
-        ├── UnknownCommand(KeyError)    ``Catalog.build`` was asked for a command it lacks
-        ├── MacroError                  a command line cannot be built from the macros
-        │   └── MacroMissing            a required macro has no value
-        ├── PoolStartError              the executor processes did not come up
-        └── WireError                   the executor socket protocol was violated
+    CheckerError                        root of everything raised by ``checkers``
+    ├── CatalogError(ValueError)        a command catalog file is unusable (file, key)
+    ├── UnknownCommand(KeyError)        ``Catalog.build`` was asked for a command it lacks
+    ├── MacroError                      a command line cannot be built from the macros
+    │   └── MacroMissing                a required macro has no value
+    ├── PoolStartError                  the executor processes did not come up
+    ├── WireError                       the executor socket protocol was violated
+    └── InvalidState(AssertionError)    called in a state where it makes no sense (a bug)
+
+``checkers`` never imports ``router`` (the layer rule in pyproject.toml): its root is its
+own, and the router's CLI catches it beside ``router.errors.RouterError``.
 
 Problems of a *plugin* (missing, not executable, timed out, killed, crashed) are never
 exceptions: they come back as UNKNOWN results, the way Icinga reports them. Problems of
@@ -19,8 +22,6 @@ every check handed to the pool gets exactly one result.
 
 from __future__ import annotations
 
-from router.errors import RouterError
-
 __all__ = [
     "CheckerError",
     "CatalogError",
@@ -29,10 +30,11 @@ __all__ = [
     "MacroMissing",
     "PoolStartError",
     "WireError",
+    "InvalidState",
 ]
 
 
-class CheckerError(RouterError):
+class CheckerError(Exception):
     """Root of every exception the check executors raise on purpose."""
 
 
@@ -99,3 +101,7 @@ class PoolStartError(CheckerError):
 
 class WireError(CheckerError):
     """A frame on the executor socket is not a valid request or reply."""
+
+
+class InvalidState(CheckerError, AssertionError):
+    """A pool method was called in a state where it makes no sense: a programming error."""

@@ -48,11 +48,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from checkers.errors import PoolStartError, WireError
+from checkers.errors import InvalidState, PoolStartError, WireError
 from checkers.messages import CheckOutcome, CheckRequest
 from checkers.runner import KILL_GRACE, run_internal_dummy
 from checkers.wire import FrameReader, frame, request_message, result_from_reply
-from router.errors import InvalidState
 
 __all__ = ["CheckerPool", "QUEUE_WAIT_BUCKETS", "SOCKET_NAME"]
 

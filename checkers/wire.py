@@ -1,20 +1,22 @@
-"""Framing of the executor socket: netstring frames holding orjson objects.
+"""Framing of the executor socket: length-prefixed frames holding orjson objects.
 
-Both directions use :func:`router.protocol.netstring.encode` around ``orjson.dumps`` of
-one JSON object per frame; ``checkers/README.md`` lists the messages. This module only
+Both directions send one JSON object per frame, prefixed by its length as a 4-byte
+big-endian unsigned integer; ``checkers/README.md`` lists the messages. Both ends are this
+package (the pool in the router process, the worker in the executor process), so the
+framing is the simplest that can carry binary-safe payloads: it is not the cluster's
+netstring, and ``checkers`` does not depend on the router's protocol code. This module only
 frames and unframes, it does no I/O.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import orjson
 
 from checkers.errors import WireError
 from checkers.messages import CheckRequest, PluginResult
-from router.errors import FramingError, MessageTooLarge
-from router.protocol.netstring import NetstringDecoder, encode
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -33,26 +35,51 @@ output, which JSON escaping can grow up to six times; 64 MiB leaves room for the
 default and for limits raised to a few MiB."""
 
 
+_LENGTH = struct.Struct(">I")
+
+
 def frame(message: dict[str, Any]) -> bytes:
     """One message, encoded and framed."""
-    return encode(orjson.dumps(message))
+    body = orjson.dumps(message)
+    return _LENGTH.pack(len(body)) + body
 
 
 class FrameReader:
-    """Bytes in, decoded JSON objects out; raises :class:`WireError` on garbage."""
+    """Bytes in, decoded JSON objects out; raises :class:`WireError` on garbage.
 
-    __slots__ = ("_decoder",)
+    Input is consumed once per :meth:`feed` call (the buffer is trimmed once, not per
+    frame), so a burst of many small frames costs linear time.
+    """
+
+    __slots__ = ("_buffer", "_max_size")
 
     def __init__(self, max_size: int = MAX_FRAME) -> None:
-        self._decoder = NetstringDecoder(max_size)
+        self._buffer = bytearray()
+        self._max_size = max_size
+
+    def _payloads(self) -> list[bytes]:
+        buffer = self._buffer
+        payloads: list[bytes] = []
+        start = 0
+        size = len(buffer)
+        while size - start >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            if length > self._max_size:
+                raise WireError(f"bad frame on the executor socket: {length} bytes announced, "
+                                f"at most {self._max_size} allowed")
+            end = start + _LENGTH.size + length
+            if end > size:
+                break
+            payloads.append(bytes(buffer[start + _LENGTH.size:end]))
+            start = end
+        if start:
+            del buffer[:start]
+        return payloads
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        try:
-            payloads = self._decoder.feed(data)
-        except (FramingError, MessageTooLarge) as error:
-            raise WireError(f"bad frame on the executor socket: {error}") from None
+        self._buffer += data
         messages = []
-        for payload in payloads:
+        for payload in self._payloads():
             try:
                 message = orjson.loads(payload)
             except orjson.JSONDecodeError as error:

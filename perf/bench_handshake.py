@@ -43,8 +43,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from perf.common import SAT, agent_name, client_context, make_pki
-from router import tls, tlslib
-from router.tlslib import TLSLibrary, TLSSession
+from router.transport import tls, tlslib
+from router.transport.tlslib import TLSLibrary, TLSSession
 
 
 def _step(session: TLSSession, data: bytes) -> tuple[bool, bytes, float]:

@@ -5,7 +5,7 @@ What runs (everything on 127.0.0.1, one CA from ``router.pki``, EC P-256 keys):
 
 * the **node under test**, in its own process(es): our router (``python -m router serve
   --config FILE``, a generated TOML) or a real Icinga 2 daemon (started with
-  ``tests/interop/icinga.py``, log severity ``information``, no CheckerComponent, one
+  ``perf/icinga.py``, log severity ``information``, no CheckerComponent, one
   Host ``agent-NNN`` and Service ``agent-NNN!svc`` per agent zone). Both are endpoint
   ``sat1`` in zone ``satellite`` below zone ``master``, with one child zone ``agent-NNN``
   (endpoint ``agent-NNN``) per agent;

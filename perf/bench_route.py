@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from router.routing import ObjectZones, Router  # noqa: E402
-from router.topology import EndpointSpec, Topology, ZoneSpec  # noqa: E402
+from router.routing import EndpointSpec, Topology, ZoneSpec  # noqa: E402
 
 
 def build(local: str, agents: int, configure_hosts: bool = True) -> Router:

@@ -2,7 +2,7 @@
 
 Moved out of ``perf/bench_relay.py``: the benchmark PKI, the node under test (our router
 as a ``python -m router serve`` subprocess, or a real Icinga 2 from
-``tests/interop/icinga.py``), the emulated agent and its load process, the emulated
+``perf/icinga.py``), the emulated agent and its load process, the emulated
 parent, and the process/CPU helpers.
 """
 
@@ -353,7 +353,7 @@ class IcingaTarget(Target):
     name = "icinga"
 
     def __init__(self, base: Path, bench_pki: BenchPKI, agents: int, severity: str) -> None:
-        from tests.interop.icinga import IcingaNode, find_icinga2
+        from perf.icinga import IcingaNode, find_icinga2
 
         binary = find_icinga2()
         if binary is None:

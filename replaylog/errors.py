@@ -2,22 +2,23 @@
 
 ::
 
-    RouterError                         (router.errors)
-    └── ReplayLogError                  the replay log cannot do what was asked
-        ├── ReplayLogCorrupt            the LMDB files are damaged or truncated (at open)
-        ├── ReplayLogBusy               another process holds the log open for writing
-        └── ReplayLogDiskFull           the disk is full even after evicting old records
+    ReplayLogError                      the replay log cannot do what was asked
+    ├── ReplayLogCorrupt                the LMDB files are damaged or truncated (at open)
+    ├── ReplayLogBusy                   another process holds the log open for writing
+    ├── ReplayLogDiskFull               the disk is full even after evicting old records
+    └── InvalidState(AssertionError)    called in a state where it makes no sense (a bug)
+
+``replaylog`` never imports ``router`` (the layer rule in pyproject.toml): its root is its
+own, and the router's CLI catches it beside ``router.errors.RouterError``.
 
 A full LMDB *map* is not an error: the store grows the map or evicts the oldest records
 and carries on (see ``replaylog/README.md``). Programming errors (using a closed store,
-or a store across ``fork()``) raise ``router.errors.InvalidState``.
+or a store across ``fork()``) raise :class:`InvalidState`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from router.errors import RouterError
 
 #: Directory name of the replay log inside the node's data directory.
 DIRNAME = "replaylog"
@@ -33,7 +34,7 @@ def recovery_command(path: str | Path) -> str:
             f"replaylog.reset({str(path)!r}))")
 
 
-class ReplayLogError(RouterError):
+class ReplayLogError(Exception):
     """Root of the replay log's exceptions."""
 
 
@@ -59,3 +60,8 @@ class ReplayLogBusy(ReplayLogError):
 
 class ReplayLogDiskFull(ReplayLogError):
     """The file system is full: the batch was not stored even after evicting records."""
+
+
+class InvalidState(ReplayLogError, AssertionError):
+    """A method was called in a state where it makes no sense (closed, read-only, after
+    ``fork()``, from the writer thread): a programming error."""

@@ -66,10 +66,10 @@ from typing import NamedTuple, TypeVar
 
 import lmdb
 
-from router.errors import InvalidState
 
 from . import keys as K
-from .errors import ReplayLogBusy, ReplayLogCorrupt, ReplayLogDiskFull, ReplayLogError
+from .errors import (InvalidState, ReplayLogBusy, ReplayLogCorrupt, ReplayLogDiskFull,
+                     ReplayLogError)
 
 log = logging.getLogger("router.replaylog")
 

@@ -45,10 +45,9 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from router.errors import InvalidState
 
 from . import keys as K
-from .errors import ReplayLogError
+from .errors import InvalidState, ReplayLogError
 from .store import PruneStats, ReplayStore
 
 log = logging.getLogger("router.replaylog")

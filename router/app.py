@@ -18,11 +18,12 @@ import tempfile
 import time
 from typing import Any
 
-from router import __version__, report
+from router import __version__
+from router.node import report
 from router.config import RouterConfig
-from router.connector import Backoff, Connector
+from router.transport.connector import Backoff, Connector
 from router.node import Node, describe_topology, name_list
-from router.status import StatusServer
+from router.ops.http import StatusServer
 
 log = logging.getLogger("router.app")
 
@@ -92,7 +93,7 @@ class RouterService:
     def _open_replay_log(self, node: Node) -> None:
         """The LMDB replay log under DATA_DIR/replaylog (store-and-forward)."""
         from replaylog import ReplayWriter
-        from router.replay import ReplayManager
+        from router.node.replay import ReplayManager
 
         path = os.path.join(self.config.node.data_dir, "replaylog")
         node.replay = ReplayManager(node, ReplayWriter.open(path))
@@ -106,8 +107,8 @@ class RouterService:
         return Catalog.load_merged(self.config.node.command_catalog)
 
     def _start_checks(self, node: Node) -> None:
-        from router.checking import LocalChecks
-        from router.scheduler import Scheduler
+        from router.features.checks import LocalChecks
+        from router.features.scheduler import Scheduler
 
         topology = node.topology
         zone = topology.zone(topology.local_zone)
@@ -122,7 +123,7 @@ class RouterService:
     async def _start_executors(self, node: Node) -> None:
         """Check executors for command_endpoint checks (separate processes, Unix socket)."""
         from checkers.pool import CheckerPool
-        from router.execution import CommandExecutor
+        from router.features.commands import CommandExecutor
 
         # A short private directory: Unix socket paths are limited to about 100 bytes.
         self._socket_dir = tempfile.mkdtemp(prefix="router-checkers-")

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from router import tls
+from router.transport import tls
 from router.app import RouterService
 from router.config import parse_config
 from router.protocol import jsonrpc, netstring

@@ -14,7 +14,7 @@ from checkers.errors import (
     MacroMissing,
     UnknownCommand,
 )
-from router.errors import RouterError
+from router.cli import OPERATOR_ERRORS
 
 P = DEFAULT_PLUGIN_DIR
 ITL_NAMES = {"ping4", "ping6", "load", "disk", "procs", "users", "swap", "http", "tcp",
@@ -166,7 +166,7 @@ def test_missing_required_macro(catalog: Catalog) -> None:
     assert info.value.macro == "disk_wfree" and info.value.argument == "-w"
     assert str(info.value) == ("Non-optional macro 'disk_wfree' used in argument '-w' is "
                                "missing.")
-    assert isinstance(info.value, CheckerError) and isinstance(info.value, RouterError)
+    assert isinstance(info.value, CheckerError) and isinstance(info.value, OPERATOR_ERRORS)
 
 
 def test_missing_address_for_ping(catalog: Catalog) -> None:

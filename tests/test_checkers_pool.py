@@ -21,7 +21,7 @@ from checkers.catalog import Catalog
 from checkers.messages import CheckOutcome, CheckRequest, outcome_to_cr
 from checkers.pool import SOCKET_NAME, CheckerPool
 from checkers.wire import FrameReader, frame
-from router.errors import InvalidState
+from checkers.errors import InvalidState
 
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.scheduler import sdbm
+from router.features.scheduler import sdbm
 from tests.nodeutil import ClusterSpec, metrics_text, status_json, wait_until
 from tests.pkiutil import make_test_pki
 

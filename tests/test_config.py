@@ -30,7 +30,7 @@ from router.config import (
     validate,
 )
 from router.errors import ConfigError
-from router.topology import EndpointSpec, ZoneSpec
+from router.routing import EndpointSpec, ZoneSpec
 
 # Line numbers matter: the tests below refer to them.
 BASE = """\

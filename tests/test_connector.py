@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.connector import Backoff
+from router.transport.connector import Backoff
 
 
 def test_caps_grow_exponentially_up_to_the_maximum():

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from router.metrics import (
+from router.ops.metrics import (
     CATALOG,
     LabeledCounter,
     MetricFamily,

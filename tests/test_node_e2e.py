@@ -254,7 +254,7 @@ def test_sessions_send_without_nagle_delay(tmp_path, pki, run):
 def test_handshake_end_and_hello_leave_in_one_write(tmp_path, pki, run, monkeypatch):
     """The last handshake step's output (here the bundled library's session tickets) is
     not sent on its own: it goes out with our Hello, one send per handshake fewer."""
-    from router import tlslib
+    from router.transport import tlslib
 
     outputs: dict[int, list[int]] = {}
     original = tlslib._BundledSession.pull_output

@@ -25,7 +25,7 @@ from perf.load import (
     PerfAgent,
 )
 from router import pki as pkimod
-from router import tls
+from router.transport import tls
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from router import pki, tls
+from router import pki
+from router.transport import tls
 from router.errors import TLSSetupError
 
 

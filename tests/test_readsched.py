@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from router.readsched import ReadScheduler
+from router.transport.readsched import ReadScheduler
 
 
 class FakeReader:

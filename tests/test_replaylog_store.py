@@ -26,7 +26,8 @@ from replaylog import (
     reset,
 )
 from replaylog import keys as K
-from router.errors import InvalidState, RouterError
+from replaylog.errors import InvalidState
+from router.cli import OPERATOR_ERRORS
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -435,7 +436,7 @@ def test_disk_full_evicts_once_then_reports(store: ReplayStore, monkeypatch) -> 
     assert store.disk_full == 1 and store.stats()["evicted"] > 0
     with pytest.raises(ReplayLogDiskFull) as info:
         store.append_many([("z", 101.0, frame(101), None)])
-    assert isinstance(info.value, ReplayLogError) and isinstance(info.value, RouterError)
+    assert isinstance(info.value, ReplayLogError) and isinstance(info.value, OPERATOR_ERRORS)
     assert ts_of(store, "z")[-1] == 100.0
 
 
@@ -486,7 +487,7 @@ def assert_names_file_and_command(err: ReplayLogCorrupt, path: Path) -> None:
     text = str(err)
     assert str(path / "data.mdb") in text
     assert f"router replaylog reset --data-dir {path.parent}" in text
-    assert isinstance(err, ReplayLogError) and isinstance(err, RouterError)
+    assert isinstance(err, ReplayLogError) and isinstance(err, OPERATOR_ERRORS)
 
 
 def test_a_garbage_file_is_reported_with_the_recovery_command(path: Path) -> None:

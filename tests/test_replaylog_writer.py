@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from replaylog import ReplayLogDiskFull, ReplayStore, ReplayWriter
-from router.errors import InvalidState
+from replaylog.errors import InvalidState
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import pytest
 
 from router.routing import (METHODS, REASONS, ObjectZones, Perm, RouteDecision, Router,
                             Target, UnknownObjects)
-from router.topology import EndpointSpec, Topology, ZoneSpec
+from router.routing import EndpointSpec, Topology, ZoneSpec
 
 ZONES = [
     ZoneSpec("master", ("m1", "m2")),
@@ -659,7 +659,7 @@ def test_origin_zone_is_never_unreachable_even_before_the_sender_counts_as_conne
     """A sender that is still replaying (not in ``connected``) must not have its own
     message logged for its own zone: that would replay the message back to its origin."""
     from router.routing import ObjectZones, Router
-    from router.topology import EndpointSpec, Topology, ZoneSpec
+    from router.routing import EndpointSpec, Topology, ZoneSpec
 
     zones = [ZoneSpec("master", ("m1",)), ZoneSpec("sat", ("s1", "s2"), parent="master"),
              ZoneSpec("leaf", ("leaf",), parent="sat")]

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.routing import ObjectZones, Router
-from router.topology import EndpointSpec, Topology, ZoneSpec
+from router.routing import EndpointSpec, Topology, ZoneSpec
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

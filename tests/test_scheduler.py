@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.scheduler import HARD, SOFT, CheckSpec, Scheduler, sdbm
+from router.features.scheduler import HARD, SOFT, CheckSpec, Scheduler, sdbm
 
 
 def test_sdbm_matches_icinga_test_values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.sendqueue import Ledger, QueueLimits, SendQueue
+from router.transport.sendqueue import Ledger, QueueLimits, SendQueue
 
 LIMITS = QueueLimits(high_bytes=100, low_bytes=40, high_messages=10, low_messages=4,
                      hard_bytes=300)

@@ -8,7 +8,7 @@ import orjson
 import pytest
 import uvloop
 
-from router.status import StatusServer, json_response, text_response
+from router.ops.http import StatusServer, json_response, text_response
 
 TIMEOUT = 10.0
 

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from router.errors import RouterError
-from router.status import StatusServer, json_response
-from router.statusview import StatusFetchError, fetch_status, format_status, status_url
+from router.ops.http import StatusServer, json_response
+from router.ops.statusview import StatusFetchError, fetch_status, format_status, status_url
 
 NOW = 1_700_000_000.0
 

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from router import pki as pkimod
-from router import tls
+from router.transport import tls
 from router.errors import TLSSetupError
 
 try:

@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from router import tls, tlslib
+from router.transport import tls, tlslib
 from router.config import TLS_LIBRARIES
 from router.errors import TLSSetupError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from router.errors import ConfigError
-from router.topology import EndpointSpec, Relation, Topology, ZoneSpec
+from router.routing import EndpointSpec, Relation, Topology, ZoneSpec
 
 ZONES = [
     ZoneSpec("master", ("m1", "m2")),

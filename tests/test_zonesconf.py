@@ -8,8 +8,8 @@ import pytest
 
 from router.config import parse_config
 from router.errors import ConfigError
-from router.topology import EndpointSpec, ZoneSpec
-from router.zonesconf import load_zones_conf, parse_zones_conf, zones_conf_to_toml
+from router.routing import EndpointSpec, ZoneSpec
+from router.config.zonesconf import load_zones_conf, parse_zones_conf, zones_conf_to_toml
 
 # A master HA pair, a satellite HA pair, three agents and the two usual global zones.
 # Line numbers matter for some tests below.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .icinga import IcingaFactory, find_icinga2
+from perf.icinga import IcingaFactory, find_icinga2
 
 _HERE = Path(__file__).resolve().parent
 _REPORT_SECTION = "icinga node logs"

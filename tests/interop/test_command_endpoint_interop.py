@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from .icinga import IcingaFactory
+from perf.icinga import IcingaFactory
 from .test_router_interop import MASTER_AGENT_ZONES, RouterMaker, diag, make_router  # noqa: F401
 
 REMOTE_OBJECTS = """

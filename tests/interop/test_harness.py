@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from .icinga import IcingaFactory
+from perf.icinga import IcingaFactory
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(90)]
 

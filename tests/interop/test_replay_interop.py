@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from .icinga import IcingaFactory, IcingaNode
+from perf.icinga import IcingaFactory, IcingaNode
 from .routerutil import metric_value
 from .test_router_interop import (
     CONNECT_TIMEOUT,

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from .icinga import IcingaFactory, IcingaNode
+from perf.icinga import IcingaFactory, IcingaNode
 from .routerutil import RouterNode, metric_value, parse_metrics
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]

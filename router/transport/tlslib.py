@@ -38,7 +38,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from router import tls
+from router.transport import tls
 from router.config import TLS_LIBRARIES as LIBRARIES
 from router.errors import TLSSetupError
 

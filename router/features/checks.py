@@ -21,7 +21,7 @@ from checkers.catalog import Catalog
 from checkers.errors import MacroError, UnknownCommand
 from checkers.messages import CheckOutcome, outcome_to_cr
 from router.protocol import jsonrpc, netstring
-from router.scheduler import CheckSpec, Scheduler
+from router.features.scheduler import CheckSpec, Scheduler
 
 if TYPE_CHECKING:  # pragma: no cover
     from checkers.pool import CheckerPool

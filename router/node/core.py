@@ -27,18 +27,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from router import answers, tls, tlslib
+from router.protocol import answers
+from router.transport import tls, tlslib
 from router.config import RouterConfig
-from router.metrics import LabeledCounter, RateMeter
+from router.ops.metrics import LabeledCounter, RateMeter
 from router.protocol import jsonrpc, netstring
 from router.protocol.events import (HelloReceived, MessageReceived, NotJsonRpc, PeerTimedOut,
                                     ProtocolFailed)
 from router.protocol.peer import PeerProtocol, Role
-from router.readsched import ReadScheduler
-from router.results import ResultStore
+from router.transport.readsched import ReadScheduler
+from router.features.results import ResultStore
 from router.routing import METHODS, ObjectZones, RouteDecision, Router, UnknownObjects
-from router.sendqueue import Ledger, QueueLimits, SendQueue
-from router.topology import Relation, Topology
+from router.transport.sendqueue import Ledger, QueueLimits, SendQueue
+from router.routing import Relation, Topology
 from router.transport import READ_BUFFER_SIZE, PeerConnection
 
 log = logging.getLogger("router.node")

@@ -185,7 +185,7 @@ from enum import Enum
 from typing import NamedTuple
 
 from router.errors import ConfigError
-from router.topology import Topology
+from router.routing.topology import Topology
 
 __all__ = [
     "Perm", "ObjRef", "Target", "MethodSpec", "METHODS", "REASONS",

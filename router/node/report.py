@@ -10,12 +10,12 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from router import __version__
-from router.metrics import MetricFamily, family, process_families, process_info, render_prometheus
-from router.status import json_response, text_response
-from router.topology import Relation
+from router.ops.metrics import MetricFamily, family, process_families, process_info, render_prometheus
+from router.ops.http import json_response, text_response
+from router.routing import Relation
 
 if TYPE_CHECKING:  # pragma: no cover
-    from router.node import Node
+    from router.node.core import Node
 
 
 def role(node: Node) -> str:

@@ -37,12 +37,12 @@ import termios
 from typing import TYPE_CHECKING
 
 from router.protocol.peer import PeerProtocol, State
-from router.readsched import MIN_EXPECTED_READ
-from router.sendqueue import Ledger, SendQueue
+from router.transport.readsched import MIN_EXPECTED_READ
+from router.transport.sendqueue import Ledger, SendQueue
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.node import EndpointStats, Node
-    from router.tlslib import TLSLibrary, TLSSession
+    from router.transport.tlslib import TLSLibrary, TLSSession
 
 log = logging.getLogger("router.transport")
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.node import Node
-    from router.topology import EndpointSpec
+    from router.routing import EndpointSpec
 
 log = logging.getLogger("router.connector")
 

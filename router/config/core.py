@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from router.errors import ConfigError
-from router.scheduler import CheckSpec
-from router.topology import EndpointSpec, ZoneSpec
+from router.features.scheduler import CheckSpec
+from router.routing import EndpointSpec, ZoneSpec
 
 __all__ = [
     "DEFAULT_PORT", "DEFAULT_LISTEN", "DEFAULT_STATUS_LISTEN", "DEFAULT_LOG_DURATION",
@@ -1455,7 +1455,7 @@ def _load_zones_full(path: str, node_name: str | None
         endpoints, durations = builder.endpoints()
         _check_topology(zones, endpoints, None, where)
         return zones, endpoints, durations
-    from router.zonesconf import parse_zones_conf
+    from router.config.zonesconf import parse_zones_conf
 
     constants = {"NodeName": node_name} if node_name else None
     zc = parse_zones_conf(text, path=path, constants=constants)

@@ -47,7 +47,7 @@ from replaylog import ReplayWriter
 from router.routing import METHODS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from router.node import Node
+    from router.node.core import Node
     from router.transport import PeerConnection
 
 log = logging.getLogger("router.replay")

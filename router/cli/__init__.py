@@ -11,7 +11,14 @@ from pathlib import Path
 import click
 import orjson
 
+from checkers.errors import CheckerError
+from replaylog.errors import ReplayLogError
 from router.errors import RouterError
+
+#: What a command reports as a one-line error instead of a traceback: the roots of the
+#: router's, the check executors' and the replay log's exception trees (the lower two do
+#: not import ``router``, so they have roots of their own).
+OPERATOR_ERRORS = (RouterError, CheckerError, ReplayLogError)
 
 DEFAULT_DATA_DIR = "router-data"
 
@@ -98,7 +105,7 @@ def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
         cfg = config_mod.quickstart_config(
             node_name=node_name, data_dir=data_dir, zones_file=zones_file, listen=listen,
             status_listen=status_listen, base=base, accept_commands=accept_commands)
-    except RouterError as exc:
+    except OPERATOR_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     _setup_logging(log_level or cfg.log_level)
     if created_pki is not None:
@@ -114,7 +121,7 @@ def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
         sys.exit(app.serve(cfg, ready))
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
-    except RouterError as exc:
+    except OPERATOR_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -147,7 +154,7 @@ def config_check(path: str) -> None:
 
     try:
         cfg = config_mod.load_config(path)
-    except RouterError as exc:
+    except OPERATOR_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{path}: OK (node {cfg.node.name}, {len(cfg.zones)} zones, "
                f"{len(cfg.endpoints)} endpoints)")
@@ -163,12 +170,12 @@ def config_import_zones(path: str, node_name: str | None, data_dir: str | None) 
 
     Skipped objects and attributes are listed as '# warning:' comments in the output.
     """
-    from router import zonesconf
+    from router.config import zonesconf
 
     text = Path(path).read_text(encoding="utf-8")
     try:
         out = zonesconf.zones_conf_to_toml(text, path, node_name=node_name, data_dir=data_dir)
-    except RouterError as exc:
+    except OPERATOR_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(out, nl=False)
 
@@ -179,11 +186,11 @@ def config_import_zones(path: str, node_name: str | None, data_dir: str | None) 
 @click.option("--json", "as_json", is_flag=True, help="Print the raw /v1/status document.")
 def status(url: str, as_json: bool) -> None:
     """Show zones, endpoints, connections and rates of a running node."""
-    from router import statusview
+    from router.ops import statusview
 
     try:
         doc = statusview.fetch_status(url)
-    except RouterError as exc:
+    except OPERATOR_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
@@ -204,7 +211,7 @@ def _open_log(data_dir: str):
         raise click.ClickException(f"{path}: no replay log here")
     try:
         return ReplayStore(path, readonly=True)
-    except RouterError as exc:
+    except OPERATOR_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -258,7 +265,7 @@ def replaylog_dump(data_dir: str, zone: str | None, peer: str | None,
 
         try:
             cfg = config_mod.load_config(config_path)
-        except RouterError as exc:
+        except OPERATOR_ERRORS as exc:
             raise click.ClickException(str(exc)) from exc
         zone = next((z.name for z in cfg.zones if peer in z.endpoints), None)
         if zone is None:
@@ -287,7 +294,7 @@ def replaylog_reset(data_dir: str) -> None:
 
     try:
         moved = reset(Path(data_dir) / "replaylog")
-    except RouterError as exc:
+    except OPERATOR_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"moved the old log to {moved}" if moved else "no log to move; created an "
                "empty one")
@@ -407,7 +414,7 @@ def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_byte
     if parsed_rate is not None and parsed_rate <= 0:
         raise click.BadParameter("must be > 0", param_hint="--rate")
     if against == "icinga2":
-        from tests.interop.icinga import find_icinga2  # on sys.path through perf.common
+        from perf.icinga import find_icinga2
         if find_icinga2() is None:
             raise click.ClickException("--against icinga2: icinga2 is not installed")
     scenarios = tool.SCENARIOS if scenario == "all" else tuple(
@@ -427,7 +434,7 @@ def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_byte
         key_type=key_type)
     try:
         result = tool.run(opts, echo=lambda s: click.echo(s, err=True))
-    except (ValueError, RuntimeError, TimeoutError, RouterError) as exc:
+    except (ValueError, RuntimeError, TimeoutError, *OPERATOR_ERRORS) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(tool.format_report(result))
     died = [s["target"] for s in result["sessions"] if s.get("node_died")]

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.config import (
+from router.config.core import (
     DEFAULT_PORT,
     FrozenMap,
     _check_host,
@@ -40,7 +40,7 @@ from router.config import (
     topology_to_toml,
 )
 from router.errors import ConfigError
-from router.topology import EndpointSpec, ZoneSpec
+from router.routing import EndpointSpec, ZoneSpec
 
 __all__ = ["ZonesConf", "parse_zones_conf", "load_zones_conf", "zones_conf_to_toml",
            "DEFAULT_ICINGA_DATA_DIR"]
@@ -584,7 +584,7 @@ def parse_zones_conf(text: str, path: str | None = None,
 def load_zones_conf(path: str | os.PathLike[str],
                     constants: Mapping[str, Any] | None = None) -> ZonesConf:
     """:func:`parse_zones_conf` on the contents of a file."""
-    from router.config import _read_text
+    from router.config.core import _read_text
 
     p = os.fspath(path)
     return parse_zones_conf(_read_text(p), path=p, constants=constants)

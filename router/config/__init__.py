@@ -1,0 +1,81 @@
+"""Configuration: the TOML model, its parser and validation, and the zones.conf import.
+
+Everything the rest of the node needs is importable from here; the modules inside are the
+package's own business.
+"""
+
+from __future__ import annotations
+
+from router.config.core import (
+    DEFAULT_PORT,
+    DEFAULT_LISTEN,
+    DEFAULT_STATUS_LISTEN,
+    DEFAULT_LOG_DURATION,
+    DEFAULT_ICINGA_VERSION,
+    LOG_LEVELS,
+    RESULTS_MODES,
+    UNKNOWN_MODES,
+    FrozenMap,
+    NodeConfig,
+    TLS_LIBRARIES,
+    TLSConfig,
+    Limits,
+    Timeouts,
+    ObjectsConfig,
+    RouterConfig,
+    parse_address,
+    format_address,
+    parse_duration,
+    parse_size,
+    check_topology,
+    validate,
+    load_config,
+    parse_config,
+    load_zones,
+    quickstart_config,
+    topology_to_toml,
+    config_to_toml,
+)
+from router.config.zonesconf import (
+    DEFAULT_ICINGA_DATA_DIR,
+    ZonesConf,
+    parse_zones_conf,
+    load_zones_conf,
+    zones_conf_to_toml,
+)
+
+__all__ = [
+    "check_topology",
+    "config_to_toml",
+    "DEFAULT_ICINGA_DATA_DIR",
+    "DEFAULT_ICINGA_VERSION",
+    "DEFAULT_LISTEN",
+    "DEFAULT_LOG_DURATION",
+    "DEFAULT_PORT",
+    "DEFAULT_STATUS_LISTEN",
+    "format_address",
+    "FrozenMap",
+    "Limits",
+    "load_config",
+    "load_zones",
+    "load_zones_conf",
+    "LOG_LEVELS",
+    "NodeConfig",
+    "ObjectsConfig",
+    "parse_address",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+    "parse_zones_conf",
+    "quickstart_config",
+    "RESULTS_MODES",
+    "RouterConfig",
+    "Timeouts",
+    "TLS_LIBRARIES",
+    "TLSConfig",
+    "topology_to_toml",
+    "UNKNOWN_MODES",
+    "validate",
+    "zones_conf_to_toml",
+    "ZonesConf",
+]

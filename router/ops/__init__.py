@@ -1,0 +1,2 @@
+"""Operations: the status HTTP listener, metrics and their exposition, the status client.
+"""
