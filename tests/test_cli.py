@@ -183,7 +183,7 @@ def test_log_formatter_prints_what_the_stdlib_formatter_prints():
     """The per-second cache of the date text must never show a stale second."""
     import logging
 
-    from router.cli import LOG_FORMAT, LogFormatter
+    from router.ops.logs import LOG_FORMAT, LogFormatter
     ours, stdlib = LogFormatter(LOG_FORMAT), logging.Formatter(LOG_FORMAT)
     base = 1_700_000_000.0
     for created in (base + 0.0004, base + 0.9996, base + 1.0, base + 1.5, base + 0.25,
