@@ -1,41 +1,37 @@
 """Configuration: the TOML model, its parser and validation, and the zones.conf import.
 
 Everything the rest of the node needs is importable from here; the modules inside are the
-package's own business.
+package's own business. They are, lowest first (each imports only modules above it):
+``model`` (the dataclasses), ``units`` (value parsers), ``emit`` (TOML output), ``source``
+(reading files, lines of keys), ``builder`` (TOML to model), ``validate`` (semantic checks),
+``zonesconf`` (Icinga zones.conf import) and ``load`` (the entry points).
 """
 
 from __future__ import annotations
 
-from router.config.core import (
-    DEFAULT_PORT,
-    DEFAULT_LISTEN,
-    DEFAULT_STATUS_LISTEN,
-    DEFAULT_LOG_DURATION,
+from router.config.emit import config_to_toml, topology_to_toml
+from router.config.load import load_config, load_zones, parse_config, quickstart_config
+from router.config.model import (
     DEFAULT_ICINGA_VERSION,
+    DEFAULT_LISTEN,
+    DEFAULT_LOG_DURATION,
+    DEFAULT_PORT,
+    DEFAULT_STATUS_LISTEN,
     LOG_LEVELS,
     RESULTS_MODES,
-    UNKNOWN_MODES,
-    FrozenMap,
-    NodeConfig,
     TLS_LIBRARIES,
-    TLSConfig,
+    UNKNOWN_MODES,
+    CheckSpec,
+    FrozenMap,
     Limits,
-    Timeouts,
+    NodeConfig,
     ObjectsConfig,
     RouterConfig,
-    parse_address,
-    format_address,
-    parse_duration,
-    parse_size,
-    check_topology,
-    validate,
-    load_config,
-    parse_config,
-    load_zones,
-    quickstart_config,
-    topology_to_toml,
-    config_to_toml,
+    Timeouts,
+    TLSConfig,
 )
+from router.config.units import format_address, parse_address, parse_duration, parse_size
+from router.config.validate import check_topology, validate
 from router.config.zonesconf import (
     DEFAULT_ICINGA_DATA_DIR,
     ZonesConf,
@@ -45,6 +41,7 @@ from router.config.zonesconf import (
 )
 
 __all__ = [
+    "CheckSpec",
     "check_topology",
     "config_to_toml",
     "DEFAULT_ICINGA_DATA_DIR",

@@ -29,16 +29,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.config.core import (
-    DEFAULT_PORT,
-    FrozenMap,
-    _check_host,
-    _check_topology,
-    _suggest,
-    _toml_str,
-    _Where,
-    topology_to_toml,
-)
+from router.config.emit import toml_str, topology_to_toml
+from router.config.model import DEFAULT_PORT, FrozenMap
+from router.config.source import Where, read_text
+from router.config.units import check_host, suggest
+from router.config.validate import check_topology_at
 from router.errors import ConfigError
 from router.routing import EndpointSpec, ZoneSpec
 
@@ -115,7 +110,7 @@ _TOKEN_RE = re.compile(r"""
 _ESCAPES = {'"': '"', "\\": "\\", "t": "\t", "r": "\r", "n": "\n", "b": "\b", "f": "\f"}
 
 
-def _tokenize(text: str, where: _Where) -> list[_Tok]:
+def _tokenize(text: str, where: Where) -> list[_Tok]:
     toks: list[_Tok] = []
     pos, line, n = 0, 1, len(text)
     while pos < n:
@@ -162,11 +157,12 @@ def _tokenize(text: str, where: _Where) -> list[_Tok]:
                 raise _where_error(where, line, f"invalid number or duration {word!r} "
                                   "(suffixes: ms, s, m, h, d)")
             digits = num.group(1)
+            number: int | float
             if suffix == "" and "." not in digits:
-                value = int(digits)
+                number = int(digits)
             else:
-                value = float(digits) * _DURATION_FACTORS[suffix]
-            toks.append(_Tok("num", value, line, word))
+                number = float(digits) * _DURATION_FACTORS[suffix]
+            toks.append(_Tok("num", number, line, word))
         elif kind == "ident":
             toks.append(_Tok("ident", word.lstrip("@"), line, f"'{word}'"))
         else:
@@ -175,7 +171,7 @@ def _tokenize(text: str, where: _Where) -> list[_Tok]:
     return toks
 
 
-def _read_string(text: str, pos: int, line: int, where: _Where) -> tuple[str, int]:
+def _read_string(text: str, pos: int, line: int, where: Where) -> tuple[str, int]:
     out: list[str] = []
     n = len(text)
     while True:
@@ -200,14 +196,14 @@ def _read_string(text: str, pos: int, line: int, where: _Where) -> tuple[str, in
         pos += 1
 
 
-def _where_error(where: _Where, line: int | None, message: str,
+def _where_error(where: Where, line: int | None, message: str,
                 key: str | None = None) -> ConfigError:
     return ConfigError(message, path=where.path, line=line, key=key)
 
 
 class _Parser:
     def __init__(self, text: str, path: str | None, constants: Mapping[str, Any] | None):
-        self.where = _Where(path)
+        self.where = Where(path)
         self.toks = _tokenize(text, self.where)
         self.i = 0
         self.given = dict(constants or {})
@@ -382,7 +378,7 @@ class _Parser:
             op = self.peek()
             if attr not in known:
                 self.warn(tok.line, f"{kind} \"{name}\": ignored attribute '{attr}'"
-                          f"{_suggest(attr, known, 0.7)}")
+                          f"{suggest(attr, known, 0.7)}")
                 self.skip_value()
                 continue
             if not self.is_op(op, "="):
@@ -466,7 +462,7 @@ class _Parser:
                 if "NodeName" in src:
                     return src["NodeName"]
         known = sorted(set(self.consts) | set(self.given))
-        hint = _suggest(name, known)
+        hint = suggest(name, known)
         if not hint and name in ("NodeName", "ZoneName"):
             hint = (f" (give the node name, e.g. --node-name, or add const {name} = \"...\" "
                     "at the top of the file)")
@@ -488,7 +484,7 @@ class _Parser:
                 host = host[1:-1]
             if host:
                 try:
-                    _check_host(host, host)
+                    check_host(host, host)
                 except ValueError as e:
                     raise self.error(tok, f"Endpoint \"{name}\": {e}", f"{prefix}.host") from None
         if "port" in attrs:
@@ -571,7 +567,7 @@ def parse_zones_conf(text: str, path: str | None = None,
     p.parse()
     p.where.lines = p.lines
     p.where.dialect = "zones.conf"
-    _check_topology(tuple(p.zones), tuple(p.endpoints), None, p.where)
+    check_topology_at(tuple(p.zones), tuple(p.endpoints), None, p.where)
     consts = dict(p.given)
     consts.update(p.consts)
     if "ZoneName" not in consts and "NodeName" in consts:
@@ -584,10 +580,8 @@ def parse_zones_conf(text: str, path: str | None = None,
 def load_zones_conf(path: str | os.PathLike[str],
                     constants: Mapping[str, Any] | None = None) -> ZonesConf:
     """:func:`parse_zones_conf` on the contents of a file."""
-    from router.config.core import _read_text
-
     p = os.fspath(path)
-    return parse_zones_conf(_read_text(p), path=p, constants=constants)
+    return parse_zones_conf(read_text(p), path=p, constants=constants)
 
 
 def zones_conf_to_toml(text: str, path: str | None = None, node_name: str | None = None, *,
@@ -606,12 +600,12 @@ def zones_conf_to_toml(text: str, path: str | None = None, node_name: str | None
     if name is not None and not isinstance(name, str):
         name = None
     if name:
-        _check_topology(zc.zones, zc.endpoints, name, _Where(path, zc.lines, "zones.conf"))
+        check_topology_at(zc.zones, zc.endpoints, name, Where(path, zc.lines, "zones.conf"))
     out = [f"# zone tree imported from {path or 'zones.conf'} by 'router config import-zones'"]
     out += [f"# warning: {w}" for w in zc.warnings]
     out.append("")
     if name:
-        out += ["[node]", f"name = {_toml_str(name)}",
-                f"data_dir = {_toml_str(data_dir or DEFAULT_ICINGA_DATA_DIR)}", ""]
+        out += ["[node]", f"name = {toml_str(name)}",
+                f"data_dir = {toml_str(data_dir or DEFAULT_ICINGA_DATA_DIR)}", ""]
     out.append(topology_to_toml(zc.zones, zc.endpoints, zc.log_durations))
     return "\n".join(out).rstrip("\n") + "\n"

@@ -28,9 +28,12 @@ the state HARD OK at attempt 1 at once.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+# CheckSpec is part of the configuration (``[[checks]]``); re-exported for this module's users.
+from router.config import CheckSpec as CheckSpec
 
 STATE_OK = 0
 SOFT, HARD = 0, 1
@@ -46,30 +49,6 @@ def sdbm(name: str) -> int:
         c = byte - 256 if byte >= 0x80 else byte
         h = (c + (h << 6) + (h << 16) - h) & _MASK
     return h
-
-
-@dataclass(frozen=True, slots=True)
-class CheckSpec:
-    """One locally scheduled check (``[[checks]]`` in the configuration)."""
-
-    host: str
-    command: str
-    service: str | None = None
-    macros: Mapping[str, Any] = field(default_factory=dict)
-    #: Seconds between checks while OK or HARD (Icinga's default check_interval is 5 m).
-    interval: float = 300.0
-    #: Seconds between retries while in a SOFT problem state (Icinga: 1 m).
-    retry_interval: float = 60.0
-    max_check_attempts: int = 3
-    #: Run it on this endpoint (a direct child or a zone peer) instead of locally.
-    command_endpoint: str | None = None
-    #: The object's zone; None means the node's own zone.
-    zone: str | None = None
-
-    @property
-    def name(self) -> str:
-        """Icinga's full object name: ``host`` or ``host!service``."""
-        return self.host if self.service is None else f"{self.host}!{self.service}"
 
 
 @dataclass(slots=True)

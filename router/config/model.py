@@ -1,0 +1,290 @@
+"""The configuration model: the frozen dataclasses of one router node, with their defaults.
+
+Separate from parsing and validation so that code that only reads a configuration (the node,
+its features, the TLS layer) depends on plain data. :class:`CheckSpec` is here too: a
+``[[checks]]`` entry is part of the configuration, and the configuration sits below the
+features that run the checks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from router.routing import EndpointSpec, ZoneSpec
+
+__all__ = [
+    "DEFAULT_PORT", "DEFAULT_LISTEN", "DEFAULT_STATUS_LISTEN", "DEFAULT_LOG_DURATION",
+    "DEFAULT_ICINGA_VERSION", "LOG_LEVELS", "RESULTS_MODES", "UNKNOWN_MODES", "TLS_LIBRARIES",
+    "KiB", "MiB",
+    "FrozenMap", "NodeConfig", "TLSConfig", "Limits", "Timeouts", "ObjectsConfig", "CheckSpec",
+    "RouterConfig",
+]
+
+
+DEFAULT_PORT = 5665
+"""Icinga's cluster port, used when an address has no port."""
+DEFAULT_LISTEN = ("127.0.0.1", 5665)
+DEFAULT_STATUS_LISTEN = ("127.0.0.1", 9665)
+DEFAULT_LOG_DURATION = 86400.0
+"""Icinga's default ``Endpoint.log_duration`` (1 day), in seconds."""
+DEFAULT_ICINGA_VERSION = 21306
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+RESULTS_MODES = ("auto", "on", "off")
+UNKNOWN_MODES = ("learn", "reject")
+
+KiB = 1024
+MiB = 1024 * 1024
+
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[str, V]):
+    """An immutable, hashable, picklable ``str -> value`` mapping (insertion ordered)."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[str, V] | Iterable[tuple[str, V]] = ()) -> None:
+        self._data: dict[str, V] = dict(data)
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self._data == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (self._data,))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Who this node is (``[node]``)."""
+
+    name: str
+    """Endpoint name of this node; also the CN of its certificate."""
+    data_dir: str
+    """State directory (absolute). Certificates default to ``DATA_DIR/certs/`` (Icinga's layout)."""
+    icinga_version: int = DEFAULT_ICINGA_VERSION
+    """Version announced in ``icinga::Hello`` (major*10000 + minor*100 + patch)."""
+    accept_commands: bool = False
+    """Whether this node accepts commands (``event::ExecuteCommand``) from its parents."""
+    command_catalog: str | None = None
+    """Extra check command definitions (TOML, absolute path) merged over the bundled
+    catalog: new commands are added, ones with a bundled name replace it."""
+
+
+#: Values of ``[tls] library`` (see ``router.tlslib``).
+TLS_LIBRARIES = ("bundled", "system")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """Our certificate, key and the cluster CA (``[tls]``), as absolute paths."""
+
+    ca: str
+    """CA certificate (PEM) that every peer certificate must chain to."""
+    cert: str
+    """Our certificate (PEM); its CN must equal ``node.name``."""
+    key: str
+    """Our private key (PEM)."""
+    library: str = "bundled"
+    """TLS library of the node's sessions (``router.tlslib``): ``bundled`` (pyOpenSSL on
+    the OpenSSL inside the cryptography wheel; cheaper handshakes) or ``system`` (Python's
+    ``ssl`` on the distribution's OpenSSL; cheaper per message). See
+    docs/configuration.md."""
+
+    @classmethod
+    def for_node(cls, name: str, data_dir: str) -> TLSConfig:
+        """Icinga's layout: ``DATA_DIR/certs/ca.crt``, ``NAME.crt``, ``NAME.key``."""
+        certs = os.path.join(data_dir, "certs")
+        return cls(ca=os.path.join(certs, "ca.crt"), cert=os.path.join(certs, f"{name}.crt"),
+                   key=os.path.join(certs, f"{name}.key"))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits (``[limits]``). Sizes in bytes, all strictly positive (but
+    ``handshake_threads``, where 0 has a meaning)."""
+
+    max_message_size_anonymous: int = 1 * MiB
+    """Largest message accepted from a peer that is not a known endpoint (Icinga: 1 MiB)."""
+    max_message_size_child: int = 16 * MiB
+    """Largest message accepted from an endpoint of a child zone."""
+    max_message_size_peer: int = 128 * MiB
+    """Largest message accepted from a parent or an HA peer of our own zone."""
+    max_json_depth: int = 128
+    """Deepest JSON nesting accepted in a message."""
+    send_queue_high_bytes: int = 8 * MiB
+    """A peer's send queue is congested above this many bytes (sources are paused)."""
+    send_queue_low_bytes: int = 2 * MiB
+    """Paused sources resume once the queue is below this many bytes."""
+    send_queue_high_messages: int = 20000
+    """A peer's send queue is congested above this many messages."""
+    send_queue_low_messages: int = 5000
+    """Paused sources resume once the queue is below this many messages."""
+    max_connections: int = 20000
+    """Most simultaneous connections (authenticated and anonymous)."""
+    max_anonymous_clients: int = 100
+    """Most simultaneous connections from peers that are not known endpoints."""
+    dial_concurrency: int = 64
+    """Most outgoing connection attempts in flight at once."""
+    handshake_threads: int = 0
+    """Threads that run the TLS handshake computations (OpenSSL releases the GIL there),
+    so a reconnect storm can use spare cores; 0 (default) runs them in the event-loop
+    thread. Off by default: on a 2-core machine with the load generator on the other core
+    it measured no faster and cost 10-20 % more CPU per handshake (perf/RESULTS.md)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Timers (``[timeouts]``), in seconds, all strictly positive."""
+
+    handshake: float = 10.0
+    """TLS handshake deadline (Icinga: 10 s)."""
+    connect: float = 15.0
+    """TCP connect deadline for outgoing connections; also the first-byte deadline."""
+    heartbeat_interval: float = 20.0
+    """Interval between ``event::Heartbeat`` messages we send (Icinga: 20 s)."""
+    liveness: float = 60.0
+    """A peer that sends nothing for this long is disconnected (Icinga: 60 s)."""
+    anonymous: float = 10.0
+    """An unauthenticated peer is disconnected this long after it connected (Icinga: 10 s)."""
+    enrollment: float = 60.0
+    """... unless it sent ``pki::RequestCertificate``: then it may stay this long."""
+    reconnect_min: float = 1.0
+    """First reconnect delay; it doubles (with full jitter) after each failure."""
+    reconnect_max: float = 60.0
+    """Upper bound of the reconnect delay."""
+    slow_consumer: float = 60.0
+    """A peer congested with no write progress for this long is disconnected."""
+    drain: float = 10.0
+    """On shutdown, how long to wait for send queues to drain."""
+    ha_cold_start: float = 30.0
+    """Alone in an HA zone this soon after start, run no scheduled checks: the peer may be
+    running them (Icinga: 30 s)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectsConfig:
+    """Which zone each host object belongs to (``[objects]``)."""
+
+    unknown: str = "learn"
+    """``learn``: a host first reported by a child zone is placed in that zone;
+    ``reject``: messages about hosts not listed in ``hosts`` are refused."""
+    hosts: Mapping[str, str] = field(default_factory=FrozenMap)
+    """Host name -> zone name (``[objects.hosts]``)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hosts, FrozenMap):
+            object.__setattr__(self, "hosts", FrozenMap(self.hosts))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """One locally scheduled check (``[[checks]]`` in the configuration)."""
+
+    host: str
+    command: str
+    service: str | None = None
+    macros: Mapping[str, Any] = field(default_factory=dict)
+    #: Seconds between checks while OK or HARD (Icinga's default check_interval is 5 m).
+    interval: float = 300.0
+    #: Seconds between retries while in a SOFT problem state (Icinga: 1 m).
+    retry_interval: float = 60.0
+    max_check_attempts: int = 3
+    #: Run it on this endpoint (a direct child or a zone peer) instead of locally.
+    command_endpoint: str | None = None
+    #: The object's zone; None means the node's own zone.
+    zone: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Icinga's full object name: ``host`` or ``host!service``."""
+        return self.host if self.service is None else f"{self.host}!{self.service}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """The whole, validated configuration of one router node."""
+
+    node: NodeConfig
+    """This node (``[node]``)."""
+    listen: tuple[str, int] | None
+    """Cluster listener (host, port); ``None`` for an outbound-only node."""
+    status_listen: tuple[str, int] | None
+    """Plain-HTTP status/metrics listener (host, port); ``None`` to disable it."""
+    tls: TLSConfig
+    """Certificate, key and CA (absolute paths)."""
+    zones: tuple[ZoneSpec, ...] = ()
+    """The zone tree, in file order."""
+    endpoints: tuple[EndpointSpec, ...] = ()
+    """Every known endpoint, in file order."""
+    limits: Limits = field(default_factory=Limits)
+    """Resource limits."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    """Timers."""
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
+    """Host-to-zone assignment."""
+    results: str = "auto"
+    """Keep the latest check result per host/service: ``on``, ``off`` or ``auto`` (only
+    when the node's zone has no parent, i.e. on a top-level master)."""
+    log_level: str = "info"
+    """One of ``debug``, ``info``, ``warning``, ``error``, ``critical``."""
+    path: str | None = None
+    """The file this configuration came from, if any."""
+    endpoint_log_duration: Mapping[str, float] = field(default_factory=FrozenMap)
+    """Replay-log retention per endpoint in seconds (Icinga ``log_duration``); every endpoint
+    has an entry (default 86400, 0 disables the replay log for it)."""
+    checks: tuple[CheckSpec, ...] = ()
+    """Checks this node schedules itself (``[[checks]]``)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.zones, tuple):
+            object.__setattr__(self, "zones", tuple(self.zones))
+        if not isinstance(self.endpoints, tuple):
+            object.__setattr__(self, "endpoints", tuple(self.endpoints))
+        given = dict(self.endpoint_log_duration)
+        full = {e.name: given.pop(e.name, DEFAULT_LOG_DURATION) for e in self.endpoints}
+        full.update(given)              # unknown names are kept so that validate() reports them
+        object.__setattr__(self, "endpoint_log_duration", FrozenMap(full))
+
+    def log_duration(self, endpoint: str) -> float:
+        """Replay-log retention for ``endpoint`` in seconds."""
+        return self.endpoint_log_duration.get(endpoint, DEFAULT_LOG_DURATION)
+
+    def zone_of(self, endpoint: str) -> ZoneSpec | None:
+        """The zone that lists ``endpoint``, or ``None``."""
+        for z in self.zones:
+            if endpoint in z.endpoints:
+                return z
+        return None
+
+    def keeps_results(self) -> bool:
+        """``results`` resolved: ``auto`` means on only when our zone has no parent."""
+        if self.results != "auto":
+            return self.results == "on"
+        zone = self.zone_of(self.node.name)
+        return zone is not None and zone.parent is None

@@ -1,0 +1,265 @@
+"""Semantic validation: the zone tree (checked the way Icinga does), checks, value ranges.
+
+It works on the model, not on TOML, so it also checks configurations built in code or by
+quickstart and zone trees imported from a zones.conf; a :class:`Where` gives each error its
+file and line. :func:`check_topology_at` and :func:`validate_at` are the forms that take
+one, for the loaders and the zones.conf import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+
+from router.config.model import (
+    LOG_LEVELS,
+    RESULTS_MODES,
+    UNKNOWN_MODES,
+    Limits,
+    RouterConfig,
+    Timeouts,
+)
+from router.config.source import Where
+from router.config.units import check_host, check_name, format_address, suggest, type_name
+from router.routing import EndpointSpec, ZoneSpec
+
+__all__ = ["check_topology", "check_topology_at", "validate", "validate_at"]
+
+
+def check_topology(zones: Iterable[ZoneSpec], endpoints: Iterable[EndpointSpec], *,
+                   node_name: str | None = None, path: str | None = None,
+                   lines: Mapping[str, int] | None = None) -> None:
+    """Validate a zone tree the way Icinga does; raise :class:`ConfigError`.
+
+    ``lines`` maps key paths (``zones[1].parent``, ``endpoints[0].name``...) to line numbers
+    of ``path``, so the error points at the offending line. With ``node_name`` the node
+    must be an endpoint of exactly one zone (error key ``node.name``).
+    """
+    check_topology_at(tuple(zones), tuple(endpoints), node_name, Where(path, lines))
+
+
+def _unique_names(items: tuple[ZoneSpec | EndpointSpec, ...], kind: str,
+                  section: str, where: Where) -> dict[str, int]:
+    """Check each item's name and that none repeats; name -> index."""
+    index: dict[str, int] = {}
+    for i, item in enumerate(items):
+        key = f"{section}[{i}].name"
+        name: object = item.name        # objects built in code may hold anything
+        problem = check_name(name, kind) if isinstance(name, str) else \
+            f"{kind} name must be a string, got {type_name(name)}"
+        if problem:
+            raise where.error(problem, key)
+        if item.name in index:
+            first = where.line(f"{section}[{index[item.name]}]")
+            at = f" (first at line {first})" if first else ""
+            raise where.error(f"{kind} '{item.name}' is defined twice{at}", key)
+        index[item.name] = i
+    return index
+
+
+def check_topology_at(zones: tuple[ZoneSpec, ...], endpoints: tuple[EndpointSpec, ...],
+                      node_name: str | None, where: Where) -> None:
+    """:func:`check_topology`, with ``where`` placing the errors (file, lines, wording)."""
+    ep_index = _unique_names(endpoints, "endpoint", "endpoints", where)
+    for i, endpoint in enumerate(endpoints):
+        addresses: tuple[object, ...] = endpoint.addresses     # built in code: anything
+        for k, addr in enumerate(addresses):
+            akey = f"endpoints[{i}].addresses[{k}]"
+            if (not isinstance(addr, tuple) or len(addr) != 2 or not isinstance(addr[0], str)
+                    or isinstance(addr[1], bool) or not isinstance(addr[1], int)):
+                raise where.error(f"address must be a (host, port) pair, got {addr!r}", akey)
+            if not 0 < addr[1] < 65536:
+                raise where.error(f"port {addr[1]} out of range (1-65535)", akey)
+            try:
+                check_host(addr[0], addr[0])
+            except ValueError as e:
+                raise where.error(str(e), akey) from None
+
+    zone_index = _unique_names(zones, "zone", "zones", where)
+
+    zone_of: dict[str, str] = {}
+    for i, z in enumerate(zones):
+        prefix = f"zones[{i}]"
+        if z.global_:
+            if z.parent is not None:
+                raise where.error(f"global zone '{z.name}' cannot have a parent "
+                                  "(global zones are synced to every zone)", f"{prefix}.parent")
+            if z.endpoints:
+                raise where.error(f"global zone '{z.name}' cannot have endpoints",
+                                  f"{prefix}.endpoints")
+        for k, ep in enumerate(z.endpoints):
+            key = f"{prefix}.endpoints[{k}]"
+            if ep not in ep_index:
+                hint = suggest(ep, ep_index) or f" ({where.define_endpoint_hint(ep)})"
+                raise where.error(f"endpoint '{ep}' is not defined{hint}", key)
+            if ep in zone_of:
+                other = zone_of[ep]
+                if other == z.name:
+                    raise where.error(f"endpoint '{ep}' is listed twice in zone '{z.name}'", key)
+                raise where.error(f"endpoint '{ep}' is already in zone '{other}' "
+                                  "(an endpoint belongs to one zone only)", key)
+            zone_of[ep] = z.name
+        if z.parent is not None:
+            key = f"{prefix}.parent"
+            if z.parent == z.name:
+                raise where.error(f"zone '{z.name}' cannot be its own parent", key)
+            if z.parent not in zone_index:
+                raise where.error(f"zone '{z.parent}' is not defined"
+                                  f"{suggest(z.parent, zone_index)}", key)
+            if zones[zone_index[z.parent]].global_:
+                raise where.error(f"parent zone '{z.parent}' is a global zone "
+                                  "(a parent must be a normal zone)", key)
+
+    parents = {z.name: z.parent for z in zones if z.parent is not None}
+    for i, z in enumerate(zones):
+        chain = [z.name]
+        cur = parents.get(z.name)
+        while cur is not None and cur not in chain:
+            chain.append(cur)
+            cur = parents.get(cur)
+        if cur == z.name:
+            cycle = " -> ".join(chain + [z.name])
+            raise where.error(f"zone parents form a cycle: {cycle}", f"zones[{i}].parent")
+
+    if node_name is not None and node_name not in zone_of:
+        if node_name not in ep_index:
+            hint = suggest(node_name, ep_index)
+            raise where.error(
+                f"node '{node_name}' is not a defined endpoint{hint}; "
+                f"{where.define_endpoint_hint(node_name).replace(' for it', '')} and list it "
+                "in the endpoints of its zone", "node.name")
+        names = ", ".join(f"'{z.name}'" for z in zones if not z.global_) or "none"
+        raise where.error(f"node '{node_name}' is not an endpoint of any zone "
+                          f"(zones: {names})", "node.name")
+
+
+def validate(cfg: RouterConfig) -> None:
+    """Check the semantics of a configuration (also one built in code); raise ConfigError.
+
+    :func:`parse_config` and :func:`load_config` call it with line information.
+    """
+    validate_at(cfg, Where(cfg.path))
+
+
+def _check_checks(cfg: RouterConfig, where: Where) -> None:
+    """A check's zone must exist; its command_endpoint must be us, a peer of our zone or an
+    endpoint of a direct child zone (Icinga sends ExecuteCommand only to those)."""
+    zone_of = {e: z.name for z in cfg.zones for e in z.endpoints}
+    local = zone_of.get(cfg.node.name)
+    children = {z.name for z in cfg.zones if z.parent == local and not z.global_}
+    names = [z.name for z in cfg.zones]
+    seen: set[str] = set()
+    for i, check in enumerate(cfg.checks):
+        prefix = f"checks[{i}]"
+        if check.name in seen:
+            raise where.error(f"check '{check.name}' is defined twice", f"{prefix}.host")
+        seen.add(check.name)
+        if check.zone is not None and check.zone not in names:
+            raise where.error(f"zone '{check.zone}' is not defined{suggest(check.zone, names)}",
+                              f"{prefix}.zone")
+        ep = check.command_endpoint
+        if ep is not None and ep != cfg.node.name:
+            if ep not in zone_of:
+                raise where.error(f"endpoint '{ep}' is not in any zone"
+                                  f"{suggest(ep, list(zone_of))}", f"{prefix}.command_endpoint")
+            if zone_of[ep] != local and zone_of[ep] not in children:
+                raise where.error(f"command_endpoint '{ep}' must be in our zone or a direct "
+                                  f"child zone (it is in '{zone_of[ep]}')",
+                                  f"{prefix}.command_endpoint")
+
+
+def validate_at(cfg: RouterConfig, where: Where) -> None:
+    """:func:`validate`, with ``where`` placing the errors at the lines of the parsed file."""
+    node = cfg.node
+    # A configuration built in code may hold anything: its values are checked as objects.
+    node_name: object = node.name
+    problem = (check_name(node_name, "node") if isinstance(node_name, str)
+               else "node name must be a string")
+    if problem:
+        raise where.error(problem, "node.name")
+    data_dir: object = node.data_dir
+    if not isinstance(data_dir, str) or not data_dir:
+        raise where.error("data_dir must not be empty", "node.data_dir")
+    version: object = node.icinga_version
+    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+        raise where.error(f"must be a positive integer, got {node.icinga_version!r}",
+                          "node.icinga_version")
+
+    listeners: tuple[tuple[str, object], ...] = (("listen", cfg.listen),
+                                                 ("status_listen", cfg.status_listen))
+    for key, addr in listeners:
+        if addr is None:
+            continue
+        if (not isinstance(addr, tuple) or len(addr) != 2 or not isinstance(addr[0], str)
+                or isinstance(addr[1], bool) or not isinstance(addr[1], int)
+                or not 0 <= addr[1] <= 65535):
+            raise where.error(f"expected a (host, port) pair, got {addr!r}", key)
+    if cfg.listen is not None and cfg.listen == cfg.status_listen and cfg.listen[1] != 0:
+        raise where.error(f"status_listen must differ from listen "
+                          f"({format_address(*cfg.listen)})", "status_listen")
+
+    for key, value, choices in (("log_level", cfg.log_level, LOG_LEVELS),
+                                ("results", cfg.results, RESULTS_MODES),
+                                ("objects.unknown", cfg.objects.unknown, UNKNOWN_MODES)):
+        if value not in choices:
+            options = ", ".join(f"'{c}'" for c in choices)
+            raise where.error(f"invalid value {value!r}: expected one of {options}", key)
+
+    for f in dataclasses.fields(Limits):
+        value = getattr(cfg.limits, f.name)
+        if f.name == "handshake_threads":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 256:
+                raise where.error(f"must be an integer from 0 to 256, got {value!r}",
+                                  f"limits.{f.name}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise where.error(f"must be a positive integer, got {value!r}", f"limits.{f.name}")
+    for kind in ("bytes", "messages"):
+        low = getattr(cfg.limits, f"send_queue_low_{kind}")
+        high = getattr(cfg.limits, f"send_queue_high_{kind}")
+        if low >= high:
+            key = where.first_line_key(f"limits.send_queue_low_{kind}",
+                                       f"limits.send_queue_high_{kind}")
+            raise where.error(f"send_queue_low_{kind} ({low}) must be lower than "
+                              f"send_queue_high_{kind} ({high})", key)
+
+    for f in dataclasses.fields(Timeouts):
+        value = getattr(cfg.timeouts, f.name)
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value <= 0):
+            raise where.error(f"must be a positive number of seconds, got {value!r}",
+                              f"timeouts.{f.name}")
+    t = cfg.timeouts
+    if t.reconnect_min > t.reconnect_max:
+        key = where.first_line_key("timeouts.reconnect_min", "timeouts.reconnect_max")
+        raise where.error(f"reconnect_min ({t.reconnect_min:g}) must not exceed reconnect_max "
+                          f"({t.reconnect_max:g})", key)
+    if t.heartbeat_interval >= t.liveness:
+        key = where.first_line_key("timeouts.heartbeat_interval", "timeouts.liveness")
+        raise where.error(f"heartbeat_interval ({t.heartbeat_interval:g}) must be shorter than "
+                          f"liveness ({t.liveness:g}), or peers time out while idle", key)
+
+    check_topology_at(cfg.zones, cfg.endpoints, node.name, where)
+
+    zone_names = [z.name for z in cfg.zones]
+    hosts: Iterable[tuple[object, str]] = cfg.objects.hosts.items()
+    for host, zone in hosts:
+        key = f"objects.hosts.{host}"
+        if not isinstance(host, str) or not host:
+            raise where.error("host name must not be empty", key)
+        if zone not in zone_names:
+            raise where.error(f"zone '{zone}' is not defined{suggest(zone, zone_names)}", key)
+
+    _check_checks(cfg, where)
+
+    ep_names = {e.name: i for i, e in enumerate(cfg.endpoints)}
+    durations: Iterable[tuple[str, object]] = cfg.endpoint_log_duration.items()
+    for name, seconds in durations:
+        key = f"endpoints[{ep_names[name]}].log_duration" if name in ep_names else \
+            "endpoints"
+        if name not in ep_names:
+            raise where.error(f"log_duration given for unknown endpoint '{name}'", key)
+        if (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                or not math.isfinite(seconds) or seconds < 0):
+            raise where.error(f"must be zero or a positive number of seconds, got {seconds!r}",
+                              key)
