@@ -169,8 +169,10 @@ class _PluginProcess:
     # ----------------------------------------------------------------- watchers
 
     def start(self, deadline: float) -> None:
-        os.set_blocking(self.fd, False)
-        self.loop.add_reader(self.fd, self._on_readable)
+        fd = self.fd
+        assert fd is not None       # set by __init__, only cleared once the pipe is closed
+        os.set_blocking(fd, False)
+        self.loop.add_reader(fd, self._on_readable)
         try:
             self.pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):
@@ -186,10 +188,11 @@ class _PluginProcess:
         if self.exited:
             return
         try:
-            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            exited = os.waitid(os.P_PID, self.pid,
+                               os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
-            info = True
-        if info is not None:
+            exited = True
+        if exited:
             self._on_exit()
             return
         self.loop.call_later(delay, self._poll_exit, min(delay * 2, 0.1))

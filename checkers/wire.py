@@ -131,7 +131,7 @@ def result_from_reply(reply: dict[str, Any]) -> PluginResult:
     if not isinstance(exit_status, int) or not isinstance(output, str) \
             or not isinstance(perfdata, list):
         raise WireError("malformed reply: wrong field types")
-    error = reply.get("error")
+    error_text = reply.get("error")
     return PluginResult(exit_status, output, [str(item) for item in perfdata], start, end,
                         bool(reply.get("timed_out")), bool(reply.get("truncated")),
-                        error if isinstance(error, str) else None)
+                        error_text if isinstance(error_text, str) else None)

@@ -15,13 +15,15 @@ import re
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Iterable, Sequence
+from typing import Any, Final, Iterable, Sequence, TypeGuard, TypeVar
 
 from router.errors import RouterError
 
 __all__ = ["StatusFetchError", "fetch_status", "format_status", "status_url"]
 
-DASH = "-"
+DASH: Final = "-"
+
+_T = TypeVar("_T")
 
 
 class StatusFetchError(RouterError):
@@ -42,7 +44,7 @@ def status_url(url: str) -> str:
     return base + "/v1/status"
 
 
-def fetch_status(url: str, timeout: float = 5.0) -> dict:
+def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any]:
     """GET ``{url}/v1/status`` and return the decoded document.
 
     Raises :class:`StatusFetchError` (a :class:`RouterError`) naming the URL and the cause
@@ -75,7 +77,7 @@ def fetch_status(url: str, timeout: float = 5.0) -> dict:
 
 # --------------------------------------------------------------------------- formatting
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _text(value: Any) -> str:
@@ -87,7 +89,7 @@ def _text(value: Any) -> str:
     return text if text else DASH
 
 
-def _is_num(value: Any) -> bool:
+def _is_num(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -173,12 +175,12 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]],
     return result
 
 
-def _section(doc: dict, key: str, kind: type) -> Any:
+def _section(doc: dict[str, Any], key: str, kind: type[_T]) -> _T:
     value = doc.get(key)
     return value if isinstance(value, kind) else kind()
 
 
-def _dicts(items: Any) -> list[dict]:
+def _dicts(items: Any) -> list[dict[str, Any]]:
     if not isinstance(items, list):
         return []
     return [item for item in items if isinstance(item, dict)]
@@ -189,7 +191,7 @@ def _kv_lines(pairs: Sequence[tuple[str, str]]) -> list[str]:
     return [f"  {k + ':':<{width + 1}} {v}" for k, v in pairs]
 
 
-def format_status(doc: dict, *, now: float | None = None) -> str:
+def format_status(doc: dict[str, Any], *, now: float | None = None) -> str:
     """A readable multi-section text for a ``/v1/status`` document.
 
     Sections: node line, zones table, endpoints table, connections and totals, process.

@@ -31,11 +31,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Union
+from typing import Final, Union, overload
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from router.errors import TLSSetupError
@@ -194,6 +195,24 @@ def load_ca(directory: str | os.PathLike[str]) -> tuple[x509.Certificate, Privat
     if _spki(cert.public_key()) != _spki(key.public_key()):
         raise TLSSetupError(f"{key_path}: key does not match certificate {cert_path}")
     return cert, key
+
+
+@overload
+def issue_certificate(
+    ca_cert: x509.Certificate, ca_key: PrivateKey, common_name: str, *,
+    key: PrivateKey | None = None, key_type: str = "ec",
+    days: int = LEAF_VALID_DAYS, not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> tuple[x509.Certificate, PrivateKey]: ...
+
+
+@overload
+def issue_certificate(
+    ca_cert: x509.Certificate, ca_key: PrivateKey, common_name: str, *,
+    key: PublicKey, key_type: str = "ec",
+    days: int = LEAF_VALID_DAYS, not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> tuple[x509.Certificate, PublicKey]: ...
 
 
 def issue_certificate(
@@ -357,8 +376,8 @@ def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
     return key
 
 
-def _spki(public: object) -> bytes:
-    return public.public_bytes(  # type: ignore[attr-defined]
+def _spki(public: CertificatePublicKeyTypes) -> bytes:
+    return public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -395,7 +414,7 @@ def ensure_node_pki(data_dir: str | os.PathLike[str], node_name: str) -> NodePKI
     key = load_private_key(result.key) if result.key.exists() else None
     cert, key = issue_certificate(ca_cert, ca_key, node_name, key=key)
     if not result.key.exists():
-        write_private_key(result.key, key)  # type: ignore[arg-type]
+        write_private_key(result.key, key)
     write_certificate(result.cert, cert)
     return result
 
@@ -418,7 +437,7 @@ def issue_node_files(ca_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     out_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     cert, key = issue_certificate(ca_cert, ca_key, node_name, key_type=key_type)
     cert_path, key_path = out_dir / f"{node_name}.crt", out_dir / f"{node_name}.key"
-    write_private_key(key_path, key)  # type: ignore[arg-type]
+    write_private_key(key_path, key)
     write_certificate(cert_path, cert)
     if out_dir.resolve() != ca_dir.resolve():
         _copy_ca(ca_dir / "ca.crt", out_dir / "ca.crt")

@@ -8,13 +8,13 @@ tested on their own. Shapes follow Icinga 2.13's ``MakeCheckResultMessage`` and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from router.protocol import jsonrpc
 
-STATE_UNKNOWN = 3
+STATE_UNKNOWN: Final = 3
 #: Exit code Icinga reports for API executions a node refuses to run.
-EXIT_NOT_ACCEPTED = 126
+EXIT_NOT_ACCEPTED: Final = 126
 
 
 def check_result(host: str, service: str | None, *, state: int, output: str, now: float,

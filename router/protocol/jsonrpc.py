@@ -20,7 +20,7 @@ check only walks the object when the bracket count says it could be too deep.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -36,7 +36,7 @@ __all__ = [
     "response",
 ]
 
-CHECK_RESULT_METHOD = "event::CheckResult"
+CHECK_RESULT_METHOD: Final = "event::CheckResult"
 
 
 @dataclass(slots=True)
@@ -44,9 +44,9 @@ class Message:
     """One decoded JSON-RPC message; the fields are extracted once at parse time."""
 
     raw: bytes                  # the payload exactly as received (no netstring framing)
-    data: dict                  # the parsed top-level object (parsed once, with orjson)
+    data: dict[str, Any]        # the parsed top-level object (parsed once, with orjson)
     method: str | None          # None when missing or not a string (dropped by the node)
-    params: dict | None         # None when missing or not an object
+    params: dict[str, Any] | None  # None when missing or not an object
     id: object | None           # JSON-RPC id when present (request), else None
     ts: float | None            # top-level "ts" when it is a number
     origin_zone: str | None     # top-level "originZone" when it is a string
@@ -114,14 +114,14 @@ def _is_valid_utf8(payload: bytes) -> bool:
     return True
 
 
-def _deeper_than(value: dict | list, max_depth: int) -> bool:
+def _deeper_than(value: dict[str, Any] | list[Any], max_depth: int) -> bool:
     """Whether ``value`` nests containers more than ``max_depth`` levels deep.
 
     Iterative on purpose: orjson accepts up to 1024 levels, more than Python's default
     recursion limit, and a recursive walk would turn a hostile payload into a
     ``RecursionError`` instead of an ``InvalidMessage``.
     """
-    stack: list[tuple[dict | list, int]] = [(value, 1)]
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > max_depth:
@@ -132,12 +132,12 @@ def _deeper_than(value: dict | list, max_depth: int) -> bool:
     return False
 
 
-def encode(data: dict) -> bytes:
+def encode(data: dict[str, Any]) -> bytes:
     """Encode a message object as compact UTF-8 JSON (the netstring payload)."""
     return orjson.dumps(data)
 
 
-def notification(method: str, params: dict, ts: float | None = None) -> bytes:
+def notification(method: str, params: dict[str, Any], ts: float | None = None) -> bytes:
     """Encode a notification the way Icinga writes one.
 
     Keys are sorted (Icinga's ``Dictionary`` is an ordered map, so its output is sorted
@@ -191,7 +191,7 @@ def relay_payload(msg: Message, ts: float, origin_zone: str | None) -> bytes:
     return orjson.dumps(data)
 
 
-def _with_performance_data(params: dict | None) -> dict | None:
+def _with_performance_data(params: dict[str, Any] | None) -> dict[str, Any] | None:
     """A copy of ``params`` whose ``cr`` has ``performance_data``, or None if no change."""
     if params is None:
         return None

@@ -22,16 +22,18 @@ bad byte is reported as early as Icinga would report it, not only once a ``:`` t
 
 from __future__ import annotations
 
+from typing import Final
+
 from router.errors import FramingError, MessageTooLarge
 
 __all__ = ["MAX_LENGTH_DIGITS", "NetstringDecoder", "encode"]
 
-MAX_LENGTH_DIGITS = 9
+MAX_LENGTH_DIGITS: Final = 9
 """Icinga: "Length specifier must not exceed 9 characters"."""
 
-_COMMA = 0x2C
-_ZERO = 0x30
-_HEADER_WINDOW = MAX_LENGTH_DIGITS + 1   # the longest legal prefix including its ':'
+_COMMA: Final = 0x2C
+_ZERO: Final = 0x30
+_HEADER_WINDOW: Final = MAX_LENGTH_DIGITS + 1   # the longest legal prefix including its ':'
 
 
 def encode(payload: bytes) -> bytes:
@@ -186,7 +188,8 @@ class NetstringDecoder:
                 raise FramingError(f"Invalid NetString (missing ,): found "
                                    f"{bytes([buf[end]])!r} after a {length}-byte payload")
             if view is None:
-                frames.append(buf[colon + 1:end])
+                # ``buf`` is the caller's bytes whenever there is no view (feed_into).
+                frames.append(buf[colon + 1:end])  # type: ignore[arg-type]
             else:
                 frames.append(bytes(view[colon + 1:end]))
             pos = end + 1

@@ -68,7 +68,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import IntEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from router.errors import FramingError, InvalidMessage, ProtocolError
 from router.protocol import netstring
@@ -90,17 +90,18 @@ __all__ = [
     "State",
 ]
 
-HELLO_METHOD = "icinga::Hello"
-HEARTBEAT_METHOD = "event::Heartbeat"
-REQUEST_CERTIFICATE_METHOD = "pki::RequestCertificate"
+HELLO_METHOD: Final = "icinga::Hello"
+HEARTBEAT_METHOD: Final = "event::Heartbeat"
+REQUEST_CERTIFICATE_METHOD: Final = "pki::RequestCertificate"
 
-DEFAULT_HELLO_PARAMS: Mapping[str, Any] = MappingProxyType({"version": 21306, "capabilities": 1})
+DEFAULT_HELLO_PARAMS: Final[Mapping[str, Any]] = MappingProxyType(
+    {"version": 21306, "capabilities": 1})
 """What Icinga 2.13.6 announces: version 2*10000 + 13*100 + 6, capability bit 0."""
 
-HEARTBEAT_FRAME = netstring.encode(notification(HEARTBEAT_METHOD, {}))
+HEARTBEAT_FRAME: Final = netstring.encode(notification(HEARTBEAT_METHOD, {}))
 """The framed heartbeat, byte-identical to Icinga's; it never changes, so built once."""
 
-_DIGITS = frozenset(b"0123456789")
+_DIGITS: Final = frozenset(b"0123456789")
 
 
 class Role(IntEnum):
@@ -301,7 +302,7 @@ class PeerProtocol:
             self._start_enrollment()
         self._events.append(MessageReceived(message))
 
-    def _receive_hello(self, params: dict | None) -> None:
+    def _receive_hello(self, params: dict[str, Any] | None) -> None:
         version = _hello_number(params, "version")
         capabilities = _hello_number(params, "capabilities")
         self.remote_version = version
@@ -335,7 +336,7 @@ class PeerProtocol:
         return min(expired)[1] if expired else None
 
 
-def _hello_number(params: dict | None, key: str) -> int:
+def _hello_number(params: dict[str, Any] | None, key: str) -> int:
     """``params[key]`` as a non-negative integer, 0 when missing or not a usable number.
 
     Icinga stores whatever number it gets and treats version 0 as "older than 2.13";

@@ -182,7 +182,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Set as AbstractSet
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
+from typing import Any, Final, NamedTuple
 
 from router.errors import ConfigError
 from router.routing.topology import Topology
@@ -257,7 +257,7 @@ _O, _L, _D = Perm.OBJ, Perm.LOCAL, Perm.DOWN
 _T_OBJ, _T_LOC, _T_NONE = Target.OBJECT, Target.LOCAL_ZONE, Target.NONE
 
 #: Every method of Icinga 2.13.6 (26), keyed by method name.
-METHODS: dict[str, MethodSpec] = dict((
+METHODS: Final[dict[str, MethodSpec]] = dict((
     # direct, consumed by the peer protocol / the node
     _spec("icinga::Hello", Perm.NONE, ObjRef.NONE, _T_NONE, _T_NONE, False, True,
           needs_params=False),
@@ -301,8 +301,8 @@ METHODS: dict[str, MethodSpec] = dict((
 ))
 
 #: Every refusal token :class:`Router` may return.
-REASONS = ("unknown_method", "no_params", "anonymous", "not_allowed", "unknown_object",
-           "wrong_zone", "not_routed")
+REASONS: Final = ("unknown_method", "no_params", "anonymous", "not_allowed",
+                  "unknown_object", "wrong_zone", "not_routed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,9 +370,15 @@ class RouteDecision:
     local: bool                        # this node should also consume it (result view)
 
 
-_REFUSED = {r: RouteDecision(False, r, (), (), None, False, False) for r in REASONS}
-_CONSUMED = RouteDecision(True, None, (), (), None, False, True)
-_MISSING = object()
+class _Missing(Enum):
+    """Type of the :data:`_MISSING` sentinel (an enum member, so ``is`` narrows it)."""
+
+    MISSING = 0
+
+
+_REFUSED: Final = {r: RouteDecision(False, r, (), (), None, False, False) for r in REASONS}
+_CONSUMED: Final = RouteDecision(True, None, (), (), None, False, True)
+_MISSING: Final = _Missing.MISSING
 
 # A relay plan is a tuple of (zone name, endpoints of that zone except us, is our zone), one per
 # served zone, in relay order, zones without other endpoints left out.
@@ -465,10 +471,13 @@ class Router:
         self._access: dict[str, frozenset[str] | None] = {}
         for z in t.zone_names:
             spec = t.zone(z)
+            assert spec is not None  # z is one of t.zone_names
             self._access[z] = None if spec.global_ else frozenset((z, *t.ancestors(z)))
         children = frozenset(t.child_zones)
         self._plans: dict[str, _Plan] = {z: self._build_plan(z, children) for z in t.zone_names}
-        self._local_sorted = tuple(sorted(t.zone(local).endpoints))
+        local_spec = t.zone(local)
+        assert local_spec is not None  # the topology guarantees the local zone
+        self._local_sorted = tuple(sorted(local_spec.endpoints))
 
     # -- precomputation --------------------------------------------------------------------
 
@@ -478,7 +487,9 @@ class Router:
         out: list[tuple[str, tuple[str, ...], bool]] = []
         seen: set[str] = set()
         for z in (target, *t.ancestors(target)):
-            if t.zone(z).global_:
+            spec = t.zone(z)
+            assert spec is not None  # a zone of the topology or one of its ancestors
+            if spec.global_:
                 served: tuple[str, ...] = (local, *t.child_zones)
             elif z == local or z == self._parent or z in children:
                 served = (z,)
@@ -488,7 +499,9 @@ class Router:
                 if s in seen:
                     continue
                 seen.add(s)
-                eps = tuple(e for e in t.zone(s).endpoints if e != me)
+                served_spec = t.zone(s)
+                assert served_spec is not None  # our zone, a child zone or a zone above
+                eps = tuple(e for e in served_spec.endpoints if e != me)
                 if eps:
                     out.append((s, eps, s == local))
         return tuple(out)
@@ -516,8 +529,8 @@ class Router:
         """Served zones and their candidate endpoints for a relay starting at ``zone`` (debug)."""
         return tuple((z, eps) for z, eps, _ in self._plans.get(zone, ()))
 
-    def route(self, method: str, params: dict | None, sender: str, origin_zone: str | None,
-              connected: AbstractSet[str]) -> RouteDecision:
+    def route(self, method: str, params: dict[str, Any] | None, sender: str,
+              origin_zone: str | None, connected: AbstractSet[str]) -> RouteDecision:
         """Decide what to do with ``method`` received from the known endpoint ``sender``."""
         c = self._methods.get(method)
         if c is None:
@@ -535,7 +548,7 @@ class Router:
             from_zone = szone
         return self._decide(c, params, sender, szone, from_zone, connected, c.target)
 
-    def route_local(self, method: str, params: dict | None,
+    def route_local(self, method: str, params: dict[str, Any] | None,
                     connected: AbstractSet[str]) -> RouteDecision:
         """Decide where a message this node originates goes (no sender, no from_zone)."""
         c = self._methods.get(method)
@@ -549,7 +562,7 @@ class Router:
 
     # -- core ------------------------------------------------------------------------------
 
-    def _decide(self, c: _Compiled, params: dict | None, sender: str | None,
+    def _decide(self, c: _Compiled, params: dict[str, Any] | None, sender: str | None,
                 szone: str | None, from_zone: str | None, connected: AbstractSet[str],
                 target: int) -> RouteDecision:
         perm = c.perm
@@ -573,7 +586,8 @@ class Router:
             if sender is not None and szone not in self._down_ok:
                 return _REFUSED["not_allowed"]
 
-        # the object and its zone
+        # the object and its zone (every method with an object key, a CONFIG or an EXEC target
+        # needs params, so the callers already refused a missing params: the ignores below)
         obj_zone = None
         key = c.key
         if key is not None:
@@ -588,7 +602,7 @@ class Router:
                 obj_zone = objects.lookup(name)
                 if obj_zone is None:
                     if c.learn and from_zone in self._below and objects.unknown is _LEARN:
-                        objects.learn(name, from_zone)  # type: ignore[arg-type]
+                        objects.learn(name, from_zone)
                         obj_zone = from_zone
                     else:
                         return _REFUSED["unknown_object"]
@@ -629,7 +643,10 @@ class Router:
             if tz != local and tz not in self._below:
                 return _refuse("wrong_zone", tz)
 
-        targets, unreachable = self._relay(self._plans[tz], sender, from_zone, connected)
+        # tz is a str: only an OBJECT target takes obj_zone, and every OBJECT method names an
+        # object (ObjRef), so obj_zone was set above; the checker cannot see that table fact.
+        targets, unreachable = self._relay(
+            self._plans[tz], sender, from_zone, connected)  # type: ignore[index]
         return _decision(targets, unreachable, tz, c.logged, c.local)
 
     def _relay(self, plan: _Plan, sender: str | None, from_zone: str | None,

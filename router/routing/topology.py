@@ -39,6 +39,15 @@ class EndpointSpec:
     addresses: tuple[tuple[str, int], ...] = ()
 
 
+def _is_name(name: object) -> bool:
+    """Whether ``name`` is a non-empty string.
+
+    The specs are annotated ``str`` but may be built from unchecked input (``object``
+    here, so the type checker keeps the check instead of calling it redundant).
+    """
+    return isinstance(name, str) and bool(name)
+
+
 class Relation(Enum):
     """Where an endpoint sits as seen from the local endpoint."""
 
@@ -65,7 +74,7 @@ class Topology:
                  local_endpoint: str) -> None:
         zmap: dict[str, ZoneSpec] = {}
         for z in zones:
-            if not isinstance(z.name, str) or not z.name:
+            if not _is_name(z.name):
                 raise ConfigError(f"zone with an empty or invalid name: {z.name!r}")
             if z.name in zmap:
                 raise ConfigError(f"zone '{z.name}' is defined twice", key=z.name)
@@ -75,7 +84,7 @@ class Topology:
             zmap[z.name] = z
         emap: dict[str, EndpointSpec] = {}
         for e in endpoints:
-            if not isinstance(e.name, str) or not e.name:
+            if not _is_name(e.name):
                 raise ConfigError(f"endpoint with an empty or invalid name: {e.name!r}")
             if e.name in emap:
                 raise ConfigError(f"endpoint '{e.name}' is defined twice", key=e.name)

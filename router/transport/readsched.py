@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Protocol
+from typing import Final, Protocol
 
 #: Bytes the readers admitted for one loop turn are expected to read, together.
-TURN_INPUT_BUDGET = 1024 * 1024
+TURN_INPUT_BUDGET: Final = 1024 * 1024
 #: What a connection is assumed to read next when its last read was smaller.
-MIN_EXPECTED_READ = 2048
+MIN_EXPECTED_READ: Final = 2048
 
 
 class Parked(Protocol):

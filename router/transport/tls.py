@@ -40,6 +40,7 @@ from typing import Final
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from router.errors import TLSSetupError
 from router.pki import load_certificates, load_private_key
@@ -91,8 +92,8 @@ def _as_utc(value: dt.datetime | float | None) -> dt.datetime:
     return dt.datetime.fromtimestamp(value, dt.timezone.utc)
 
 
-def _spki(public: object) -> bytes:
-    return public.public_bytes(  # type: ignore[attr-defined]
+def _spki(public: CertificatePublicKeyTypes) -> bytes:
+    return public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -292,7 +293,11 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
     info = ssl_object.getpeercert()
     if not info:
         return None
-    for rdn in info.get("subject", ()):
+    # typeshed types every value of the dict as one union of all shapes; "subject" is
+    # always the sequence of RDNs, each a sequence of (attribute, value) pairs.
+    subject: tuple[tuple[tuple[str, str], ...], ...] = info.get(  # type: ignore[assignment]
+        "subject", ())
+    for rdn in subject:
         for attr, value in rdn:
             if attr == "commonName":
                 return value

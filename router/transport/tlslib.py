@@ -33,7 +33,8 @@ from __future__ import annotations
 import os
 import ssl
 import weakref
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -42,17 +43,22 @@ from router.transport import tls
 from router.config import TLS_LIBRARIES as LIBRARIES
 from router.errors import TLSSetupError
 
+if TYPE_CHECKING:
+    # Imported lazily at run time (only the ``bundled`` library needs pyOpenSSL).
+    import OpenSSL.SSL
+    import OpenSSL.crypto
+
 __all__ = ["LIBRARIES", "TLSLibrary", "TLSSession", "contexts"]
 
 #: pyOpenSSL allocates the whole size asked for on every ``recv`` and ``bio_read`` (also
 #: when nothing comes back); above glibc's mmap threshold (128 KiB) each call would map
 #: and unmap memory. A record holds at most 16 KiB of plaintext, and one ``recv`` returns
 #: at most one record.
-_READ_MAX = 16 * 1024
-_OUT_CHUNK = 64 * 1024
+_READ_MAX: Final = 16 * 1024
+_OUT_CHUNK: Final = 64 * 1024
 #: SSL_MODE_NO_AUTO_CHAIN (ssl.h; pyOpenSSL has no name for it): send the chain that was
 #: loaded instead of completing it from the trust store on every handshake.
-_MODE_NO_AUTO_CHAIN = 0x00000008
+_MODE_NO_AUTO_CHAIN: Final = 0x00000008
 
 
 class TLSSession(Protocol):
@@ -198,7 +204,7 @@ class _SystemSession:
 # -- bundled: pyOpenSSL on cryptography's OpenSSL -------------------------------------------
 
 def _bundled_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str],
-                     key: str | os.PathLike[str], server_side: bool):  # type: ignore[no-untyped-def]
+                     key: str | os.PathLike[str], server_side: bool) -> OpenSSL.SSL.Context:
     from OpenSSL import SSL
 
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD if server_side else SSL.TLS_CLIENT_METHOD)
@@ -240,7 +246,8 @@ def _bundled_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str],
     return ctx
 
 
-def _note_verify_result(conn, cert, errnum: int, depth: int, ok: int) -> bool:  # type: ignore[no-untyped-def]
+def _note_verify_result(conn: OpenSSL.SSL.Connection, cert: OpenSSL.crypto.X509, errnum: int,
+                        depth: int, ok: int) -> bool:
     if not ok:
         ref = conn.get_app_data()
         session = ref() if ref is not None else None
@@ -249,7 +256,11 @@ def _note_verify_result(conn, cert, errnum: int, depth: int, ok: int) -> bool:  
     return bool(ok)
 
 
-def _mem_bio_length():  # type: ignore[no-untyped-def]
+#: ``length(bio)`` of a memory BIO. The BIO is a cffi pointer: cffi objects have no types.
+_BIOLength: TypeAlias = Callable[[Any], int]
+
+
+def _mem_bio_length() -> _BIOLength | None:
     """``length(bio)`` of a memory BIO through the binding pyOpenSSL uses, or None if a
     later pyOpenSSL moves it (sessions then learn "no output" from an exception)."""
     try:
@@ -259,6 +270,15 @@ def _mem_bio_length():  # type: ignore[no-untyped-def]
     except Exception:  # noqa: BLE001 - any breakage of a private binding
         return None
     return lambda bio: get(bio, null)
+
+
+class _SSLModule(Protocol):
+    """What a session uses of the ``OpenSSL.SSL`` module (kept on it: imported lazily)."""
+
+    Connection: type[OpenSSL.SSL.Connection]
+    Error: type[OpenSSL.SSL.Error]
+    WantReadError: type[OpenSSL.SSL.WantReadError]
+    ZeroReturnError: type[OpenSSL.SSL.ZeroReturnError]
 
 
 class BundledTLS:
@@ -272,7 +292,7 @@ class BundledTLS:
             from OpenSSL import SSL
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise TLSSetupError(f"[tls] library 'bundled' needs pyOpenSSL: {exc}") from None
-        self._SSL = SSL
+        self._SSL: _SSLModule = SSL
         self.server_side = server_side
         self.context = _bundled_context(ca, cert, key, server_side)
         self._output_length = _mem_bio_length()
@@ -289,7 +309,8 @@ def _verify_error_text(code: int) -> str:
     try:
         from OpenSSL._util import ffi, lib
 
-        return ffi.string(lib.X509_verify_cert_error_string(code)).decode(errors="replace")
+        text: bytes = ffi.string(lib.X509_verify_cert_error_string(code))   # cffi: untyped
+        return text.decode(errors="replace")
     except Exception:  # noqa: BLE001 - any breakage of a private binding
         return f"X509 verification error {code}"
 
@@ -298,8 +319,8 @@ def _verify_error(code: int) -> ssl.SSLCertVerificationError:
     text = _verify_error_text(code)
     exc = ssl.SSLCertVerificationError(
         1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {text}")
-    exc.reason = "CERTIFICATE_VERIFY_FAILED"        # type: ignore[attr-defined]
-    exc.library = "SSL"                             # type: ignore[attr-defined]
+    exc.reason = "CERTIFICATE_VERIFY_FAILED"
+    exc.library = "SSL"
     exc.verify_code = code
     exc.verify_message = text
     return exc
@@ -324,8 +345,8 @@ def _translate(exc: Exception, verify_error: int | None) -> ssl.SSLError:
     if name == "CERTIFICATE_VERIFY_FAILED" and verify_error is not None:
         return _verify_error(verify_error)
     out = ssl.SSLError(1, f"[SSL: {name}] {text}")
-    out.reason = name                               # type: ignore[misc]
-    out.library = "SSL"                             # type: ignore[misc]
+    out.reason = name
+    out.library = "SSL"
     return out
 
 
@@ -333,13 +354,14 @@ class _BundledSession:
     __slots__ = ("_SSL", "__weakref__", "_conn", "_output_bio", "_output_length",
                  "_server_side", "verify_error")
 
-    def __init__(self, SSL, context, server_side: bool,  # type: ignore[no-untyped-def]
-                 server_hostname: str | None, output_length=None) -> None:
+    def __init__(self, SSL: _SSLModule, context: OpenSSL.SSL.Context, server_side: bool,
+                 server_hostname: str | None, output_length: _BIOLength | None = None) -> None:
         self._SSL = SSL
         conn = SSL.Connection(context, None)
         # pull_output runs after every read, and usually finds nothing: asking the BIO
         # its length costs 0.2 us, learning it from pyOpenSSL's WantReadError 1.3 us.
-        self._output_bio = getattr(conn, "_from_ssl", None)
+        # The BIO is a private cffi pointer of pyOpenSSL's (cffi objects have no types).
+        self._output_bio: Any = getattr(conn, "_from_ssl", None)
         self._output_length = output_length if self._output_bio is not None else None
         if server_side:
             conn.set_accept_state()
