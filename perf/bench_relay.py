@@ -90,7 +90,7 @@ if str(REPO) not in sys.path:
 import orjson  # noqa: E402
 import psutil  # noqa: E402
 
-# The shared pieces (PKI, targets, agents, parent, CPU helpers) live in perf/common.py.
+# The shared pieces (PKI, targets, agents, parent, CPU helpers), re-exported by perf/common.py.
 from perf.common import (  # noqa: E402
     SAT,
     MASTER,
@@ -101,7 +101,7 @@ from perf.common import (  # noqa: E402
     client_context,
     BenchPKI,
     make_pki,
-    _tree,
+    process_tree,
     Target,
     RouterTarget,
     IcingaTarget,
@@ -204,7 +204,7 @@ async def run_target(target: Target, bench_pki: BenchPKI, args: argparse.Namespa
 
         root = target.root_pid()
         assert root is not None
-        node_procs = _tree(root)
+        node_procs = process_tree(root)
         gen_procs = [psutil.Process(p.pid) for p, _, _ in workers]
         main_proc = psutil.Process()
 

@@ -8,7 +8,7 @@ main process reads for the progress display without a round trip.
 Every agent has its own certificate (all agents may share one EC key: ``router perf``
 issues N certificates for one key, which is much faster than N key generations) and its
 own TLS session. The messages are ``event::CheckResult`` in the shape Icinga agents send
-(``perf.common.message_template``); ``cr.execution_end`` is the agent's wall clock at
+(``perf.wire.message_template``); ``cr.execution_end`` is the agent's wall clock at
 the moment of writing (microseconds, strictly increasing per agent), so the parent reads
 the end-to-end latency from it and ``(host, execution_end)`` identifies each result
 exactly once.
@@ -25,18 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from perf.common import (
+from perf.measure import raise_nofile
+from perf.wire import (
     HELLO,
     PACE_TICK,
     SAT,
     agent_name,
     client_context,
-    close_agents,
     message_template,
-    pipe_commands,
-    raise_nofile,
     stamped_frames,
 )
+from perf.workers import close_agents, pipe_commands
 
 # indices of the shared counter array (one per load process)
 C_SENT, C_BYTES, C_IDENTIFIED, C_CONNECTS, C_CONNECT_FAILURES, C_CLOSED_BY_PEER = range(6)

@@ -1,0 +1,36 @@
+"""The options of ``router perf`` (:class:`Options`) and its scenarios."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SCENARIOS", "Options"]
+
+#: order of --scenario all: max leaves a backlog in a slow node, storm restarts the node
+SCENARIOS = ("steady", "churn", "replay", "max", "storm")
+
+
+@dataclass
+class Options:
+    endpoints: int = 5000
+    rate: float | None = 5000.0          # results/s in total; None = max (flat out)
+    duration: float = 10.0
+    warmup: float = 3.0
+    payload_bytes: int = 1024
+    scenarios: tuple[str, ...] = ("steady",)
+    target: str | None = None            # HOST:PORT of an existing node
+    pki_dir: str | None = None           # its CA (ca.crt + ca.key) for --target
+    status_url: str | None = None        # our router's status URL for --target (optional)
+    against: str | None = None           # "icinga2": same workload against real Icinga 2
+    workers: int = 0                     # load processes (0: one per core)
+    batch: int = 32
+    sndbuf: int = 65536
+    replay_cut: float = 5.0
+    churn_fraction: float = 0.1
+    connect_timeout: float = 0.0         # 0: scaled with N
+    drain: float = 30.0
+    json_path: str | None = None
+    keep: bool = False
+    router_toml: str = ""                # appended to the demo router's configuration
+    key_type: str = "ec"                 # every key: ec, rsa (2048) or rsa4096 (Icinga's)
+    progress: bool | None = None         # None: when stderr is a terminal
