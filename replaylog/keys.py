@@ -81,7 +81,8 @@ def zone_meta_key(zone_id: int) -> bytes:
 
 def encode_name(name: str) -> bytes:
     """A zone or endpoint name as a key; ``ValueError`` when it cannot be one."""
-    if not isinstance(name, str) or not name:
+    # Checked at run time although annotated: names arrive from peers and config files.
+    if not isinstance(name, str) or not name:  # type: ignore[redundant-expr]
         raise ValueError(f"a zone or endpoint name must be a non-empty string, not {name!r}")
     data = name.encode("utf-8")
     if len(data) > MAX_NAME_BYTES:

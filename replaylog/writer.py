@@ -63,10 +63,10 @@ OnCommit = Callable[[int, int], None]
 class _Op:
     __slots__ = ("args", "fn", "future", "kwargs", "ticket")
 
-    def __init__(self, ticket: int, fn: Callable[..., Any], args: tuple, kwargs: dict
-                 ) -> None:
+    def __init__(self, ticket: int, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
         self.ticket = ticket
-        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -218,7 +218,7 @@ class ReplayWriter:
         return await loop.run_in_executor(None, self.flush, timeout)
 
     def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-             ) -> concurrent.futures.Future:
+             ) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` in the writer thread, after every record submitted
         before this call was committed. Its result or exception lands in the Future."""
         with self._lock:
@@ -230,17 +230,17 @@ class ReplayWriter:
         return op.future
 
     def confirm(self, endpoint: str, ts: float, *, now: float | None = None
-                ) -> concurrent.futures.Future:
+                ) -> concurrent.futures.Future[Any]:
         """``store.confirm`` in the writer thread (Future of the new position)."""
         return self.call(self.store.confirm, endpoint, ts, now=now)
 
     def prune(self, now: float, zones_endpoints: Mapping[str, Sequence[str]],
               log_duration: Mapping[str, float], **kwargs: Any
-              ) -> concurrent.futures.Future:
+              ) -> concurrent.futures.Future[Any]:
         """``store.prune`` in the writer thread (Future of ``PruneStats``)."""
         return self.call(self.store.prune, now, zones_endpoints, log_duration, **kwargs)
 
-    def enforce_cap(self, max_bytes: int | None = None) -> concurrent.futures.Future:
+    def enforce_cap(self, max_bytes: int | None = None) -> concurrent.futures.Future[Any]:
         """``store.enforce_cap`` in the writer thread (Future of evicted counts)."""
         return self.call(self.store.enforce_cap, max_bytes)
 
@@ -280,7 +280,7 @@ class ReplayWriter:
         """Write transactions committed for records."""
         return self._commits
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"submitted": self._submitted, "committed": self._committed,
                     "pending": self._submitted - self._committed,
