@@ -52,16 +52,16 @@ def make_pki(base: Path, agents: int, shared_key: bool = False,
     agent_key = None
     if shared_key:
         _, agent_key = pki.issue_certificate(ca_cert, ca_key, agent_name(0), key_type=key_type)
-        pki.write_private_key(out_dir / "agents.key", agent_key)  # type: ignore[arg-type]
+        pki.write_private_key(out_dir / "agents.key", agent_key)
     for name in [SAT, MASTER]:
         cert, key = pki.issue_certificate(ca_cert, ca_key, name, key_type=key_type)
-        pki.write_private_key(out_dir / f"{name}.key", key)  # type: ignore[arg-type]
+        pki.write_private_key(out_dir / f"{name}.key", key)
         pki.write_certificate(out_dir / f"{name}.crt", cert)
     for name in [agent_name(i) for i in range(agents)]:
         cert, key = pki.issue_certificate(ca_cert, ca_key, name, key=agent_key,
                                           key_type=key_type)
         if agent_key is None:
-            pki.write_private_key(out_dir / f"{name}.key", key)  # type: ignore[arg-type]
+            pki.write_private_key(out_dir / f"{name}.key", key)
         write_agent_chain(out_dir / f"{name}.crt", cert, ca_cert)
     return BenchPKI(ca_dir, out_dir)
 
@@ -89,12 +89,12 @@ def pki_from_ca(base: Path, ca_dir: Path, n: int, key_type: str = "ec") -> Bench
     out.mkdir(parents=True)
     shutil.copy(ca_dir / "ca.crt", out / "ca.crt")
     _, shared = pki.issue_certificate(ca_cert, ca_key, MASTER, key_type=key_type)
-    pki.write_private_key(out / "agents.key", shared)  # type: ignore[arg-type]
+    pki.write_private_key(out / "agents.key", shared)
     for name in [MASTER] + [agent_name(i) for i in range(n)]:
         cert, key = pki.issue_certificate(ca_cert, ca_key, name, key=shared)
         if name == MASTER:
             pki.write_certificate(out / f"{name}.crt", cert)
         else:
             write_agent_chain(out / f"{name}.crt", cert, ca_cert)
-        pki.write_private_key(out / f"{name}.key", key)  # type: ignore[arg-type]
+        pki.write_private_key(out / f"{name}.key", key)
     return BenchPKI(ca_dir, out)

@@ -63,7 +63,8 @@ def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def port_is_free(port: int) -> bool:
@@ -155,8 +156,8 @@ class IcingaNode:
         zone: str,
         *,
         api_port: int,
-        endpoints: list[dict],
-        zones: list[dict],
+        endpoints: list[dict[str, Any]],
+        zones: list[dict[str, Any]],
         services: str = "",
         accept_config: bool = True,
         accept_commands: bool = True,
@@ -466,8 +467,8 @@ class IcingaNode:
             self._ssl_context = ctx
         return self._ssl_context
 
-    def api(self, path: str, method: str = "GET", body: dict | None = None,
-            timeout: float = 10) -> dict:
+    def api(self, path: str, method: str = "GET", body: dict[str, Any] | None = None,
+            timeout: float = 10) -> dict[str, Any]:
         """Call the REST API and return the decoded JSON answer.
 
         Raises IcingaApiError on an HTTP error status (4xx/5xx), OSError when the
@@ -492,26 +493,27 @@ class IcingaNode:
             raise IcingaApiError(method, path, response.status, raw)
         return json.loads(raw) if raw else {}
 
-    def api_listener_status(self) -> dict:
+    def api_listener_status(self) -> dict[str, Any]:
         """The ``api`` object of /v1/status/ApiListener (conn_endpoints, zones, json_rpc...)."""
-        return self.api("/v1/status/ApiListener")["results"][0]["status"]["api"]
+        status: dict[str, Any] = self.api("/v1/status/ApiListener")["results"][0]["status"]["api"]
+        return status
 
     def connected_endpoints(self) -> list[str]:
         return list(self.api_listener_status().get("conn_endpoints", []))
 
-    def endpoint(self, name: str) -> dict | None:
+    def endpoint(self, name: str) -> dict[str, Any] | None:
         """Attributes of an Endpoint object (connected, syncing, log positions, rates)."""
         return self._object("endpoints", name)
 
-    def host(self, name: str) -> dict | None:
+    def host(self, name: str) -> dict[str, Any] | None:
         """Attributes of a Host (incl. last_check_result), None when unknown."""
         return self._object("hosts", name)
 
-    def service(self, host: str, service: str) -> dict | None:
+    def service(self, host: str, service: str) -> dict[str, Any] | None:
         """Attributes of a Service (incl. last_check_result), None when unknown."""
         return self._object("services", f"{host}!{service}")
 
-    def _object(self, kind: str, name: str) -> dict | None:
+    def _object(self, kind: str, name: str) -> dict[str, Any] | None:
         path = f"/v1/objects/{kind}/{urllib.parse.quote(name, safe='!')}"
         try:
             results = self.api(path)["results"]
@@ -522,7 +524,7 @@ class IcingaNode:
         return results[0]["attrs"] if results else None
 
     def process_check_result(self, host: str, service: str | None, exit_status: int,
-                             output: str, **extra: Any) -> dict:
+                             output: str, **extra: Any) -> dict[str, Any]:
         """POST /v1/actions/process-check-result for a service (or the host when
         ``service`` is None). ``extra`` adds parameters such as performance_data."""
         body: dict[str, Any] = {"exit_status": exit_status, "plugin_output": output, **extra}
@@ -530,7 +532,7 @@ class IcingaNode:
         return self.api("/v1/actions/process-check-result", "POST", body)
 
     def acknowledge(self, host: str, service: str | None, comment: str,
-                    author: str = "interop-test", **extra: Any) -> dict:
+                    author: str = "interop-test", **extra: Any) -> dict[str, Any]:
         """POST /v1/actions/acknowledge-problem (the object must be in a problem state)."""
         body: dict[str, Any] = {"author": author, "comment": comment, **extra}
         body.update(_target(host, service))

@@ -60,6 +60,8 @@ class _AgentProtocol(asyncio.Protocol):
     def __init__(self, agent: PerfAgent, handshake: asyncio.Future[None]) -> None:
         self.agent = agent
         self.handshake = handshake
+        #: set by connection_made before any other callback: the ``ignore[union-attr]``
+        #: below stand for a None check that would otherwise run on every write
         self.transport: asyncio.Transport | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -73,6 +75,7 @@ class _AgentProtocol(asyncio.Protocol):
         self.heard = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # create_connection() hands a protocol a Transport; Protocol's signature says Base
         self.transport = transport  # type: ignore[assignment]
         self._do_handshake()
 

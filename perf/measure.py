@@ -42,14 +42,16 @@ def raise_nofile() -> None:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def process_tree(pid: int) -> list[psutil.Process]:
     """The process ``pid`` and all its descendants (empty once it is gone)."""
     try:
         root = psutil.Process(pid)
-        return [root] + root.children(recursive=True)
+        children: list[psutil.Process] = root.children(recursive=True)
+        return [root] + children
     except psutil.NoSuchProcess:
         return []
 

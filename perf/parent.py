@@ -25,17 +25,17 @@ class Tally:
     """What the parent received; survives the parent's reconnect (replay)."""
     check_results: int = 0
     other: int = 0
-    methods: collections.Counter = field(default_factory=collections.Counter)
+    methods: collections.Counter[str] = field(default_factory=collections.Counter)
     parse_every: int = 1
     #: (arrival monotonic, latency s) of parsed results
-    latencies: list = field(default_factory=list)
-    bad: list = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
     last_ts: float = 0.0
     #: results ignored because their ts was older than last_ts (Icinga's receive rule)
     ignored_older: int = 0
     last_arrival: float = 0.0
     #: replay: (host, execution_end) -> times received; None when not tracking
-    keys: dict | None = None
+    keys: dict[tuple[str, Any], int] | None = None
     #: replay: only results stamped at or after this wall clock time count (the phase's)
     keys_since: float = 0.0
 

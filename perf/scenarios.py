@@ -167,7 +167,7 @@ class Session(SessionBase):
         await asyncio.sleep(opts.replay_cut)
         stopped = [r[1] for r in await self.ask_all(("stop",), 30)]
         sent = sum(s["sent"] for s in stopped)
-        per_agent_sent = collections.Counter()
+        per_agent_sent: collections.Counter[str] = collections.Counter()
         for s in stopped:
             per_agent_sent.update(s["per_agent_sent"])
         back = time.monotonic()

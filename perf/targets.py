@@ -14,7 +14,7 @@ import time
 import tomllib
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 #: The repository checkout (our router runs from there; ``version()`` asks its git).
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +52,10 @@ class Target:
         """The exit code when the node we started has exited (negative: killed by that
         signal); None while it runs, or when we did not start it."""
         return None
-    def connected_endpoints(self) -> set[str]: ...
-    def version(self) -> str: ...
+    def connected_endpoints(self) -> set[str]:
+        raise NotImplementedError
+    def version(self) -> str:
+        raise NotImplementedError
     def diagnostics(self) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
@@ -71,6 +73,7 @@ class RouterTarget(Target):
     """``python -m router serve --config FILE`` as a subprocess (own CPU, own GIL)."""
 
     name = "router"
+    log_path: Path                      # always set (Target's is None for an external node)
 
     def __init__(self, base: Path, bench_pki: BenchPKI, agents: int,
                  extra_toml: str = "", command: str = "") -> None:
@@ -84,7 +87,7 @@ class RouterTarget(Target):
         self.config_path = self.dir / "router.toml"
         self.log_path = self.dir / "router.out"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._out = None
+        self._out: IO[bytes] | None = None
         doc: dict[str, Any] = {
             "log_level": "info",
             "listen": f"127.0.0.1:{self.port}",
@@ -130,12 +133,14 @@ class RouterTarget(Target):
     def _get(self, path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}{path}",
                                     timeout=5) as resp:
-            return resp.read()
+            body: bytes = resp.read()
+            return body
 
     def status(self, query: str = "") -> dict[str, Any]:
         """/v1/status, or the part ``query`` asks for (``sections=connections``): a poller
         must not make the node build 5 000 endpoint entries it does not read."""
-        return orjson.loads(self._get("/v1/status" + (f"?{query}" if query else "")))
+        doc: dict[str, Any] = orjson.loads(self._get("/v1/status" + (f"?{query}" if query else "")))
+        return doc
 
     def connected_endpoints(self) -> set[str]:
         return {e["name"] for e in self.status()["endpoints"]
@@ -258,7 +263,8 @@ class ExternalTarget(Target):
     def root_pid(self) -> int | None:
         for conn in psutil.net_connections("tcp"):
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self.port:
-                return conn.pid
+                pid: int | None = conn.pid        # psutil has no types
+                return pid
         return None
 
     def version(self) -> str:
@@ -284,7 +290,7 @@ def node_counters(target: Target) -> dict[str, Any]:
     try:
         if isinstance(target, RouterTarget):
             st = target.status(f"sections=totals,endpoints&endpoint={MASTER}")
-            master = next((e for e in st["endpoints"] if e["name"] == MASTER), {})
+            master: dict[str, Any] = next((e for e in st["endpoints"] if e["name"] == MASTER), {})
             return {"refused": st["totals"]["messages_refused"],
                     "coalesced": master.get("coalesced", 0),
                     "dropped": master.get("dropped", 0)}
