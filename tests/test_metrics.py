@@ -7,20 +7,37 @@ from pathlib import Path
 
 import psutil
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
+from router.ops.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    FamilyCollector,
+    registry,
+    render,
+    render_families,
+)
 from router.ops.metrics import (
     CATALOG,
     LabeledCounter,
     MetricFamily,
     RateMeter,
     family,
-    format_value,
     process_families,
     process_info,
-    render_prometheus,
 )
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "status-api.md"
+
+
+def render_prometheus(families) -> str:
+    """The text exposition (0.0.4) of ``families``, now rendered by prometheus_client."""
+    body, content_type = render_families(families)
+    assert content_type == TEXT_CONTENT_TYPE
+    return body.decode("utf-8")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -40,11 +57,11 @@ def test_render_golden() -> None:
     assert render_prometheus(families) == (
         "# HELP router_messages_received_total Messages received.\n"
         "# TYPE router_messages_received_total counter\n"
-        'router_messages_received_total{endpoint="sat1",method="event::CheckResult"} 12\n'
-        'router_messages_received_total{endpoint="sat2",method="event::Heartbeat"} 3\n'
+        'router_messages_received_total{endpoint="sat1",method="event::CheckResult"} 12.0\n'
+        'router_messages_received_total{endpoint="sat2",method="event::Heartbeat"} 3.0\n'
         "# HELP router_up Constant 1.\n"
         "# TYPE router_up gauge\n"
-        "router_up 1\n"
+        "router_up 1.0\n"
         "# HELP router_empty No samples yet.\n"
         "# TYPE router_empty gauge\n"
         "# HELP router_ratio A float.\n"
@@ -54,14 +71,18 @@ def test_render_golden() -> None:
 
 
 def test_render_escaping() -> None:
-    fam = MetricFamily("m", "counter", 'help with \\ backslash\nand "quotes"', [
+    # A counter's name ends in _total (prometheus_client's rule, and the catalog's).
+    fam = MetricFamily("m_total", "counter", 'help with \\ backslash\nand "quotes"', [
         ({"a": 'x"y', "b": "back\\slash", "c": "new\nline"}, 1),
     ])
     assert render_prometheus([fam]) == (
-        '# HELP m help with \\\\ backslash\\nand "quotes"\n'
-        "# TYPE m counter\n"
-        'm{a="x\\"y",b="back\\\\slash",c="new\\nline"} 1\n'
+        '# HELP m_total help with \\\\ backslash\\nand "quotes"\n'
+        "# TYPE m_total counter\n"
+        'm_total{a="x\\"y",b="back\\\\slash",c="new\\nline"} 1.0\n'
     )
+    [parsed] = text_string_to_metric_families(render_prometheus([fam]))
+    assert parsed.documentation == 'help with \\ backslash\nand "quotes"'
+    assert parsed.samples[0].labels == {"a": 'x"y', "b": "back\\slash", "c": "new\nline"}
 
 
 def test_render_nothing() -> None:
@@ -69,15 +90,15 @@ def test_render_nothing() -> None:
 
 
 @pytest.mark.parametrize("value, text", [
-    (0, "0"),
-    (7, "7"),
-    (-3, "-3"),
-    (True, "1"),
-    (False, "0"),
-    (2.0, "2"),
-    (1e20, "100000000000000000000"),
-    (12345678901234.0, "12345678901234"),
-    (-0.0, "0"),
+    (0, "0.0"),
+    (7, "7.0"),
+    (-3, "-3.0"),
+    (True, "1.0"),
+    (False, "0.0"),
+    (2.0, "2.0"),
+    (1e20, "1e+20"),
+    (12345678901234.0, "1.2345678901234e+13"),
+    (-0.0, "-0.0"),
     (0.1, "0.1"),
     (1.5e-7, "1.5e-07"),
     (123.456, "123.456"),
@@ -86,7 +107,16 @@ def test_render_nothing() -> None:
     (math.nan, "NaN"),
 ])
 def test_format_value(value, text) -> None:
-    assert format_value(value) == text
+    """How a sample value is written (prometheus_client's Go-style floats) and that it
+    reads back as the same number."""
+    out = render_prometheus([MetricFamily("v", "gauge", "Value.", [({}, value)])])
+    assert out.splitlines()[-1] == f"v {text}"
+    [parsed] = text_string_to_metric_families(out)
+    got = parsed.samples[0].value
+    if math.isnan(value):
+        assert math.isnan(got)
+    else:
+        assert got == float(value)
 
 
 def test_render_parses_as_prometheus_lines() -> None:
@@ -301,7 +331,7 @@ def test_process_info_explicit_process_and_failures() -> None:
     assert [len(f.samples) for f in fams] == [0, 0, 0, 0, 1]
     text = render_prometheus(fams)
     assert "# HELP router_process_open_fds" in text
-    assert "router_process_start_time_seconds 123\n" in text
+    assert "router_process_start_time_seconds 123.0\n" in text
 
 
 def test_histogram_renders_suffixed_samples() -> None:
@@ -310,5 +340,135 @@ def test_histogram_renders_suffixed_samples() -> None:
                     ("_sum", {}, 0.25), ("_count", {}, 3)]
     assert render_prometheus([fam]) == (
         "# HELP wait_seconds Wait.\n# TYPE wait_seconds histogram\n"
-        'wait_seconds_bucket{le="0.1"} 2\nwait_seconds_bucket{le="+Inf"} 3\n'
-        "wait_seconds_sum 0.25\nwait_seconds_count 3\n")
+        'wait_seconds_bucket{le="0.1"} 2.0\nwait_seconds_bucket{le="+Inf"} 3.0\n'
+        "wait_seconds_sum 0.25\nwait_seconds_count 3.0\n")
+
+
+# --------------------------------------------------------------------------- exposition
+
+
+def _catalog_families() -> list[MetricFamily]:
+    """One family per catalog entry, each with a sample carrying all its labels."""
+    fams = []
+    for spec in CATALOG:
+        fam = family(spec.name)
+        labels = {label: f"{label}-value" for label in spec.labels}
+        if spec.type == "histogram":
+            fam.suffixed = [("_bucket", {"le": "0.5"}, 1), ("_bucket", {"le": "+Inf"}, 2),
+                            ("_sum", {}, 0.75), ("_count", {}, 2)]
+        else:
+            fam.samples = [(labels, 7)]
+        fams.append(fam)
+    return fams
+
+
+def _expected_samples(spec) -> list[tuple[str, dict[str, str], float]]:
+    if spec.type == "histogram":
+        return [(spec.name + "_bucket", {"le": "0.5"}, 1.0),
+                (spec.name + "_bucket", {"le": "+Inf"}, 2.0),
+                (spec.name + "_sum", {}, 0.75), (spec.name + "_count", {}, 2.0)]
+    return [(spec.name, {label: f"{label}-value" for label in spec.labels}, 7.0)]
+
+
+def test_every_catalog_family_keeps_its_name_in_the_text_format() -> None:
+    text = render_prometheus(_catalog_families())
+    lines = text.splitlines()
+    for spec in CATALOG:
+        # prometheus_client strips _total from a counter family and adds it back here.
+        assert f"# HELP {spec.name} {spec.help}" in lines, spec.name
+        assert f"# TYPE {spec.name} {spec.type}" in lines, spec.name
+    samples = {spec.name: [] for spec in CATALOG}
+    for line in lines:
+        if not line.startswith("#"):
+            name = re.match(r"[a-z_]+", line).group(0)
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert base in samples, line
+    parsed = [(s.name, s.labels, s.value)
+              for fam in text_string_to_metric_families(text) for s in fam.samples]
+    assert parsed == [sample for spec in CATALOG for sample in _expected_samples(spec)]
+    for spec in CATALOG:
+        # ... and the labels keep their names (prometheus_client sorts them by name).
+        if spec.labels and spec.type != "histogram":
+            inner = ",".join(f'{k}="{k}-value"' for k in sorted(spec.labels))
+            assert f"{spec.name}{{{inner}}} 7.0" in lines, spec.name
+
+
+def test_every_catalog_family_keeps_its_name_in_openmetrics() -> None:
+    body, content_type = render_families(_catalog_families(),
+                                         "application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    text = body.decode()
+    assert text.endswith("# EOF\n")
+    fams = list(parse_openmetrics(text))        # the strict OpenMetrics parser accepts it
+    assert [s.name for fam in fams for s in fam.samples] == [
+        name for spec in CATALOG for name, _, _ in _expected_samples(spec)]
+    assert [(s.labels, s.value) for fam in fams for s in fam.samples] == [
+        (labels, value) for spec in CATALOG for _, labels, value in _expected_samples(spec)]
+    types = {fam.name: fam.type for fam in fams}
+    for spec in CATALOG:
+        # OpenMetrics names a counter family without _total; its samples keep it.
+        name = spec.name[:-len("_total")] if spec.type == "counter" else spec.name
+        assert types[name] == spec.type, spec.name
+
+
+@pytest.mark.parametrize("accept, openmetrics", [
+    (None, False),
+    ("", False),
+    ("text/plain", False),
+    ("*/*", False),
+    ("application/json", False),
+    ("application/openmetrics-text", True),
+    ("application/openmetrics-text; version=1.0.0; charset=utf-8", True),
+    # What Prometheus sends.
+    ("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;"
+     "version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2", True),
+])
+def test_content_negotiation(accept, openmetrics) -> None:
+    fams = [family("router_check_results_total", [({}, 5)])]
+    body, content_type = render_families(fams, accept)
+    text = body.decode()
+    if openmetrics:
+        assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+        assert "# TYPE router_check_results counter\nrouter_check_results_total 5.0\n" in text
+        assert text.endswith("# EOF\n")
+    else:
+        assert content_type == TEXT_CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+        assert text == ("# HELP router_check_results_total "
+                        "event::CheckResult messages accepted by the router.\n"
+                        "# TYPE router_check_results_total counter\n"
+                        "router_check_results_total 5.0\n")
+    assert OPENMETRICS_CONTENT_TYPE.startswith("application/openmetrics-text")
+
+
+def test_collector_reads_the_source_at_scrape_time() -> None:
+    calls = []
+    counter = {"n": 0}
+
+    def source():
+        calls.append(1)
+        return [family("router_check_results_total", [({}, counter["n"])])]
+
+    reg = registry(source)
+    assert calls == []                          # registering does not collect
+    counter["n"] = 3
+    assert b"router_check_results_total 3.0\n" in render(reg)[0]
+    counter["n"] += 1                           # the node's plain int moves on
+    assert b"router_check_results_total 4.0\n" in render(reg)[0]
+    assert len(calls) == 2
+    assert [m.name for m in FamilyCollector(source).collect()] == ["router_check_results"]
+
+
+def test_registry_has_no_default_collectors() -> None:
+    text = render(registry(lambda: []))[0].decode()
+    assert text == ""                           # no process_*, python_gc_*, python_info
+    text = render(registry(lambda: [family("router_read_waiting", [({}, 0)])]))[0].decode()
+    assert [line.split()[2] if line.startswith("#") else line.split()[0]
+            for line in text.splitlines()] == ["router_read_waiting"] * 3
+
+
+def test_counter_without_total_keeps_its_name() -> None:
+    """Not in the catalog, but a hand-built counter family must not be renamed."""
+    fam = MetricFamily("router_oddly_named", "counter", "Odd.", [({}, 2)])
+    assert render_prometheus([fam]) == (
+        "# HELP router_oddly_named Odd.\n# TYPE router_oddly_named untyped\n"
+        "router_oddly_named 2.0\n")

@@ -75,7 +75,7 @@ def test_agent_results_reach_master_view(tmp_path, pki, run):
             text = await metrics_text(master)
             assert ('router_messages_received_total{endpoint="agent1",'
                     'method="event::CheckResult"} 2') in text
-            assert 'router_peer_connected{endpoint="agent1",zone="agent1",relation="child"} 1' \
+            assert 'router_peer_connected{endpoint="agent1",relation="child",zone="agent1"} 1.0' \
                 in text
             assert 'router_connections{state="established"} 1' in text
             await agent.close()

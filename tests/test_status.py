@@ -8,7 +8,9 @@ import orjson
 import pytest
 import uvloop
 
-from router.ops.http import StatusServer, json_response, text_response
+from router.ops.exposition import metrics_route
+from router.ops.http import StatusServer, WithHeaders, json_response, text_response
+from router.ops.metrics import family
 
 TIMEOUT = 10.0
 
@@ -125,7 +127,7 @@ def test_get_and_keep_alive(run) -> None:
             assert code == 200
             assert b'\n  "ok": true' in body
             # And a third one on another path.
-            writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
             code, headers, body = await read_response(reader)
             assert code == 200
             assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
@@ -143,9 +145,10 @@ def test_pipelined_requests(run) -> None:
         server = await start()
         try:
             reader, writer = await connect(server)
-            writer.write(b"GET /metrics HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\n"
-                         b"HEAD /metrics HTTP/1.1\r\n\r\nGET /v1/status HTTP/1.1\r\n"
-                         b"Connection: close\r\n\r\n")
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
+                         b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
+                         b"HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
+                         b"GET /v1/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             assert (await read_response(reader))[0] == 200
             assert (await read_response(reader))[0] == 404
             code, headers, body = await read_response(reader, head=True)
@@ -165,7 +168,7 @@ def test_connection_close_honoured(run) -> None:
         server = await start()
         try:
             reader, writer = await connect(server)
-            writer.write(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             code, headers, _ = await read_response(reader)
             assert code == 200 and headers["connection"] == "close"
             await assert_closed(reader)
@@ -195,15 +198,15 @@ def test_head(run) -> None:
         server = await start()
         try:
             reader, writer = await connect(server)
-            writer.write(b"GET /v1/status HTTP/1.1\r\n\r\n")
+            writer.write(b"GET /v1/status HTTP/1.1\r\nHost: t\r\n\r\n")
             _, get_headers, get_body = await read_response(reader)
-            writer.write(b"HEAD /v1/status HTTP/1.1\r\n\r\n")
+            writer.write(b"HEAD /v1/status HTTP/1.1\r\nHost: t\r\n\r\n")
             code, headers, body = await read_response(reader, head=True)
             assert code == 200
             assert headers["content-length"] == str(len(get_body))
             assert headers["content-type"] == get_headers["content-type"]
             # No body was sent: the next response starts right away.
-            writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
             code, _, body = await read_response(reader)
             assert code == 200 and body.startswith(b"# HELP")
             writer.close()
@@ -217,16 +220,18 @@ def test_not_found(run) -> None:
     async def main():
         server = await start()
         try:
-            code, headers, body = await request(server, b"GET /v2/nothing?x=1 HTTP/1.1\r\n\r\n")
+            code, headers, body = await request(
+                server, b"GET /v2/nothing?x=1 HTTP/1.1\r\nHost: t\r\n\r\n")
             assert code == 404
             assert headers["content-type"] == "application/json"
             assert "error" in orjson.loads(body)
             assert "/v2/nothing" in orjson.loads(body)["error"]
             # A trailing slash still finds the route.
-            code, _, _ = await request(server, b"GET /v1/status/ HTTP/1.1\r\n\r\n")
+            code, _, _ = await request(server, b"GET /v1/status/ HTTP/1.1\r\nHost: t\r\n\r\n")
             assert code == 200
             # Absolute-form target.
-            code, _, _ = await request(server, b"GET http://h:1/metrics HTTP/1.1\r\n\r\n")
+            code, _, _ = await request(server,
+                                       b"GET http://h:1/metrics HTTP/1.1\r\nHost: t\r\n\r\n")
             assert code == 200
         finally:
             await server.close()
@@ -240,13 +245,13 @@ def test_method_not_allowed(run, method) -> None:
         server = await start()
         try:
             reader, writer = await connect(server)
-            writer.write(method + b" /v1/status HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            writer.write(method + b" /v1/status HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
             code, headers, body = await read_response(reader)
             assert code == 405
             assert headers["allow"] == "GET, HEAD"
             assert "error" in orjson.loads(body)
             # Without a body the connection stays usable.
-            writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
             assert (await read_response(reader))[0] == 200
             writer.close()
         finally:
@@ -260,7 +265,7 @@ def test_request_with_body_closes(run) -> None:
         server = await start()
         try:
             reader, writer = await connect(server)
-            writer.write(b"POST /v1/status HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+            writer.write(b"POST /v1/status HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
             code, headers, _ = await read_response(reader)
             assert code == 405 and headers["connection"] == "close"
             await assert_closed(reader)
@@ -276,7 +281,7 @@ def test_oversized_header_431(run) -> None:
         server = await start()
         try:
             reader, writer = await connect(server)
-            writer.write(b"GET /v1/status HTTP/1.1\r\n")
+            writer.write(b"GET /v1/status HTTP/1.1\r\nHost: t\r\n")
             for i in range(20):
                 writer.write(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1000))
             code, headers, body = await read_response(reader)
@@ -286,11 +291,11 @@ def test_oversized_header_431(run) -> None:
             await assert_closed(reader)
             writer.close()
             # Complete but too large head: 431 as well.
-            big = b"GET /metrics HTTP/1.1\r\nX: " + b"b" * 17000 + b"\r\n\r\n"
+            big = b"GET /metrics HTTP/1.1\r\nHost: t\r\nX: " + b"b" * 17000 + b"\r\n\r\n"
             code, _, _ = await request(server, big)
             assert code == 431
             # Just under the limit is fine.
-            ok = b"GET /metrics HTTP/1.1\r\nX: " + b"b" * 16000 + b"\r\n\r\n"
+            ok = b"GET /metrics HTTP/1.1\r\nHost: t\r\nX: " + b"b" * 16000 + b"\r\n\r\n"
             code, _, _ = await request(server, ok)
             assert code == 200
         finally:
@@ -322,7 +327,7 @@ def test_garbage_400(run, raw) -> None:
             await assert_closed(reader)
             writer.close()
             # The server still works.
-            assert (await request(server, b"GET /metrics HTTP/1.1\r\n\r\n"))[0] == 200
+            assert (await request(server, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"))[0] == 200
         finally:
             await server.close()
 
@@ -334,19 +339,19 @@ def test_handler_exception_500(run, caplog) -> None:
         server = await start()
         try:
             reader, writer = await connect(server)
-            writer.write(b"GET /boom HTTP/1.1\r\n\r\n")
+            writer.write(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
             code, headers, body = await read_response(reader)
             assert code == 500
             assert headers["content-type"] == "application/json"
             assert orjson.loads(body)["error"]
             # Same connection keeps working.
-            writer.write(b"GET /badtype HTTP/1.1\r\n\r\n")
+            writer.write(b"GET /badtype HTTP/1.1\r\nHost: t\r\n\r\n")
             assert (await read_response(reader))[0] == 500
-            writer.write(b"GET /v1/status HTTP/1.1\r\n\r\n")
+            writer.write(b"GET /v1/status HTTP/1.1\r\nHost: t\r\n\r\n")
             assert (await read_response(reader))[0] == 200
             writer.close()
             # New connections too.
-            assert (await request(server, b"GET /metrics HTTP/1.1\r\n\r\n"))[0] == 200
+            assert (await request(server, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"))[0] == 200
             assert server.errors_total == 2
         finally:
             await server.close()
@@ -376,7 +381,7 @@ def test_slow_client_closed_after_deadline(run) -> None:
             assert server.timeouts_total == 1
             # An idle keep-alive connection is closed by the same deadline.
             reader, writer = await connect(server)
-            writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
             assert (await read_response(reader))[0] == 200
             await assert_closed(reader, within=3.0)
             writer.close()
@@ -401,18 +406,18 @@ def test_too_many_clients_503(run) -> None:
                 conns.append(await connect(server))
             # Make sure the server has seen every one of them.
             r, w = conns[-1]
-            w.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            w.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
             assert (await read_response(r))[0] == 200
             assert server.client_count == 64
 
-            code, headers, body = await request(server, b"GET /metrics HTTP/1.1\r\n\r\n")
+            code, headers, body = await request(server, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
             assert code == 503
             assert headers["connection"] == "close"
             assert "error" in orjson.loads(body)
 
             # Existing clients are still served.
             r, w = conns[0]
-            w.write(b"GET /v1/status HTTP/1.1\r\n\r\n")
+            w.write(b"GET /v1/status HTTP/1.1\r\nHost: t\r\n\r\n")
             assert (await read_response(r))[0] == 200
 
             # Once one leaves, a new client gets in.
@@ -422,7 +427,7 @@ def test_too_many_clients_503(run) -> None:
                 if server.client_count < 64:
                     break
                 await asyncio.sleep(0.01)
-            assert (await request(server, b"GET /metrics HTTP/1.1\r\n\r\n"))[0] == 200
+            assert (await request(server, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"))[0] == 200
         finally:
             for _, w in conns:
                 w.close()
@@ -439,7 +444,7 @@ def test_far_over_limit_closed_without_answer(run) -> None:
             for _ in range(4):                    # 2 served + 2 waiting for their 503
                 conns.append(await connect(server))
             r, w = conns[-1]
-            w.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            w.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
             assert (await read_response(r))[0] == 503
             conns.pop()
             r, w = await connect(server)          # 2 served + 1 rejected pending + this
@@ -463,7 +468,7 @@ def test_unread_large_response_is_aborted(run) -> None:
                              header_timeout=0.3)
         try:
             reader, writer = await connect(server)
-            writer.write(b"GET /big HTTP/1.1\r\n\r\n")
+            writer.write(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
             # abort() reports connection_lost a loop step later: wait for both.
             for _ in range(1000):
                 if server.timeouts_total and not server.client_count:
@@ -484,7 +489,7 @@ def test_close_drops_clients_and_port(run) -> None:
         port = server.port
         assert server.sockets
         reader, writer = await connect(server)
-        writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
         assert (await read_response(reader))[0] == 200
         await server.close()
         await assert_closed(reader)
@@ -502,12 +507,94 @@ def test_eof_after_request_still_answered(run) -> None:
         server = await start()
         try:
             reader, writer = await connect(server)
-            writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
             writer.write_eof()
             code, _, body = await read_response(reader)
             assert code == 200 and body
             await assert_closed(reader)
             writer.close()
+        finally:
+            await server.close()
+
+    run(main())
+
+
+def test_metrics_route_negotiates_openmetrics(run) -> None:
+    scrapes = []
+
+    def source():
+        scrapes.append(1)
+        return [family("router_check_results_total", [({}, len(scrapes))])]
+
+    async def main():
+        server = await start(routes={"/metrics": metrics_route(source)})
+        try:
+            reader, writer = await connect(server)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            code, headers, body = await read_response(reader)
+            assert code == 200
+            assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+            assert body.endswith(b"\nrouter_check_results_total 1.0\n")
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n"
+                         b"Accept: application/openmetrics-text;version=1.0.0;q=0.5,"
+                         b"text/plain;version=0.0.4;q=0.3\r\n\r\n")
+            code, headers, body = await read_response(reader)
+            assert code == 200
+            assert headers["content-type"].startswith(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            assert b"# TYPE router_check_results counter\n" in body
+            assert body.endswith(b"router_check_results_total 2.0\n# EOF\n")
+            writer.write(b"HEAD /metrics HTTP/1.1\r\nHost: t\r\n"
+                         b"Accept: application/openmetrics-text\r\n\r\n")
+            code, headers, _ = await read_response(reader, head=True)
+            assert code == 200 and headers["content-type"].startswith(
+                "application/openmetrics-text")
+            writer.close()
+        finally:
+            await server.close()
+
+    run(main())
+
+
+def test_with_headers_handler(run) -> None:
+    seen = []
+
+    def echo(query, headers):
+        seen.append((query, headers.get("x-probe"), headers.get("X-PROBE")))
+        return json_response({"ok": True})
+
+    async def main():
+        server = await start(routes={"/echo": WithHeaders(echo)})
+        try:
+            code, _, _ = await request(
+                server, b"GET /echo?a=1 HTTP/1.1\r\nHost: t\r\nX-Probe: yes\r\n\r\n")
+            assert code == 200
+        finally:
+            await server.close()
+
+    run(main())
+    assert seen == [({"a": "1"}, "yes", "yes")]
+    assert WithHeaders(echo)({"b": "2"})[0] == 200      # still a plain handler(query)
+    assert seen[-1] == ({"b": "2"}, None, None)
+
+
+def test_http11_request_without_host_400(run) -> None:
+    """aiohttp's parser follows RFC 9112 3.2: an HTTP/1.1 request must name its Host
+    (the hand-written parser accepted it; every real client sends one)."""
+    async def main():
+        server = await start()
+        try:
+            reader, writer = await connect(server)
+            writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            code, headers, body = await read_response(reader)
+            assert code == 400 and headers["connection"] == "close"
+            assert "Host" in orjson.loads(body)["error"]
+            await assert_closed(reader)
+            writer.close()
+            # HTTP/1.0 needs none, and is answered as HTTP/1.1 (read_response checks).
+            code, headers, _ = await request(server, b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert code == 200 and headers["connection"] == "close"
+            assert server.bad_requests_total == 1
         finally:
             await server.close()
 

@@ -1,7 +1,8 @@
 """What a running node shows: the /v1/status document, /metrics and the result view.
 
 Built on demand from the node's live state (nothing here runs per message). The schema is
-documented in docs/status-api.md; the metric names come from ``router.metrics.CATALOG``.
+documented in docs/status-api.md; the metric names come from ``router.ops.metrics.CATALOG``;
+``/metrics`` is rendered by prometheus_client (router.ops.exposition).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from router import __version__
-from router.ops.metrics import MetricFamily, family, process_families, process_info, render_prometheus
-from router.ops.http import json_response, text_response
+from router.ops.exposition import metrics_route
+from router.ops.http import Route, json_response, text_response
+from router.ops.metrics import MetricFamily, family, process_families, process_info
 from router.routing import Relation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -313,6 +315,7 @@ def checker_families(stats: dict[str, Any]) -> list[MetricFamily]:
 
 def replay_families(node: Node) -> list[MetricFamily]:
     replay = node.replay
+    assert replay is not None       # only called when the node keeps a replay log
     stats = replay.store.stats()
     positions = replay.store.positions()
     zones = stats["zones"]
@@ -348,8 +351,9 @@ def checkresults_document(node: Node, host: str | None, service: str | None) -> 
 
 
 def routes(node: Node, ports: Callable[[], tuple[int | None, int | None]] | None = None
-           ) -> dict[str, Callable[[dict[str, str]], tuple[int, str, bytes]]]:
-    """Handlers for the status server."""
+           ) -> dict[str, Route]:
+    """Handlers for the status server (``/metrics`` negotiates its format, see
+    router.ops.exposition)."""
 
     def status(query: dict[str, str]) -> tuple[int, str, bytes]:
         status_port, listen_port = ports() if ports else (None, None)
@@ -360,9 +364,6 @@ def routes(node: Node, ports: Callable[[], tuple[int | None, int | None]] | None
         return json_response(status_document(node, status_port, listen_port, sections,
                                              query.get("endpoint") or None), query=query)
 
-    def metrics(query: dict[str, str]) -> tuple[int, str, bytes]:
-        return text_response(render_prometheus(metric_families(node)))
-
     def checkresults(query: dict[str, str]) -> tuple[int, str, bytes]:
         return json_response(checkresults_document(node, query.get("host"),
                                                    query.get("service")), query=query)
@@ -370,5 +371,5 @@ def routes(node: Node, ports: Callable[[], tuple[int | None, int | None]] | None
     def health(query: dict[str, str]) -> tuple[int, str, bytes]:
         return text_response("ok\n", content_type="text/plain; charset=utf-8")
 
-    return {"/v1/status": status, "/metrics": metrics,
+    return {"/v1/status": status, "/metrics": metrics_route(lambda: metric_families(node)),
             "/v1/objects/checkresults": checkresults, "/healthz": health}

@@ -1,69 +1,85 @@
-"""A tiny HTTP/1.1 server for the status listener (``/metrics``, ``/v1/status``, ...).
+"""The status listener (``/metrics``, ``/v1/status``, ...) on aiohttp.
 
-Dependency-free and built on ``loop.create_server`` with an :class:`asyncio.Protocol`, so
-it shares the router's event loop (uvloop or asyncio) without threads. Handlers are plain
-synchronous callables ``handler(query) -> (status, content_type, body)``; they must be fast
-because they run on the loop.
+aiohttp's low-level server (:class:`aiohttp.web.Server` with a
+:class:`aiohttp.web.RequestHandler` per connection: aiohttp's HTTP/1.1 parser, writer,
+keep-alive and pipelining) listening through ``loop.create_server`` on the running loop, so
+it shares the router's event loop (uvloop or asyncio) without threads. Route handlers are
+plain synchronous callables ``handler(query) -> (status, content_type, body)`` (or
+:class:`WithHeaders` for one that needs the request headers); they must be fast because
+they run on the loop.
 
 Limits (a status port must never hurt the router):
 
-* only ``GET`` and ``HEAD``; anything else gets ``405`` with ``Allow: GET, HEAD``;
-* request line plus headers at most ``max_header_bytes`` (16 KiB): ``431`` when larger,
-  ``400`` for anything that is not an HTTP/1.x request; both close the connection;
+* only ``GET`` and ``HEAD``; any other method gets ``405`` with ``Allow: GET, HEAD``
+  (a method aiohttp's parser does not know at all gets ``400``);
+* request line plus headers at most ``max_header_bytes`` (16 KiB), complete or still
+  arriving: ``431`` when larger; ``400`` for anything that is not an HTTP/1.0 or 1.1
+  request (aiohttp's parser, strict: an HTTP/1.1 request without ``Host`` is one); error
+  bodies are JSON, and both close the connection;
 * the complete request head must arrive within ``header_timeout`` (10 s) of the moment the
   server starts waiting for it (connection accepted, or previous response written), else
   the connection is closed silently (slowloris, idle keep-alive connections);
 * at most ``max_clients`` (64) connections are served at once; one more gets ``503`` to
   its first request and is closed (beyond twice the limit connections are closed at once);
 * keep-alive with ``Content-Length`` (HTTP/1.1 default, ``Connection: close`` honoured;
-  HTTP/1.0 only with ``Connection: keep-alive``); pipelined requests are answered in order;
+  HTTP/1.0 only with ``Connection: keep-alive``); every response says ``Connection:
+  keep-alive`` or ``close`` and is an HTTP/1.1 response; pipelined requests are answered in
+  order;
 * a request with a body (``Content-Length`` > 0 or ``Transfer-Encoding``) is answered and
-  the connection closed, the body is never read;
+  the connection closed (no lingering read of the body);
+* a client that half-closes gets the answers to its complete requests, then the close;
 * a handler that raises gives ``500`` with a JSON error and a logged traceback;
-* a client that does not read its response stalls only itself: reading pauses while the
-  transport's write buffer is above its high-water mark, and a connection that stays
-  stalled for ``header_timeout`` is aborted.
+* a client that does not read its response stalls only itself: a connection whose writing
+  stays paused (transport buffer above its high-water mark) for ``header_timeout`` is
+  aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-import re
-from typing import Any, Callable, Mapping
-from urllib.parse import parse_qsl, unquote, urlsplit
+import socket
+from collections.abc import Awaitable
+from typing import Any, Callable, Mapping, cast
 
 import orjson
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 
 __all__ = [
     "StatusServer",
     "Handler",
+    "HeadersHandler",
+    "Route",
+    "WithHeaders",
     "Response",
     "json_response",
     "text_response",
     "PROMETHEUS_CONTENT_TYPE",
+    "JSON_CONTENT_TYPE",
 ]
 
 log = logging.getLogger("router.status")
 
 Response = tuple[int, str, bytes]
 Handler = Callable[[dict[str, str]], Response]
+#: A handler that also sees the request headers; it may be a coroutine function when part
+#: of its work must leave the event loop (``/metrics`` encodes in a worker thread).
+HeadersHandler = Callable[[dict[str, str], Mapping[str, str]],
+                          "Response | Awaitable[Response]"]
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
 
-_REASONS = {
-    200: "OK", 204: "No Content", 301: "Moved Permanently", 302: "Found",
-    304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    413: "Payload Too Large", 414: "URI Too Long", 429: "Too Many Requests",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
-}
-
 _ALLOWED_METHODS = ("GET", "HEAD")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_VERSION = re.compile(rb"HTTP/1\.([01])\Z")
+_ALLOW = ", ".join(_ALLOWED_METHODS)
+_HTTP_VERSION = web.RequestKey("router_http_version", HttpVersion)
+_MAX_HEADERS = 128                 # header lines per request
 
 
 # --------------------------------------------------------------------------- helpers
@@ -92,284 +108,257 @@ def text_response(text: str, content_type: str = PROMETHEUS_CONTENT_TYPE,
     return status, content_type, text.encode("utf-8")
 
 
+class WithHeaders:
+    """A route whose handler also gets the request headers: ``func(query, headers)``
+    (case-insensitive mapping). Called with the query alone it sees no headers."""
+
+    __slots__ = ("func",)
+
+    def __init__(self, func: HeadersHandler) -> None:
+        self.func = func
+
+    def __call__(self, query: dict[str, str]) -> Response | Awaitable[Response]:
+        return self.func(query, {})
+
+
+#: What a route maps to: a plain handler, or one that also sees the headers.
+Route = Handler | WithHeaders
+
+
 def _error_body(message: str) -> bytes:
     return orjson.dumps({"error": message}, option=orjson.OPT_APPEND_NEWLINE)
 
 
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+def _response(status: int, content_type: str, body: bytes, keep_alive: bool,
+              extra: Mapping[str, str] | None = None) -> web.Response:
+    headers = {
+        "Content-Type": content_type,
+        "Cache-Control": "no-store",
+        "Connection": "keep-alive" if keep_alive else "close",
+    }
+    if extra:
+        headers.update(extra)
+    resp = web.Response(status=status, body=body, headers=headers)
+    if not keep_alive:
+        resp.force_close()
+    return resp
 
 
-# --------------------------------------------------------------------------- protocol
+class _HeadTooLarge(BadHttpMessage):
+    """Raised into aiohttp's parse path: the request head exceeds ``max_header_bytes``."""
 
 
-class _StatusProtocol(asyncio.Protocol):
-    __slots__ = ("_server", "_loop", "_transport", "_buf", "_timer", "_over_limit",
-                 "_closing", "_write_paused", "_peer")
+class _HeadLimit:
+    """Stands in front of aiohttp's request parser (``RequestHandler._parser``, whose
+    ``feed_data`` the connection calls with every chunk read; tests/test_status.py's 431
+    tests fail should aiohttp stop doing so) to bound a whole request head in bytes,
+    which aiohttp only bounds per line. It also tells the connection when heads complete.
 
-    def __init__(self, server: StatusServer, loop: asyncio.AbstractEventLoop) -> None:
-        self._server = server
-        self._loop = loop
-        self._transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._timer: asyncio.TimerHandle | None = None
-        self._over_limit = False
-        self._closing = False
-        self._write_paused = False
+    A head still arriving is measured by the bytes fed since the last complete head (body
+    bytes of a request being received do not count); a complete head by its request line
+    and header fields. Raising a :class:`BadHttpMessage` here takes aiohttp's own error
+    path (an error response, then the connection closes).
+    """
+
+    __slots__ = ("_parser", "_conn", "_limit", "_pending", "_payload")
+
+    def __init__(self, parser: Any, conn: _Connection, limit: int) -> None:
+        self._parser = parser
+        self._conn = conn
+        self._limit = limit
+        self._pending = 0
+        self._payload: StreamReader | None = None
+
+    def feed_data(self, data: bytes) -> Any:
+        result = self._parser.feed_data(data)
+        messages = result[0]
+        if messages:
+            limit = self._limit
+            for message, _payload in messages:
+                size = len(message.method) + len(message.path) + 14 + sum(
+                    len(name) + len(value) + 4 for name, value in message.raw_headers)
+                if size > limit:
+                    raise _HeadTooLarge(f"request head of {size} bytes")
+            self._pending = 0
+            self._payload = messages[-1][1]
+            self._conn.heads_parsed(len(messages))
+        elif data and (self._payload is None or self._payload.is_eof()):
+            self._pending += len(data)
+            if self._pending > self._limit:
+                raise _HeadTooLarge(f"incomplete request head of {self._pending} bytes")
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
+# --------------------------------------------------------------------------- connection
+
+
+class _Connection(web.RequestHandler):
+    """aiohttp's per-connection protocol, plus the listener's limits and counters."""
+
+    def __init__(self, status: StatusServer, manager: web.Server,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(
+            manager, loop=loop,
+            # Our own head timer closes idle connections; aiohttp's keep-alive timer is
+            # only a backstop behind it.
+            keepalive_timeout=2 * status.header_timeout + 1.0,
+            access_log=None,  # type: ignore[arg-type]  # None turns it off (documented)
+            logger=log,
+            max_line_size=status.max_header_bytes, max_field_size=status.max_header_bytes,
+            max_headers=_MAX_HEADERS,
+            lingering_time=0.0)
+        self._status = status
+        self._event_loop = loop
+        self._parser = _HeadLimit(self._parser, self,  # type: ignore[assignment]
+                                  status.max_header_bytes)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._queued = 0           # complete heads not handled yet
+        self._busy = False         # a request is being answered
+        self._eof = False          # the client half-closed
         self._peer: Any = None
+        self.over_limit = False
 
     # -- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop: not a subclass
+        super().connection_made(transport)
         self._peer = transport.get_extra_info("peername")
-        server = self._server
-        if len(server._clients) >= server.max_clients:
-            if len(server._rejected) >= server.max_clients:
+        status = self._status
+        if len(status._clients) >= status.max_clients:
+            if len(status._rejected) >= status.max_clients:
                 # Far over the limit: do not even answer.
-                server.rejected_total += 1
-                transport.abort()
-                self._closing = True
+                status.rejected_total += 1
+                cast(asyncio.Transport, transport).abort()
                 return
-            self._over_limit = True
-            server._rejected.add(self)
+            self.over_limit = True
+            status._rejected.add(self)
         else:
-            server._clients.add(self)
-        self._arm(self._on_header_timeout)
+            status._clients.add(self)
+        self._arm_head_timer()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        self._cancel_timer()
-        self._server._clients.discard(self)
-        self._server._rejected.discard(self)
-        self._transport = None
-        self._buf.clear()
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_timers()
+        self._status._clients.discard(self)
+        self._status._rejected.discard(self)
+        super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self._buf += data
-        self._process()
-
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool:  # type: ignore[override]  # asyncio: bool | None
         # The client half-closed: answer what is complete, then close.
-        if not self._closing:
-            self._process()
-        self._close()
-        return None
+        self._eof = True
+        if not self._busy and not self._queued:
+            self._cancel_timers()
+            return False        # nothing to answer: the transport closes
+        return True
 
     def pause_writing(self) -> None:
-        self._write_paused = True
-        if self._transport is not None and not self._closing:
-            self._transport.pause_reading()
-            self._arm(self._on_write_stall)
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._stall_timer = self._event_loop.call_later(self._status.header_timeout,
+                                                      self._on_write_stall)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._transport is not None and not self._closing:
-            self._transport.resume_reading()
-            self._arm(self._on_header_timeout)
-            self._process()
+        super().resume_writing()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    # -- aiohttp hooks
+
+    def heads_parsed(self, n: int) -> None:
+        """Called by the parser guard: ``n`` request heads are complete."""
+        self._queued += n
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def request_started(self) -> None:
+        """Called by the server's handler when it starts answering a request."""
+        if self._queued:
+            self._queued -= 1
+        self._busy = True
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        self._busy = True          # also for aiohttp's own error responses
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._eof and not self._queued and not resp.prepared:
+            resp.force_close()
+            resp.headers["Connection"] = "close"
+        try:
+            result = await super().finish_response(request, resp, start_time)
+        finally:
+            self._busy = False
+        if result[1] or self.transport is None:
+            return result
+        if self._eof and not self._queued:
+            self.force_close()      # half-closed and everything answered
+        elif result[0].keep_alive:
+            self._arm_head_timer()
+        return result
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """An error response aiohttp asks for (a request it could not parse, mostly):
+        JSON like every other answer of the listener, and the connection closes."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started, cannot send an error")
+        server = self._status
+        if isinstance(exc, (LineTooLong, _HeadTooLarge)) or (
+                isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)):
+            status, text = 431, "request header too large"
+        elif status < 500:
+            first = (str(message or exc or "").strip().splitlines() or [""])[0]
+            text = f"malformed request: {first.rstrip(':')}" if first else "malformed request"
+        else:
+            text = f"internal error: {type(exc).__name__}" if exc else "internal error"
+        if status >= 500:
+            server.errors_total += 1
+            log.error("status request from %s failed: %s", self._peer, text, exc_info=exc)
+        else:
+            server.bad_requests_total += 1
+            log.debug("status client %s: %d %s (%s)", self._peer, status, text, exc)
+        return _response(status, JSON_CONTENT_TYPE, _error_body(text), False)
 
     # -- timers
 
-    def _arm(self, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(self._server.header_timeout, callback)
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self._event_loop.call_later(self._status.header_timeout,
+                                                 self._on_head_timeout)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._stall_timer = None
 
-    def _on_header_timeout(self) -> None:
-        self._timer = None
-        if self._transport is not None and not self._closing:
-            self._server.timeouts_total += 1
+    def _on_head_timeout(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is not None and not self._busy and not self._queued:
+            self._status.timeouts_total += 1
             log.debug("status client %s: no complete request within %.1f s, closing",
-                      self._peer, self._server.header_timeout)
-            self._closing = True
-            self._transport.abort()
+                      self._peer, self._status.header_timeout)
+            transport.abort()
 
     def _on_write_stall(self) -> None:
-        self._timer = None
-        if self._transport is not None and not self._closing:
-            self._server.timeouts_total += 1
+        self._stall_timer = None
+        transport = self.transport
+        if transport is not None:
+            self._status.timeouts_total += 1
             log.debug("status client %s: not reading its response, aborting", self._peer)
-            self._closing = True
-            self._transport.abort()
-
-    # -- request handling
-
-    def _process(self) -> None:
-        server = self._server
-        while not self._closing and not self._write_paused:
-            buf = self._buf
-            end = buf.find(b"\r\n\r\n")
-            sep = 4
-            lf_end = buf.find(b"\n\n")
-            if lf_end != -1 and (end == -1 or lf_end < end):
-                end, sep = lf_end, 2
-            if end == -1:
-                if len(buf) > server.max_header_bytes:
-                    self._fail(431, "request header too large")
-                return
-            if end + sep > server.max_header_bytes:
-                self._fail(431, "request header too large")
-                return
-            head = bytes(buf[:end])
-            del buf[:end + sep]
-            try:
-                method, target, keep_alive, has_body = self._parse_head(head)
-            except _BadRequest as exc:
-                self._fail(exc.status, exc.message)
-                return
-            self._cancel_timer()
-            if has_body:
-                keep_alive = False
-            if self._over_limit:
-                server.rejected_total += 1
-                self._respond(503, JSON_CONTENT_TYPE,
-                              _error_body("too many status clients"), False,
-                              method == "HEAD")
-                return
-            status, ctype, body, extra = self._dispatch(method, target)
-            self._respond(status, ctype, body, keep_alive, method == "HEAD", extra)
-            if not keep_alive:
-                return
-            if not self._write_paused:
-                self._arm(self._on_header_timeout)
-
-    @staticmethod
-    def _parse_head(head: bytes) -> tuple[str, str, bool, bool]:
-        lines = head.replace(b"\r\n", b"\n").split(b"\n")
-        # Tolerate empty lines before the request line (RFC 9112 2.2).
-        while lines and not lines[0]:
-            lines.pop(0)
-        if not lines:
-            raise _BadRequest(400, "empty request")
-        parts = lines[0].split(b" ")
-        if len(parts) != 3:
-            raise _BadRequest(400, "malformed request line")
-        raw_method, raw_target, raw_version = parts
-        if not _TOKEN.match(raw_method):
-            raise _BadRequest(400, "malformed method")
-        version = _VERSION.match(raw_version)
-        if version is None:
-            raise _BadRequest(400, "unsupported protocol version")
-        if (not raw_target or any(b <= 0x20 or b == 0x7F for b in raw_target)
-                or not (raw_target[:1] == b"/" or raw_target == b"*"
-                        or raw_target.startswith((b"http://", b"https://")))):
-            raise _BadRequest(400, "malformed request target")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line or line[:1] in (b" ", b"\t"):
-                raise _BadRequest(400, "malformed header line")
-            name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.match(name):
-                raise _BadRequest(400, "malformed header line")
-            key = name.decode("ascii").lower()
-            text = value.strip(b" \t").decode("latin-1")
-            if key in headers and key in ("content-length", "host"):
-                if headers[key] != text:
-                    raise _BadRequest(400, f"conflicting {key} headers")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-        if version.group(1) == b"1":
-            keep_alive = "close" not in tokens
-        else:
-            keep_alive = "keep-alive" in tokens
-        has_body = "transfer-encoding" in headers
-        length = headers.get("content-length")
-        if length is not None:
-            if not length.isdigit() or len(length) > 18:
-                raise _BadRequest(400, "malformed Content-Length")
-            has_body = has_body or int(length) > 0
-        return raw_method.decode("ascii"), raw_target.decode("latin-1"), keep_alive, has_body
-
-    def _dispatch(self, method: str, target: str
-                  ) -> tuple[int, str, bytes, tuple[tuple[str, str], ...]]:
-        server = self._server
-        server.requests_total += 1
-        if method not in _ALLOWED_METHODS:
-            return (405, JSON_CONTENT_TYPE, _error_body(f"method {method} not allowed"),
-                    (("Allow", ", ".join(_ALLOWED_METHODS)),))
-        if target.startswith("/"):
-            split = urlsplit(target)
-        elif target.startswith(("http://", "https://")):
-            split = urlsplit(target)
-        else:
-            return 400, JSON_CONTENT_TYPE, _error_body("malformed request target"), ()
-        path = unquote(split.path) or "/"
-        handler = server.routes.get(path)
-        if handler is None and len(path) > 1 and path.endswith("/"):
-            handler = server.routes.get(path.rstrip("/"))
-        if handler is None:
-            return 404, JSON_CONTENT_TYPE, _error_body(f"not found: {path}"), ()
-        query = dict(parse_qsl(split.query, keep_blank_values=True))
-        try:
-            status, ctype, body = handler(query)
-            if isinstance(body, str):
-                body = body.encode("utf-8")
-            elif not isinstance(body, (bytes, bytearray, memoryview)):
-                raise TypeError(f"handler returned a body of type {type(body).__name__}")
-            status = int(status)
-            if not 100 <= status <= 999:
-                raise ValueError(f"handler returned status {status}")
-            ctype = str(ctype)
-        except Exception as exc:
-            server.errors_total += 1
-            log.exception("status handler for %s failed", path)
-            return (500, JSON_CONTENT_TYPE,
-                    _error_body(f"internal error: {type(exc).__name__}"), ())
-        return status, ctype, bytes(body), ()
-
-    def _respond(self, status: int, ctype: str, body: bytes, keep_alive: bool,
-                 head_only: bool, extra: tuple[tuple[str, str], ...] = ()) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        lines = [
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-            f"Content-Type: {ctype}",
-            f"Content-Length: {len(body)}",
-            "Cache-Control: no-store",
-            f"Connection: {'keep-alive' if keep_alive else 'close'}",
-        ]
-        lines.extend(f"{k}: {v}" for k, v in extra)
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if head_only or not body:
-            transport.write(head)
-        else:
-            transport.writelines((head, body))
-        if not keep_alive:
-            self._close()
-
-    def _fail(self, status: int, message: str) -> None:
-        self._server.bad_requests_total += 1
-        log.debug("status client %s: %d %s", self._peer, status, message)
-        self._cancel_timer()
-        self._respond(status, JSON_CONTENT_TYPE, _error_body(message), False, False)
-
-    def _close(self) -> None:
-        self._closing = True
-        self._cancel_timer()
-        self._buf.clear()
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            if self._write_paused:
-                # Flushing could take forever; bound it by the stall timer.
-                self._timer = self._loop.call_later(self._server.header_timeout,
-                                                    self._abort)
-            transport.close()
-
-    def _abort(self) -> None:
-        self._timer = None
-        if self._transport is not None:
-            self._transport.abort()
+            transport.abort()
 
 
 # --------------------------------------------------------------------------- server
@@ -384,15 +373,16 @@ class StatusServer:
     the node's own metrics.
     """
 
-    def __init__(self, routes: Mapping[str, Handler], *, header_timeout: float = 10.0,
+    def __init__(self, routes: Mapping[str, Route], *, header_timeout: float = 10.0,
                  max_clients: int = 64, max_header_bytes: int = 16 * 1024) -> None:
-        self.routes: Mapping[str, Handler] = routes
+        self.routes: Mapping[str, Route] = routes
         self.header_timeout = header_timeout
         self.max_clients = max_clients
         self.max_header_bytes = max_header_bytes
-        self._server: asyncio.AbstractServer | None = None
-        self._clients: set[_StatusProtocol] = set()
-        self._rejected: set[_StatusProtocol] = set()
+        self._server: asyncio.Server | None = None
+        self._web: web.Server | None = None
+        self._clients: set[_Connection] = set()
+        self._rejected: set[_Connection] = set()
         self.requests_total = 0
         self.errors_total = 0
         self.bad_requests_total = 0
@@ -404,11 +394,13 @@ class StatusServer:
         if self._server is not None:
             raise RuntimeError("status server already started")
         loop = asyncio.get_running_loop()
+        manager = web.Server(self._handle, request_factory=self._make_request, loop=loop)
+        self._web = manager
         self._server = await loop.create_server(
-            lambda: _StatusProtocol(self, loop), host, port, reuse_address=True)
+            lambda: _Connection(self, manager, loop), host, port, reuse_address=True)
 
     @property
-    def sockets(self) -> tuple:
+    def sockets(self) -> tuple[socket.socket, ...]:
         if self._server is None:
             return ()
         return tuple(self._server.sockets or ())
@@ -417,7 +409,7 @@ class StatusServer:
     def port(self) -> int | None:
         """The bound port of the first listening socket (None before :meth:`start`)."""
         for sock in self.sockets:
-            return sock.getsockname()[1]
+            return int(sock.getsockname()[1])
         return None
 
     @property
@@ -427,13 +419,82 @@ class StatusServer:
     async def close(self) -> None:
         """Stop listening and drop every open status connection."""
         server, self._server = self._server, None
+        manager, self._web = self._web, None
         if server is None:
             return
         server.close()
-        for proto in list(self._clients) + list(self._rejected):
-            transport = proto._transport
+        for conn in list(self._clients) + list(self._rejected):
+            transport = conn.transport
             if transport is not None:
                 transport.abort()
         self._clients.clear()
         self._rejected.clear()
+        if manager is not None:
+            await manager.shutdown(1.0)
         await server.wait_closed()
+
+    # -- request handling
+
+    def _make_request(self, message: RawRequestMessage, payload: StreamReader,
+                      protocol: web.RequestHandler, writer: AbstractStreamWriter,
+                      task: asyncio.Task[None]) -> web.BaseRequest:
+        # Answer every request as HTTP/1.1 (aiohttp would echo the request's version, also
+        # HTTP/1.0 for a request it could not parse); the request's own version is kept
+        # for the version check.
+        version = message.version
+        if version != HttpVersion11:
+            message = message._replace(version=HttpVersion11)
+        request = web.BaseRequest(message, payload, protocol, writer, task,
+                                  asyncio.get_running_loop())
+        request[_HTTP_VERSION] = version
+        return request
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        conn = request.protocol
+        if isinstance(conn, _Connection):
+            conn.request_started()
+            if conn.over_limit:
+                self.rejected_total += 1
+                return _response(503, JSON_CONTENT_TYPE,
+                                 _error_body("too many status clients"), False)
+        if request.get(_HTTP_VERSION) not in (HttpVersion10, HttpVersion11):
+            self.bad_requests_total += 1
+            return _response(400, JSON_CONTENT_TYPE,
+                             _error_body("unsupported protocol version"), False)
+        self.requests_total += 1
+        keep_alive = request.keep_alive and not request.body_exists
+        method = request.method
+        if method not in _ALLOWED_METHODS:
+            return _response(405, JSON_CONTENT_TYPE,
+                             _error_body(f"method {method} not allowed"), keep_alive,
+                             {"Allow": _ALLOW})
+        path = request.path or "/"
+        handler = self.routes.get(path)
+        if handler is None and len(path) > 1 and path.endswith("/"):
+            handler = self.routes.get(path.rstrip("/"))
+        if handler is None:
+            return _response(404, JSON_CONTENT_TYPE, _error_body(f"not found: {path}"),
+                             keep_alive)
+        query = {key: value for key, value in request.query.items()}
+        try:
+            if isinstance(handler, WithHeaders):
+                result = handler.func(query, request.headers)
+                if inspect.isawaitable(result):
+                    result = await result
+                status, ctype, body = result
+            else:
+                status, ctype, body = handler(query)
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            elif not isinstance(body, (bytes, bytearray, memoryview)):
+                raise TypeError(f"handler returned a body of type {type(body).__name__}")
+            status = int(status)
+            if not 100 <= status <= 999:
+                raise ValueError(f"handler returned status {status}")
+            ctype = str(ctype)
+        except Exception as exc:
+            self.errors_total += 1
+            log.exception("status handler for %s failed", path)
+            return _response(500, JSON_CONTENT_TYPE,
+                             _error_body(f"internal error: {type(exc).__name__}"), keep_alive)
+        return _response(status, ctype, bytes(body), keep_alive)

@@ -1,9 +1,10 @@
-"""Metric primitives and the Prometheus text exposition (format 0.0.4).
+"""Metric primitives: the node's own data model of what ``/metrics`` exports.
 
 Nothing here touches the network and nothing on the hot path needs a third-party
 library: the node keeps plain counters (:class:`LabeledCounter`, ints) and
 :class:`RateMeter` ring buffers, and only when ``/metrics`` is scraped it builds a list
-of :class:`MetricFamily` and renders it with :func:`render_prometheus`.
+of :class:`MetricFamily`, which :mod:`router.ops.exposition` hands to prometheus_client
+for rendering (Prometheus text format or OpenMetrics).
 
 :data:`CATALOG` names every metric the router exports, with its type, help text and label
 names; ``docs/status-api.md`` documents the same list (a test keeps both in sync).
@@ -13,18 +14,15 @@ one place.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Literal
+from typing import Any, Callable, ItemsView, Iterable, Iterator, Literal, Sequence, TypeVar
 
 __all__ = [
     "MetricFamily",
     "MetricSpec",
     "CATALOG",
     "family",
-    "render_prometheus",
-    "format_value",
     "LabeledCounter",
     "RateMeter",
     "process_families",
@@ -33,6 +31,8 @@ __all__ = [
 
 MetricType = Literal["counter", "gauge", "histogram"]
 Sample = tuple[dict[str, str], float]
+Key = tuple[Any, ...]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -46,65 +46,6 @@ class MetricFamily:
     #: Samples whose name extends the family's (``_bucket``, ``_sum``, ``_count`` of a
     #: histogram): (suffix, labels, value).
     suffixed: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def format_value(value: float) -> str:
-    """Format a sample value: integers without exponent or ``.0``, others with repr.
-
-    ``+Inf``, ``-Inf`` and ``NaN`` are spelled the Prometheus way.
-    """
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer():
-        return str(int(value))
-    return repr(value)
-
-
-def _format_labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{_escape_label_value(str(v))}"' for k, v in labels.items())
-    return "{" + inner + "}"
-
-
-def render_prometheus(families: Iterable[MetricFamily]) -> str:
-    """Render families in the Prometheus text exposition format 0.0.4.
-
-    Every family prints its ``# HELP`` and ``# TYPE`` lines, even without samples. The
-    output ends with a newline (unless there is no family at all).
-    """
-    out: list[str] = []
-    append = out.append
-    for fam in families:
-        append(f"# HELP {fam.name} {_escape_help(fam.help)}")
-        append(f"# TYPE {fam.name} {fam.type}")
-        name = fam.name
-        for labels, value in fam.samples:
-            append(f"{name}{_format_labels(labels)} {format_value(value)}")
-        for suffix, labels, value in fam.suffixed:
-            append(f"{name}{suffix}{_format_labels(labels)} {format_value(value)}")
-    if not out:
-        return ""
-    out.append("")
-    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- catalog
@@ -280,10 +221,16 @@ CATALOG: tuple[MetricSpec, ...] = (
 _BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}
 
 
-def family(name: str, samples: list[Sample] | None = None) -> MetricFamily:
-    """A :class:`MetricFamily` for catalog metric ``name`` (KeyError if not catalogued)."""
+def family(name: str, samples: Sequence[Sample] | None = None) -> MetricFamily:
+    """A :class:`MetricFamily` for catalog metric ``name`` (KeyError if not catalogued).
+
+    A list of samples is used as it is (not copied)."""
     spec = _BY_NAME[name]
-    return MetricFamily(spec.name, spec.type, spec.help, samples if samples is not None else [])
+    if samples is None:
+        samples = []
+    elif not isinstance(samples, list):
+        samples = list(samples)
+    return MetricFamily(spec.name, spec.type, spec.help, samples)
 
 
 # --------------------------------------------------------------------------- counters
@@ -302,16 +249,16 @@ class LabeledCounter:
 
     def __init__(self, label_names: Iterable[str]) -> None:
         self.label_names: tuple[str, ...] = tuple(label_names)
-        self._values: dict[tuple, int | float] = {}
+        self._values: dict[Key, int | float] = {}
 
-    def inc(self, key: tuple, n: int | float = 1) -> None:
+    def inc(self, key: Key, n: int | float = 1) -> None:
         values = self._values
         values[key] = values.get(key, 0) + n
 
-    def get(self, key: tuple, default: int | float = 0) -> int | float:
+    def get(self, key: Key, default: int | float = 0) -> int | float:
         return self._values.get(key, default)
 
-    def items(self):
+    def items(self) -> ItemsView[Key, int | float]:
         return self._values.items()
 
     def total(self) -> int | float:
@@ -323,7 +270,7 @@ class LabeledCounter:
     def __len__(self) -> int:
         return len(self._values)
 
-    def __iter__(self) -> Iterator[tuple]:
+    def __iter__(self) -> Iterator[Key]:
         return iter(self._values)
 
     def samples(self) -> list[Sample]:
@@ -398,10 +345,10 @@ class RateMeter:
 
 # --------------------------------------------------------------------------- process
 
-_PROCESS = None
+_PROCESS: Any = None
 
 
-def _own_process():
+def _own_process() -> Any:
     global _PROCESS
     import psutil  # imported lazily: only scrapes and status pages need it
 
@@ -410,14 +357,14 @@ def _own_process():
     return _PROCESS
 
 
-def _safe(call):
+def _safe(call: Callable[[], _T]) -> _T | None:
     try:
         return call()
     except Exception:  # psutil.Error, NotImplementedError, AttributeError on some OSes
         return None
 
 
-def process_info(process=None) -> dict:
+def process_info(process: Any = None) -> dict[str, Any]:
     """Process numbers for ``/v1/status``: ``rss_bytes``, ``cpu_seconds``, ``open_fds``,
     ``threads``, ``start_time``; a value is ``None`` when the OS does not provide it."""
     proc = process if process is not None else _own_process()
@@ -432,12 +379,12 @@ def process_info(process=None) -> dict:
     }
 
 
-def process_families(process=None) -> list[MetricFamily]:
+def process_families(process: Any = None) -> list[MetricFamily]:
     """The ``router_process_*`` families from psutil (a family without a value when the
     OS does not provide one)."""
     info = process_info(process)
 
-    def fam(name: str, value) -> MetricFamily:
+    def fam(name: str, value: float | None) -> MetricFamily:
         return family(name, [({}, value)] if value is not None else [])
 
     return [
