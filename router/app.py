@@ -35,7 +35,7 @@ class RouterService:
         self.config = config
         self._node_kwargs = node_kwargs
         self.node: Node | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         self.status: StatusServer | None = None
         self.connector: Connector | None = None
         self.pool: Any = None
@@ -46,7 +46,8 @@ class RouterService:
     def listen_port(self) -> int | None:
         if self.server is None or not self.server.sockets:
             return None
-        return self.server.sockets[0].getsockname()[1]
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
 
     @property
     def status_port(self) -> int | None:

@@ -25,7 +25,7 @@ from router.features.scheduler import CheckSpec, Scheduler
 
 if TYPE_CHECKING:  # pragma: no cover
     from checkers.pool import CheckerPool
-    from router.node import Node
+    from router.features.services import NodeServices
 
 log = logging.getLogger("router.checking")
 
@@ -39,7 +39,7 @@ LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
 class LocalChecks:
     """Drives a :class:`Scheduler`: starts due checks, returns their results."""
 
-    def __init__(self, node: Node, scheduler: Scheduler, pool: CheckerPool | None,
+    def __init__(self, node: NodeServices, scheduler: Scheduler, pool: CheckerPool | None,
                  catalog: Catalog | None = None,
                  plugin_dir: str = "/usr/lib/nagios/plugins") -> None:
         self.node = node
@@ -47,7 +47,8 @@ class LocalChecks:
         self.pool = pool
         self.catalog = catalog or Catalog.load()
         self.plugin_dir = plugin_dir
-        self._pending: dict[tuple[str, str | None], tuple[str, asyncio.Future[dict]]] = {}
+        self._pending: dict[tuple[str, str | None],
+                            tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -115,7 +116,8 @@ class LocalChecks:
             log.exception("check %s failed to run", spec.name)
             self.scheduler.abandon(spec.name, time.time())
             return
-        state = cr.get("state") if isinstance(cr.get("state"), int) else STATE_UNKNOWN
+        raw_state = cr.get("state")
+        state = raw_state if isinstance(raw_state, int) else STATE_UNKNOWN
         before, after = self.scheduler.record(spec.name, state, time.time())
         cr = dict(cr, vars_before=before, vars_after=after,
                   performance_data=cr.get("performance_data") or [])
@@ -150,7 +152,7 @@ class LocalChecks:
         except UnknownCommand:
             macros = dict(spec.macros)  # the child may know it even if we do not
         key = (spec.host, spec.service)
-        future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[key] = (endpoint, future)
         params: dict[str, Any] = {"command": spec.command, "command_type": "check_command",
                                   "host": spec.host, "macros": macros}

@@ -39,16 +39,17 @@ import asyncio
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from replaylog import ReplayWriter
-from router.routing import METHODS
+from router.config import RouterConfig
+from router.routing import METHODS, Topology
 
 if TYPE_CHECKING:  # pragma: no cover
-    from router.node.core import Node
-    from router.transport import PeerConnection
+    from router.node.stats import Connection
 
 log = logging.getLogger("router.replay")
 
@@ -59,10 +60,35 @@ CHUNK = 1024
 REPLAY_METHOD = "(replay)"
 
 
+class ReplayHost(Protocol):
+    """What the replay log needs from the node."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def config(self) -> RouterConfig: ...
+
+    @property
+    def topology(self) -> Topology: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def connections(self) -> Mapping[str, Connection]: ...
+
+    def replay_done(self, conn: Connection, count: int, seconds: float) -> None:
+        """The replay of ``conn`` caught up with the log: it goes live."""
+
+    def wait_drained(self, conn: Connection) -> asyncio.Future[None]:
+        """Resolved when ``conn``'s send queue is below low water again (or it closed)."""
+
+
 class ReplayManager:
     """Persists logged messages for unreachable zones and replays them on reconnect."""
 
-    def __init__(self, node: Node, writer: ReplayWriter) -> None:
+    def __init__(self, node: ReplayHost, writer: ReplayWriter) -> None:
         self.node = node
         self.writer = writer
         self.store = writer.store
@@ -92,7 +118,7 @@ class ReplayManager:
             if zone in self.zones and self.writer.submit(zone, ts, frame, object_zone):
                 self.persisted += 1
 
-    def persist_unsent(self, conn: PeerConnection, leftovers: list[tuple[bytes, str]]) -> int:
+    def persist_unsent(self, conn: Connection, leftovers: list[tuple[bytes, str]]) -> int:
         """Keep the logged frames a dropped connection never sent; returns how many."""
         zone = self.node.topology.zone_of(conn.endpoint or "")
         if zone not in self.zones:
@@ -108,7 +134,7 @@ class ReplayManager:
         self.persisted += kept
         return kept
 
-    def persist_written(self, conn: PeerConnection,
+    def persist_written(self, conn: Connection,
                         items: list[tuple[float, bytes, str]]) -> int:
         """Keep logged frames that were written to a dropped connection but never
         confirmed (its ledger, with their stamps); returns how many."""
@@ -143,12 +169,12 @@ class ReplayManager:
 
     # ------------------------------------------------------------------ replay
 
-    def start(self, conn: PeerConnection) -> None:
+    def start(self, conn: Connection) -> None:
         task = self.node.loop.create_task(self._replay(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _replay(self, conn: PeerConnection) -> None:
+    async def _replay(self, conn: Connection) -> None:
         node = self.node
         loop = node.loop
         endpoint = conn.endpoint or ""
@@ -192,7 +218,7 @@ class ReplayManager:
             self.replaying.pop(endpoint, None)
             self.replayed[endpoint] = self.replayed.get(endpoint, 0) + count
 
-    def _current(self, conn: PeerConnection) -> bool:
+    def _current(self, conn: Connection) -> bool:
         return (conn.state == "open" and conn.endpoint is not None
                 and self.node.connections.get(conn.endpoint) is conn)
 

@@ -34,14 +34,14 @@ import logging
 import ssl
 import sys
 import termios
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from router.protocol.peer import PeerProtocol, State
+from router.transport.owner import ConnectionOwner, TrafficStats
 from router.transport.readsched import MIN_EXPECTED_READ
 from router.transport.sendqueue import Ledger, SendQueue
 
 if TYPE_CHECKING:  # pragma: no cover
-    from router.node import EndpointStats, Node
     from router.transport.tlslib import TLSLibrary, TLSSession
 
 log = logging.getLogger("router.transport")
@@ -63,6 +63,10 @@ CLOSING = "closing"
 CLOSED = "closed"
 
 
+#: The owner's per-endpoint stats type (the node's ``EndpointStats``).
+StatsT = TypeVar("StatsT", bound=TrafficStats)
+
+
 def _consume_result(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
@@ -77,11 +81,16 @@ def _handshake_step(session: TLSSession) -> BaseException | bool:
         return exc
 
 
-class PeerConnection(asyncio.BufferedProtocol):
-    """One TCP connection to a cluster peer (inbound or outbound)."""
+class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
+    """One TCP connection to a cluster peer (inbound or outbound).
 
-    def __init__(self, node: Node, tls_library: TLSLibrary, *,
-                 expected_endpoint: str | None = None, handshake_timeout: float = 10.0) -> None:
+    ``node`` is its owner (``ConnectionOwner``); ``stats`` the owner's counters of the
+    peer's endpoint, of which the connection itself only counts bytes (``TrafficStats``).
+    """
+
+    def __init__(self, node: ConnectionOwner[PeerConnection[StatsT]],
+                 tls_library: TLSLibrary, *, expected_endpoint: str | None = None,
+                 handshake_timeout: float = 10.0) -> None:
         self.node = node
         self.loop = node.loop
         self._tls_library = tls_library
@@ -101,11 +110,11 @@ class PeerConnection(asyncio.BufferedProtocol):
         #: Logged frames written but not confirmed by the peer (set by the node when the
         #: peer's zone keeps a replay log).
         self.ledger: Ledger | None = None
-        self.stats: EndpointStats | None = None
+        self.stats: StatsT | None = None
         #: Congested queues this connection feeds; reading pauses while non-zero.
         self.blocked_by = 0
         #: Connections paused because *our* queue is congested.
-        self.blocked_sources: set[PeerConnection] = set()
+        self.blocked_sources: set[PeerConnection[StatsT]] = set()
         self.created = self.loop.time()
         self.opened_at: float | None = None
         self.last_write_progress = self.created
@@ -140,12 +149,12 @@ class PeerConnection(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = tcp = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if peername:
             self.address = f"{peername[0]}:{peername[1]}"
         # TCP_NODELAY: uvloop and asyncio both set it on every TCP transport (a test checks).
-        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
+        tcp.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         # SNI = endpoint name, as Icinga sends it (no Environment suffix in 2.13 defaults).
         self._tls = self._tls_library.session(server_hostname=self.expected_endpoint)
         self._handshake_handle = self.loop.call_later(self._handshake_timeout,
@@ -228,7 +237,9 @@ class PeerConnection(asyncio.BufferedProtocol):
         self._start_handshake_step()
 
     def _start_handshake_step(self) -> None:
-        future = self.loop.run_in_executor(self.node.tls_pool, _handshake_step, self._tls)
+        session = self._tls
+        assert session is not None          # created in connection_made
+        future = self.loop.run_in_executor(self.node.tls_pool, _handshake_step, session)
         self._handshake_step = future
         future.add_done_callback(self._handshake_step_done)
 
@@ -412,7 +423,7 @@ class PeerConnection(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ session
 
     def start_session(self, peer: PeerProtocol, queue: SendQueue, endpoint: str | None,
-                      stats: EndpointStats) -> None:
+                      stats: StatsT) -> None:
         """Called by the node once it accepted the TLS peer."""
         self.peer = peer
         self.queue = queue

@@ -17,11 +17,12 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from router.node import Node
     from router.routing import EndpointSpec
+    from router.transport.connection import PeerConnection
+    from router.transport.owner import DialOwner
 
 log = logging.getLogger("router.connector")
 
@@ -48,10 +49,14 @@ class Backoff:
 
 
 class Connector:
-    """Keeps one outbound session per dial target of the node."""
+    """Keeps one outbound session per dial target of the node.
 
-    def __init__(self, node: Node, targets: tuple[EndpointSpec, ...], *, backoff: Backoff,
-                 concurrency: int, connect_timeout: float) -> None:
+    ``node`` is typed by what the dialler needs (``DialOwner``); it never looks at the
+    connections' stats, hence ``PeerConnection[Any]``.
+    """
+
+    def __init__(self, node: DialOwner[PeerConnection[Any]], targets: tuple[EndpointSpec, ...],
+                 *, backoff: Backoff, concurrency: int, connect_timeout: float) -> None:
         self.node = node
         self.targets = targets
         self.backoff = backoff
@@ -117,9 +122,9 @@ class Connector:
                     text = str(exc) or type(exc).__name__
                     if isinstance(exc, asyncio.TimeoutError):
                         text = f"no session within {self.connect_timeout:g} s"
-                    node._ratelog.log(("dial", spec.name, host, port), logging.WARNING,
-                                      "[%s %s:%s] cannot connect: %s", spec.name, host, port,
-                                      text)
+                    node.ratelog.log(("dial", spec.name, host, port), logging.WARNING,
+                                     "[%s %s:%s] cannot connect: %s", spec.name, host, port,
+                                     text)
         return False
 
     async def _connect(self, name: str, host: str, port: int) -> None:

@@ -1,0 +1,143 @@
+"""Command execution bookkeeping: ``event::ExecuteCommand`` and ``event::ExecutedCommand``.
+
+Two roles meet here:
+
+- as the *command endpoint* of a parent, a node runs ``event::ExecuteCommand`` on its
+  executor (``router.features.commands``) when ``accept_commands`` is on, and answers
+  directly to the requester; with commands off it answers the way Icinga does;
+- as a *relay* of an API execution (``source`` set), the node remembers who asked, so that
+  the ``event::ExecutedCommand`` coming back is sent to the requester directly, like
+  Icinga does; the record expires ``EXECUTION_GRACE`` seconds after the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from router.config import RouterConfig
+from router.protocol import answers, jsonrpc, netstring
+from router.transport import RateLimitedLogger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.features.commands import CommandExecutor
+    from router.node.stats import Connection
+
+log = logging.getLogger("router.node")
+
+CHECK_RESULT = "event::CheckResult"
+EXECUTED_COMMAND = "event::ExecutedCommand"
+#: How long a relayed API execution waits for its event::ExecutedCommand.
+EXECUTION_GRACE = 600.0
+MAX_PENDING_EXECUTIONS = 100_000
+
+
+class ExecutionHost(Protocol):
+    """What the execution bookkeeping needs from the node."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def config(self) -> RouterConfig: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def ratelog(self) -> RateLimitedLogger: ...
+
+    @property
+    def executor(self) -> CommandExecutor | None:
+        """Set by the service when accept_commands is on."""
+
+    def send_to(self, endpoint: str, frame: bytes, method: str) -> bool: ...
+
+    def refuse(self, conn: Connection, method: str, reason: str, text: str,
+               msg: jsonrpc.Message | None = None) -> None: ...
+
+
+class Executions:
+    """Runs or refuses a parent's commands; routes relayed executions' answers back."""
+
+    def __init__(self, host: ExecutionHost) -> None:
+        self.host = host
+        #: execution id (the request's ``source``) -> (requester, expiry wall-clock time)
+        self.pending: dict[str, tuple[str, float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def execute(self, conn: Connection, params: dict[str, Any]) -> None:
+        """A parent asks us to run a check (command_endpoint) or an API execution."""
+        host = self.host
+        if host.config.node.accept_commands and host.executor is not None:
+            task = host.loop.create_task(self._run(conn.endpoint or "", params))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        # Commands off: answer the way Icinga does, so the parent records UNKNOWN / exit
+        # 126 instead of waiting for a result that never comes.
+        output = f"Endpoint '{host.name}' does not accept commands."
+        host.ratelog.log((conn.endpoint, "execute"), logging.WARNING,
+                         "[%s %s] not executing command %r for %s: %s", conn.endpoint,
+                         conn.address, params.get("command"), params.get("host"), output)
+        frame = netstring.encode(answers.refuse_execute_command(
+            params, endpoint_name=host.name, output=output, now=time.time()))
+        method = EXECUTED_COMMAND if "source" in params else CHECK_RESULT
+        host.send_to(conn.endpoint or "", frame, method)
+
+    async def _run(self, requester: str, params: dict[str, Any]) -> None:
+        host = self.host
+        executor = host.executor
+        assert executor is not None
+        try:
+            payload = await executor.execute(params, requester)
+        except Exception:  # a bug here must not take the node down
+            log.exception("[%s] executing %r failed", requester, params.get("command"))
+            return
+        if payload is None:
+            return
+        method = EXECUTED_COMMAND if "source" in params else CHECK_RESULT
+        if not host.send_to(requester, netstring.encode(payload), method):
+            log.warning("[%s] result of %r dropped: the requester is no longer connected",
+                        requester, params.get("command"))
+
+    def remember(self, requester: str, params: dict[str, Any]) -> None:
+        """An ExecuteCommand relayed from ``requester``: keep who asked for an API
+        execution (``source``) until its answer comes back or it expires."""
+        source = params.get("source")
+        if not isinstance(source, str):
+            return
+        if len(self.pending) >= MAX_PENDING_EXECUTIONS:
+            self.prune(force=True)
+        deadline = params.get("deadline")
+        expires = (float(deadline) if isinstance(deadline, (int, float)) else time.time()) \
+            + EXECUTION_GRACE
+        self.pending[source] = (requester, expires)
+
+    def executed(self, conn: Connection, msg: jsonrpc.Message) -> None:
+        """The answer of a relayed execution: to its requester, or refused."""
+        execution = (msg.params or {}).get("execution")
+        pending = self.pending.pop(execution, None) if isinstance(execution, str) else None
+        if pending is None:
+            self.host.refuse(conn, EXECUTED_COMMAND, "unknown_execution",
+                             "no relayed execute-command request with this execution id", msg)
+            return
+        # Sent directly to the requester, like Icinga (no ts: SyncSendMessage).
+        if not self.host.send_to(pending[0], netstring.encode(msg.raw), EXECUTED_COMMAND):
+            self.host.refuse(conn, EXECUTED_COMMAND, "unreachable",
+                             f"requester {pending[0]} is not connected", msg)
+
+    def prune(self, force: bool = False) -> None:
+        """Forget expired executions; ``force``: also the oldest tenth when still full."""
+        now = time.time()
+        expired = [k for k, (_, exp) in self.pending.items() if exp < now]
+        for key in expired:
+            del self.pending[key]
+        if force and len(self.pending) >= MAX_PENDING_EXECUTIONS:
+            for key in list(self.pending)[:MAX_PENDING_EXECUTIONS // 10]:
+                del self.pending[key]
+
+
+__all__ = ["EXECUTION_GRACE", "ExecutionHost", "Executions", "MAX_PENDING_EXECUTIONS"]

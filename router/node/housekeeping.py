@@ -1,0 +1,200 @@
+"""The node's timers: the once-a-second housekeeping and the log-position ticks.
+
+Housekeeping (every second): disconnect slow consumers (a congested queue without write
+progress for ``timeouts.slow_consumer``), expire relayed executions, let the replay log
+prune, and every ``READ_STALL_CHECK_INTERVAL`` run the read-stall watchdog.
+
+Log positions: tell each peer how far we have received its messages
+(``log::SetLogPosition``), one slice of the peers per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Set
+from typing import TYPE_CHECKING, Protocol
+
+from router.config import RouterConfig
+from router.protocol import jsonrpc, netstring
+from router.transport import RateLimitedLogger
+from router.transport.readsched import ReadScheduler
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.node.executions import Executions
+    from router.node.replay import ReplayManager
+    from router.node.stats import Connection, EndpointStats
+
+#: Icinga confirms the newest ts received from each peer this often (ApiTimerHandler).
+LOG_POSITION_INTERVAL = 5.0
+#: ... and does it for every peer in one go. We spread one round over this many timer
+#: ticks, so 5 000 agents cost 100 small writes every 0.1 s instead of a 5 000-write loop
+#: turn every 5 s (which delayed every message behind it by a few hundred ms).
+LOG_POSITION_SLICES = 50
+#: The read-stall watchdog runs this often and flags sessions with unread input and no
+#: read for this long (see Housekeeping.check_read_stalls).
+READ_STALL_CHECK_INTERVAL = 5.0
+READ_STALL_AFTER = 5.0
+
+
+class HousekeepingHost(Protocol):
+    """What the node's timers need from the node."""
+
+    @property
+    def config(self) -> RouterConfig: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def connections(self) -> Mapping[str, Connection]: ...
+
+    @property
+    def anonymous(self) -> Set[Connection]: ...
+
+    @property
+    def reads(self) -> ReadScheduler: ...
+
+    @property
+    def ratelog(self) -> RateLimitedLogger: ...
+
+    @property
+    def replay(self) -> ReplayManager | None: ...
+
+    @property
+    def executions(self) -> Executions: ...
+
+    @property
+    def log_position_interval(self) -> float:
+        """Seconds between two confirmations to the same peer (tests shorten it)."""
+
+    def endpoint_stats(self, name: str) -> EndpointStats: ...
+
+    def send_to(self, endpoint: str, frame: bytes, method: str) -> bool: ...
+
+    def slow_consumer(self, conn: Connection, why: str) -> None: ...
+
+
+class Housekeeping:
+    """The two timers of a node and what they keep."""
+
+    def __init__(self, host: HousekeepingHost) -> None:
+        self.host = host
+        self._timer: asyncio.TimerHandle | None = None
+        self._log_position_timer: asyncio.TimerHandle | None = None
+        #: connections the read-stall watchdog found not reading (see check_read_stalls)
+        self.read_stalls = 0
+        self._last_stall_check = 0.0
+        #: sessions seen once with input waiting and no read: {connection: last_read_at}
+        self._stall_suspects: dict[Connection, float] = {}
+        self._log_position_round: list[str] = []
+        self._log_position_index = 0
+        self._log_position_round_start = -LOG_POSITION_INTERVAL
+        #: endpoint -> the position last confirmed on its current session.
+        self._log_position_sent: dict[str, float] = {}
+
+    def start(self) -> None:
+        loop = self.host.loop
+        self._timer = loop.call_later(1.0, self._on_housekeeping)
+        self._log_position_timer = loop.call_later(
+            self.host.log_position_interval / LOG_POSITION_SLICES, self._on_log_position_tick)
+
+    def stop(self) -> None:
+        for timer in (self._timer, self._log_position_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._log_position_timer = None
+
+    def session_closed(self, endpoint: str) -> None:
+        """``endpoint``'s session ended: its next session gets its position anew."""
+        self._log_position_sent.pop(endpoint, None)
+
+    def _on_housekeeping(self) -> None:
+        host = self.host
+        now = host.loop.time()
+        timeout = host.config.timeouts.slow_consumer
+        for conn in list(host.connections.values()):
+            queue = conn.queue
+            if queue is not None and queue.congested \
+                    and now - conn.last_write_progress > timeout:
+                host.slow_consumer(conn, f"no write progress for {timeout:g} s")
+        host.executions.prune()
+        if host.replay is not None:
+            host.replay.housekeeping(now)
+        if now - self._last_stall_check >= READ_STALL_CHECK_INTERVAL:
+            self._last_stall_check = now
+            self.check_read_stalls(now)
+        self._timer = host.loop.call_later(1.0, self._on_housekeeping)
+
+    def check_read_stalls(self, now: float) -> None:
+        """Watchdog for lost wake-ups: a session with input waiting in the kernel that is
+        not read although back-pressure does not hold it and it is not waiting for its
+        turn. Log it with its reading state, count it, and make it read again.
+
+        One sighting proves nothing: under load the loop may simply not have reached the
+        socket yet (its input can be a millisecond old while its last read, an idle
+        agent's, is minutes old). So a session is only flagged when it is seen at two
+        checks in a row with input waiting and no read in between: a reading transport is
+        polled many times in READ_STALL_CHECK_INTERVAL seconds."""
+        host = self.host
+        waiting = host.reads.waiting
+        suspects, self._stall_suspects = self._stall_suspects, {}
+        for conn in list(host.connections.values()) + list(host.anonymous):
+            if conn.state != "open" or conn.reading_paused \
+                    or now - conn.last_read_at < READ_STALL_AFTER:
+                continue
+            if conn.parked and waiting:
+                continue                    # in the read queue: its turn comes
+            unread = conn.unread_bytes()
+            if unread <= 0:
+                continue
+            if suspects.get(conn) != conn.last_read_at:
+                self._stall_suspects[conn] = conn.last_read_at
+                continue
+            self.read_stalls += 1
+            host.ratelog.log((conn.address, "read_stall"), logging.WARNING,
+                             "[%s %s] %d bytes unread for %.0f s although nothing holds "
+                             "its reading back (parked %s, blocked by %d, %d waiting to "
+                             "read); reading again", conn.endpoint or conn.identity,
+                             conn.address, unread, now - conn.last_read_at, conn.parked,
+                             conn.blocked_by, waiting)
+            conn.restart_reading()
+
+    def _on_log_position_tick(self) -> None:
+        """Tell peers how far we have received their messages (``log::SetLogPosition``).
+
+        Icinga replays everything newer than the position a peer confirmed; without this a
+        peer would replay every earlier outage again on each reconnect. Icinga sends it to
+        every peer every 5 s; we send it to each peer at most every
+        ``log_position_interval``, only when it moved since the last one on this session,
+        and a round over all peers is cut into ``LOG_POSITION_SLICES`` ticks.
+        """
+        host = self.host
+        now = host.loop.time()
+        interval = host.log_position_interval
+        connections = host.connections
+        if self._log_position_index >= len(self._log_position_round) \
+                and now - self._log_position_round_start >= interval:
+            self._log_position_round = list(connections)
+            self._log_position_index = 0
+            self._log_position_round_start = now
+        names = self._log_position_round
+        start = self._log_position_index
+        end = start + -(-len(names) // LOG_POSITION_SLICES)       # ceil
+        self._log_position_index = end
+        sent = self._log_position_sent
+        for endpoint in names[start:end]:
+            if endpoint not in connections:
+                continue
+            position = host.endpoint_stats(endpoint).remote_log_position
+            if position > sent.get(endpoint, 0.0):
+                sent[endpoint] = position
+                host.send_to(endpoint, netstring.encode(jsonrpc.notification(
+                    "log::SetLogPosition", {"log_position": position})),
+                    "log::SetLogPosition")
+        self._log_position_timer = host.loop.call_later(interval / LOG_POSITION_SLICES,
+                                                        self._on_log_position_tick)
+
+
+__all__ = ["Housekeeping", "HousekeepingHost", "LOG_POSITION_INTERVAL", "LOG_POSITION_SLICES",
+           "READ_STALL_AFTER", "READ_STALL_CHECK_INTERVAL"]

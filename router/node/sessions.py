@@ -1,0 +1,383 @@
+"""Session life: admitting a peer after its TLS handshake, its session events, its end.
+
+- ``connection_made``: the connection limit; ``handshake_failed``: counted and logged
+  (rate-limited, by address and reason);
+- ``handshake_done``: identify the peer by its certificate CN, refuse a dialled endpoint
+  with the wrong CN, our own name, a second session of an endpoint, or one anonymous
+  client too many; otherwise register the session (a known endpoint in the connection
+  table, replaying its log first when the replay log has something for it) and start its
+  protocol;
+- session events other than messages: Hello, timeouts, protocol errors, HTTP on the
+  cluster port; certificate requests (anonymous peers may send nothing else);
+- ``connection_lost``: unregister, hand what was written but not confirmed and what was
+  still queued to the replay log, release back-pressure, wake whoever waits.
+
+The registry itself (``connections``, ``connected_names``, ``all_connections``,
+``anonymous``, ``stats``) is the node's: the message path reads it for every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from router.config import RouterConfig
+from router.ops.metrics import LabeledCounter
+from router.protocol import jsonrpc, netstring
+from router.protocol.events import (Event, HelloReceived, NotJsonRpc, PeerTimedOut,
+                                    ProtocolFailed)
+from router.protocol.peer import PeerProtocol, Role
+from router.routing import Relation, Topology
+from router.transport import RateLimitedLogger, tls
+from router.transport.sendqueue import Ledger, QueueLimits, SendQueue
+from router.node.stats import ANONYMOUS
+from router.node.texts import TIMEOUT_TEXT, http_refusal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.node.housekeeping import Housekeeping
+    from router.node.replay import ReplayManager
+    from router.node.stats import Connection, EndpointStats
+
+log = logging.getLogger("router.node")
+
+
+class SessionHost(Protocol):
+    """What session admission and teardown need from the node (mostly its registry)."""
+
+    @property
+    def config(self) -> RouterConfig: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def topology(self) -> Topology: ...
+
+    @property
+    def ratelog(self) -> RateLimitedLogger: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def queue_limits(self) -> QueueLimits: ...
+
+    @property
+    def handshake_failures(self) -> LabeledCounter: ...
+
+    @property
+    def disconnects(self) -> LabeledCounter: ...
+
+    @property
+    def connections(self) -> dict[str, Connection]: ...
+
+    @property
+    def connected_names(self) -> set[str]: ...
+
+    @property
+    def all_connections(self) -> set[Connection]: ...
+
+    @property
+    def anonymous(self) -> set[Connection]: ...
+
+    @property
+    def replay(self) -> ReplayManager | None: ...
+
+    @property
+    def housekeeping(self) -> Housekeeping: ...
+
+    def endpoint_stats(self, name: str) -> EndpointStats: ...
+
+    def log_peer(self, conn: Connection, level: int, msg: str, *args: object) -> None: ...
+
+    def count_refused(self, conn: Connection, label: str, reason: str) -> None: ...
+
+    def refuse(self, conn: Connection, method: str, reason: str, text: str,
+               msg: jsonrpc.Message | None = None) -> None: ...
+
+    def unblock(self, source: Connection) -> None: ...
+
+
+class Sessions:
+    """Admits, tracks the waiters of, and retires the node's sessions."""
+
+    def __init__(self, host: SessionHost) -> None:
+        self.host = host
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        self._hello = {"capabilities": 1, "version": host.config.node.icinga_version}
+        self._session_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._drain_waiters: dict[Connection, asyncio.Future[None]] = {}
+
+    def max_message_size(self, endpoint: str | None) -> int:
+        """Receive limit by trust (users.md P16): children are bounded tighter than parents."""
+        limits = self.host.config.limits
+        topology = self.host.topology
+        if endpoint is None:
+            return limits.max_message_size_anonymous
+        relation = topology.relation(endpoint)
+        if relation in (Relation.PARENT, Relation.PEER):
+            return limits.max_message_size_peer
+        if relation is Relation.CHILD:
+            return limits.max_message_size_child
+        zone = topology.zone_of(endpoint)
+        if zone is not None and topology.is_ancestor(topology.local_zone, zone):
+            return limits.max_message_size_child
+        return limits.max_message_size_peer
+
+    # ------------------------------------------------------------------ opening
+
+    def connection_made(self, conn: Connection) -> None:
+        host = self.host
+        host.all_connections.add(conn)
+        if host.closing:
+            conn.abort("node is shutting down")
+            return
+        limit = host.config.limits.max_connections
+        if len(host.all_connections) > limit:
+            host.ratelog.log(("max_connections",), logging.WARNING,
+                             "refusing connection from %s: %d connections is the limit "
+                             "(limits.max_connections)", conn.address, limit)
+            host.disconnects.inc(("max_connections",))
+            conn.abort("too many connections")
+
+    def handshake_failed(self, conn: Connection, exc: BaseException) -> None:
+        reason = tls.classify_handshake_error(exc)
+        self.host.handshake_failures.inc((reason,))
+        address = conn.address.rsplit(":", 1)[0]
+        who = f"to {conn.expected_endpoint} " if conn.expected_endpoint else ""
+        self.host.ratelog.log((address, reason), logging.WARNING,
+                              "[%s] TLS handshake %sfailed (%s): %s", conn.address, who, reason,
+                              tls.describe_handshake_error(exc))
+
+    def handshake_done(self, conn: Connection) -> bool:
+        """Identify the peer and start its session; False when the connection was closed."""
+        host = self.host
+        ratelog = host.ratelog
+        identity = conn.peer_identity()
+        conn.identity = identity
+        if conn.expected_endpoint is not None and identity != conn.expected_endpoint:
+            # Icinga: "Unexpected certificate common name" -> drop.
+            host.handshake_failures.inc(("unexpected_cn",))
+            ratelog.log((conn.address, "unexpected_cn"), logging.WARNING,
+                        "[%s] dialled endpoint %s but its certificate names %r; closing",
+                        conn.address, conn.expected_endpoint, identity)
+            conn.state = "closing"
+            if not conn.ready.done():
+                conn.ready.set_exception(ConnectionError(
+                    f"certificate CN {identity!r} is not {conn.expected_endpoint!r}"))
+            conn.abort("unexpected certificate CN")
+            return False
+        if identity == host.name:
+            ratelog.log((conn.address, "self"), logging.WARNING,
+                        "[%s] peer presents our own name %r; closing", conn.address, identity)
+            conn.close("peer uses our own identity")
+            return False
+        endpoint: str | None = None
+        if identity is not None and host.topology.endpoint(identity) is not None:
+            endpoint = identity
+        if endpoint is None:
+            anonymous = len(host.anonymous)
+            if anonymous >= host.config.limits.max_anonymous_clients:
+                ratelog.log(("max_anonymous",), logging.WARNING,
+                            "[%s] refusing anonymous connection (CN %r): %d anonymous "
+                            "clients is the limit", conn.address, identity, anonymous)
+                host.disconnects.inc(("max_anonymous",))
+                conn.close("too many anonymous clients")
+                return False
+            if identity is None:
+                ratelog.log((conn.address, "nocert"), logging.INFO,
+                            "[%s] anonymous connection (no client certificate); only "
+                            "certificate requests are accepted", conn.address)
+            else:
+                ratelog.log((identity, "unknown_cn"), logging.WARNING,
+                            "[%s %s] certificate CN is not a configured endpoint; "
+                            "treating it as anonymous", identity, conn.address)
+        elif endpoint in host.connections:
+            host.log_peer(conn, logging.INFO, "already connected to endpoint %s; closing the "
+                          "new %s connection", endpoint, conn.direction)
+            host.disconnects.inc(("duplicate",))
+            conn.close("duplicate connection")
+            return False
+        config = host.config
+        timeouts = config.timeouts
+        peer = PeerProtocol(
+            Role.CLIENT if conn.expected_endpoint else Role.SERVER, host.loop.time(),
+            identity=identity, authenticated=endpoint is not None,
+            max_message_size=self.max_message_size(endpoint),
+            max_depth=config.limits.max_json_depth, hello_params=self._hello,
+            heartbeat_interval=timeouts.heartbeat_interval,
+            liveness_timeout=timeouts.liveness, anonymous_timeout=timeouts.anonymous,
+            enrollment_timeout=timeouts.enrollment, first_byte_timeout=timeouts.connect)
+        stats = host.endpoint_stats(endpoint or ANONYMOUS)
+        replay = host.replay
+        replaying = False
+        if endpoint is None:
+            host.anonymous.add(conn)
+        else:
+            host.connections[endpoint] = conn
+            stats.connected_since = time.time()
+            replaying = replay is not None and replay.wants_replay(endpoint)
+            if not replaying:
+                host.connected_names.add(endpoint)
+            # Every configured endpoint has a relation (OTHER when not adjacent).
+            relation = host.topology.relation(endpoint)
+            host.log_peer(conn, logging.INFO, "connected (%s, %s)%s", conn.direction,
+                          relation.name.lower() if relation is not None else "other",
+                          "; replaying its log first" if replaying else "")
+        if endpoint is not None and replay is not None and replay.keeps_log(endpoint):
+            conn.ledger = Ledger()
+        conn.start_session(peer, SendQueue(host.queue_limits), endpoint, stats)
+        if endpoint is not None and replaying and conn.state == "open":
+            assert replay is not None
+            replay.start(conn)
+        return True
+
+    def replay_done(self, conn: Connection, count: int, seconds: float) -> None:
+        """The replay caught up with the log: from now on the peer gets live traffic."""
+        host = self.host
+        if conn.endpoint is None or host.connections.get(conn.endpoint) is not conn:
+            return
+        host.connected_names.add(conn.endpoint)
+        level = logging.INFO if count else logging.DEBUG
+        host.log_peer(conn, level, "replayed %d logged messages in %.2f s; now live", count,
+                      seconds)
+
+    # ------------------------------------------------------------------ session events
+
+    def on_event(self, conn: Connection, event: Event) -> None:
+        """A session event other than a message."""
+        host = self.host
+        if isinstance(event, HelloReceived):
+            stats = conn.stats
+            if stats is not None:
+                stats.icinga_version = event.version
+                stats.capabilities = event.capabilities
+            if self._debug:
+                host.log_peer(conn, logging.DEBUG, "hello: version %s capabilities %s",
+                              event.version, event.capabilities)
+        elif isinstance(event, PeerTimedOut):
+            conn.close_reason = f"{event.reason} timeout"
+            host.disconnects.inc((f"timeout_{event.reason}",))
+            level = logging.INFO if event.reason == "anonymous" else logging.WARNING
+            host.log_peer(conn, level, "closing: %s", TIMEOUT_TEXT.get(
+                event.reason, event.reason))
+        elif isinstance(event, ProtocolFailed):
+            error = event.error
+            conn.close_reason = f"protocol error: {error}"
+            host.disconnects.inc((error.reason,))
+            host.count_refused(conn, "-", error.reason)
+            host.log_peer(conn, logging.WARNING, "protocol error, closing: %s", error)
+        elif isinstance(event, NotJsonRpc):
+            conn.close_reason = "not a JSON-RPC client"
+            host.disconnects.inc(("not_jsonrpc",))
+            host.log_peer(conn, logging.INFO, "client speaks HTTP or another protocol "
+                          "on the cluster port (first bytes %r); closing", event.first_bytes)
+            conn.write_direct(http_refusal(host.config.status_listen))
+
+    def pki_request(self, conn: Connection, msg: jsonrpc.Message) -> None:
+        """Certificate requests: answer renewals of current certificates like Icinga.
+
+        Every Icinga agent sends ``pki::RequestCertificate`` on each connect to its parent.
+        If its certificate is ours and not due for renewal, Icinga's answer is status 1 and
+        nothing is sent back for id-less requests, so we stay quiet as well. Signing new
+        certificates is not implemented yet: those requests are refused and logged.
+        """
+        der = conn.peer_certificate_der()
+        ca = self.host.config.tls.ca
+        if der is not None and conn.endpoint is not None and tls.cert_is_current(der, ca,
+                                                                                 time.time()):
+            if msg.id is not None:
+                conn.write_direct(netstring.encode(jsonrpc.response(msg.id, {
+                    "status_code": 1,
+                    "error": f"The certificate for CN '{conn.identity}' is valid and uptodate. "
+                             f"Skipping automated renewal."})))
+            return
+        text = "certificate signing is not implemented on this node yet"
+        self.host.refuse(conn, "pki::RequestCertificate", "unsupported", text, msg)
+        if msg.id is not None:
+            conn.write_direct(netstring.encode(jsonrpc.response(msg.id, {
+                "status_code": 1, "error": text})))
+        if conn.endpoint is None:
+            conn.close("certificate request cannot be served")
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait_drained(self, conn: Connection) -> asyncio.Future[None]:
+        """Future resolved when ``conn``'s queue is below low water again (or it closed)."""
+        fut = self._drain_waiters.get(conn)
+        if fut is None or fut.done():
+            fut = self._drain_waiters[conn] = self.host.loop.create_future()
+        return fut
+
+    def wake_drain_waiter(self, conn: Connection) -> None:
+        fut = self._drain_waiters.pop(conn, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def wait_session_closed(self, endpoint: str) -> asyncio.Future[None]:
+        """Future resolved when the endpoint's current session ends (now if none)."""
+        fut: asyncio.Future[None] = self.host.loop.create_future()
+        if endpoint not in self.host.connections:
+            fut.set_result(None)
+        else:
+            self._session_waiters.setdefault(endpoint, []).append(fut)
+        return fut
+
+    # ------------------------------------------------------------------ closing
+
+    def connection_lost(self, conn: Connection, exc: Exception | None) -> None:
+        host = self.host
+        host.all_connections.discard(conn)
+        host.anonymous.discard(conn)
+        endpoint = conn.endpoint
+        connections = host.connections
+        if endpoint is not None and connections.get(endpoint) is conn:
+            del connections[endpoint]
+            host.connected_names.discard(endpoint)
+            host.housekeeping.session_closed(endpoint)
+            stats = host.endpoint_stats(endpoint)
+            stats.connected_since = None
+            reason = conn.close_reason or (f"connection lost: {exc}" if exc else "peer closed")
+            host.log_peer(conn, logging.INFO, "disconnected: %s", reason)
+            for waiter in self._session_waiters.pop(endpoint, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+        self.wake_drain_waiter(conn)
+        replay = host.replay
+        if conn.ledger is not None and replay is not None and endpoint is not None:
+            # Written but never confirmed: maybe lost in flight. Logged first: older.
+            if conn.stats is not None:
+                conn.stats.unconfirmed_overflow += conn.ledger.overflowed
+            unconfirmed = conn.ledger.drain()
+            if unconfirmed:
+                kept = replay.persist_written(conn, unconfirmed)
+                host.log_peer(conn, logging.INFO if kept == len(unconfirmed) else
+                              logging.WARNING, "%d logged messages written but not "
+                              "confirmed at disconnect: %d kept in the replay log",
+                              len(unconfirmed), kept)
+        if conn.queue is not None:
+            leftovers = conn.queue.clear()
+            kept = 0
+            if leftovers and replay is not None and endpoint is not None:
+                kept = replay.persist_unsent(conn, leftovers)
+            dropped = len(leftovers) - kept
+            if leftovers and conn.stats is not None:
+                conn.stats.dropped += dropped
+                host.log_peer(conn, logging.WARNING, "%d queued messages unsent at disconnect:"
+                              " %d kept in the replay log, %d dropped", len(leftovers), kept,
+                              dropped)
+        for source in conn.blocked_sources:
+            host.unblock(source)
+        conn.blocked_sources.clear()
+        if conn.blocked_by:
+            for other in connections.values():
+                other.blocked_sources.discard(conn)
+            conn.blocked_by = 0
+
+
+__all__ = ["SessionHost", "Sessions"]

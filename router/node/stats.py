@@ -1,0 +1,55 @@
+"""Per-endpoint counters, and the node's type of a peer connection.
+
+``EndpointStats`` outlive reconnects (counters never go backwards); a connection counts
+its bytes into them (``router.transport.TrafficStats``), the node everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
+
+from router.ops.metrics import RateMeter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.transport import PeerConnection
+
+#: Stats key of sessions whose peer is not a known endpoint.
+ANONYMOUS = "(anonymous)"
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """Counters of one endpoint; they survive reconnects so rates stay meaningful."""
+
+    name: str
+    received: dict[str, int] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
+    #: (method label, reason) -> count
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    rate_in: RateMeter = field(default_factory=RateMeter)
+    rate_out: RateMeter = field(default_factory=RateMeter)
+    last_message_received: float | None = None
+    last_message_sent: float | None = None
+    connected_since: float | None = None
+    icinga_version: int | None = None
+    capabilities: int | None = None
+    #: Position the peer confirmed with log::SetLogPosition (kept for the replay log).
+    confirmed_log_position: float = 0.0
+    #: Newest ``ts`` received from the endpoint (Icinga's remote_log_position). It
+    #: outlives reconnects: an agent replaying its own log after a reconnect sends old
+    #: messages again, and those already seen are dropped as stale.
+    remote_log_position: float = 0.0
+    #: Written logged frames that left the unconfirmed ledger unprotected (its cap),
+    #: over past sessions (the current session's are on ``conn.ledger``).
+    unconfirmed_overflow: int = 0
+    coalesced: int = 0
+    dropped: int = 0
+
+
+#: A peer connection as the node holds it: its stats are ``EndpointStats``.
+Connection: TypeAlias = "PeerConnection[EndpointStats]"
+
+__all__ = ["ANONYMOUS", "Connection", "EndpointStats"]
