@@ -3,13 +3,13 @@
 ``RetentionOps`` (on ``state.StateBase``) deletes records, always at the head of a zone
 so the live records of a zone stay a contiguous seq range: ``prune`` applies Icinga's
 log cleanup per endpoint, ``enforce_cap`` and ``_evict`` keep the log within its byte
-cap (oldest first across zones), and ``_make_room`` / ``_evict_and_tick`` free space
+cap (fair shares: only zones over their equal share of the cap lose records, oldest
+first among them; a zone within its share loses none), and ``_make_room`` / ``_evict_and_tick`` free space
 when the map is full at its maximum or the disk is full (used by ``append``).
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -51,7 +51,7 @@ class RetentionOps(StateBase):
     # -- retention -----------------------------------------------------------------------
 
     def enforce_cap(self, max_bytes: int | None = None) -> dict[str, int]:
-        """Evict oldest-first across zones until the log is within its byte cap.
+        """Evict until the log is within its byte cap (fair shares, see ``_evict``).
 
         Args:
             max_bytes: a new cap to keep from now on (default: the current one).
@@ -146,48 +146,56 @@ class RetentionOps(StateBase):
     # -- eviction ------------------------------------------------------------------------
 
     def _evict(self, w: WriteTxn, target: int) -> dict[str, int]:
-        """Delete the oldest records across zones until ``w.total_bytes <= target``."""
+        """Delete records until ``w.total_bytes <= target``, fairly between zones.
+
+        Every zone holding records has an equal share of ``target``. Only zones over their
+        share lose records: among them the oldest record goes first (so with every zone
+        over its share this is plain oldest-first), and a zone stops losing records once
+        it is down to its share. One flooding zone (say a child whose parent is away)
+        thus evicts its own backlog, never the few queued messages of a quiet zone within
+        its share. Since the zones together hold more than ``target``, at least one of
+        them is over its share whenever this deletes anything.
+        """
         cur = w.txn.cursor(db=self._records_db)
-        heap: list[tuple[float, int, int]] = []
-        for z in w.live_zones():
-            if cur.set_range(K.record_key(z.id, 0)):
-                zid, seq = K.split_key(cur.key())
-                if zid == z.id:
-                    heap.append((K.HEADER.unpack_from(cur.value())[0], zid, seq))
-        heapq.heapify(heap)
-        evicted: dict[str, int] = {}
         unpack_header = K.HEADER.unpack_from
-        while heap and w.total_bytes > target:
-            _, zid, seq = heapq.heappop(heap)
-            # Delete this zone's run while it stays older than the next zone's head.
-            limit = heap[0][0] if heap else math.inf
-            z = w.zone(zid, self._names.get(zid) or "")
-            if not cur.set_key(K.record_key(zid, seq)):
-                continue
+        evicted: dict[str, int] = {}
+        while w.total_bytes > target:
+            live = w.live_zones()
+            if not live:
+                break
+            share = target // len(live)
+            heads: list[tuple[float, int, str]] = []
+            for zc in live:
+                if zc.bytes > share and cur.set_range(K.record_key(zc.id, 0)):
+                    if K.split_key(cur.key())[0] == zc.id:
+                        heads.append((unpack_header(cur.value())[0], zc.id, zc.name))
+            if not heads:
+                break
+            heads.sort()
+            _, zid, name = heads[0]
+            # Delete this zone's run while it stays older than the next candidate's head.
+            limit = heads[1][0] if len(heads) > 1 else math.inf
+            z = w.zone(zid, name)
+            cur.set_range(K.record_key(zid, 0))
             count = nbytes = 0
             while True:
                 nbytes += K.KEY_SIZE + len(cur.value())
                 count += 1
                 cur.delete()
-                if w.total_bytes - nbytes <= target:
+                if w.total_bytes - nbytes <= target or z.bytes - nbytes <= share:
                     break
                 key = cur.key()
-                if not key:
+                if not key or K.split_key(key)[0] != zid:
                     break
-                nzid, nseq = K.split_key(key)
-                if nzid != zid:
-                    break
-                ts = unpack_header(cur.value())[0]
-                if ts > limit:
-                    heapq.heappush(heap, (ts, zid, nseq))
+                if unpack_header(cur.value())[0] > limit:
                     break
             z.removed(count, nbytes)
             z.evicted += count
             w.total_records -= count
             w.total_bytes -= nbytes
-            evicted[z.name] = evicted.get(z.name, 0) + count
-        for name, count in evicted.items():
-            w.evicted[name] = w.evicted.get(name, 0) + count
+            evicted[name] = evicted.get(name, 0) + count
+        for zone_name, count in evicted.items():
+            w.evicted[zone_name] = w.evicted.get(zone_name, 0) + count
         return evicted
 
     def _make_room(self, needed: int) -> bool:

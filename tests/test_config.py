@@ -151,7 +151,7 @@ def test_defaults() -> None:
             cfg.timeouts.reconnect_min, cfg.timeouts.reconnect_max,
             cfg.timeouts.slow_consumer, cfg.timeouts.drain) == (
         10.0, 15.0, 20.0, 60.0, 10.0, 60.0, 1.0, 60.0, 60.0, 10.0)
-    assert cfg.objects == ObjectsConfig(unknown="learn", hosts={})
+    assert cfg.objects == ObjectsConfig(unknown="reject", hosts={})  # issue 16: default-deny
     assert cfg.endpoint_log_duration == {"solo": DEFAULT_LOG_DURATION}
     assert cfg.log_duration("unknown") == 86400.0
 

@@ -288,13 +288,16 @@ def test_prune_stops_at_the_first_record_still_needed(store: ReplayStore) -> Non
     assert store.prune(10.0, {"z": ["a"]}, {}).confirmed == {"z": 3}
 
 
-def test_cap_evicts_oldest_first_across_zones_and_counts(path: Path, caplog) -> None:
+def test_cap_evicts_fair_shares_and_counts(path: Path, caplog) -> None:
+    """Issue 16 S7: over the cap, a zone over its equal share loses its own oldest
+    records; a zone within its share loses none, however hard another zone floods."""
     f = frame(0, 200)
     size = rec_size(f)
     s = ReplayStore(path, max_bytes=100 * size)
     try:
         s.append_many([("a", float(t), f, None) for t in (1, 3, 5)]
                       + [("b", float(t), f, None) for t in (2, 4, 6)])
+        # cap 3 records, 2 zones: a share of 1.5 each; both over, a (the older id) first
         assert s.enforce_cap(3 * size) == {"a": 2, "b": 1}
         assert ts_of(s, "a") == [5.0] and ts_of(s, "b") == [4.0, 6.0]
         assert s.enforce_cap() == {}
@@ -302,15 +305,17 @@ def test_cap_evicts_oldest_first_across_zones_and_counts(path: Path, caplog) -> 
         assert stats["bytes"] == 3 * size
         assert (stats["zones"]["a"]["evicted"], stats["zones"]["b"]["evicted"]) == (2, 1)
         assert stats["evicted"] == 3
-        # The cap holds on every append (same transaction), and the log says it once
-        # per zone however often it happens.
+        # The cap holds on every append (same transaction). Zone a floods: once b is
+        # within its share it evicts only its own oldest; b keeps its last record
+        # instead of being pushed out (before issue 16 S7, b was emptied).
         for t in range(7, 17):
             s.append_many([("a", float(t), f, None)])
         assert s.total_bytes == 3 * size
-        assert ts_of(s, "a") == [14.0, 15.0, 16.0] and ts_of(s, "b") == []
+        assert ts_of(s, "a") == [15.0, 16.0] and ts_of(s, "b") == [6.0]
         warnings = [r for r in caplog.records if "evicted" in r.getMessage()]
-        assert len(warnings) == 2
-        assert s.stats()["zones"]["a"]["evicted"] == 2 + 8
+        assert len(warnings) == 2     # once per zone, however often it happens
+        assert s.stats()["zones"]["a"]["evicted"] == 2 + 9
+        assert s.stats()["zones"]["b"]["evicted"] == 1 + 1
     finally:
         s.close()
     s = ReplayStore(path)      # evicted totals are persistent
@@ -355,10 +360,16 @@ def test_a_full_map_that_cannot_grow_evicts_instead_of_raising(path: Path,
         assert stats["map_full"] >= 1 and stats["evicted"] > 0
         assert stats["records"] == n - stats["evicted"] - stats["dropped"]
         assert stats["records"] > 0
-        # What is left is the newest records, intact and in order.
+        # What is left is each zone's newest records, intact and in order (the cap is
+        # shared fairly between zones, issue 16 S7).
         kept = sorted(r.ts for z in ("z0", "z1", "z2") for r in s.iter_from(z))
         assert len(kept) == stats["records"]
-        assert kept == [float(t) for t in range(n - len(kept), n)]
+        for z in ("z0", "z1", "z2"):
+            mine = [float(4 * i + j) for i in range(150) if f"z{i % 3}" == z
+                    for j in range(4)]
+            got = [r.ts for r in s.iter_from(z)]
+            assert got == mine[len(mine) - len(got):]
+        assert n - 1 in kept      # the newest record of all is never the one evicted
         for z in ("z0", "z1", "z2"):
             recs = list(s.iter_from(z))
             assert all(r.frame == frame(int(r.ts), 1024) for r in recs)
@@ -598,3 +609,31 @@ def test_log_messages_use_the_router_logger(path: Path, caplog) -> None:
         s.close()
     assert any(r.name == "router.replaylog" and "grown" in r.getMessage()
                for r in caplog.records)
+
+
+def test_flooding_zone_never_evicts_a_zone_within_its_share(path: Path) -> None:
+    """Issue 16 S7: three zones share a cap of 30 records (10 each). Two quiet zones
+    hold 4 and 9; one zone floods with 1 000: it keeps the rest of the cap and evicts
+    only its own records, counted against it."""
+    f = frame(0, 100)
+    size = rec_size(f)
+    s = ReplayStore(path, max_bytes=30 * size)
+    try:
+        s.append_many([("quiet1", float(t), f, None) for t in range(4)])
+        s.append_many([("quiet2", float(t), f, None) for t in range(9)])
+        for start in range(0, 1000, 50):
+            s.append_many([("flood", 100.0 + t, f, None) for t in range(start, start + 50)])
+        assert ts_of(s, "quiet1") == [0.0, 1.0, 2.0, 3.0]
+        assert len(ts_of(s, "quiet2")) == 9
+        flood = ts_of(s, "flood")
+        assert len(flood) == 30 - 4 - 9 and flood[-1] == 1099.0    # the newest kept
+        zones = s.stats()["zones"]
+        assert zones["flood"]["evicted"] == 1000 - 17
+        assert zones["quiet1"]["evicted"] == 0 and zones["quiet2"]["evicted"] == 0
+        # A quiet zone over its share once the flood grows past it loses its own oldest.
+        s.append_many([("quiet2", 50.0 + t, f, None) for t in range(10)])
+        assert ts_of(s, "quiet1") == [0.0, 1.0, 2.0, 3.0]
+        assert s.total_bytes <= 30 * size
+        assert s.stats()["zones"]["quiet1"]["evicted"] == 0
+    finally:
+        s.close()

@@ -8,6 +8,13 @@ Two roles meet here:
 - as a *relay* of an API execution (``source`` set), the node remembers who asked, so that
   the ``event::ExecutedCommand`` coming back is sent to the requester directly, like
   Icinga does; the record expires ``EXECUTION_GRACE`` seconds after the deadline.
+
+An answer is bound to where the command went (issue 16 S4): the node remembers the zones
+on the path from its own zone down to the target endpoint's zone, and takes an
+``event::ExecutedCommand`` for that execution id only from an endpoint of one of them (the
+child it relayed to, that child's HA peer, or the target itself). Anybody else who knows or
+guesses the id (another agent, a sibling zone) is refused ``wrong_endpoint`` and counted,
+and the execution keeps waiting for its real answer.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from router.config import RouterConfig
 from router.protocol import answers, jsonrpc, netstring
+from router.routing import Topology
 from router.transport import RateLimitedLogger
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,6 +58,9 @@ class ExecutionHost(Protocol):
     def ratelog(self) -> RateLimitedLogger: ...
 
     @property
+    def topology(self) -> Topology: ...
+
+    @property
     def executor(self) -> CommandExecutor | None:
         """Set by the service when accept_commands is on."""
 
@@ -64,8 +75,9 @@ class Executions:
 
     def __init__(self, host: ExecutionHost) -> None:
         self.host = host
-        #: execution id (the request's ``source``) -> (requester, expiry wall-clock time)
-        self.pending: dict[str, tuple[str, float]] = {}
+        #: execution id (the request's ``source``) -> (requester, expiry wall-clock time,
+        #: zones whose endpoints may answer it)
+        self.pending: dict[str, tuple[str, float, frozenset[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def execute(self, conn: Connection, params: dict[str, Any]) -> None:
@@ -103,9 +115,21 @@ class Executions:
             log.warning("[%s] result of %r dropped: the requester is no longer connected",
                         requester, params.get("command"))
 
-    def remember(self, requester: str, params: dict[str, Any]) -> None:
-        """An ExecuteCommand relayed from ``requester``: keep who asked for an API
-        execution (``source``) until its answer comes back or it expires."""
+    def answer_zones(self, target_zone: str | None) -> frozenset[str]:
+        """The zones an answer for a command relayed towards ``target_zone`` may come
+        from: that zone and its ancestors below our own zone (the path it went down)."""
+        topology = self.host.topology
+        local = topology.local_zone
+        if target_zone is None or target_zone == local:
+            return frozenset((local,))
+        path = [target_zone, *topology.ancestors(target_zone)]
+        return frozenset(z for z in path if topology.is_ancestor(local, z))
+
+    def remember(self, requester: str, params: dict[str, Any],
+                 target_zone: str | None = None) -> None:
+        """An ExecuteCommand relayed from ``requester`` towards ``target_zone``: keep who
+        asked for an API execution (``source``), and from where its answer may come,
+        until the answer comes back or it expires."""
         source = params.get("source")
         if not isinstance(source, str):
             return
@@ -114,16 +138,27 @@ class Executions:
         deadline = params.get("deadline")
         expires = (float(deadline) if isinstance(deadline, (int, float)) else time.time()) \
             + EXECUTION_GRACE
-        self.pending[source] = (requester, expires)
+        self.pending[source] = (requester, expires, self.answer_zones(target_zone))
 
     def executed(self, conn: Connection, msg: jsonrpc.Message) -> None:
         """The answer of a relayed execution: to its requester, or refused."""
         execution = (msg.params or {}).get("execution")
-        pending = self.pending.pop(execution, None) if isinstance(execution, str) else None
+        if not isinstance(execution, str):
+            execution = ""
+        pending = self.pending.get(execution)
         if pending is None:
             self.host.refuse(conn, EXECUTED_COMMAND, "unknown_execution",
                              "no relayed execute-command request with this execution id", msg)
             return
+        sender_zone = self.host.topology.zone_of(conn.endpoint or "")
+        if sender_zone not in pending[2]:
+            # Not where the command went: a guessed or leaked id (issue 16 S4).
+            self.host.refuse(conn, EXECUTED_COMMAND, "wrong_endpoint",
+                             f"execution {execution[:64]!r} was sent towards zone(s) "
+                             f"{', '.join(sorted(pending[2]))}, not to zone {sender_zone}",
+                             msg)
+            return
+        del self.pending[execution]
         # Sent directly to the requester, like Icinga (no ts: SyncSendMessage).
         if not self.host.send_to(pending[0], netstring.encode(msg.raw), EXECUTED_COMMAND):
             self.host.refuse(conn, EXECUTED_COMMAND, "unreachable",
@@ -132,7 +167,7 @@ class Executions:
     def prune(self, force: bool = False) -> None:
         """Forget expired executions; ``force``: also the oldest tenth when still full."""
         now = time.time()
-        expired = [k for k, (_, exp) in self.pending.items() if exp < now]
+        expired = [k for k, (_, exp, _) in self.pending.items() if exp < now]
         for key in expired:
             del self.pending[key]
         if force and len(self.pending) >= MAX_PENDING_EXECUTIONS:

@@ -134,16 +134,21 @@ an ExecuteCommand for an HA peer are also sent to the parent zone, which refuses
 Objects and learning
 ====================
 
-:class:`ObjectZones` maps host names to zones: configured hosts plus learned ones. A lookup of
-an unconfigured, unlearned host falls back to a zone of the same name, then to the zone of an
-endpoint of the same name (command-endpoint agents run their checks on a host named like the
-agent endpoint), else it is unknown. For the checkable events (``learn=True`` in the method
-table) in ``LEARN`` mode, an unknown host reported with a ``from_zone`` that lies below our zone
-(a child zone or deeper) is learned as ``from_zone``: the first child zone that reports a host
-owns it; later reports from other child zones fail ``OBJ`` and are refused ``wrong_zone``. An
-unknown host from a parent or a peer (or without ``from_zone``), any unknown object of a
-non-learning method, and every unknown host in ``REJECT`` mode are refused ``unknown_object``.
-Nothing is learned from a refused message or from :meth:`Router.route_local`.
+:class:`ObjectZones` (``router.routing.objects``) maps host names to zones: configured hosts
+(``[objects.hosts]``, our own checks, the hosts of the zones' synced config files) plus learned
+ones. A lookup of an unconfigured, unlearned host falls back to a zone of the same name, then to
+the zone of an endpoint of the same name (command-endpoint agents run their checks on a host
+named like the agent endpoint), else it is unknown. So by default (``REJECT``) a child zone may
+report only hosts the configuration gives to it or to a zone below it, or hosts named like a
+zone or endpoint of that subtree; everything else is refused ``unknown_object``.
+For the checkable events (``learn=True`` in the method table) in ``LEARN`` mode (an explicit
+opt-in), an unknown host reported with a ``from_zone`` that lies below our zone (a child zone
+or deeper) is learned as ``from_zone``: the first child zone that reports a host owns it;
+later reports from other child zones fail ``OBJ`` and are refused ``wrong_zone``. A zone that
+has learned ``max_learned_per_zone`` hosts learns no more: ``too_many_learned``. An unknown
+host from a parent or a peer (or without ``from_zone``), any unknown object of a non-learning
+method, and every unknown host in ``REJECT`` mode are refused ``unknown_object``. Nothing is
+learned from a refused message or from :meth:`Router.route_local`.
 
 Consumed methods and refusals
 =============================
@@ -162,7 +167,8 @@ Refusal tokens: ``unknown_method`` (not one of the 26 methods of 2.13.6), ``no_p
 (``params`` missing, or the parameter naming the object is missing or not a string),
 ``anonymous`` (sender is not a known endpoint), ``not_allowed`` (permission class failed, or
 the sender endpoint belongs to no zone: Icinga would give such an endpoint a null FromZone and
-full rights, we refuse instead), ``unknown_object``, ``wrong_zone``, ``not_routed``.
+full rights, we refuse instead), ``unknown_object``, ``wrong_zone``, ``not_routed``,
+``too_many_learned`` (learning is on and the reporting zone's learned hosts are at their cap).
 
 ``logged`` in a decision says whether Icinga writes the message to the replay log when a target
 zone is unreachable (``RelayMessage(..., log=true)``); it is ``False`` for refusals and for
@@ -179,12 +185,12 @@ for skipped endpoints.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set as AbstractSet
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final, NamedTuple
 
-from router.errors import ConfigError
+from router.routing.objects import LearnResult, ObjectZones, UnknownObjects
 from router.routing.topology import Topology
 
 __all__ = [
@@ -302,57 +308,14 @@ METHODS: Final[dict[str, MethodSpec]] = dict((
 
 #: Every refusal token :class:`Router` may return.
 REASONS: Final = ("unknown_method", "no_params", "anonymous", "not_allowed",
-                  "unknown_object", "wrong_zone", "not_routed")
+                  "unknown_object", "wrong_zone", "not_routed", "too_many_learned")
 
 
 # --------------------------------------------------------------------------------------------
 # Objects
 # --------------------------------------------------------------------------------------------
 
-class UnknownObjects(Enum):
-    LEARN = "learn"
-    REJECT = "reject"
-
-
-class ObjectZones:
-    """Host name -> zone name: configured hosts plus hosts learned from child zones."""
-
-    __slots__ = ("topology", "unknown", "learned", "_map", "_zone_names", "_ep_zone")
-
-    def __init__(self, topology: Topology, hosts: Mapping[str, str] = {},
-                 unknown: UnknownObjects = UnknownObjects.LEARN) -> None:
-        self.topology = topology
-        self.unknown = UnknownObjects(unknown)
-        self.learned = 0
-        zone_names = frozenset(topology.zone_names)
-        for host, zone in hosts.items():
-            if zone not in zone_names:
-                raise ConfigError(f"host '{host}' is in unknown zone '{zone}'", key=host)
-        self._map: dict[str, str] = dict(hosts)
-        self._zone_names = zone_names
-        self._ep_zone = {ep: topology.zone_of(ep) for ep in topology.endpoint_names}
-
-    def lookup(self, host: str) -> str | None:
-        z = self._map.get(host)
-        if z is not None:
-            return z
-        if host in self._zone_names:
-            return host
-        return self._ep_zone.get(host)
-
-    def learn(self, host: str, zone: str) -> None:
-        """Remember ``host`` as living in ``zone``. The first zone wins: a host that is already
-        configured or learned is left alone, and so is an unknown zone."""
-        if host in self._map or zone not in self._zone_names:
-            return
-        self._map[host] = zone
-        self.learned += 1
-
-    def __contains__(self, host: object) -> bool:
-        return host in self._map
-
-    def __len__(self) -> int:
-        return len(self._map)
+# ObjectZones and UnknownObjects live in router.routing.objects (imported above).
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,6 +357,8 @@ _TARGET_CODE = {Target.NONE: _T_CODE_NONE, Target.OBJECT: _T_CODE_OBJECT,
                 Target.LOCAL_ZONE: _T_CODE_LOCAL, Target.CONFIG_ZONE: _T_CODE_CONFIG,
                 Target.EXEC_ENDPOINT: _T_CODE_EXEC}
 _LEARN = UnknownObjects.LEARN
+_LEARNED = LearnResult.LEARNED
+_ZONE_FULL = LearnResult.ZONE_FULL
 
 # Fast constructor for the frozen dataclass: the generated __init__ goes through
 # object.__setattr__ once per field (~0.75 us); setting the slots directly halves that.
@@ -602,7 +567,10 @@ class Router:
                 obj_zone = objects.lookup(name)
                 if obj_zone is None:
                     if c.learn and from_zone in self._below and objects.unknown is _LEARN:
-                        objects.learn(name, from_zone)
+                        learned = objects.learn(name, from_zone)
+                        if learned is not _LEARNED:
+                            return _REFUSED["too_many_learned" if learned is _ZONE_FULL
+                                            else "unknown_object"]
                         obj_zone = from_zone
                     else:
                         return _REFUSED["unknown_object"]

@@ -42,6 +42,8 @@ from router.transport.readsched import MIN_EXPECTED_READ
 from router.transport.sendqueue import Ledger, SendQueue
 
 if TYPE_CHECKING:  # pragma: no cover
+    from router.routing.fields import RefusalBudget
+    from router.transport.admission import Admission
     from router.transport.tlslib import TLSLibrary, TLSSession
 
 log = logging.getLogger("router.transport")
@@ -90,7 +92,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
 
     def __init__(self, node: ConnectionOwner[PeerConnection[StatsT]],
                  tls_library: TLSLibrary, *, expected_endpoint: str | None = None,
-                 handshake_timeout: float = 10.0) -> None:
+                 handshake_timeout: float = 10.0, admission: Admission | None = None) -> None:
         self.node = node
         self.loop = node.loop
         self._tls_library = tls_library
@@ -145,6 +147,15 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self._handshake_step: asyncio.Future[BaseException | bool] | None = None
         self._handshake_backlog: list[bytes] = []
         self._flush_scheduled = False
+        #: Pre-auth admission of the listener (inbound only): caps on unauthenticated
+        #: connections and concurrent handshakes (router.transport.admission).
+        self._admission = admission
+        #: Whether this connection holds one of the admission's handshake slots.
+        self._has_handshake_slot = admission is None
+        #: Handshake bytes that arrived while waiting for a slot.
+        self._slot_backlog: list[bytes] = []
+        #: The node's budget of malformed messages for this session (set on first use).
+        self.invalid_budget: RefusalBudget | None = None
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -159,8 +170,12 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self._tls = self._tls_library.session(server_hostname=self.expected_endpoint)
         self._handshake_handle = self.loop.call_later(self._handshake_timeout,
                                                       self._on_handshake_timeout)
+        if self._admission is not None:
+            # Older unauthenticated connections over their caps are dropped for us.
+            self._admission.admit(self)
         self.node.connection_made(self)
-        self._do_handshake()
+        if self.state == HANDSHAKING:
+            self._do_handshake()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.node.read_buffer
@@ -169,6 +184,17 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self._last_read = nbytes
         self.last_read_at = self.loop.time()
         data = self.node.read_buffer[:nbytes]
+        if self.state == HANDSHAKING and self._slot_backlog:
+            self._slot_backlog.append(bytes(data))     # after the bytes that waited
+            return
+        if self.state == HANDSHAKING and not self._has_handshake_slot:
+            assert self._admission is not None
+            if not self._admission.begin_handshake(self):
+                # All handshake slots are busy: keep the bytes, read no more, wait.
+                self._slot_backlog.append(bytes(data))
+                self._set_transport_reading(False)
+                return
+            self._has_handshake_slot = True
         if self.state == HANDSHAKING and self.node.tls_pool is not None:
             self._handshake_input(data)
         elif self.state in (HANDSHAKING, OPEN):
@@ -218,6 +244,31 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self.close("peer closed the session")
         elif self.state == OPEN:
             self._park()
+
+    # ------------------------------------------------------------------ handshake admission
+
+    def handshake_slot_granted(self) -> None:
+        """Admission gave us a handshake slot we waited for (``Admitted`` protocol)."""
+        self._has_handshake_slot = True
+        self.loop.call_soon(self._resume_after_slot)
+
+    def _resume_after_slot(self) -> None:
+        if self.state != HANDSHAKING:
+            return
+        backlog, self._slot_backlog = self._slot_backlog, []
+        self._set_transport_reading(True)
+        data = memoryview(b"".join(backlog))
+        if self.node.tls_pool is not None:
+            self._handshake_input(data)
+        else:
+            self._receive(data)
+
+    def _leave_admission(self) -> None:
+        """Authenticated or gone: no longer an unauthenticated connection."""
+        if self._admission is not None:
+            admission, self._admission = self._admission, None
+            self._slot_backlog.clear()
+            admission.release(self)
 
     # ------------------------------------------------------------------ handshake in a thread
 
@@ -299,6 +350,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         previous = self.state
         self.state = CLOSED
         self._cancel_timers()
+        self._leave_admission()
         if previous == HANDSHAKING:
             error = exc if exc is not None else ConnectionResetError(
                 "connection closed during the TLS handshake")
@@ -342,6 +394,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self._handshake_handle = None
         self.state = OPEN
         self.opened_at = self.loop.time()
+        self._leave_admission()
         # (checked before the node may close the session, which flushes)
         self._hold_output = self._tls.final_output_can_wait()  # type: ignore[union-attr]
         if not self.node.handshake_done(self):
@@ -350,6 +403,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
 
     def _fail_handshake(self, exc: BaseException) -> None:
         self.state = CLOSING
+        self._leave_admission()
         self.node.handshake_failed(self, exc)
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"TLS handshake failed: {exc}"))

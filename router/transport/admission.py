@@ -1,0 +1,198 @@
+"""Admission before authentication: what a connection may cost before it proves who it is.
+
+Anybody who reaches the cluster port can open TCP connections. Until a connection has
+finished its TLS handshake (and with it shown a certificate of our CA) it is
+*unauthenticated*, and without a cap of their own such connections count against
+``max_connections`` like real peers: 45 idle sockets locked a real agent out of a node with
+``max_connections = 40`` (users.md P3: server-side handshake admission so that a storm
+cannot starve live peers). Here:
+
+- unauthenticated connections are capped per source address and in total; when a cap is
+  full the *oldest* unauthenticated connection (of that address, or overall) is dropped
+  for the newcomer, so idle sockets age out instead of locking the door. When
+  ``max_connections`` itself is full, the node drops the oldest unauthenticated one too
+  (:meth:`Admission.oldest`) before it refuses a newcomer;
+- at most ``max_concurrent_handshakes`` handshakes run at once: a slot is taken when the
+  first bytes of a handshake arrive (an idle socket holds none) and given back when it
+  ends; connections beyond wait, unread, with their handshake deadline running;
+- :func:`peer_text` makes what an unauthenticated peer sent safe for a log line: at most
+  ``PEER_TEXT_LIMIT`` bytes, escaped, with the length of what was cut.
+
+Everything is counted (:attr:`Admission.evicted`, :attr:`Admission.handshake_waits`).
+No asyncio here: the connection calls in, and the members it needs from a connection are
+the :class:`Admitted` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Protocol
+
+__all__ = ["Admission", "Admitted", "PEER_TEXT_LIMIT", "peer_text", "source_address"]
+
+log = logging.getLogger("router.transport")
+
+#: Seconds between two log lines about evictions for the same address and cap.
+LOG_INTERVAL = 10.0
+
+#: Most bytes of peer data in one log line about an unauthenticated peer.
+PEER_TEXT_LIMIT = 200
+
+
+def peer_text(data: bytes | str, limit: int = PEER_TEXT_LIMIT) -> str:
+    """``data`` cut to ``limit`` bytes and escaped (``repr`` style, one line), saying how
+    many bytes were left out: a 60 000-byte HTTP request stays a short log line."""
+    raw = data.encode("utf-8", "backslashreplace") if isinstance(data, str) else bytes(data)
+    text = repr(raw[:limit])
+    if len(raw) > limit:
+        text += f" (+{len(raw) - limit} bytes)"
+    return text
+
+
+def source_address(address: str) -> str:
+    """``host`` of a ``host:port`` peer address (IPv6 hosts keep their colons)."""
+    return address.rsplit(":", 1)[0]
+
+
+class Admitted(Protocol):
+    """What admission needs from a connection."""
+
+    @property
+    def address(self) -> str: ...
+
+    def abort(self, reason: str) -> None: ...
+
+    def handshake_slot_granted(self) -> None:
+        """Called when a handshake that waited for a slot may start."""
+
+
+class Admission:
+    """Caps on unauthenticated connections and on concurrent handshakes, for one listener."""
+
+    def __init__(self, max_unauthenticated: int, max_per_address: int,
+                 max_handshakes: int) -> None:
+        self.max_unauthenticated = max_unauthenticated
+        self.max_per_address = max_per_address
+        self.max_handshakes = max_handshakes
+        #: Unauthenticated connections, oldest first (dicts keep insertion order).
+        self._pending: dict[Admitted, str] = {}
+        self._by_address: dict[str, dict[Admitted, None]] = {}
+        self._handshaking: set[Admitted] = set()
+        self._waiting: deque[Admitted] = deque()
+        #: Dropped for a newcomer, by why ("per_address", "total", "max_connections").
+        self.evicted: dict[str, int] = {}
+        #: Handshakes that had to wait for a slot.
+        self.handshake_waits = 0
+        #: (address, why) -> (monotonic time of the last line, evictions since)
+        self._logged: dict[tuple[str, str], tuple[float, int]] = {}
+
+    @property
+    def pending(self) -> int:
+        """Unauthenticated connections now."""
+        return len(self._pending)
+
+    @property
+    def handshaking(self) -> int:
+        return len(self._handshaking)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def addresses(self) -> int:
+        return len(self._by_address)
+
+    # -- unauthenticated connections ----------------------------------------------------
+
+    def admit(self, conn: Admitted) -> list[Admitted]:
+        """A new inbound connection; returns the older ones dropped to make room."""
+        address = source_address(conn.address)
+        dropped: list[Admitted] = []
+        same = self._by_address.get(address)
+        if same is not None and len(same) >= self.max_per_address:
+            dropped.append(self._evict(next(iter(same)), "per_address",
+                                       f"more than {self.max_per_address} unauthenticated "
+                                       f"connections from {address}"))
+        if len(self._pending) >= self.max_unauthenticated:
+            dropped.append(self._evict(next(iter(self._pending)), "total",
+                                       f"more than {self.max_unauthenticated} "
+                                       f"unauthenticated connections"))
+        self._pending[conn] = address
+        self._by_address.setdefault(address, {})[conn] = None
+        return dropped
+
+    def oldest(self, exclude: Admitted) -> Admitted | None:
+        """Drop the oldest unauthenticated connection but ``exclude`` (``max_connections``
+        is full and a newcomer knocks); returns it, or None when there is none."""
+        for conn in self._pending:
+            if conn is not exclude:
+                return self._evict(conn, "max_connections",
+                                   "max_connections reached; dropped for a newcomer")
+        return None
+
+    def _evict(self, conn: Admitted, why: str, reason: str) -> Admitted:
+        self.evicted[why] = self.evicted.get(why, 0) + 1
+        self.release(conn)
+        conn.abort(f"oldest unauthenticated connection: {reason}")
+        self._log(source_address(conn.address), why, f"dropped unauthenticated connection "
+                  f"{conn.address} (the oldest): {reason}")
+        return conn
+
+    def _log(self, address: str, why: str, text: str) -> None:
+        """One line per address, cap and ``LOG_INTERVAL``; counts the ones held back."""
+        now = time.monotonic()
+        key = (address, why)
+        last = self._logged.get(key)
+        if last is not None and now - last[0] < LOG_INTERVAL:
+            self._logged[key] = (last[0], last[1] + 1)
+            return
+        if len(self._logged) > 10_000:
+            self._logged.clear()
+        self._logged[key] = (now, 0)
+        held = f" ({last[1]} similar since)" if last is not None and last[1] else ""
+        log.warning("%s%s", text, held)
+
+    def release(self, conn: Admitted) -> None:
+        """The connection finished its handshake, or closed: no longer counted."""
+        address = self._pending.pop(conn, None)
+        if address is not None:
+            same = self._by_address.get(address)
+            if same is not None:
+                same.pop(conn, None)
+                if not same:
+                    del self._by_address[address]
+        self.handshake_ended(conn)
+
+    # -- handshake slots ------------------------------------------------------------------
+
+    def begin_handshake(self, conn: Admitted) -> bool:
+        """The first handshake bytes arrived: True when ``conn`` may start now; else it
+        waits and gets ``handshake_slot_granted`` later."""
+        if conn in self._handshaking:
+            return True
+        if len(self._handshaking) < self.max_handshakes:
+            self._handshaking.add(conn)
+            return True
+        if conn not in self._waiting:
+            self._waiting.append(conn)
+            self.handshake_waits += 1
+        return False
+
+    def handshake_ended(self, conn: Admitted) -> None:
+        """``conn``'s handshake is over (done, failed, closed): its slot goes to the
+        longest waiting connection."""
+        if conn in self._handshaking:
+            self._handshaking.discard(conn)
+        else:
+            try:
+                self._waiting.remove(conn)
+            except ValueError:
+                pass
+            return
+        while self._waiting and len(self._handshaking) < self.max_handshakes:
+            nxt = self._waiting.popleft()
+            if nxt in self._pending:
+                self._handshaking.add(nxt)
+                nxt.handshake_slot_granted()

@@ -1,0 +1,282 @@
+"""Issue 16 S3: pre-auth paths and handshake admission.
+
+Unauthenticated connections have caps of their own (per source address and in total, the
+oldest dropped for a newcomer), ``max_connections`` drops the oldest unauthenticated one
+before it refuses a newcomer, handshakes have a concurrency cap, and log lines about
+unauthenticated peers carry at most 200 escaped bytes of what they sent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from router.transport.admission import Admission, peer_text, source_address
+from tests.nodeutil import (ClusterSpec, FakePeer, client_ssl_context, metrics_text,
+                            wait_until)
+from tests.pkiutil import make_test_pki
+
+
+class FakeConn:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.aborted: str | None = None
+        self.granted = 0
+
+    def abort(self, reason: str) -> None:
+        self.aborted = reason
+
+    def handshake_slot_granted(self) -> None:
+        self.granted += 1
+
+
+# -- pure ------------------------------------------------------------------------------------
+
+def test_peer_text_is_short_escaped_and_says_what_was_cut() -> None:
+    text = peer_text(b"GET / HTTP/1.1\r\n" + b"\x00\xff" * 30_000)
+    assert len(text) < 200 * 4 + 40 and text.endswith("(+59816 bytes)")
+    assert "\\r\\n" in text and "\\x00" in text and "\n" not in text
+    assert peer_text(b"short") == "b'short'"
+    assert "\n" not in peer_text("é\n") and "\\n" in peer_text("é\n")
+    assert source_address("10.0.0.1:5665") == "10.0.0.1"
+    assert source_address("::1:5665") == "::1"
+
+
+def test_per_address_and_total_caps_drop_the_oldest() -> None:
+    adm = Admission(max_unauthenticated=4, max_per_address=2, max_handshakes=10)
+    a1, a2, a3 = (FakeConn(f"10.0.0.1:{p}") for p in (1, 2, 3))
+    assert adm.admit(a1) == [] and adm.admit(a2) == []
+    assert adm.admit(a3) == [a1] and a1.aborted and "10.0.0.1" in a1.aborted
+    assert adm.pending == 2 and adm.evicted == {"per_address": 1}
+    b1, b2, b3 = (FakeConn(f"10.0.0.2:{p}") for p in (1, 2, 3))
+    adm.admit(b1)
+    adm.admit(b2)
+    assert adm.admit(b3) == [b1]                      # b's own oldest, per address
+    c1 = FakeConn("10.0.0.3:1")
+    assert adm.admit(c1) == [a2]                      # total full: the oldest overall
+    assert adm.evicted == {"per_address": 2, "total": 1} and adm.pending == 4
+    adm.release(a3)                                   # authenticated: no longer counted
+    assert adm.pending == 3 and adm.addresses() == 2
+    assert adm.oldest(exclude=b2) is b3 and b3.aborted   # max_connections full
+    assert adm.evicted["max_connections"] == 1
+    assert adm.oldest(exclude=c1) is b2
+    assert adm.oldest(exclude=c1) is None
+
+
+def test_handshake_slots_wait_in_order_and_are_handed_on() -> None:
+    adm = Admission(max_unauthenticated=10, max_per_address=10, max_handshakes=2)
+    conns = [FakeConn(f"10.0.0.{i}:1") for i in range(5)]
+    for conn in conns:
+        adm.admit(conn)
+    assert adm.begin_handshake(conns[0]) and adm.begin_handshake(conns[1])
+    assert not adm.begin_handshake(conns[2]) and not adm.begin_handshake(conns[3])
+    assert not adm.begin_handshake(conns[2])           # asking again does not queue twice
+    assert adm.handshaking == 2 and adm.waiting == 2 and adm.handshake_waits == 2
+    adm.release(conns[3])                               # a waiting one went away
+    assert adm.waiting == 1
+    adm.release(conns[0])                               # done: the slot goes to conns[2]
+    assert conns[2].granted == 1 and adm.handshaking == 2 and adm.waiting == 0
+    adm.release(conns[1])
+    adm.release(conns[2])
+    assert adm.handshaking == 0 and adm.pending == 1
+
+
+# -- over real sockets -------------------------------------------------------------------------
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_test_pki(tmp_path / "pki", ["master", "agent1"])
+
+
+def spec_for(tmp_path, pki, limits: str, timeouts: str = "") -> ClusterSpec:
+    return ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("agent1", ["agent1"], "master")],
+                       limits=limits, timeouts=timeouts)
+
+
+async def http_over_tls(port: int, pki, request: bytes) -> bytes:
+    """What an HTTP client without a client certificate (curl -k) gets back."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_ssl_context(pki, None), server_hostname="master")
+    writer.write(request)
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def idle_connections(port: int, n: int) -> list[tuple[asyncio.StreamReader,
+                                                            asyncio.StreamWriter]]:
+    out = []
+    for _ in range(n):
+        out.append(await asyncio.open_connection("127.0.0.1", port))
+    return out
+
+
+def test_45_idle_tcp_connections_do_not_lock_out_an_agent(tmp_path, pki, run, caplog):
+    spec = spec_for(tmp_path, pki, "max_connections = 40")
+
+    async def main():
+        master = await spec.start("master")
+        node = master.node
+        idle = []
+        try:
+            idle = await idle_connections(spec.port("master"), 45)
+            await wait_until(lambda: node.admission.pending == 40, what="40 pending")
+            agent = await FakePeer.connect(spec.port("master"), pki, "agent1",
+                                           server_name="master")
+            await wait_until(lambda: agent.messages("icinga::Hello"), what="the agent's hello")
+            assert "agent1" in node.connections
+            assert node.admission.evicted["max_connections"] >= 6
+            text = await metrics_text(master)
+            assert 'router_unauthenticated_evicted_total{reason="max_connections"}' in text
+            # the oldest idle sockets were the ones dropped
+            closed = [await closed_by_peer(r) for r, _ in idle[:6]]
+            assert all(closed)
+            # logged once for the address (rate-limited), not once per dropped socket
+            drops = [r for r in caplog.records
+                     if "dropped unauthenticated connection" in r.getMessage()]
+            assert len(drops) == 1 and "max_connections reached" in drops[0].getMessage()
+            await agent.close()
+        finally:
+            for _, w in idle:
+                w.close()
+            await master.stop()
+
+    run(main())
+
+
+def test_per_address_cap_drops_the_oldest_of_that_address(tmp_path, pki, run):
+    spec = spec_for(tmp_path, pki, "max_unauthenticated_per_address = 5")
+
+    async def main():
+        master = await spec.start("master")
+        node = master.node
+        idle = []
+        try:
+            idle = await idle_connections(spec.port("master"), 8)
+            await wait_until(lambda: node.admission.evicted.get("per_address") == 3,
+                             what="three evicted")
+            assert node.admission.pending == 5
+            for reader, _ in idle[:3]:
+                assert await closed_by_peer(reader)
+            # an agent still gets in (it evicts the oldest idle one of 127.0.0.1)
+            agent = await FakePeer.connect(spec.port("master"), pki, "agent1",
+                                           server_name="master")
+            await wait_until(lambda: agent.messages("icinga::Hello"), what="hello")
+            await agent.close()
+        finally:
+            for _, w in idle:
+                w.close()
+            await master.stop()
+
+    run(main())
+
+
+def test_stalled_handshake_holds_the_only_slot_until_its_deadline(tmp_path, pki, run):
+    spec = spec_for(tmp_path, pki, "max_concurrent_handshakes = 1", "handshake = 1.5")
+
+    async def main():
+        master = await spec.start("master")
+        node = master.node
+        try:
+            # A TLS record header and nothing more: a handshake that started and stalls.
+            reader, writer = await asyncio.open_connection("127.0.0.1", spec.port("master"))
+            writer.write(b"\x16\x03\x01\x02\x00")
+            await wait_until(lambda: node.admission.handshaking == 1, what="slot taken")
+            # (so that the agent's own 1.5 s deadline outlives the staller's by a margin)
+            await asyncio.sleep(0.8)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            agent = await FakePeer.connect(spec.port("master"), pki, "agent1",
+                                           server_name="master")
+            await wait_until(lambda: agent.messages("icinga::Hello"), timeout=10,
+                             what="the agent's hello after the staller's deadline")
+            assert node.admission.handshake_waits >= 1
+            assert loop.time() - started > 0.3       # it had to wait for the slot
+            assert await closed_by_peer(reader)      # the staller was cut
+            assert node.admission.handshaking == 0 and node.admission.pending == 0
+            text = await metrics_text(master)
+            assert "router_handshake_waits_total 1" in text
+            writer.close()
+            await agent.close()
+        finally:
+            await master.stop()
+
+    run(main())
+
+
+def test_60000_byte_http_request_gives_a_short_log_line(tmp_path, pki, run, caplog):
+    spec = spec_for(tmp_path, pki, "")
+    request = b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"A" * 60_000 + b"\r\n\r\n"
+
+    async def main():
+        master = await spec.start("master")
+        try:
+            # over TLS without a client certificate (what curl -k would do)
+            answer = await http_over_tls(spec.port("master"), pki, request)
+            assert answer.startswith(b"HTTP/1.1 400")
+            # and in plain text on the TLS port
+            reader, writer = await asyncio.open_connection("127.0.0.1", spec.port("master"))
+            writer.write(request)
+            await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            await wait_until(lambda: master.node.handshake_failures.total() >= 1,
+                             what="the plain-text handshake failure")
+        finally:
+            await master.stop()
+
+    run(main())
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("router")]
+    assert any("client speaks HTTP" in line for line in lines)
+    assert max(len(line) for line in lines) < 600, max(lines, key=len)[:300]
+    http = next(line for line in lines if "client speaks HTTP" in line)
+    assert "bytes)" in http and "AAAA" in http
+
+
+def test_http_clients_are_logged_once_per_address(tmp_path, pki, run, caplog):
+    spec = spec_for(tmp_path, pki, "")
+
+    async def main():
+        master = await spec.start("master")
+        try:
+            for _ in range(5):
+                await http_over_tls(spec.port("master"), pki, b"GET / HTTP/1.0\r\n\r\n")
+            assert master.node.disconnects.get(("not_jsonrpc",)) == 5
+        finally:
+            await master.stop()
+
+    caplog.set_level(logging.INFO, logger="router")
+    run(main())
+    per_loop = [r for r in caplog.records if "client speaks HTTP" in r.getMessage()]
+    assert len(per_loop) == 1          # one line, not one per client
+
+
+def test_new_limits_are_validated_with_their_line() -> None:
+    from router.config import parse_config
+    from router.errors import ConfigError
+
+    base = ('[node]\nname = "m1"\ndata_dir = "/tmp/x"\n[[zones]]\nname = "master"\n'
+            'endpoints = ["m1"]\n[[endpoints]]\nname = "m1"\n[limits]\n')
+    cfg = parse_config(base)
+    assert (cfg.limits.max_unauthenticated, cfg.limits.max_unauthenticated_per_address,
+            cfg.limits.max_concurrent_handshakes, cfg.limits.max_invalid_messages,
+            cfg.limits.max_results, cfg.limits.max_results_per_zone) == (
+        1000, 50, 200, 100, 1_000_000, 250_000)
+    for key in ("max_unauthenticated", "max_unauthenticated_per_address",
+                "max_concurrent_handshakes", "max_invalid_messages", "max_results",
+                "max_results_per_zone"):
+        with pytest.raises(ConfigError) as err:
+            parse_config(base + f"{key} = 0\n", "r.toml")
+        assert err.value.line == 10 and "positive integer" in str(err.value), key
+        with pytest.raises(ConfigError) as err:
+            parse_config(base + f'{key} = "many"\n', "r.toml")
+        assert err.value.line == 10, key
