@@ -56,12 +56,17 @@ class CommandExecutor:
                          requester, host)
                 return None
         command_type = params.get("command_type", "check_command")
-        if command_type != "check_command":
-            log.warning("[%s] not running %s %r: only check commands are executed here",
-                        requester, command_type, command)
+        if command_type not in ("check_command", "event_command"):
+            log.warning("[%s] not running %s %r: only check and event commands are "
+                        "executed here", requester, command_type, command)
             return None
-        outcome = await self._run(command, params)
+        outcome = await self._run(command, params, command_type)
         self.executed += 1
+        if command_type == "event_command" and "source" not in params:
+            # A scheduled event handler: Icinga runs it and answers nothing.
+            log.info("[%s] event command %r for %s exited %d", requester, command,
+                     host, outcome.exit_status)
+            return None
         if "source" in params:
             output = outcome.output
             if outcome.performance_data:
@@ -80,18 +85,20 @@ class CommandExecutor:
             result["service"] = service
         return jsonrpc.notification("event::CheckResult", result)
 
-    async def _run(self, command: Any, params: dict[str, Any]) -> CheckOutcome:
+    async def _run(self, command: Any, params: dict[str, Any],
+                   command_type: str = "check_command") -> CheckOutcome:
         macros = params.get("macros")
         timeout = params.get("check_timeout")
+        kind = "Event" if command_type == "event_command" else "Check"
         try:
             if not isinstance(command, str):
-                raise UnknownCommand(f"Check command '{command}' does not exist.")
+                raise UnknownCommand(f"{kind} command '{command}' does not exist.")
             request = self.catalog.build(
                 command, macros if isinstance(macros, dict) else {}, plugin_dir=self.plugin_dir,
                 use_defaults=True,
                 timeout=float(timeout) if isinstance(timeout, (int, float)) else None)
         except UnknownCommand:
-            return CheckOutcome.unknown(f"Check command '{command}' does not exist.",
+            return CheckOutcome.unknown(f"{kind} command '{command}' does not exist.",
                                         error="unknown command", now=time.time())
         except MacroError as exc:
             return CheckOutcome.unknown(str(exc), error="macro", now=time.time(),
