@@ -11,7 +11,10 @@ they run on the loop.
 Limits (a status port must never hurt the router):
 
 * only ``GET`` and ``HEAD``; any other method gets ``405`` with ``Allow: GET, HEAD``
-  (a method aiohttp's parser does not know at all gets ``400``);
+  (a method aiohttp's parser does not know at all gets ``400``). The exception are the
+  *action* routes (``actions``, e.g. ``/v1/actions/reload``): ``POST`` only, anything
+  else gets ``405`` with ``Allow: POST``; their body is ignored, their handler may be a
+  coroutine function;
 * request line plus headers at most ``max_header_bytes`` (16 KiB), complete or still
   arriving: ``431`` when larger; ``400`` for anything that is not an HTTP/1.0 or 1.1
   request (aiohttp's parser, strict: an HTTP/1.1 request without ``Host`` is one); error
@@ -55,6 +58,7 @@ __all__ = [
     "StatusServer",
     "Handler",
     "HeadersHandler",
+    "ActionHandler",
     "Route",
     "WithHeaders",
     "Response",
@@ -72,6 +76,9 @@ Handler = Callable[[dict[str, str]], Response]
 #: of its work must leave the event loop (``/metrics`` encodes in a worker thread).
 HeadersHandler = Callable[[dict[str, str], Mapping[str, str]],
                           "Response | Awaitable[Response]"]
+
+#: An action route's handler (``POST``): ``handler(query)``, possibly a coroutine function.
+ActionHandler = Callable[[dict[str, str]], "Response | Awaitable[Response]"]
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
@@ -374,8 +381,11 @@ class StatusServer:
     """
 
     def __init__(self, routes: Mapping[str, Route], *, header_timeout: float = 10.0,
-                 max_clients: int = 64, max_header_bytes: int = 16 * 1024) -> None:
+                 max_clients: int = 64, max_header_bytes: int = 16 * 1024,
+                 actions: Mapping[str, ActionHandler] | None = None) -> None:
         self.routes: Mapping[str, Route] = routes
+        #: POST-only routes (``/v1/actions/...``).
+        self.actions: Mapping[str, ActionHandler] = actions or {}
         self.header_timeout = header_timeout
         self.max_clients = max_clients
         self.max_header_bytes = max_header_bytes
@@ -464,11 +474,19 @@ class StatusServer:
         self.requests_total += 1
         keep_alive = request.keep_alive and not request.body_exists
         method = request.method
+        path = request.path or "/"
+        action = self.actions.get(path) or (self.actions.get(path.rstrip("/"))
+                                            if len(path) > 1 else None)
+        if action is not None:
+            if method != "POST":
+                return _response(405, JSON_CONTENT_TYPE,
+                                 _error_body(f"method {method} not allowed"), keep_alive,
+                                 {"Allow": "POST"})
+            return await self._run_action(action, path, request, keep_alive)
         if method not in _ALLOWED_METHODS:
             return _response(405, JSON_CONTENT_TYPE,
                              _error_body(f"method {method} not allowed"), keep_alive,
                              {"Allow": _ALLOW})
-        path = request.path or "/"
         handler = self.routes.get(path)
         if handler is None and len(path) > 1 and path.endswith("/"):
             handler = self.routes.get(path.rstrip("/"))
@@ -498,3 +516,20 @@ class StatusServer:
             return _response(500, JSON_CONTENT_TYPE,
                              _error_body(f"internal error: {type(exc).__name__}"), keep_alive)
         return _response(status, ctype, bytes(body), keep_alive)
+
+    async def _run_action(self, action: ActionHandler, path: str, request: web.BaseRequest,
+                          keep_alive: bool) -> web.StreamResponse:
+        conn = request.protocol
+        log.info("status client %s: POST %s",
+                 conn.transport.get_extra_info("peername") if conn.transport else "?", path)
+        try:
+            result = action({key: value for key, value in request.query.items()})
+            if inspect.isawaitable(result):
+                result = await result
+            status, ctype, body = result
+        except Exception as exc:
+            self.errors_total += 1
+            log.exception("status action %s failed", path)
+            return _response(500, JSON_CONTENT_TYPE,
+                             _error_body(f"internal error: {type(exc).__name__}"), keep_alive)
+        return _response(int(status), str(ctype), bytes(body), keep_alive)

@@ -33,7 +33,7 @@ import datetime as dt
 import os
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -46,8 +46,11 @@ from router.errors import TLSSetupError
 from router.pki import load_certificates, load_private_key
 
 __all__ = [
+    "CHAIN_WARN_BYTES",
+    "FailureStreak",
     "HANDSHAKE_ERROR_TOKENS",
     "ICINGA_CIPHERS",
+    "chain_size",
     "RENEW_THRESHOLD",
     "cert_is_current",
     "check_own_files",
@@ -415,6 +418,83 @@ def describe_handshake_error(exc: BaseException) -> str:
         text = reason.lower().replace("_", " ") if reason else str(exc)
         return f"TLS handshake failed: {text}"
     return f"TLS handshake failed: {exc.__class__.__name__}: {exc}"
+
+
+# -- self-healing ---------------------------------------------------------------------------
+
+#: Failure reasons that say nothing about our own TLS state: the peer went away or was
+#: slow (port scanners, load balancer probes, a network blip).
+NOISE_REASONS: Final = frozenset({"eof", "timeout"})
+
+
+class FailureStreak:
+    """When identical handshake failures pile up, rebuild the TLS context from disk.
+
+    Icinga users see handshakes fail with the same error ("excessive message size"),
+    every 10 s, to every peer, until the daemon is restarted (users.md P1): stale TLS
+    state in the process, not bad certificates. Here a streak is ``threshold``
+    consecutive failures with one reason (other than :data:`NOISE_REASONS`), from at
+    least ``min_peers`` different addresses, within ``window`` seconds, with no successful
+    handshake in between; it calls ``on_streak(reason)``, which builds fresh contexts
+    from the files (renewed certificates included). At most once per ``cooldown``
+    seconds. Pure: the caller passes the clock.
+    """
+
+    def __init__(self, threshold: int = 20, min_peers: int = 3, window: float = 60.0,
+                 cooldown: float = 300.0) -> None:
+        self.threshold = threshold
+        self.min_peers = min_peers
+        self.window = window
+        self.cooldown = cooldown
+        #: Called with the reason when a streak is complete (the node sets it).
+        self.on_streak: Callable[[str], None] | None = None
+        self.reason: str | None = None
+        self.count = 0
+        self.peers: set[str] = set()
+        self.started = 0.0
+        self.last_trigger: float | None = None
+        self.triggers = 0
+
+    def failed(self, reason: str, peer: str, now: float) -> bool:
+        """A failed handshake; True (and ``on_streak`` called) when a streak completes."""
+        if reason in NOISE_REASONS:
+            return False
+        if reason != self.reason or now - self.started > self.window:
+            self.reason, self.count, self.started = reason, 0, now
+            self.peers = set()
+        self.count += 1
+        if len(self.peers) < self.min_peers:
+            self.peers.add(peer)
+        if self.count < self.threshold or len(self.peers) < self.min_peers:
+            return False
+        if self.last_trigger is not None and now - self.last_trigger < self.cooldown:
+            return False
+        self.last_trigger = now
+        self.triggers += 1
+        self.succeeded()
+        if self.on_streak is not None:
+            self.on_streak(reason)
+        return True
+
+    def succeeded(self) -> None:
+        """A handshake worked: the context is fine, the streak is over."""
+        self.reason, self.count = None, 0
+        self.peers = set()
+
+
+# -- chain size ------------------------------------------------------------------------------
+
+#: A certificate chain we send above this many bytes is logged as a warning at load: a
+#: peer with a small receive limit fails such handshakes ("excessive message size").
+CHAIN_WARN_BYTES: Final = 16 * 1024
+
+
+def chain_size(ca: str | os.PathLike[str], cert: str | os.PathLike[str]) -> tuple[int, int]:
+    """(certificates, DER bytes) of the chain a handshake sends: ours, its intermediates
+    and the issuers found in ``ca``."""
+    own = load_certificates(cert, "certificate")
+    certs = own + issuer_chain(ca, cert)
+    return len(certs), sum(len(c.public_bytes(serialization.Encoding.DER)) for c in certs)
 
 
 # -- certificate dates --------------------------------------------------------------------
