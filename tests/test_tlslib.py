@@ -170,6 +170,34 @@ def test_agent_without_certificate_is_anonymous(pki: TestPKI, library: str) -> N
     assert server.session.peer_certificate_der() is None
 
 
+def test_self_signed_agent_is_anonymous_on_bundled(pki: TestPKI, tmp_path: Path) -> None:
+    """What ``icinga2 pki request`` presents: a self-signed certificate, CN of a real
+    endpoint. The bundled server lets it in without an identity (it may only enroll, as
+    in Icinga) and keeps its certificate for the request; the system library cannot (no
+    verify callback in Python's ssl) and fails the handshake."""
+    from router import pki as pkimod
+
+    key = pkimod.generate_key("ec")
+    pkimod.write_private_key(tmp_path / "self.key", key)
+    pkimod.write_certificate(tmp_path / "self.crt",
+                             pkimod.self_signed_certificate(key, "client"))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(pki.ca_cert)
+    ctx.load_cert_chain(tmp_path / "self.crt", tmp_path / "self.key")
+    server_lib, _ = node(pki, "bundled", "server")
+    client, server = run(tlslib.SystemTLS(ctx, server_side=False), server_lib)
+    assert server.done and not server.error
+    assert (server.received, client.received) == (b"ping", b"pong")
+    assert server.session.peer_identity() is None
+    der = server.session.peer_certificate_der()
+    assert der is not None
+    assert x509.load_der_x509_certificate(der).subject.rfc4514_string() == "CN=client"
+    system_lib, _ = node(pki, "system", "server")
+    _, refused = run(tlslib.SystemTLS(ctx, server_side=False), system_lib)
+    assert isinstance(refused.error, ssl.SSLCertVerificationError)
+
+
 @LIBS
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 @pytest.mark.parametrize(("name", "token"), [("stranger", "unknown_ca"), ("old", "cert_expired"),

@@ -1,9 +1,16 @@
 """PKI: keys, the certificate authority, node certificates and tickets, in Icinga 2's file layout.
+
+``certs`` holds keys, the CA, certificates and tickets; ``requests`` the certificate request
+store (``DATA_DIR/certificate-requests``); ``signing`` the key policy and the signing of a
+request; ``crl`` revocation lists; ``tickets`` the ticket check with its cache;
+``limits`` the token buckets that bound anonymous enrollment. All pure functions and
+files: the message handling is in ``router.node.enrollment``.
 """
 
 from __future__ import annotations
 
 from router.pki.certs import (
+    atomic_write,
     PrivateKey,
     PublicKey,
     CA_VALID_DAYS,
@@ -18,6 +25,7 @@ from router.pki.certs import (
     NodePKI,
     generate_key,
     ca_certificate,
+    certificate_pem,
     create_ca,
     load_ca,
     issue_certificate,
@@ -28,11 +36,58 @@ from router.pki.certs import (
     write_private_key,
     load_certificates,
     load_private_key,
+    self_signed_certificate,
     ensure_node_pki,
     issue_node_files,
 )
+from router.pki.crl import (
+    CRL_NAME,
+    crl_days_left,
+    is_revoked,
+    load_crl,
+    revoke,
+)
+from router.pki.limits import Budget, PerSourceLimit
+from router.pki.requests import (
+    CertRequest,
+    CertRequestError,
+    Listing,
+    RequestStore,
+    common_name,
+    valid_fingerprint,
+)
+from router.pki.signing import (
+    KeyPolicy,
+    parse_request,
+    same_public_key,
+    sign_request,
+    signed_by,
+)
+from router.pki.tickets import TicketChecker
 
 __all__ = [
+    "Budget",
+    "PerSourceLimit",
+    "TicketChecker",
+    "CRL_NAME",
+    "crl_days_left",
+    "is_revoked",
+    "load_crl",
+    "revoke",
+    "atomic_write",
+    "CertRequest",
+    "CertRequestError",
+    "certificate_pem",
+    "common_name",
+    "KeyPolicy",
+    "Listing",
+    "parse_request",
+    "RequestStore",
+    "same_public_key",
+    "self_signed_certificate",
+    "sign_request",
+    "signed_by",
+    "valid_fingerprint",
     "ca_certificate",
     "CA_VALID_DAYS",
     "CERT_MODE",

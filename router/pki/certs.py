@@ -49,7 +49,9 @@ __all__ = [
     "NodePKI",
     "PrivateKey",
     "TICKET_ITERATIONS",
+    "atomic_write",
     "ca_certificate",
+    "certificate_pem",
     "check_ticket",
     "create_ca",
     "ensure_node_pki",
@@ -60,6 +62,7 @@ __all__ = [
     "load_ca",
     "load_certificates",
     "load_private_key",
+    "self_signed_certificate",
     "ticket",
     "write_certificate",
     "write_private_key",
@@ -92,20 +95,31 @@ class NodePKI:
 
 # -- keys and certificates ----------------------------------------------------------------
 
-def generate_key(key_type: str = "ec") -> PrivateKey:
+#: ``bits`` of an EC key -> its NIST curve (``generate_key("ec", bits)``).
+EC_CURVES_BY_BITS: Final[dict[int, ec.EllipticCurve]] = {
+    256: ec.SECP256R1(), 384: ec.SECP384R1(), 521: ec.SECP521R1()}
+
+
+def generate_key(key_type: str = "ec", bits: int | None = None) -> PrivateKey:
     """Return a new private key.
 
     Args:
         key_type: ``"ec"`` (NIST P-256), ``"rsa"`` (2048 bits, e = 65537) or ``"rsa4096"``
             (what ``icinga2 pki new-cert`` makes; slow to generate and to sign with).
+        bits: the RSA modulus size (2048 or more), or the EC curve size (256, 384, 521);
+            None for the defaults above.
 
     Raises:
-        ValueError: unknown ``key_type``.
+        ValueError: unknown ``key_type`` or unusable ``bits``.
     """
     if key_type == "ec":
-        return ec.generate_private_key(ec.SECP256R1())
+        if bits is not None and bits not in EC_CURVES_BY_BITS:
+            raise ValueError(f"EC keys have 256, 384 or 521 bits, not {bits}")
+        return ec.generate_private_key(EC_CURVES_BY_BITS[bits or 256])
     if key_type == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+        if bits is not None and bits < 2048:
+            raise ValueError(f"RSA keys need at least 2048 bits, not {bits}")
+        return rsa.generate_private_key(public_exponent=65537, key_size=bits or RSA_BITS)
     if key_type == "rsa4096":
         return rsa.generate_private_key(public_exponent=65537, key_size=4096)
     raise ValueError(f"unknown key type {key_type!r} (expected one of {', '.join(KEY_TYPES)})")
@@ -271,6 +285,32 @@ def issue_certificate(
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
+def self_signed_certificate(key: PrivateKey, common_name: str, *,
+                            days: int = LEAF_VALID_DAYS) -> x509.Certificate:
+    """The self-signed certificate a node presents when it asks for a signed one
+    (``icinga2 pki new-cert --cert``): subject CN, ``SAN DNS:<CN>``, CA:FALSE."""
+    now = _now()
+    name = _cn_name(common_name)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def certificate_pem(cert: x509.Certificate) -> str:
+    """``cert`` as PEM text (what ``cert_request`` / ``cert_response`` hold)."""
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def fingerprint(cert: x509.Certificate) -> str:
     """Lowercase hex SHA-256 of the DER encoding (Icinga's certificate request file name)."""
     return cert.fingerprint(hashes.SHA256()).hex()
@@ -296,7 +336,10 @@ def check_ticket(common_name: str, salt: str, given: str) -> bool:
 
 # -- files --------------------------------------------------------------------------------
 
-def _atomic_write(path: str | os.PathLike[str], data: bytes, mode: int) -> Path:
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a
+    rename, with ``mode`` set before anything is written (independent of the umask): a
+    reader sees the old file or the whole new one, never a part."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -317,14 +360,14 @@ def _atomic_write(path: str | os.PathLike[str], data: bytes, mode: int) -> Path:
 
 def write_certificate(path: str | os.PathLike[str], cert: x509.Certificate) -> Path:
     """Write ``cert`` as PEM to ``path`` atomically with mode 0644."""
-    return _atomic_write(path, cert.public_bytes(serialization.Encoding.PEM), CERT_MODE)
+    return atomic_write(path, cert.public_bytes(serialization.Encoding.PEM), CERT_MODE)
 
 
 def write_private_key(path: str | os.PathLike[str], key: PrivateKey) -> Path:
     """Write ``key`` as unencrypted PKCS#8 PEM to ``path`` atomically with mode 0600."""
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-    return _atomic_write(path, data, KEY_MODE)
+    return atomic_write(path, data, KEY_MODE)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -382,7 +425,7 @@ def _spki(public: CertificatePublicKeyTypes) -> bytes:
 
 
 def _copy_ca(ca_cert_path: Path, dest: Path) -> None:
-    _atomic_write(dest, _read(ca_cert_path, "CA certificate"), CERT_MODE)
+    atomic_write(dest, _read(ca_cert_path, "CA certificate"), CERT_MODE)
 
 
 def ensure_node_pki(data_dir: str | os.PathLike[str], node_name: str) -> NodePKI:

@@ -1,0 +1,274 @@
+"""Certificate enrollment between the router and real Icinga 2.13.6 (docs/pki.md).
+
+1. the real ``icinga2 pki save-cert`` + ``icinga2 pki request --ticket`` against our master
+   get a certificate our CA signed, and a real agent using it connects as an
+   authenticated endpoint;
+2. the same without a ticket: pending, ``router ca sign``, delivered on the next
+   ``icinga2 pki request``;
+3. through our satellite (no CA key): pending there, signed by our master, delivered on a
+   later request;
+4. our node enrolls with ``router pki request`` against a real Icinga master (RSA CA);
+5. our satellite renews its expiring certificate with a real Icinga master.
+
+Everything on 127.0.0.1; the Icinga CLI runs with the harness's environment.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cryptography import x509
+
+from perf.icinga import IcingaFactory, IcingaNode
+from router import pki
+from router.cli import main
+
+from .routerutil import RouterNode
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(150)]
+
+SALT = "interop-ticket-salt"
+
+CONNECT_TIMEOUT = 25
+
+
+def icinga_pki(binary: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``icinga2 pki ...`` (it needs no daemon, only the paths given)."""
+    import grp
+    import os
+    import pwd
+
+    env = dict(os.environ)
+    env["ICINGA2_USER"] = pwd.getpwuid(os.getuid()).pw_name
+    env["ICINGA2_GROUP"] = grp.getgrgid(os.getgid()).gr_name
+    return subprocess.run([binary, "pki", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, check=False)
+
+
+def make_signer(router: RouterNode, factory: IcingaFactory) -> None:
+    """Our node becomes the signing master: DATA_DIR/ca holds the factory's CA."""
+    ca_dir = router.data_dir / "ca"
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(factory.ca_crt, ca_dir / "ca.crt")
+    shutil.copy(factory.ca_key, ca_dir / "ca.key")
+
+
+def our_master(tmp_path: Path, factory: IcingaFactory, *, salt: str | None,
+               children: list[str] = ()) -> RouterNode:
+    cert, key = factory.issue("master")
+    zones = [{"name": "master", "endpoints": ["master"]}]
+    zones += [{"name": c, "endpoints": [c], "parent": "master"} for c in children]
+    extra = "" if salt is None else f'\n[pki]\nticket_salt = "{salt}"'
+    router = RouterNode(tmp_path / "router-master", "master", zones=zones,
+                        endpoints=[{"name": "master"}] + [{"name": c} for c in children],
+                        cert=cert, key=key, ca=factory.ca_crt,
+                        node_toml=extra)
+    make_signer(router, factory)
+    return router
+
+
+def rsa_icinga_ca(icinga: IcingaNode) -> tuple[x509.Certificate, pki.PrivateKey]:
+    """Make ``icinga`` a signing master with an RSA CA of its own (DataDir/ca, as
+    ``icinga2 pki new-ca`` leaves it) and a certificate from it."""
+    pki.create_ca(icinga.data_dir / "ca", common_name="Icinga CA", key_type="rsa")
+    ca_cert, ca_key = pki.load_ca(icinga.data_dir / "ca")
+    cert, key = pki.issue_certificate(ca_cert, ca_key, icinga.name, key_type="rsa")
+    pki.write_certificate(icinga.certs_dir / "ca.crt", ca_cert)
+    pki.write_certificate(icinga.certs_dir / f"{icinga.name}.crt", cert)
+    pki.write_private_key(icinga.certs_dir / f"{icinga.name}.key", key)
+    return ca_cert, ca_key
+
+
+class IcingaEnrollee:
+    """A node that enrolls with the real Icinga CLI (key, self-signed cert, TOFU)."""
+
+    def __init__(self, binary: str, directory: Path, cn: str) -> None:
+        self.binary = binary
+        self.cn = cn
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key = self.dir / f"{cn}.key"
+        self.cert = self.dir / f"{cn}.crt"
+        self.trusted = self.dir / "trusted-parent.crt"
+        self.ca = self.dir / "ca.crt"
+        out = icinga_pki(binary, "new-cert", "--cn", cn, "--key", str(self.key),
+                         "--cert", str(self.cert))
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    def save_cert(self, port: int) -> None:
+        out = icinga_pki(self.binary, "save-cert", "--host", "127.0.0.1", "--port",
+                         str(port), "--trustedcert", str(self.trusted))
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    def request(self, port: int, ticket: str = "") -> subprocess.CompletedProcess[str]:
+        args = ["request", "--host", "127.0.0.1", "--port", str(port), "--key",
+                str(self.key), "--cert", str(self.cert), "--trustedcert", str(self.trusted),
+                "--ca", str(self.ca)]
+        if ticket:
+            args += ["--ticket", ticket]
+        return icinga_pki(self.binary, *args)
+
+    def signed_by(self, ca_crt: Path) -> bool:
+        cert = pki.load_certificates(self.cert)[0]
+        return pki.signed_by(cert, pki.load_certificates(ca_crt)[0])
+
+
+def test_icinga_pki_request_with_ticket_then_agent_connects(
+        tmp_path: Path, icinga_factory: IcingaFactory, icinga2_bin: str) -> None:
+    router = our_master(tmp_path, icinga_factory, salt=SALT, children=["agent1"])
+    router.start()
+    try:
+        enrollee = IcingaEnrollee(icinga2_bin, tmp_path / "enroll", "agent1")
+        enrollee.save_cert(router.listen_port)
+        assert pki.load_certificates(enrollee.trusted)[0] == \
+            pki.load_certificates(router.cert)[0]
+        out = enrollee.request(router.listen_port, pki.ticket("agent1", SALT))
+        assert out.returncode == 0, out.stdout + out.stderr + router.log_tail()
+        assert enrollee.signed_by(icinga_factory.ca_crt)
+        assert router.metric("router_csr_requests_total", result="signed") == 1
+
+        agent = icinga_factory("agent1", "agent1",
+                               endpoints=[{"name": "master", "host": "127.0.0.1",
+                                           "port": router.listen_port}, {"name": "agent1"}],
+                               zones=[{"name": "master", "endpoints": ["master"]},
+                                      {"name": "agent1", "endpoints": ["agent1"],
+                                       "parent": "master"}])
+        agent.install_certs(enrollee.ca, enrollee.cert, enrollee.key)
+        agent.start()
+        router.wait_for(lambda: router.endpoint_status("agent1")["connected"],
+                        CONNECT_TIMEOUT, what="the enrolled agent as an authenticated endpoint",
+                        extra=lambda: agent.diagnostics(40))
+    finally:
+        router.stop()
+
+
+def test_icinga_pki_request_without_ticket_then_ca_sign(
+        tmp_path: Path, icinga_factory: IcingaFactory, icinga2_bin: str) -> None:
+    router = our_master(tmp_path, icinga_factory, salt=None)
+    router.start()
+    try:
+        enrollee = IcingaEnrollee(icinga2_bin, tmp_path / "enroll", "agent2")
+        enrollee.save_cert(router.listen_port)
+        first = enrollee.request(router.listen_port)
+        assert first.returncode == 0, first.stdout + first.stderr + router.log_tail()
+        assert "pending" in (first.stdout + first.stderr)
+        fp = pki.fingerprint(pki.load_certificates(enrollee.cert)[0])
+        listed = CliRunner().invoke(main, ["ca", "list", "--data-dir", str(router.data_dir)])
+        assert fp in listed.output
+        signed = CliRunner().invoke(main, ["ca", "sign", fp, "--data-dir",
+                                           str(router.data_dir)])
+        assert signed.exit_code == 0, signed.output
+        second = enrollee.request(router.listen_port)
+        assert second.returncode == 0, second.stdout + second.stderr + router.log_tail()
+        assert enrollee.signed_by(icinga_factory.ca_crt)
+    finally:
+        router.stop()
+
+
+def test_icinga_pki_request_through_our_satellite(
+        tmp_path: Path, icinga_factory: IcingaFactory, icinga2_bin: str) -> None:
+    master = our_master(tmp_path, icinga_factory, salt=None, children=["sat"])
+    master.start()
+    sat_cert, sat_key = icinga_factory.issue("sat")
+    zones = [{"name": "master", "endpoints": ["master"]},
+             {"name": "sat", "endpoints": ["sat"], "parent": "master"}]
+    sat = RouterNode(tmp_path / "router-sat", "sat", zones=zones,
+                     endpoints=[{"name": "master", "port": master.listen_port},
+                                {"name": "sat"}],
+                     cert=sat_cert, key=sat_key, ca=icinga_factory.ca_crt)
+    sat.start()
+    try:
+        sat.wait_for(lambda: sat.endpoint_status("master")["connected"], CONNECT_TIMEOUT,
+                     what="satellite connected to the master")
+        enrollee = IcingaEnrollee(icinga2_bin, tmp_path / "enroll", "agent3")
+        enrollee.save_cert(sat.listen_port)
+        first = enrollee.request(sat.listen_port)
+        assert first.returncode == 0 and "pending" in (first.stdout + first.stderr), \
+            first.stdout + first.stderr + sat.log_tail()
+        fp = pki.fingerprint(pki.load_certificates(enrollee.cert)[0])
+        master.wait_for(lambda: pki.RequestStore(master.data_dir).get(fp) is not None, 10,
+                        what="the request forwarded to the master", extra=sat.log_tail)
+        signed = CliRunner().invoke(main, ["ca", "sign", fp, "--data-dir",
+                                           str(master.data_dir)])
+        assert signed.exit_code == 0, signed.output
+        # the master's node picks it up and sends it to the satellite (which forwarded it)
+        sat.wait_for(lambda: pki.RequestStore(sat.data_dir).get(fp).signed, 10,
+                     what="the signed certificate stored on the satellite",
+                     extra=master.log_tail)
+        second = enrollee.request(sat.listen_port)
+        assert second.returncode == 0, second.stdout + second.stderr + sat.log_tail()
+        assert enrollee.signed_by(icinga_factory.ca_crt)
+    finally:
+        sat.stop()
+        master.stop()
+
+
+def test_router_pki_request_against_a_real_icinga_master(
+        tmp_path: Path, icinga_factory: IcingaFactory) -> None:
+    """Icinga master with an RSA CA of its own in DataDir/ca and a TicketSalt."""
+    icinga = icinga_factory("imaster", "imaster")
+    ca_cert, _ = rsa_icinga_ca(icinga)
+    icinga.start()
+    node = tmp_path / "ournode"
+    trusted = node / "certs" / "trusted-parent.crt"
+    saved = CliRunner().invoke(main, ["pki", "save-cert", "--host", "127.0.0.1", "--port",
+                                      str(icinga.api_port), "--out", str(trusted)])
+    assert saved.exit_code == 0, saved.output
+    got = CliRunner().invoke(main, [
+        "pki", "request", "--host", "127.0.0.1", "--port", str(icinga.api_port),
+        "--cn", "ours", "--data-dir", str(node),
+        "--ticket", pki.ticket("ours", icinga.ticket_salt)])
+    assert got.exit_code == 0, got.output + icinga.diagnostics(40)
+    ours = pki.load_certificates(node / "certs" / "ours.crt")[0]
+    assert pki.signed_by(ours, ca_cert) and pki.common_name(ours) == "ours"
+    assert pki.load_certificates(node / "certs" / "ca.crt")[0] == ca_cert
+    # and without a ticket: Icinga's pending answer
+    other = CliRunner().invoke(main, [
+        "pki", "request", "--host", "127.0.0.1", "--port", str(icinga.api_port),
+        "--cn", "ours2", "--data-dir", str(node)])
+    assert other.exit_code == 0 and "pending" in other.output, other.output
+
+
+def test_our_satellite_renews_its_certificate_with_a_real_icinga_master(
+        tmp_path: Path, icinga_factory: IcingaFactory) -> None:
+    """Our satellite's certificate has 10 days left: on connecting it asks the real
+    master, which re-signs it (no ticket: the CA already trusts that key) and sends
+    pki::UpdateCertificate; we install it."""
+    import datetime as dt
+
+    zones = [{"name": "imaster", "endpoints": ["imaster"]},
+             {"name": "sat", "endpoints": ["sat"], "parent": "imaster"}]
+    icinga = icinga_factory("imaster", "imaster", zones=zones,
+                            endpoints=[{"name": "imaster"}, {"name": "sat"}])
+    # Icinga 2.13 signs only with an RSA CA key ("expecting an rsa key").
+    ca_cert, ca_key = rsa_icinga_ca(icinga)
+    icinga.start()
+    own = tmp_path / "sat-certs"
+    own.mkdir()
+    now = dt.datetime.now(dt.timezone.utc)
+    cert, key = pki.issue_certificate(ca_cert, ca_key, "sat",
+                                      not_before=now - dt.timedelta(days=380),
+                                      not_after=now + dt.timedelta(days=10))
+    pki.write_certificate(own / "sat.crt", cert)
+    pki.write_private_key(own / "sat.key", key)
+    pki.write_certificate(own / "ca.crt", ca_cert)
+    sat = RouterNode(tmp_path / "router-sat", "sat", zones=zones,
+                     endpoints=[{"name": "imaster", "port": icinga.api_port},
+                                {"name": "sat"}],
+                     cert=own / "sat.crt", key=own / "sat.key", ca=own / "ca.crt")
+    sat.start()
+    try:
+        def renewed() -> bool:
+            new = pki.load_certificates(own / "sat.crt")[0]
+            return (new.not_valid_after_utc - now).days > 300
+        sat.wait_for(renewed, CONNECT_TIMEOUT, what="our renewed certificate",
+                     extra=lambda: icinga.diagnostics(40))
+        new = pki.load_certificates(own / "sat.crt")[0]
+        assert pki.same_public_key(new, key) and pki.signed_by(new, ca_cert)
+    finally:
+        sat.stop()
