@@ -16,14 +16,22 @@ import shutil
 import signal
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from router import __version__
 from router.node import report
 from router.config import RouterConfig
 from router.transport.connector import Backoff, Connector
 from router.node import Node, describe_topology, name_list
+from router.node.filemodes import check_key_modes, ensure_private_dirs
 from router.ops.http import StatusServer
+from router.ops.sdnotify import SystemdNotifier
+from router.node.reload import PreparedReload, ReloadHooks, Reloader, ReloadRecord, status_routes
+from router.config import load_config
+from router.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.node.learned import LearnedHostsStore
 
 log = logging.getLogger("router.app")
 
@@ -31,8 +39,16 @@ log = logging.getLogger("router.app")
 class RouterService:
     """One running node with its sockets."""
 
-    def __init__(self, config: RouterConfig, **node_kwargs: Any) -> None:
+    def __init__(self, config: RouterConfig, *,
+                 config_source: Callable[[], RouterConfig] | None = None,
+                 **node_kwargs: Any) -> None:
         self.config = config
+        #: Reads the configuration again for a reload (``router serve`` passes one that
+        #: repeats its command-line options); by default the file ``config.path``.
+        self.config_source = config_source
+        #: Components that react to a reload register here (``register_component``).
+        self.reload_hooks = ReloadHooks()
+        self.reloader: Reloader | None = None
         self._node_kwargs = node_kwargs
         self.node: Node | None = None
         self.server: asyncio.Server | None = None
@@ -41,6 +57,8 @@ class RouterService:
         self.pool: Any = None
         self._socket_dir = ""
         self._stopped = asyncio.Event()
+        #: Learned host owners on disk (``[objects] unknown = "learn"`` only).
+        self.learned: LearnedHostsStore | None = None
 
     @property
     def listen_port(self) -> int | None:
@@ -56,17 +74,33 @@ class RouterService:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
+        # Private state stays private whatever the umask; keys others can read stop us
+        # (issue 16 S5).
+        ensure_private_dirs(config.node.data_dir)
+        check_key_modes(config.tls.key,
+                        os.path.join(config.node.data_dir, "ca", "ca.key"))
         node = self.node = Node(config, loop, **self._node_kwargs)
         node.start()
+        self.reloader = Reloader(node, self._read_config, apply_service=self._apply_reload,
+                                 hooks=self.reload_hooks)
         # Before any socket opens: a peer that connects must find its log to replay.
         self._open_replay_log(node)
+        if config.node.accept_config or config.node.zones_dir is not None:
+            self._start_configsync(node)  # before any socket: children get zones on connect
+        if config.objects.unknown == "learn":
+            # Before any socket opens too: learned owners keep their hosts (issue 16 S1).
+            from router.node.learned import LearnedHostsStore
+            self.learned = LearnedHostsStore.open(node.objects, config.node.data_dir)
+            self.learned.start()
         if config.listen is not None:
             host, port = config.listen
             self.server = await loop.create_server(node.new_inbound, host, port,
                                                    reuse_address=True, backlog=4096)
         if config.status_listen is not None:
-            self.status = StatusServer(report.routes(
-                node, lambda: (self.status_port, self.listen_port)))
+            self.status = StatusServer(
+                status_routes(report.routes(node, lambda: (self.status_port, self.listen_port)),
+                              self.reloader, lambda: report.metric_families(node)),
+                actions={"/v1/actions/reload": self.reloader.http_action})
             await self.status.start(*config.status_listen)
         local_checks = [c for c in config.checks
                         if not c.command_endpoint or c.command_endpoint == node.name]
@@ -90,6 +124,61 @@ class RouterService:
             log.info("status: http://%s:%s/v1/status  metrics: http://%s:%s/metrics",
                      config.status_listen[0], self.status_port,  # type: ignore[index]
                      config.status_listen[0], self.status_port)  # type: ignore[index]
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self, trigger: str = "api") -> ReloadRecord:
+        """Apply the configuration as it is now on disk; see ``router.node.reload``."""
+        if self.reloader is None:
+            raise RuntimeError("the service is not running")
+        return await self.reloader.reload(trigger)
+
+    def _read_config(self) -> RouterConfig:
+        """The reload's configuration source (runs in a worker thread)."""
+        if self.config_source is not None:
+            return self.config_source()
+        if self.config.path is None:
+            raise ConfigError("nothing to reload: the node was not started from a "
+                              "configuration file")
+        return load_config(self.config.path)
+
+    async def _apply_reload(self, prepared: PreparedReload) -> None:
+        """The service's part of a reload, after the node's and the hooks': the dialler
+        and the store that saves the node's learned hosts."""
+        node = self.node
+        assert node is not None
+        config = self.config = prepared.config
+        if self.learned is not None:
+            self.learned.objects = node.objects
+        old = self.connector
+        timeouts, limits = config.timeouts, config.limits
+        targets = node.topology.dial_targets()
+        backoff = Backoff(timeouts.reconnect_min, timeouts.reconnect_max)
+        if old is not None and (old.targets != targets or old.backoff != backoff
+                                or old.connect_timeout != timeouts.connect
+                                or "dial_concurrency" in prepared.diff.limits):
+            # In-flight dials restart; established sessions are not the dialler's.
+            await old.stop()
+            new = Connector(node, targets, backoff=backoff,
+                            concurrency=limits.dial_concurrency,
+                            connect_timeout=timeouts.connect)
+            new.attempts.update(old.attempts)
+            new.failures.update(old.failures)
+            self.connector = node.connector = new
+            new.start()
+
+    def _start_configsync(self, node: Node) -> None:
+        """Config sync (docs/config-sync.md): zones under DATA_DIR/api/zones, relayed."""
+        from router.features.configsync import ConfigSync
+
+        cfg = self.config
+        sync = ConfigSync(node, api_dir=os.path.join(cfg.node.data_dir, "api"),
+                          accept_config=cfg.node.accept_config, zones_dir=cfg.node.zones_dir,
+                          max_update_bytes=cfg.limits.max_config_update_bytes,
+                          on_hosts=lambda hosts: node.objects.replace_config_hosts(hosts))
+        sync.start()
+        node.configsync = sync
+        self.reload_hooks.register("configsync", sync.on_reload)
 
     def _open_replay_log(self, node: Node) -> None:
         """The LMDB replay log under DATA_DIR/replaylog (store-and-forward)."""
@@ -160,6 +249,8 @@ class RouterService:
         if node.replay is not None:
             # Last: closing sessions hand the log their unsent frames; close() flushes.
             await node.replay.close(timeout=10.0)
+        if self.learned is not None:
+            await self.learned.close()
         if self.server is not None:
             await self.server.wait_closed()
         if self.status is not None:
@@ -207,27 +298,58 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD0, *gc.get_threshold()[1:])
 
 
-async def _serve(config: RouterConfig, ready_message: str | None) -> int:
-    service = RouterService(config)
+async def _serve(config: RouterConfig, ready_message: str | None,
+                 config_source: Callable[[], RouterConfig] | None = None) -> int:
+    service = RouterService(config, config_source=config_source)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[ReloadRecord]] = set()
+    #: Type=notify under systemd: readiness, reload and stop states, watchdog pings.
+    systemd = SystemdNotifier.from_environ()
+
+    async def sighup_reload() -> ReloadRecord:
+        if systemd is not None:
+            systemd.reloading()
+        record = await service.reload("SIGHUP")
+        if systemd is not None:
+            systemd.ready(f"reload {record.result}: {record.error or 'applied'}")
+        return record
+
+    def on_sighup() -> None:
+        task = loop.create_task(sighup_reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     await service.start()
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     tune_gc()
     if ready_message:
         print(ready_message.format(status_port=service.status_port,
                                    listen_port=service.listen_port), flush=True)
+    if systemd is not None:
+        systemd.ready(f"serving as {config.node.name}; cluster port {service.listen_port}, "
+                      f"status port {service.status_port}")
+        systemd.start_watchdog(loop)
     await stop.wait()
     log.info("signal received: draining queues (up to %g s) and closing sessions",
              config.timeouts.drain)
+    if systemd is not None:
+        systemd.stopping()
     await service.stop()
+    if systemd is not None:
+        systemd.close()
     return 0
 
 
-def serve(config: RouterConfig, ready_message: str | None = None) -> int:
-    """Run a node until SIGTERM/SIGINT; the exit code for the CLI."""
+def serve(config: RouterConfig, ready_message: str | None = None,
+          config_source: Callable[[], RouterConfig] | None = None) -> int:
+    """Run a node until SIGTERM/SIGINT, reloading on SIGHUP; the exit code for the CLI.
+
+    ``config_source`` reads the configuration again for a reload (default: the file
+    ``config.path``)."""
     import uvloop
 
     raise_nofile_limit()
-    return uvloop.run(_serve(config, ready_message))
+    return uvloop.run(_serve(config, ready_message, config_source))

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import click
 
+from router.cli.ca import ca_group
+from router.cli.check import check_group
 from router.cli.config import config
+from router.cli.objects import objects_group
 from router.cli.perf import perf
 from router.cli.pki import pki_group
+from router.cli.reload import reload
 from router.cli.replaylog import replaylog_group
 from router.cli.serve import checker, serve
 from router.cli.status import status
@@ -26,4 +30,8 @@ main.add_command(config)
 main.add_command(status)
 main.add_command(replaylog_group)
 main.add_command(pki_group)
+main.add_command(ca_group)
 main.add_command(perf)
+main.add_command(objects_group)
+main.add_command(reload)
+main.add_command(check_group)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 from pathlib import Path
@@ -26,11 +27,25 @@ __all__ = ["checker", "serve"]
 @click.option("--status-listen", help="Status/metrics HTTP listener HOST:PORT, or 'none'.")
 @click.option("--accept-commands/--no-accept-commands", default=None,
               help="Accept event::ExecuteCommand from the parent zone.")
+@click.option("--accept-config/--no-accept-config", default=None,
+              help="Accept zone configuration (config::Update) from the parent zone and "
+                   "relay it to the zones below (config sync).")
+@click.option("--zones-dir", type=click.Path(file_okay=False, exists=True),
+              help="Authoritative zone configuration to serve, laid out like Icinga's "
+                   "zones.d: DIR/<zone>/**.")
 @click.option("--log-level", default=None,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--log-format", default=None, type=click.Choice(["text", "json"]),
+              help="Log lines as text (default) or one JSON object per line "
+                   "(overrides [node] log_format).")
+@click.option("--ticket-salt", default=None,
+              help="TicketSalt for signing certificate requests with a ticket (overrides "
+                   "[pki] ticket_salt; see docs/pki.md).")
 def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
           zones_file: str | None, listen: str | None, status_listen: str | None,
-          accept_commands: bool | None, log_level: str | None) -> None:
+          accept_commands: bool | None, log_level: str | None,
+          ticket_salt: str | None, accept_config: bool | None = None,
+          zones_dir: str | None = None, log_format: str | None = None) -> None:
     """Run one node of a cluster.
 
     With no options at all, a standalone node named after this host starts from
@@ -51,8 +66,13 @@ def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
                 created_pki = pki.ensure_node_pki(data_dir, node_name)
         cfg = config_mod.quickstart_config(
             node_name=node_name, data_dir=data_dir, zones_file=zones_file, listen=listen,
-            status_listen=status_listen, base=base, accept_commands=accept_commands)
-    setup_logging(log_level or cfg.log_level)
+            status_listen=status_listen, base=base, accept_commands=accept_commands,
+            accept_config=accept_config, zones_dir=zones_dir)
+        if ticket_salt is not None:
+            cfg = dataclasses.replace(cfg, pki=dataclasses.replace(cfg.pki,
+                                                                   ticket_salt=ticket_salt))
+    setup_logging(log_level or cfg.log_level,
+                  log_format or (base.node.log_format if base is not None else "text"))
     if created_pki is not None:
         click.echo(f"created CA and certificate for {cfg.node.name} in {cfg.node.data_dir}",
                    err=True)
@@ -62,8 +82,13 @@ def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
         ready = (f"router: node {cfg.node.name} is up; status at "
                  f"http://{host}:{{status_port}}/v1/status (metrics: /metrics, "
                  f"results: /v1/objects/checkresults). Ctrl-C stops it.")
+    from router.cli.reload import config_source
+    reread = config_source(  # a reload (SIGHUP, router reload) builds it the same way
+        config_path, ticket_salt=ticket_salt, node_name=node_name, data_dir=data_dir,
+        zones_file=zones_file, listen=listen, status_listen=status_listen,
+        accept_commands=accept_commands, accept_config=accept_config, zones_dir=zones_dir)
     try:
-        sys.exit(app.serve(cfg, ready))
+        sys.exit(app.serve(cfg, ready, reread))
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
     except OPERATOR_ERRORS as exc:

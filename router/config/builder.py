@@ -28,6 +28,7 @@ from router.config.model import (
     Limits,
     NodeConfig,
     ObjectsConfig,
+    PKIConfig,
     RouterConfig,
     Timeouts,
     TLSConfig,
@@ -50,22 +51,24 @@ __all__ = ["Builder"]
 
 
 _TOP_KEYS = ("node", "listen", "status_listen", "log_level", "results", "tls", "zones",
-             "endpoints", "limits", "timeouts", "objects", "checks")
+             "endpoints", "limits", "timeouts", "objects", "checks", "pki")
 _TOP_SCALARS = ("listen", "status_listen", "log_level", "results")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    "node": ("name", "data_dir", "icinga_version", "accept_commands", "command_catalog"),
+    "node": ("name", "data_dir", "icinga_version", "accept_commands", "command_catalog",
+             "accept_config", "zones_dir", "log_format"),
     "tls": ("ca", "cert", "key", "library"),
     "zones": ("name", "endpoints", "parent", "global"),
     "endpoints": ("name", "addresses", "host", "port", "log_duration"),
     "limits": tuple(f.name for f in dataclasses.fields(Limits)),
     "timeouts": tuple(f.name for f in dataclasses.fields(Timeouts)),
-    "objects": ("unknown", "hosts"),
+    "objects": ("unknown", "hosts", "max_learned_per_zone"),
     "checks": ("host", "service", "command", "macros", "interval", "retry_interval",
                "max_check_attempts", "command_endpoint", "zone"),
+    "pki": tuple(f.name for f in dataclasses.fields(PKIConfig)),
 }
 _SIZE_LIMITS = frozenset({"max_message_size_anonymous", "max_message_size_child",
                           "max_message_size_peer", "send_queue_high_bytes",
-                          "send_queue_low_bytes"})
+                          "send_queue_low_bytes", "max_config_update_bytes"})
 
 
 def _section_label(section: str) -> str:
@@ -185,7 +188,8 @@ class Builder:
             node=node, listen=listen, status_listen=status_listen, tls=tls, zones=zones,
             endpoints=endpoints, limits=self.limits(), timeouts=self.timeouts(),
             objects=self.objects(), results=results, log_level=log_level,
-            path=self.where.path, endpoint_log_duration=durations, checks=self.checks())
+            path=self.where.path, endpoint_log_duration=durations, checks=self.checks(),
+            pki=self.pki())
 
     def node(self) -> NodeConfig:
         if "node" not in self.doc:
@@ -224,8 +228,19 @@ class Builder:
             except CheckerError as e:
                 raise self.err(f"unusable command catalog: {e}", "node.command_catalog") \
                     from None
+        accept_config = False
+        if "accept_config" in t:
+            accept_config = self.boolean(t["accept_config"], "node.accept_config")
+        zones_dir = None
+        if "zones_dir" in t:
+            zones_dir = self.file_path(t["zones_dir"], "node.zones_dir")
+        log_format = "text"
+        if "log_format" in t:
+            log_format = self.choice(t["log_format"], "node.log_format", ("text", "json"))
         return NodeConfig(name=name, data_dir=data_dir, icinga_version=version,
-                          accept_commands=accept, command_catalog=catalog)
+                          accept_commands=accept, command_catalog=catalog,
+                          accept_config=accept_config, zones_dir=zones_dir,
+                          log_format=log_format)
 
     def tls(self, node: NodeConfig) -> TLSConfig:
         t = self.table(self.doc.get("tls"), "tls", "[tls]")
@@ -389,12 +404,31 @@ class Builder:
             checks.append(CheckSpec(**values))
         return tuple(checks)
 
+    def pki(self) -> PKIConfig:
+        """``[pki]``: types here; ranges in validate (configurations built in code too)."""
+        t = self.table(self.doc.get("pki"), "pki", "[pki]")
+        self.check_keys(t, "pki", "pki")
+        values: dict[str, Any] = {}
+        for name, value in t.items():
+            key = f"pki.{name}"
+            if name == "ticket_salt":
+                values[name] = self.string(value, key, allow_empty=True)
+            elif name == "ec_curves":
+                values[name] = tuple(c.strip().lower() for c in self.string_list(value, key))
+            else:
+                values[name] = self.integer(value, key)
+        return PKIConfig(**values)
+
     def objects(self) -> ObjectsConfig:
         t = self.table(self.doc.get("objects"), "objects", "[objects]")
         self.check_keys(t, "objects", "objects")
-        unknown = "learn"
+        unknown = "reject"
         if "unknown" in t:
             unknown = self.choice(t["unknown"], "objects.unknown", UNKNOWN_MODES)
+        max_learned = ObjectsConfig().max_learned_per_zone
+        if "max_learned_per_zone" in t:
+            max_learned = self.integer(t["max_learned_per_zone"],
+                                       "objects.max_learned_per_zone")
         hosts = self.table(t.get("hosts"), "objects.hosts", "[objects.hosts]")
         for host, zone in hosts.items():
             if isinstance(zone, dict):
@@ -407,4 +441,5 @@ class Builder:
                                f"objects.hosts.{host}")
             self.string(zone, f"objects.hosts.{host}")
         return ObjectsConfig(unknown=unknown,
-                             hosts=FrozenMap((h, z.strip()) for h, z in hosts.items()))
+                             hosts=FrozenMap((h, z.strip()) for h, z in hosts.items()),
+                             max_learned_per_zone=max_learned)

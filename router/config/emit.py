@@ -17,6 +17,8 @@ from router.config.model import (
     DEFAULT_LOG_DURATION,
     CheckSpec,
     Limits,
+    ObjectsConfig,
+    PKIConfig,
     RouterConfig,
     Timeouts,
     TLSConfig,
@@ -111,6 +113,10 @@ def config_to_toml(cfg: RouterConfig) -> str:
         out.append(f"icinga_version = {cfg.node.icinga_version}")
     if cfg.node.accept_commands:
         out.append("accept_commands = true")
+    if cfg.node.accept_config:
+        out.append("accept_config = true")
+    if cfg.node.zones_dir is not None:
+        out.append(f"zones_dir = {toml_str(cfg.node.zones_dir)}")
     out.append("")
 
     default_tls = TLSConfig.for_node(cfg.node.name, cfg.node.data_dir)
@@ -128,12 +134,23 @@ def config_to_toml(cfg: RouterConfig) -> str:
         if body:
             out += [f"[{section}]", *body, ""]
 
-    if cfg.objects.unknown != "learn":
-        out += ["[objects]", f"unknown = {toml_str(cfg.objects.unknown)}", ""]
+    objects_body = []
+    if cfg.objects.unknown != ObjectsConfig().unknown:
+        objects_body.append(f"unknown = {toml_str(cfg.objects.unknown)}")
+    if cfg.objects.max_learned_per_zone != ObjectsConfig().max_learned_per_zone:
+        objects_body.append(f"max_learned_per_zone = {cfg.objects.max_learned_per_zone}")
+    if objects_body:
+        out += ["[objects]", *objects_body, ""]
     if cfg.objects.hosts:
         out.append("[objects.hosts]")
         out += [f"{_toml_key(h)} = {toml_str(z)}" for h, z in cfg.objects.hosts.items()]
         out.append("")
+
+    pki_body = [f"{f.name} = {_toml_value(getattr(cfg.pki, f.name))}"
+                for f in dataclasses.fields(cfg.pki)
+                if getattr(cfg.pki, f.name) != getattr(PKIConfig(), f.name)]
+    if pki_body:
+        out += ["[pki]", *pki_body, ""]
 
     out.append(topology_to_toml(cfg.zones, cfg.endpoints, cfg.endpoint_log_duration))
     default_check = CheckSpec("", "")

@@ -126,7 +126,9 @@ def quickstart_config(*, node_name: str | None = None, data_dir: str | None = No
                       listen: str | tuple[str, int] | bool | None = None,
                       status_listen: str | tuple[str, int] | bool | None = None,
                       base: RouterConfig | None = None,
-                      accept_commands: bool | None = None) -> RouterConfig:
+                      accept_commands: bool | None = None,
+                      accept_config: bool | None = None,
+                      zones_dir: str | None = None) -> RouterConfig:
     """Build a configuration from ``router serve`` options.
 
     Each option that is given (not ``None``) overrides ``base`` (the ``--config`` file, if
@@ -152,7 +154,12 @@ def quickstart_config(*, node_name: str | None = None, data_dir: str | None = No
         name=name, data_dir=ddir,
         icinga_version=base.node.icinga_version if base else DEFAULT_ICINGA_VERSION,
         accept_commands=(accept_commands if accept_commands is not None
-                         else base.node.accept_commands if base else False))
+                         else base.node.accept_commands if base else False),
+        command_catalog=base.node.command_catalog if base else None,
+        accept_config=(accept_config if accept_config is not None
+                       else base.node.accept_config if base else False),
+        zones_dir=(os.path.abspath(os.path.expanduser(zones_dir)) if zones_dir
+                   else base.node.zones_dir if base else None))
 
     new_tls = TLSConfig.for_node(name, ddir)
     if base is None:
@@ -185,7 +192,7 @@ def quickstart_config(*, node_name: str | None = None, data_dir: str | None = No
     if base is not None:
         kwargs = dict(limits=base.limits, timeouts=base.timeouts, objects=base.objects,
                       results=base.results, log_level=base.log_level, path=base.path,
-                      checks=base.checks)
+                      checks=base.checks, pki=base.pki)
     cfg = RouterConfig(node=node, listen=listen_v, status_listen=status_v, tls=tls,
                        zones=tuple(zones), endpoints=tuple(endpoints),
                        endpoint_log_duration=durations, **kwargs)

@@ -20,7 +20,7 @@ __all__ = [
     "DEFAULT_ICINGA_VERSION", "LOG_LEVELS", "RESULTS_MODES", "UNKNOWN_MODES", "TLS_LIBRARIES",
     "KiB", "MiB",
     "FrozenMap", "NodeConfig", "TLSConfig", "Limits", "Timeouts", "ObjectsConfig", "CheckSpec",
-    "RouterConfig",
+    "RouterConfig", "PKIConfig",
 ]
 
 
@@ -94,6 +94,14 @@ class NodeConfig:
     command_catalog: str | None = None
     """Extra check command definitions (TOML, absolute path) merged over the bundled
     catalog: new commands are added, ones with a bundled name replace it."""
+    accept_config: bool = False
+    """Whether this node takes zone configuration (``config::Update``) from its parent
+    zone and relays it to the zones below (config sync, docs/config-sync.md)."""
+    zones_dir: str | None = None
+    """Our authoritative zone configuration (absolute path), laid out like Icinga's
+    ``zones.d``: ``DIR/<zone>/**``, served to the zones below (config sync)."""
+    log_format: str = "text"
+    """Log line format on stderr: ``text`` or ``json`` (one object per line)."""
 
 
 #: Values of ``[tls] library`` (see ``router.tlslib``).
@@ -137,6 +145,8 @@ class Limits:
     """Largest message accepted from a parent or an HA peer of our own zone."""
     max_json_depth: int = 128
     """Deepest JSON nesting accepted in a message."""
+    max_config_update_bytes: int = 64 * MiB
+    """Largest total size of the files in one ``config::Update`` we accept (config sync)."""
     send_queue_high_bytes: int = 8 * MiB
     """A peer's send queue is congested above this many bytes (sources are paused)."""
     send_queue_low_bytes: int = 2 * MiB
@@ -156,6 +166,22 @@ class Limits:
     so a reconnect storm can use spare cores; 0 (default) runs them in the event-loop
     thread. Off by default: on a 2-core machine with the load generator on the other core
     it measured no faster and cost 10-20 % more CPU per handshake (perf/RESULTS.md)."""
+    max_invalid_messages: int = 100
+    """Messages with a parameter of the wrong JSON type a session may send per minute;
+    each is refused, and a session over this budget is disconnected."""
+    max_unauthenticated: int = 1000
+    """Most connections that have not finished the TLS handshake and identification, in
+    total; when full, the oldest of them is dropped for a newcomer."""
+    max_unauthenticated_per_address: int = 50
+    """Most such connections from one source address; when full, that address's oldest
+    one is dropped for its newcomer."""
+    max_concurrent_handshakes: int = 200
+    """Most TLS handshakes in progress at once (their bytes received, not yet done);
+    handshakes beyond wait, their deadline still running."""
+    max_results: int = 1_000_000
+    """Most entries (host/service) in the result view; the oldest are evicted."""
+    max_results_per_zone: int = 250_000
+    """Most result-view entries for the hosts of one zone; that zone's oldest are evicted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +217,14 @@ class Timeouts:
 class ObjectsConfig:
     """Which zone each host object belongs to (``[objects]``)."""
 
-    unknown: str = "learn"
-    """``learn``: a host first reported by a child zone is placed in that zone;
-    ``reject``: messages about hosts not listed in ``hosts`` are refused."""
+    unknown: str = "reject"
+    """``reject`` (default): messages about hosts no configuration places in a zone (and
+    not named like a zone or endpoint) are refused; ``learn``: a host first reported by a
+    child zone is placed in that zone, persisted in the data directory."""
     hosts: Mapping[str, str] = field(default_factory=FrozenMap)
     """Host name -> zone name (``[objects.hosts]``)."""
+    max_learned_per_zone: int = 10_000
+    """With ``learn``: most hosts one zone may own by learning; reports beyond are refused."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.hosts, FrozenMap):
@@ -224,6 +253,28 @@ class CheckSpec:
     def name(self) -> str:
         """Icinga's full object name: ``host`` or ``host!service``."""
         return self.host if self.service is None else f"{self.host}!{self.service}"
+
+
+@dataclass(frozen=True, slots=True)
+class PKIConfig:
+    """Certificate enrollment (``[pki]``; see docs/pki.md)."""
+
+    ticket_salt: str = ""
+    """Icinga's TicketSalt: a request with the ticket for its CN is signed at once (on
+    the node that holds ``DATA_DIR/ca/ca.key``). Empty: every new request waits for
+    ``router ca sign``. ``router serve --ticket-salt`` overrides it; when both are
+    empty the environment variable ``ROUTER_TICKET_SALT`` is used."""
+    leaf_valid_days: int = 397
+    """Validity of the certificates this node signs (Icinga 2.13.3+: 397 days)."""
+    min_rsa_bits: int = 2048
+    """Requests with a smaller RSA key are refused."""
+    ec_curves: tuple[str, ...] = ("secp256r1", "secp384r1", "secp521r1")
+    """Curves of EC keys that are signed; other curves are refused."""
+    max_pending_requests: int = 10000
+    """Most stored requests without a certificate; new ones beyond it are refused."""
+    requests_per_minute: int = 30
+    """Certificate requests one address may send per minute without a known endpoint
+    (anonymous enrollment); the excess is refused and counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +311,8 @@ class RouterConfig:
     has an entry (default 86400, 0 disables the replay log for it)."""
     checks: tuple[CheckSpec, ...] = ()
     """Checks this node schedules itself (``[[checks]]``)."""
+    pki: PKIConfig = field(default_factory=PKIConfig)
+    """Certificate enrollment: ticket salt, signing policy, request limits."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.zones, tuple):

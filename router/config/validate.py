@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterable, Mapping
 
 from router.config.model import (
@@ -169,6 +170,31 @@ def _check_checks(cfg: RouterConfig, where: Where) -> None:
                                   f"{prefix}.command_endpoint")
 
 
+#: EC curves ``[pki] ec_curves`` may name (those OpenSSL signs TLS certificates with).
+KNOWN_EC_CURVES = ("secp256r1", "secp384r1", "secp521r1", "secp224r1", "secp256k1",
+                   "brainpoolp256r1", "brainpoolp384r1", "brainpoolp512r1")
+
+
+def _check_pki(cfg: RouterConfig, where: Where) -> None:
+    """``[pki]``: positive limits, RSA minimum not below 1024, known curves."""
+    p = cfg.pki
+    salt: object = p.ticket_salt
+    if not isinstance(salt, str):
+        raise where.error(f"must be a string, got {salt!r}", "pki.ticket_salt")
+    for name in ("leaf_valid_days", "max_pending_requests", "requests_per_minute"):
+        value: object = getattr(p, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise where.error(f"must be a positive integer, got {value!r}", f"pki.{name}")
+    bits: object = p.min_rsa_bits
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1024 <= bits <= 16384:
+        raise where.error(f"must be an integer from 1024 to 16384, got {bits!r}",
+                          "pki.min_rsa_bits")
+    for curve in p.ec_curves:
+        if curve not in KNOWN_EC_CURVES:
+            raise where.error(f"unknown EC curve {curve!r}{suggest(curve, KNOWN_EC_CURVES)}"
+                              f" (known: {', '.join(KNOWN_EC_CURVES)})", "pki.ec_curves")
+
+
 def validate_at(cfg: RouterConfig, where: Where) -> None:
     """:func:`validate`, with ``where`` placing the errors at the lines of the parsed file."""
     node = cfg.node
@@ -185,6 +211,11 @@ def validate_at(cfg: RouterConfig, where: Where) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
         raise where.error(f"must be a positive integer, got {node.icinga_version!r}",
                           "node.icinga_version")
+    zones_dir: object = node.zones_dir
+    if zones_dir is not None and (not isinstance(zones_dir, str)
+                                  or not os.path.isdir(zones_dir)):
+        raise where.error(f"zones directory {zones_dir!r} does not exist or is not a "
+                          f"directory (config sync reads DIR/<zone>/)", "node.zones_dir")
 
     listeners: tuple[tuple[str, object], ...] = (("listen", cfg.listen),
                                                  ("status_listen", cfg.status_listen))
@@ -201,6 +232,7 @@ def validate_at(cfg: RouterConfig, where: Where) -> None:
 
     for key, value, choices in (("log_level", cfg.log_level, LOG_LEVELS),
                                 ("results", cfg.results, RESULTS_MODES),
+                                ("node.log_format", cfg.node.log_format, ("text", "json")),
                                 ("objects.unknown", cfg.objects.unknown, UNKNOWN_MODES)):
         if value not in choices:
             options = ", ".join(f"'{c}'" for c in choices)
@@ -241,6 +273,11 @@ def validate_at(cfg: RouterConfig, where: Where) -> None:
 
     check_topology_at(cfg.zones, cfg.endpoints, node.name, where)
 
+    max_learned: object = cfg.objects.max_learned_per_zone
+    if isinstance(max_learned, bool) or not isinstance(max_learned, int) or max_learned <= 0:
+        raise where.error(f"must be a positive integer, got {max_learned!r}",
+                          "objects.max_learned_per_zone")
+
     zone_names = [z.name for z in cfg.zones]
     hosts: Iterable[tuple[object, str]] = cfg.objects.hosts.items()
     for host, zone in hosts:
@@ -251,6 +288,7 @@ def validate_at(cfg: RouterConfig, where: Where) -> None:
             raise where.error(f"zone '{zone}' is not defined{suggest(zone, zone_names)}", key)
 
     _check_checks(cfg, where)
+    _check_pki(cfg, where)
 
     ep_names = {e.name: i for i, e in enumerate(cfg.endpoints)}
     durations: Iterable[tuple[str, object]] = cfg.endpoint_log_duration.items()

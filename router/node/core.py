@@ -40,10 +40,14 @@ from router.features.results import ResultStore
 from router.protocol import jsonrpc, netstring
 from router.protocol.events import MessageReceived
 from router.routing import ObjectZones, RouteDecision, Router, Topology, UnknownObjects
+from router.routing.fields import FieldProblem, RefusalBudget, check_params
 from router.transport import READ_BUFFER_SIZE, PeerConnection, tlslib
+from router.transport.admission import Admission
 from router.transport.readsched import ReadScheduler
+from router.transport.tls import FailureStreak
 from router.transport.sendqueue import QueueLimits
 from router.node.executions import Executions
+from router.node.enrollment import Enrollment
 from router.node.housekeeping import LOG_POSITION_INTERVAL, Housekeeping
 from router.node.sessions import Sessions
 from router.node.stats import ANONYMOUS, Connection, EndpointStats
@@ -51,6 +55,7 @@ from router.node.texts import REFUSAL_TEXT, RateLimitedLog, method_label
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.features.checks import LocalChecks
+    from router.features.configsync import ConfigSync
     from router.features.commands import CommandExecutor
     from router.node.replay import ReplayManager
     from router.protocol.events import Event
@@ -84,7 +89,8 @@ class Node:
         for check in config.checks:  # our own checks' hosts live in their zone (or ours)
             hosts.setdefault(check.host, check.zone or self.topology.local_zone)
         self.objects = ObjectZones(self.topology, hosts=hosts,
-                                   unknown=UnknownObjects(config.objects.unknown))
+                                   unknown=UnknownObjects(config.objects.unknown),
+                                   max_learned_per_zone=config.objects.max_learned_per_zone)
         self.router = Router(self.topology, self.objects)
         tls_cfg = config.tls
         if server_context is None or client_context is None:
@@ -103,8 +109,13 @@ class Node:
         keep = config.results
         if keep == "auto":
             keep = "on" if self.topology.parent_zone is None else "off"
-        self.results: ResultStore | None = ResultStore() if keep == "on" else None
+        self.results: ResultStore | None = ResultStore(
+            limits.max_results, limits.max_results_per_zone) if keep == "on" else None
 
+        #: Caps on connections that have not finished the handshake (issue 16 S3).
+        self.admission = Admission(limits.max_unauthenticated,
+                                   limits.max_unauthenticated_per_address,
+                                   limits.max_concurrent_handshakes)
         self.connections: dict[str, Connection] = {}
         self.connected_names: set[str] = set()
         self.all_connections: set[Connection] = set()
@@ -112,6 +123,8 @@ class Node:
         self.anonymous: set[Connection] = set()
         self.stats: dict[str, EndpointStats] = {}
         self.handshake_failures = LabeledCounter(("reason",))
+        #: Identical handshake failures in a row; the service rebuilds TLS on a streak.
+        self.tls_failures = FailureStreak()
         self.disconnects = LabeledCounter(("reason",))
         self.check_results_received = 0
         self.stale_dropped = 0
@@ -131,9 +144,13 @@ class Node:
         self.replay: ReplayManager | None = None
         #: Set by the service when [[checks]] are configured.
         self.checks: LocalChecks | None = None
+        #: Set by the service when accept_config or zones_dir is set (config sync).
+        self.configsync: ConfigSync | None = None
         self.sessions = Sessions(self)
         self.executions = Executions(self)
         self.housekeeping = Housekeeping(self)
+        #: Certificate requests and updates (router.node.enrollment).
+        self.enrollment = Enrollment(self)
 
     # ------------------------------------------------------------------ helpers
 
@@ -168,9 +185,11 @@ class Node:
 
     def start(self) -> None:
         self.housekeeping.start()
+        self.enrollment.start()
 
     def stop_housekeeping(self) -> None:
         self.housekeeping.stop()
+        self.enrollment.stop()
 
     @property
     def read_stalls(self) -> int:
@@ -210,7 +229,8 @@ class Node:
     def new_inbound(self) -> Connection:
         """Protocol factory for the listener."""
         return PeerConnection(self, self.server_context,
-                              handshake_timeout=self.config.timeouts.handshake)
+                              handshake_timeout=self.config.timeouts.handshake,
+                              admission=self.admission)
 
     def new_outbound(self, endpoint: str) -> Connection:
         return PeerConnection(self, self.client_context, expected_endpoint=endpoint,
@@ -270,6 +290,10 @@ class Node:
         if method is None:
             self.refuse(conn, label, "no_method", "message without a method")
             return
+        problem = check_params(method, msg.params)
+        if problem is not None:     # a parameter of the wrong JSON type (issue 16 S2)
+            self.refuse_invalid(conn, method, problem, msg)
+            return
         ts = msg.ts
         if ts is not None and stats is not None:
             if ts < stats.remote_log_position:
@@ -286,9 +310,11 @@ class Node:
         decision = self.router.route(method, msg.params, endpoint, msg.origin_zone,
                                      self.connected_names)
         if not decision.accepted:
-            self.refuse(conn, method, decision.reason or "refused",
-                        REFUSAL_TEXT.get(decision.reason or "", "refused by routing rules"),
-                        msg)
+            text = REFUSAL_TEXT.get(decision.reason or "", "refused by routing rules")
+            host = msg.params.get("host") if msg.params is not None else None
+            if type(host) is str:   # which host an agent tried to claim (issue 16 S1)
+                text = f"{text}: host {host[:200]!r}"
+            self.refuse(conn, method, decision.reason or "refused", text, msg)
             return
         if decision.local:
             self._consume(conn, msg, decision)
@@ -305,7 +331,8 @@ class Node:
             self.replay.persist(decision.unreachable, ts, frame, decision.object_zone)
         method = msg.method or ""
         if method == "event::ExecuteCommand" and msg.params is not None:
-            self.executions.remember(source.endpoint, msg.params)  # type: ignore[arg-type]
+            self.executions.remember(source.endpoint, msg.params,  # type: ignore[arg-type]
+                                     decision.object_zone)
         self._fan_out(frame, method, msg.params, decision.targets, source,
                       ts if decision.logged else 0.0)
 
@@ -332,7 +359,7 @@ class Node:
             if self.results is not None and isinstance(host, str) and isinstance(cr, dict):
                 service = params.get("service")
                 self.results.update(host, service if isinstance(service, str) else None, cr,
-                                    self.name, time.time())
+                                    self.name, time.time(), decision.object_zone)
         return True
 
     def _fan_out(self, frame: bytes, method: str, params: dict[str, Any] | None,
@@ -384,7 +411,8 @@ class Node:
                 cr = params.get("cr")
                 if isinstance(host, str) and isinstance(cr, dict):
                     self.results.update(host, service if isinstance(service, str) else None,
-                                        cr, conn.endpoint or "", time.time())
+                                        cr, conn.endpoint or "", time.time(),
+                                        decision.object_zone)
         elif method == "event::ExecuteCommand":
             self.executions.execute(conn, params)
         elif method == "event::ExecutedCommand":
@@ -401,13 +429,16 @@ class Node:
         elif method == "pki::RequestCertificate":
             self.sessions.pki_request(conn, msg)
         elif method == "pki::UpdateCertificate":
-            self.refuse(conn, method, "unsupported",
-                        "certificate updates are not applied by this node yet", msg)
+            self.enrollment.update_certificate(conn, msg)
         elif method == "config::Update":
-            zones = params.get("update")
-            self.refuse(conn, method, "unsupported",
-                        f"config sync is not implemented; ignoring zones "
-                        f"{sorted(zones) if isinstance(zones, dict) else '?'}", msg)
+            # Config sync (docs/config-sync.md): stored and relayed, or refused and counted.
+            if self.configsync is None:
+                self.refuse(conn, method, "not_accepted", "this node does not accept "
+                            "configuration (node.accept_config is off)", msg)
+            else:
+                refusal = self.configsync.receive(conn.endpoint or "", params)
+                if refusal is not None:
+                    self.refuse(conn, method, refusal.reason, refusal.text, msg)
 
     # ------------------------------------------------------------------ refusals
 
@@ -427,6 +458,22 @@ class Node:
         if msg is not None and msg.id is not None and reason != "unsupported":
             conn.write_direct(netstring.encode(jsonrpc.error_response(
                 msg.id, f"{method} refused: {text}")))
+
+    def refuse_invalid(self, conn: Connection, method: str, problem: FieldProblem,
+                       msg: jsonrpc.Message) -> None:
+        """Refuse a message with a parameter of the wrong type; disconnect a session that
+        sends more than ``limits.max_invalid_messages`` of them in a minute."""
+        self.refuse(conn, method, "invalid_field", problem.describe(), msg)
+        budget = conn.invalid_budget
+        if budget is None:
+            budget = conn.invalid_budget = RefusalBudget(
+                self.config.limits.max_invalid_messages)
+        if not budget.spend(self.loop.time()) and conn.state == "open":
+            self.disconnects.inc(("invalid_messages",))
+            self.log_peer(conn, logging.WARNING, "more than %d malformed messages within "
+                          "%g s (limits.max_invalid_messages); disconnecting", budget.limit,
+                          budget.window)
+            conn.close("too many malformed messages")
 
     # ------------------------------------------------------------------ backpressure
 

@@ -124,7 +124,8 @@ def endpoints(node: Node, only: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
-STATUS_SECTIONS = ("node", "zones", "endpoints", "connections", "totals", "process")
+STATUS_SECTIONS = ("node", "zones", "endpoints", "connections", "totals", "process",
+                   "config_zones")
 """Top-level keys of /v1/status, in document order; ``?sections=`` picks a subset."""
 
 
@@ -162,12 +163,18 @@ def status_document(node: Node, status_port: int | None = None,
             "handshake_failures": node.handshake_failures.total(),
             "check_results": node.check_results_received,
             "stale_dropped": node.stale_dropped,
-            "objects_learned": len(node.objects),
+            "objects_learned": node.objects.learned,
             "results_stored": len(node.results) if node.results is not None else None,
         },
         "process": process_info,
+        "config_zones": lambda: config_zones(node),
     }
     return {name: builders[name]() for name in STATUS_SECTIONS if name in sections}
+
+
+def config_zones(node: Node) -> list[dict[str, Any]] | None:
+    """The zones config sync holds (docs/config-sync.md); None when it is off."""
+    return node.configsync.status() if node.configsync is not None else None
 
 
 def parse_sections(text: str | None) -> tuple[str, ...]:
@@ -204,6 +211,15 @@ def metric_families(node: Node) -> list[MetricFamily]:
          else 0)
         for z in zones(node) if not z["global"]]))
     fams.append(node.handshake_failures.to_family("router_handshake_failures_total"))
+    admission = node.admission
+    fams += [
+        family("router_unauthenticated_connections", [({}, admission.pending)]),
+        family("router_unauthenticated_evicted_total", [
+            ({"reason": r}, n) for r, n in sorted(admission.evicted.items())]),
+        family("router_handshakes_in_progress", [({}, admission.handshaking)]),
+        family("router_handshakes_waiting", [({}, admission.waiting)]),
+        family("router_handshake_waits_total", [({}, admission.handshake_waits)]),
+    ]
     connector = getattr(node, "connector", None)
     if connector is not None:
         fams.append(family("router_connect_attempts_total", [
@@ -264,10 +280,16 @@ def metric_families(node: Node) -> list[MetricFamily]:
         family("router_read_waiting", [({}, node.reads.waiting)]),
         family("router_read_deferred_turns_total", [({}, node.reads.deferred_turns)]),
         family("router_read_stalls_total", [({}, node.read_stalls)]),
-        family("router_objects_learned", [({}, len(node.objects))]),
+        family("router_objects_learned", [({}, node.objects.learned)]),
+        family("router_objects_learn_refused_total", [
+            ({"zone": z}, n) for z, n in sorted(node.objects.learn_refused.items())]),
         family("router_check_results_stored", [
             ({}, len(node.results) if node.results is not None else 0)]),
+        family("router_check_results_evicted_total", [
+            ({"zone": z}, n) for z, n in sorted(
+                node.results.evicted.items() if node.results is not None else ())]),
     ]
+    fams += node.enrollment.families()
     if node.replay is not None:
         fams += replay_families(node)
     pool = node.executor.pool if node.executor is not None else (
@@ -276,6 +298,10 @@ def metric_families(node: Node) -> list[MetricFamily]:
         fams += checker_families(pool.stats())
     if node.checks is not None:
         fams += scheduler_families(node.checks.stats())
+    if node.configsync is not None:
+        fams.append(family("router_config_updates_total", [
+            ({"direction": d, "result": r}, n)
+            for (d, r), n in sorted(node.configsync.updates.items())]))
     fams += process_families()
     return fams
 
@@ -342,12 +368,38 @@ def replay_families(node: Node) -> list[MetricFamily]:
     ]
 
 
-def checkresults_document(node: Node, host: str | None, service: str | None) -> dict[str, Any]:
+#: Entries per /v1/objects/checkresults answer unless ``limit`` says otherwise, and most.
+CHECKRESULTS_DEFAULT_LIMIT = 1000
+CHECKRESULTS_MAX_LIMIT = 100_000
+
+
+def page_bounds(query: dict[str, str]) -> tuple[int, int]:
+    """``offset`` and ``limit`` of a listing; ValueError naming the bad parameter."""
+    values = {}
+    for name, default, top in (("offset", 0, None),
+                               ("limit", CHECKRESULTS_DEFAULT_LIMIT, CHECKRESULTS_MAX_LIMIT)):
+        text = query.get(name) or ""
+        try:
+            value = int(text) if text else default
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, got {text[:40]!r}") from None
+        if value < 0 or (top is not None and value > top):
+            raise ValueError(f"{name} must be between 0 and {top if top else 'any'}, "
+                             f"got {value}")
+        values[name] = value
+    return values["offset"], values["limit"]
+
+
+def checkresults_document(node: Node, host: str | None, service: str | None,
+                          offset: int = 0, limit: int = CHECKRESULTS_DEFAULT_LIMIT
+                          ) -> dict[str, Any]:
     if node.results is None:
         return {"enabled": False, "results": [],
                 "note": "this node keeps no result view (results = off, or it has a parent)"}
-    return {"enabled": True,
-            "results": [r.as_json() for r in node.results.select(host, service)]}
+    return {"enabled": True, "total": node.results.count(host, service),
+            "offset": offset, "limit": limit,
+            "results": [r.as_json() for r in node.results.select(host, service, offset,
+                                                                   limit)]}
 
 
 def routes(node: Node, ports: Callable[[], tuple[int | None, int | None]] | None = None
@@ -365,8 +417,13 @@ def routes(node: Node, ports: Callable[[], tuple[int | None, int | None]] | None
                                              query.get("endpoint") or None), query=query)
 
     def checkresults(query: dict[str, str]) -> tuple[int, str, bytes]:
+        try:
+            offset, limit = page_bounds(query)
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, status=400)
         return json_response(checkresults_document(node, query.get("host"),
-                                                   query.get("service")), query=query)
+                                                   query.get("service"), offset, limit),
+                             query=query)
 
     def health(query: dict[str, str]) -> tuple[int, str, bytes]:
         return text_response("ok\n", content_type="text/plain; charset=utf-8")

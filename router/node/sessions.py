@@ -25,17 +25,20 @@ from typing import TYPE_CHECKING, Protocol
 
 from router.config import RouterConfig
 from router.ops.metrics import LabeledCounter
-from router.protocol import jsonrpc, netstring
+from router.protocol import jsonrpc
 from router.protocol.events import (Event, HelloReceived, NotJsonRpc, PeerTimedOut,
                                     ProtocolFailed)
 from router.protocol.peer import PeerProtocol, Role
 from router.routing import Relation, Topology
 from router.transport import RateLimitedLogger, tls
+from router.transport.admission import Admission, peer_text, source_address
 from router.transport.sendqueue import Ledger, QueueLimits, SendQueue
 from router.node.stats import ANONYMOUS
 from router.node.texts import TIMEOUT_TEXT, http_refusal
 
 if TYPE_CHECKING:  # pragma: no cover
+    from router.features.configsync import ConfigSync
+    from router.node.enrollment import Enrollment
     from router.node.housekeeping import Housekeeping
     from router.node.replay import ReplayManager
     from router.node.stats import Connection, EndpointStats
@@ -71,6 +74,9 @@ class SessionHost(Protocol):
     def handshake_failures(self) -> LabeledCounter: ...
 
     @property
+    def tls_failures(self) -> tls.FailureStreak: ...
+
+    @property
     def disconnects(self) -> LabeledCounter: ...
 
     @property
@@ -86,10 +92,19 @@ class SessionHost(Protocol):
     def anonymous(self) -> set[Connection]: ...
 
     @property
+    def admission(self) -> Admission: ...
+
+    @property
     def replay(self) -> ReplayManager | None: ...
 
     @property
+    def configsync(self) -> ConfigSync | None: ...
+
+    @property
     def housekeeping(self) -> Housekeeping: ...
+
+    @property
+    def enrollment(self) -> Enrollment: ...
 
     def endpoint_stats(self, name: str) -> EndpointStats: ...
 
@@ -138,7 +153,15 @@ class Sessions:
             conn.abort("node is shutting down")
             return
         limit = host.config.limits.max_connections
-        if len(host.all_connections) > limit:
+        if len(host.all_connections) > limit and host.admission.oldest(exclude=conn):
+            # Full, but an unauthenticated connection made room (issue 16 S3): the
+            # oldest one that never finished its handshake is dropped for the newcomer.
+            host.disconnects.inc(("unauthenticated_evicted",))
+            host.ratelog.log(("max_connections_evict",), logging.WARNING,
+                             "%d connections is the limit (limits.max_connections): dropped "
+                             "the oldest unauthenticated connection for %s", limit,
+                             conn.address)
+        elif len(host.all_connections) > limit:
             host.ratelog.log(("max_connections",), logging.WARNING,
                              "refusing connection from %s: %d connections is the limit "
                              "(limits.max_connections)", conn.address, limit)
@@ -149,6 +172,8 @@ class Sessions:
         reason = tls.classify_handshake_error(exc)
         self.host.handshake_failures.inc((reason,))
         address = conn.address.rsplit(":", 1)[0]
+        # Identical failures piling up rebuild the TLS context (users.md P1).
+        self.host.tls_failures.failed(reason, address, self.host.loop.time())
         who = f"to {conn.expected_endpoint} " if conn.expected_endpoint else ""
         self.host.ratelog.log((address, reason), logging.WARNING,
                               "[%s] TLS handshake %sfailed (%s): %s", conn.address, who, reason,
@@ -158,6 +183,7 @@ class Sessions:
         """Identify the peer and start its session; False when the connection was closed."""
         host = self.host
         ratelog = host.ratelog
+        host.tls_failures.succeeded()
         identity = conn.peer_identity()
         conn.identity = identity
         if conn.expected_endpoint is not None and identity != conn.expected_endpoint:
@@ -190,7 +216,7 @@ class Sessions:
                 conn.close("too many anonymous clients")
                 return False
             if identity is None:
-                ratelog.log((conn.address, "nocert"), logging.INFO,
+                ratelog.log((source_address(conn.address), "nocert"), logging.INFO,
                             "[%s] anonymous connection (no client certificate); only "
                             "certificate requests are accepted", conn.address)
             else:
@@ -232,6 +258,8 @@ class Sessions:
         if endpoint is not None and replay is not None and replay.keeps_log(endpoint):
             conn.ledger = Ledger()
         conn.start_session(peer, SendQueue(host.queue_limits), endpoint, stats)
+        if endpoint is not None and host.configsync is not None and conn.state == "open":
+            host.configsync.endpoint_connected(endpoint)  # Icinga: before the replay
         if endpoint is not None and replaying and conn.state == "open":
             assert replay is not None
             replay.start(conn)
@@ -264,8 +292,13 @@ class Sessions:
             conn.close_reason = f"{event.reason} timeout"
             host.disconnects.inc((f"timeout_{event.reason}",))
             level = logging.INFO if event.reason == "anonymous" else logging.WARNING
-            host.log_peer(conn, level, "closing: %s", TIMEOUT_TEXT.get(
-                event.reason, event.reason))
+            if conn.endpoint is None:   # unauthenticated: once per address and 10 s
+                host.ratelog.log((source_address(conn.address), "timeout", event.reason),
+                                 level, "[%s] closing: %s", conn.address,
+                                 TIMEOUT_TEXT.get(event.reason, event.reason))
+            else:
+                host.log_peer(conn, level, "closing: %s", TIMEOUT_TEXT.get(
+                    event.reason, event.reason))
         elif isinstance(event, ProtocolFailed):
             error = event.error
             conn.close_reason = f"protocol error: {error}"
@@ -275,35 +308,17 @@ class Sessions:
         elif isinstance(event, NotJsonRpc):
             conn.close_reason = "not a JSON-RPC client"
             host.disconnects.inc(("not_jsonrpc",))
-            host.log_peer(conn, logging.INFO, "client speaks HTTP or another protocol "
-                          "on the cluster port (first bytes %r); closing", event.first_bytes)
+            # At most 200 escaped bytes of what the peer sent, once per address and 10 s
+            # (issue 16 S3): a 60 000-byte request must not become a 60 000-byte line.
+            host.ratelog.log((source_address(conn.address), "not_jsonrpc"), logging.INFO,
+                             "[%s] client speaks HTTP or another protocol on the cluster "
+                             "port (first bytes %s); closing", conn.address,
+                             peer_text(event.first_bytes))
             conn.write_direct(http_refusal(host.config.status_listen))
 
     def pki_request(self, conn: Connection, msg: jsonrpc.Message) -> None:
-        """Certificate requests: answer renewals of current certificates like Icinga.
-
-        Every Icinga agent sends ``pki::RequestCertificate`` on each connect to its parent.
-        If its certificate is ours and not due for renewal, Icinga's answer is status 1 and
-        nothing is sent back for id-less requests, so we stay quiet as well. Signing new
-        certificates is not implemented yet: those requests are refused and logged.
-        """
-        der = conn.peer_certificate_der()
-        ca = self.host.config.tls.ca
-        if der is not None and conn.endpoint is not None and tls.cert_is_current(der, ca,
-                                                                                 time.time()):
-            if msg.id is not None:
-                conn.write_direct(netstring.encode(jsonrpc.response(msg.id, {
-                    "status_code": 1,
-                    "error": f"The certificate for CN '{conn.identity}' is valid and uptodate. "
-                             f"Skipping automated renewal."})))
-            return
-        text = "certificate signing is not implemented on this node yet"
-        self.host.refuse(conn, "pki::RequestCertificate", "unsupported", text, msg)
-        if msg.id is not None:
-            conn.write_direct(netstring.encode(jsonrpc.response(msg.id, {
-                "status_code": 1, "error": text})))
-        if conn.endpoint is None:
-            conn.close("certificate request cannot be served")
+        """Certificate requests are enrollment's (router.node.enrollment)."""
+        self.host.enrollment.request_certificate(conn, msg)
 
     # ------------------------------------------------------------------ waiting
 

@@ -62,6 +62,7 @@ REFUSAL_TEXT = {
     "unknown_object": "object's zone is unknown",
     "wrong_zone": "object belongs to another zone",
     "not_routed": "not routed by this node",
+    "too_many_learned": "the zone owns objects.max_learned_per_zone learned hosts already",
 }
 
 

@@ -68,6 +68,10 @@ CATALOG: tuple[MetricSpec, ...] = (
                ("endpoint", "zone", "role", "version")),
     MetricSpec("router_start_time_seconds", "gauge",
                "Unix time at which the router started."),
+    MetricSpec("router_reloads_total", "counter",
+               "Configuration reloads (SIGHUP, router reload), by result: ok, refused "
+               "(invalid configuration or TLS files; the node kept the old one), failed, "
+               "busy (another reload was running).", ("result",)),
     # -- connections
     MetricSpec("router_connections", "gauge",
                "Open cluster connections by state (handshaking, anonymous, established).",
@@ -88,8 +92,23 @@ CATALOG: tuple[MetricSpec, ...] = (
                "Outbound connection attempts, by endpoint.", ("endpoint",)),
     MetricSpec("router_connect_failures_total", "counter",
                "Outbound connection attempts that failed, by endpoint.", ("endpoint",)),
+    MetricSpec("router_unauthenticated_connections", "gauge",
+               "Inbound connections that have not finished the TLS handshake yet."),
+    MetricSpec("router_unauthenticated_evicted_total", "counter",
+               "Unauthenticated connections dropped for a newcomer, by the cap that was full "
+               "(per_address, total, max_connections).", ("reason",)),
+    MetricSpec("router_handshakes_in_progress", "gauge",
+               "Inbound TLS handshakes holding one of limits.max_concurrent_handshakes."),
+    MetricSpec("router_handshakes_waiting", "gauge",
+               "Inbound TLS handshakes waiting for a free handshake slot."),
+    MetricSpec("router_handshake_waits_total", "counter",
+               "Inbound TLS handshakes that had to wait for a free handshake slot."),
     MetricSpec("router_handshake_failures_total", "counter",
                "TLS or identification handshakes that failed, by reason.", ("reason",)),
+    MetricSpec("router_tls_context_rebuilds_total", "counter",
+               "TLS contexts rebuilt from disk after a streak of identical handshake "
+               "failures, by result (ok, failed: the files did not load, old one kept).",
+               ("result",)),
     MetricSpec("router_disconnects_total", "counter",
                "Established connections that ended, by endpoint and reason.",
                ("endpoint", "reason")),
@@ -159,6 +178,12 @@ CATALOG: tuple[MetricSpec, ...] = (
     # -- object zones
     MetricSpec("router_objects_learned", "gauge",
                "Host-to-zone assignments learned from traffic."),
+    MetricSpec("router_check_results_evicted_total", "counter",
+               "Result-view entries evicted by limits.max_results or "
+               "limits.max_results_per_zone, by the zone of their host.", ("zone",)),
+    MetricSpec("router_objects_learn_refused_total", "counter",
+               "Hosts a child zone reported but could not learn because the zone already "
+               "owns objects.max_learned_per_zone learned hosts, by zone.", ("zone",)),
     MetricSpec("router_check_results_stored", "gauge",
                "Check results held in the result view."),
     # -- replay log
@@ -180,6 +205,15 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("router_replay_in_progress", "gauge",
                "Messages replayed so far to an endpoint whose replay is running (absent "
                "when none runs).", ("endpoint",)),
+    # -- certificate enrollment
+    MetricSpec("router_csr_requests_total", "counter",
+               "pki::RequestCertificate handled, by result (signed, pending, forwarded, "
+               "invalid_ticket, declined, refused).", ("result",)),
+    MetricSpec("router_csr_pending", "gauge",
+               "Stored certificate requests without a signed certificate."),
+    MetricSpec("router_cert_expiry_seconds", "gauge",
+               "Seconds until the certificate expires: this node's own and each connected "
+               "endpoint's (negative once expired).", ("endpoint",)),
     # -- check executors (only when accept_commands is on)
     MetricSpec("router_checks_running", "gauge",
                "Checks running on the executor processes."),
@@ -205,6 +239,10 @@ CATALOG: tuple[MetricSpec, ...] = (
                "event::ExecuteCommand sent to command endpoints for scheduled checks."),
     MetricSpec("router_check_schedule_latency_seconds", "histogram",
                "How late a scheduled check started compared with its planned time."),
+    # -- config sync (only when accept_config or zones_dir is set)
+    MetricSpec("router_config_updates_total", "counter",
+               "Zone configuration updates by direction (received, sent, read) and result.",
+               ("direction", "result")),
     # -- process
     MetricSpec("router_process_resident_memory_bytes", "gauge",
                "Resident set size of the router process in bytes."),

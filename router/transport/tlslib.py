@@ -30,6 +30,7 @@ surface as ``ssl.SSLError`` (``reason`` set to OpenSSL's reason name) or
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import weakref
@@ -48,7 +49,9 @@ if TYPE_CHECKING:
     import OpenSSL.SSL
     import OpenSSL.crypto
 
-__all__ = ["LIBRARIES", "TLSLibrary", "TLSSession", "contexts"]
+__all__ = ["LIBRARIES", "TLSLibrary", "TLSSession", "check_chain_size", "contexts"]
+
+log = logging.getLogger("router.tls")
 
 #: pyOpenSSL allocates the whole size asked for on every ``recv`` and ``bio_read`` (also
 #: when nothing comes back); above glibc's mmap threshold (128 KiB) each call would map
@@ -122,6 +125,8 @@ def contexts(library: str, ca: str | os.PathLike[str], cert: str | os.PathLike[s
         TLSSetupError: see :func:`router.tls.check_own_files`; the library is not available.
         ValueError: unknown ``library``.
     """
+    if library in LIBRARIES:
+        check_chain_size(ca, cert)
     if library == "system":
         return (SystemTLS(tls.server_context(ca, cert, key), server_side=True),
                 SystemTLS(tls.client_context(ca, cert, key), server_side=False))
@@ -130,6 +135,22 @@ def contexts(library: str, ca: str | os.PathLike[str], cert: str | os.PathLike[s
         return BundledTLS(ca, cert, key, server_side=True), BundledTLS(ca, cert, key,
                                                                        server_side=False)
     raise ValueError(f"unknown TLS library {library!r} (expected one of {', '.join(LIBRARIES)})")
+
+
+def check_chain_size(ca: str | os.PathLike[str], cert: str | os.PathLike[str]) -> int:
+    """Log a warning when the certificate chain we send is large (users.md P1: peers
+    with small limits fail such handshakes with "excessive message size"); its size in
+    bytes. A chain that cannot be read is left to the checks that follow."""
+    try:
+        count, size = tls.chain_size(ca, cert)
+    except TLSSetupError:
+        return 0
+    if size > tls.CHAIN_WARN_BYTES:
+        log.warning("%s: the certificate chain we send is %d certificates, %d bytes (more "
+                    "than %d): peers with small TLS limits may fail the handshake "
+                    "(\"excessive message size\"); send fewer intermediates", cert, count,
+                    size, tls.CHAIN_WARN_BYTES)
+    return size
 
 
 # -- system: Python's ssl module ------------------------------------------------------------
@@ -239,11 +260,27 @@ def _bundled_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str],
         raise TLSSetupError(f"{cert} / {key}: cannot load certificate and key: {exc}") \
             from None
     # VERIFY_PEER without FAIL_IF_NO_PEER_CERT: a server asks for a client certificate,
-    # lets a peer without one in (anonymous) and fails a presented one that does not
-    # verify; a client requires a valid server certificate. The callback only notes
-    # OpenSSL's verdict so that a failure can name its X509 error.
-    ctx.set_verify(SSL.VERIFY_PEER, _note_verify_result)
+    # lets a peer without one in (anonymous), lets a self-signed one in as anonymous too
+    # (what an enrolling agent presents: it may only request a certificate) and fails any
+    # other that does not verify; a client requires a valid server certificate. The
+    # callbacks note OpenSSL's verdict so that a failure can name its X509 error.
+    ctx.set_verify(SSL.VERIFY_PEER,
+                   _admit_unverified_client if server_side else _note_verify_result)
     return ctx
+
+
+def _admit_unverified_client(conn: OpenSSL.SSL.Connection, cert: OpenSSL.crypto.X509,
+                             errnum: int, depth: int, ok: int) -> bool:
+    """Server side: a self-signed client certificate (X509 error 18 at depth 0, what
+    ``icinga2 pki request`` and a not yet enrolled node present) does not fail the
+    handshake; the session has no identity (anonymous: it may only enroll). Any other
+    verification failure (another CA, expired, not yet valid) still fails it."""
+    _note_verify_result(conn, cert, errnum, depth, ok)
+    return bool(ok) or (errnum == _SELF_SIGNED_LEAF and depth == 0)
+
+
+#: X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+_SELF_SIGNED_LEAF: Final = 18
 
 
 def _note_verify_result(conn: OpenSSL.SSL.Connection, cert: OpenSSL.crypto.X509, errnum: int,
@@ -447,7 +484,7 @@ class _BundledSession:
 
     def peer_identity(self) -> str | None:
         cert = self._conn.get_peer_certificate(as_cryptography=True)
-        if cert is None:
+        if cert is None or self.verify_error is not None:
             return None
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if not names:
