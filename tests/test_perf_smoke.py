@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+#: Slow tier: deselect with -m 'not slow' (the fast tier is -m 'not slow and not interop').
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -44,7 +44,8 @@ def test_peer_text_is_short_escaped_and_says_what_was_cut() -> None:
 
 
 def test_per_address_and_total_caps_drop_the_oldest() -> None:
-    adm = Admission(max_unauthenticated=4, max_per_address=2, max_handshakes=10)
+    adm = Admission(max_unauthenticated=4, max_per_address=2, max_handshakes=10,
+                    idle_grace=0.0)
     a1, a2, a3 = (FakeConn(f"10.0.0.1:{p}") for p in (1, 2, 3))
     assert adm.admit(a1) == [] and adm.admit(a2) == []
     assert adm.admit(a3) == [a1] and a1.aborted and "10.0.0.1" in a1.aborted
@@ -62,6 +63,33 @@ def test_per_address_and_total_caps_drop_the_oldest() -> None:
     assert adm.evicted["max_connections"] == 1
     assert adm.oldest(exclude=c1) is b2
     assert adm.oldest(exclude=c1) is None
+
+
+def test_handshakes_in_progress_are_never_dropped_for_a_newcomer() -> None:
+    """A reconnect storm from one address (agents behind NAT): every connection has sent
+    its ClientHello, so the idle caps drop none of them (dropping handshakes in progress
+    livelocked 5 000 agents from 127.0.0.1 at 4 448 connected); an idle socket among
+    them is still the first to go, for a newcomer and at max_connections."""
+    now = [0.0]
+    adm = Admission(max_unauthenticated=3, max_per_address=2, max_handshakes=100,
+                    idle_grace=2.0, clock=lambda: now[0])
+    storm = [FakeConn(f"10.0.0.9:{p}") for p in range(10)]
+    for conn in storm:
+        assert adm.admit(conn) == []
+        assert adm.begin_handshake(conn)
+    assert adm.pending == 10 and adm.evicted == {}
+    assert not any(conn.aborted for conn in storm)
+    idle1, idle2, idle3 = (FakeConn(f"10.0.0.9:{p}") for p in (100, 101, 102))
+    assert adm.admit(idle1) == [] and adm.admit(idle2) == []
+    # accepted but not read yet: not idle for long enough to be dropped, so let in
+    fresh = FakeConn("10.0.0.9:99")
+    assert adm.admit(fresh) == [] and not idle1.aborted
+    adm.release(fresh)
+    now[0] = 2.5
+    assert adm.admit(idle3) == [idle1]                # the oldest idle, not a handshake
+    assert adm.oldest(exclude=idle3) is idle2         # max_connections: idle ones first
+    assert adm.oldest(exclude=idle3) is storm[0]      # then the oldest in progress
+    assert not any(conn.aborted for conn in storm[1:])
 
 
 def test_handshake_slots_wait_in_order_and_are_handed_on() -> None:
@@ -113,11 +141,14 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
         return True
 
 
-async def idle_connections(port: int, n: int) -> list[tuple[asyncio.StreamReader,
-                                                            asyncio.StreamWriter]]:
+async def idle_connections(port: int, n: int, gap: float = 0.0
+                           ) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``n`` TCP connections that send nothing, ``gap`` seconds apart."""
     out = []
     for _ in range(n):
         out.append(await asyncio.open_connection("127.0.0.1", port))
+        if gap:
+            await asyncio.sleep(gap)
     return out
 
 
@@ -155,14 +186,15 @@ def test_45_idle_tcp_connections_do_not_lock_out_an_agent(tmp_path, pki, run, ca
 
 
 def test_per_address_cap_drops_the_oldest_of_that_address(tmp_path, pki, run):
-    spec = spec_for(tmp_path, pki, "max_unauthenticated_per_address = 5")
+    spec = spec_for(tmp_path, pki, "max_unauthenticated_per_address = 5",
+                    "unauthenticated_idle = 0.05")
 
     async def main():
         master = await spec.start("master")
         node = master.node
         idle = []
         try:
-            idle = await idle_connections(spec.port("master"), 8)
+            idle = await idle_connections(spec.port("master"), 8, gap=0.1)
             await wait_until(lambda: node.admission.evicted.get("per_address") == 3,
                              what="three evicted")
             assert node.admission.pending == 5

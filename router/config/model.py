@@ -170,11 +170,12 @@ class Limits:
     """Messages with a parameter of the wrong JSON type a session may send per minute;
     each is refused, and a session over this budget is disconnected."""
     max_unauthenticated: int = 1000
-    """Most connections that have not finished the TLS handshake and identification, in
-    total; when full, the oldest of them is dropped for a newcomer."""
+    """Most idle unauthenticated connections (accepted, nothing received yet), in total;
+    when full, the oldest of them is dropped for a newcomer. Handshakes in progress are
+    not dropped for newcomers (their deadline bounds them)."""
     max_unauthenticated_per_address: int = 50
-    """Most such connections from one source address; when full, that address's oldest
-    one is dropped for its newcomer."""
+    """Most such idle connections from one source address; when full, that address's
+    oldest idle one is dropped for its newcomer."""
     max_concurrent_handshakes: int = 200
     """Most TLS handshakes in progress at once (their bytes received, not yet done);
     handshakes beyond wait, their deadline still running."""
@@ -190,6 +191,11 @@ class Timeouts:
 
     handshake: float = 10.0
     """TLS handshake deadline (Icinga: 10 s)."""
+    unauthenticated_idle: float = 2.0
+    """An accepted connection that has sent nothing for this long is idle: the caps on
+    idle unauthenticated connections may drop it for a newcomer. Younger ones are let be,
+    because in a reconnect storm the loop reads a fresh connection's ClientHello a moment
+    after accepting it."""
     connect: float = 15.0
     """TCP connect deadline for outgoing connections; also the first-byte deadline."""
     heartbeat_interval: float = 20.0

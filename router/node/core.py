@@ -115,7 +115,8 @@ class Node:
         #: Caps on connections that have not finished the handshake (issue 16 S3).
         self.admission = Admission(limits.max_unauthenticated,
                                    limits.max_unauthenticated_per_address,
-                                   limits.max_concurrent_handshakes)
+                                   limits.max_concurrent_handshakes,
+                                   idle_grace=config.timeouts.unauthenticated_idle)
         self.connections: dict[str, Connection] = {}
         self.connected_names: set[str] = set()
         self.all_connections: set[Connection] = set()

@@ -289,6 +289,7 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
     admission = node.admission
     admission.max_unauthenticated = config.limits.max_unauthenticated
     admission.max_per_address = config.limits.max_unauthenticated_per_address
+    admission.idle_grace = config.timeouts.unauthenticated_idle
     admission.max_handshakes = config.limits.max_concurrent_handshakes
     if node.results is not None:
         node.results.max_results = config.limits.max_results

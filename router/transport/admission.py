@@ -7,11 +7,16 @@ finished its TLS handshake (and with it shown a certificate of our CA) it is
 ``max_connections = 40`` (users.md P3: server-side handshake admission so that a storm
 cannot starve live peers). Here:
 
-- unauthenticated connections are capped per source address and in total; when a cap is
-  full the *oldest* unauthenticated connection (of that address, or overall) is dropped
-  for the newcomer, so idle sockets age out instead of locking the door. When
-  ``max_connections`` itself is full, the node drops the oldest unauthenticated one too
-  (:meth:`Admission.oldest`) before it refuses a newcomer;
+- *idle* unauthenticated connections (accepted, nothing received yet) are capped per
+  source address and in total; when a cap is full the *oldest idle* connection (of that
+  address, or overall) is dropped for the newcomer, so idle sockets age out instead of
+  locking the door. A connection that has started its handshake is never dropped for a
+  newcomer by these caps: its handshake deadline bounds it, and dropping handshakes in
+  progress turns a legitimate reconnect storm from one address (agents behind NAT, a
+  load balancer) into a livelock where nobody finishes (measured: 5 000 agents from one
+  address stalled at 4 448 connected with a per-address cap of 50). When
+  ``max_connections`` itself is full, the node drops the oldest unauthenticated one too,
+  idle ones first (:meth:`Admission.oldest`), before it refuses a newcomer;
 - at most ``max_concurrent_handshakes`` handshakes run at once: a slot is taken when the
   first bytes of a handshake arrive (an idle socket holds none) and given back when it
   ends; connections beyond wait, unread, with their handshake deadline running;
@@ -28,6 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 __all__ = ["Admission", "Admitted", "PEER_TEXT_LIMIT", "peer_text", "source_address"]
@@ -72,12 +78,24 @@ class Admission:
     """Caps on unauthenticated connections and on concurrent handshakes, for one listener."""
 
     def __init__(self, max_unauthenticated: int, max_per_address: int,
-                 max_handshakes: int) -> None:
+                 max_handshakes: int, idle_grace: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_unauthenticated = max_unauthenticated
         self.max_per_address = max_per_address
         self.max_handshakes = max_handshakes
+        #: An idle connection younger than this is never dropped by the idle caps: in a
+        #: storm, accepted connections wait a moment before the loop first reads them
+        #: (their ClientHello already sits in the kernel), so "nothing received yet"
+        #: only means "idle" once it has lasted a while.
+        self.idle_grace = idle_grace
+        self._clock = clock
+        #: When each idle connection was admitted (``clock``).
+        self._since: dict[Admitted, float] = {}
         #: Unauthenticated connections, oldest first (dicts keep insertion order).
         self._pending: dict[Admitted, str] = {}
+        #: The pending ones that have not sent a byte yet, oldest first, overall and by
+        #: address: what the caps count and what they may drop.
+        self._idle: dict[Admitted, str] = {}
         self._by_address: dict[str, dict[Admitted, None]] = {}
         self._handshaking: set[Admitted] = set()
         self._waiting: deque[Admitted] = deque()
@@ -110,26 +128,53 @@ class Admission:
         """A new inbound connection; returns the older ones dropped to make room."""
         address = source_address(conn.address)
         dropped: list[Admitted] = []
+        now = self._clock()
         same = self._by_address.get(address)
         if same is not None and len(same) >= self.max_per_address:
-            dropped.append(self._evict(next(iter(same)), "per_address",
-                                       f"more than {self.max_per_address} unauthenticated "
-                                       f"connections from {address}"))
-        if len(self._pending) >= self.max_unauthenticated:
-            dropped.append(self._evict(next(iter(self._pending)), "total",
-                                       f"more than {self.max_unauthenticated} "
-                                       f"unauthenticated connections"))
+            victim = self._idle_long_enough(same, now)
+            if victim is not None:
+                dropped.append(self._evict(victim, "per_address",
+                                           f"more than {self.max_per_address} idle "
+                                           f"unauthenticated connections from {address}"))
+        if len(self._idle) >= self.max_unauthenticated:
+            victim = self._idle_long_enough(self._idle, now)
+            if victim is not None:
+                dropped.append(self._evict(victim, "total",
+                                           f"more than {self.max_unauthenticated} idle "
+                                           f"unauthenticated connections"))
         self._pending[conn] = address
+        self._idle[conn] = address
+        self._since[conn] = now
         self._by_address.setdefault(address, {})[conn] = None
         return dropped
+
+    def _idle_long_enough(self, oldest_first: Mapping[Admitted, object], now: float
+                          ) -> Admitted | None:
+        """The oldest of ``oldest_first`` if it has been idle for ``idle_grace``, else
+        None (then none of them has: the newcomer is let in over the cap)."""
+        for conn in oldest_first:
+            return conn if now - self._since.get(conn, now) >= self.idle_grace else None
+        return None
+
+    def _started(self, conn: Admitted) -> None:
+        """``conn`` sent its first bytes: no longer idle, no longer under the idle caps."""
+        self._since.pop(conn, None)
+        address = self._idle.pop(conn, None)
+        if address is not None:
+            same = self._by_address.get(address)
+            if same is not None:
+                same.pop(conn, None)
+                if not same:
+                    del self._by_address[address]
 
     def oldest(self, exclude: Admitted) -> Admitted | None:
         """Drop the oldest unauthenticated connection but ``exclude`` (``max_connections``
         is full and a newcomer knocks); returns it, or None when there is none."""
-        for conn in self._pending:
-            if conn is not exclude:
-                return self._evict(conn, "max_connections",
-                                   "max_connections reached; dropped for a newcomer")
+        for candidates in (self._idle, self._pending):
+            for conn in candidates:
+                if conn is not exclude:
+                    return self._evict(conn, "max_connections",
+                                       "max_connections reached; dropped for a newcomer")
         return None
 
     def _evict(self, conn: Admitted, why: str, reason: str) -> Admitted:
@@ -156,13 +201,8 @@ class Admission:
 
     def release(self, conn: Admitted) -> None:
         """The connection finished its handshake, or closed: no longer counted."""
-        address = self._pending.pop(conn, None)
-        if address is not None:
-            same = self._by_address.get(address)
-            if same is not None:
-                same.pop(conn, None)
-                if not same:
-                    del self._by_address[address]
+        self._pending.pop(conn, None)
+        self._started(conn)
         self.handshake_ended(conn)
 
     # -- handshake slots ------------------------------------------------------------------
@@ -172,6 +212,7 @@ class Admission:
         waits and gets ``handshake_slot_granted`` later."""
         if conn in self._handshaking:
             return True
+        self._started(conn)
         if len(self._handshaking) < self.max_handshakes:
             self._handshaking.add(conn)
             return True
