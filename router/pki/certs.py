@@ -59,6 +59,7 @@ __all__ = [
     "generate_key",
     "issue_certificate",
     "issue_node_files",
+    "sign_leaf",
     "load_ca",
     "load_certificates",
     "load_private_key",
@@ -260,16 +261,28 @@ def issue_certificate(
     now = _now()
     start = not_before if not_before is not None else now - CLOCK_SKEW
     end = not_after if not_after is not None else (not_before or now) + dt.timedelta(days=days)
+    return sign_leaf(ca_cert, ca_key, _cn_name(common_name), public, common_name,
+                     start, end), key
+
+
+def sign_leaf(ca_cert: x509.Certificate, ca_key: PrivateKey, subject: x509.Name,
+              public: PublicKey, dns_name: str, start: dt.datetime,
+              end: dt.datetime) -> x509.Certificate:
+    """A leaf certificate as every node of ours and Icinga 2.13 expects it: ``subject``
+    and ``public`` key, basicConstraints CA:FALSE (critical), ``SAN DNS:<dns_name>``, EKU
+    serverAuth+clientAuth, the key identifiers, a random 159-bit serial, valid from
+    ``start`` to ``end``, signed with SHA-256 by the CA. ``ValueError`` when ``dns_name``
+    cannot be a DNS name."""
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_cn_name(common_name))
+        .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(public)
         .serial_number(x509.random_serial_number())   # 159 random bits, always positive
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]),
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]),
                        critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                               ExtendedKeyUsageOID.CLIENT_AUTH]),
@@ -281,8 +294,7 @@ def issue_certificate(
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
     except x509.ExtensionNotFound:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(_public_key(ca_key))
-    builder = builder.add_extension(aki, critical=False)
-    return builder.sign(ca_key, hashes.SHA256()), key
+    return builder.add_extension(aki, critical=False).sign(ca_key, hashes.SHA256())
 
 
 def self_signed_certificate(key: PrivateKey, common_name: str, *,

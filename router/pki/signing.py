@@ -19,12 +19,11 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from router.pki.certs import CLOCK_SKEW, LEAF_VALID_DAYS, PrivateKey
+from router.pki.certs import CLOCK_SKEW, LEAF_VALID_DAYS, PrivateKey, sign_leaf
 from router.pki.requests import CertRequestError, common_name
 
 __all__ = [
@@ -123,7 +122,7 @@ def sign_request(ca_cert: x509.Certificate, ca_key: PrivateKey, request: x509.Ce
     if not cn:
         raise CertRequestError("the request's subject has no common name")
     try:
-        san = x509.SubjectAlternativeName([x509.DNSName(cn)])
+        x509.DNSName(cn)             # the CN becomes the certificate's SAN DNS name
     except ValueError as exc:
         raise CertRequestError(f"CN {cn!r} cannot be a DNS name ({exc})") from None
     public = request.public_key()
@@ -132,24 +131,5 @@ def sign_request(ca_cert: x509.Certificate, ca_key: PrivateKey, request: x509.Ce
         raise CertRequestError(f"refusing to sign for CN '{cn}': {reason}")
     assert isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey))
     start = (now or dt.datetime.now(dt.timezone.utc)) - CLOCK_SKEW
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(request.subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + CLOCK_SKEW + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(san, critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                              ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-    )
-    try:
-        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    except x509.ExtensionNotFound:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
-    return builder.add_extension(aki, critical=False).sign(ca_key, hashes.SHA256())
+    return sign_leaf(ca_cert, ca_key, request.subject, public, cn, start,
+                     start + CLOCK_SKEW + dt.timedelta(days=days))
