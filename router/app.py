@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from router import __version__
@@ -31,6 +32,7 @@ from router.config import load_config
 from router.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from checkers.messages import CheckOutcome
     from router.node.learned import LearnedHostsStore
 
 log = logging.getLogger("router.app")
@@ -206,7 +208,8 @@ class RouterService:
                               zone_endpoints=zone.endpoints if zone else (node.name,),
                               started=time.time(),
                               cold_start=self.config.timeouts.ha_cold_start)
-        node.checks = LocalChecks(node, scheduler, self.pool, self._catalog())
+        node.checks = LocalChecks(node, scheduler, self.pool, self._catalog(),
+                                  builtins=builtin_checks(node))
         node.checks.start()
         log.info("scheduling %d checks", len(scheduler))
 
@@ -263,6 +266,31 @@ class RouterService:
                  "all queues flushed" if drained else
                  "drain timed out; unsent logged messages were kept in the replay log")
         return drained
+
+
+def builtin_checks(node: Node) -> Callable[[str, Mapping[str, Any]], CheckOutcome | None]:
+    """Icinga's built-in ``cluster`` and ``cluster-zone`` commands for ``[[checks]]``.
+
+    They read the node's own status (the document ``router check`` reads over HTTP), so a
+    master checks its satellites' zones like Icinga's master does, without a plugin. The
+    outcome is handed to the scheduler like a plugin's; other commands give None and go
+    to the catalog and the executors.
+    """
+    from checkers.messages import CheckOutcome
+    from router.ops import health
+
+    def run(command: str, macros: Mapping[str, Any]) -> CheckOutcome | None:
+        outcome = health.builtin_command(
+            command, macros, lambda: report.status_document(
+                node, sections=("node", "zones", "endpoints")))
+        if outcome is None:
+            return None
+        now = time.time()
+        return CheckOutcome(outcome.state, outcome.state, outcome.output,
+                            [perf.format() for perf in outcome.perfdata], now, now,
+                            command=command)
+
+    return run
 
 
 def raise_nofile_limit() -> int:

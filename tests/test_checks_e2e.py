@@ -125,3 +125,43 @@ def master_metrics_ok(text: str) -> bool:
             and 'router_check_schedule_latency_seconds_bucket{le="+Inf"}' in text
             and "router_check_handovers_total " in text
             and "router_checks_executed_total " in text)
+
+
+def test_builtin_cluster_zone_check_reads_the_node_itself(tmp_path, pki, run):
+    """[[checks]] with Icinga's built-in cluster-zone and cluster commands: no plugin,
+    the master's own view of its child zone, CRITICAL while the agent is away and OK once
+    it is connected, with Icinga's output."""
+    from tests.nodeutil import FakePeer
+
+    spec = ClusterSpec(tmp_path, pki, [("master", ["m1"], None),
+                                       ("agent1", ["agent1"], "master")])
+    checks = ('[[checks]]\nhost = "agent1"\nservice = "cluster-zone"\n'
+              'command = "cluster-zone"\ninterval = 0.2\nretry_interval = 0.2\n'
+              '[[checks]]\nhost = "m1"\nservice = "cluster"\ncommand = "cluster"\n'
+              'interval = 0.2\nretry_interval = 0.2\n')
+
+    async def main():
+        master = await _start_with_checks(spec, "m1", checks)
+        try:
+            async def zone_result():
+                view = await results(master, "agent1")
+                return view.get("agent1")
+            first = await _wait_value(zone_result)
+            assert first["output"].startswith("Zone 'agent1' is not connected."), first
+            assert first["state"] == 2
+            agent = await FakePeer.connect(spec.port("m1"), pki, "agent1", server_name="m1")
+            try:
+                async def ok_result():
+                    result = await zone_result()
+                    return result if result and result["state"] == 0 else None
+                ok = await _wait_value(ok_result)
+                assert ok["output"].startswith("Zone 'agent1' is connected."), ok
+                assert any(p.startswith("slave_lag=") for p in ok["performance_data"])
+                cluster = (await results(master, "m1"))["m1"]
+                assert cluster["output"].startswith("Icinga 2 Cluster"), cluster
+            finally:
+                await agent.close()
+        finally:
+            await master.stop()
+
+    run(main(), timeout=60)

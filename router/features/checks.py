@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from checkers.catalog import Catalog
@@ -36,17 +37,27 @@ STATE_UNKNOWN = 3
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
 
 
+#: ``builtins(command, macros)``: the outcome of a built-in command, or None when the
+#: command is not built in (then the catalog and the executors run it).
+BuiltinCommands = Callable[[str, Mapping[str, Any]], "CheckOutcome | None"]
+
+
 class LocalChecks:
     """Drives a :class:`Scheduler`: starts due checks, returns their results."""
 
     def __init__(self, node: NodeServices, scheduler: Scheduler, pool: CheckerPool | None,
                  catalog: Catalog | None = None,
-                 plugin_dir: str = "/usr/lib/nagios/plugins") -> None:
+                 plugin_dir: str = "/usr/lib/nagios/plugins",
+                 builtins: BuiltinCommands | None = None) -> None:
         self.node = node
         self.scheduler = scheduler
         self.pool = pool
         self.catalog = catalog or Catalog.load()
         self.plugin_dir = plugin_dir
+        #: Commands the node answers itself, without a plugin (Icinga's ``cluster`` and
+        #: ``cluster-zone``, which read the node's own state): ``builtins(command,
+        #: macros)`` gives the outcome, or None when ``command`` is not one of them.
+        self.builtins = builtins
         self._pending: dict[tuple[str, str | None],
                             tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -128,6 +139,11 @@ class LocalChecks:
         self._wake.set()
 
     async def _run_local(self, spec: CheckSpec) -> CheckOutcome:
+        if self.builtins is not None:
+            # host.name is the zone cluster-zone checks by default, as in Icinga's ITL.
+            outcome = self.builtins(spec.command, {"host.name": spec.host, **spec.macros})
+            if outcome is not None:
+                return outcome
         try:
             request = self.catalog.build(spec.command, spec.macros,
                                          plugin_dir=self.plugin_dir, use_defaults=True)
