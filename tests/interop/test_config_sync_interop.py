@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ MASTER_AGENT_ZONES = [
 ]
 
 TEMPLATE_TEXT = "output set by the global template"
+CHANGED_TEXT = "output set by the changed host definition"
 GLOBAL_CONF = f"""
 template Host "synced-template" {{
   check_command = "dummy"
@@ -174,3 +177,22 @@ def test_router_master_serves_zones_dir_to_real_agent(
             ).read_text() == GLOBAL_CONF
     assert router.metric("router_config_updates_total", direction="sent",
                          result="connect") >= 1
+
+    # The file changes, the node reloads: the agent gets the new definition and runs it.
+    (zones_d / "agent1/hosts.conf").write_text(HOSTS_CONF.replace(
+        'import "synced-template"',
+        f'import "synced-template"\n  vars.dummy_text = "{CHANGED_TEXT}"'))
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{router.status_port}/v1/actions/reload", method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        outcome = json.loads(response.read())
+    assert outcome.get("result") == "ok", outcome
+
+    def changed() -> dict | None:
+        results = router.checkresults("synced-host")
+        return results[0] if results and results[0]["output"] == CHANGED_TEXT else None
+
+    router.wait_for(changed, SYNC_TIMEOUT, what="the changed definition's result",
+                    extra=lambda: agent.diagnostics(60))
+    assert router.metric("router_config_updates_total", direction="sent",
+                         result="change") >= 1
