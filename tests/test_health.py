@@ -131,6 +131,10 @@ def test_checks_against_a_running_node(tmp_path, run):
             assert result.exit_code == 0, result.output
             assert result.output.startswith(
                 "Zone 'agent1' is connected. Log lag: less than 1 millisecond | slave_lag=0s;0;0 ")
+            # agent1 sent its Hello and the node its Hello and heartbeats: byte rates move
+            perf = dict(item.split("=", 1) for item in result.output.split("|", 1)[1].split())
+            assert float(perf["sum_bytes_received_per_second"]) > 0, result.output
+            assert float(perf["sum_bytes_sent_per_second"]) > 0, result.output
             result = await asyncio.to_thread(check, "cluster-zone", "--zone", "agent2")
             assert result.exit_code == 2
             assert result.output.startswith("Zone 'agent2' is not connected. Log lag: less "

@@ -109,6 +109,8 @@ def endpoints(node: Node, only: str | None = None) -> list[dict[str, Any]]:
             "bytes_sent": stats.bytes_sent if stats else 0,
             "messages_received_per_second": stats.rate_in.rate(now) if stats else 0.0,
             "messages_sent_per_second": stats.rate_out.rate(now) if stats else 0.0,
+            "bytes_received_per_second": stats.byte_rate_in.rate(now) if stats else 0.0,
+            "bytes_sent_per_second": stats.byte_rate_out.rate(now) if stats else 0.0,
             # "is not None": an empty SendQueue is falsy (__len__).
             "send_queue_bytes": (queue.bytes + conn.write_buffer_size  # type: ignore[union-attr]
                                  if queue is not None else 0),

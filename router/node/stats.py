@@ -31,6 +31,9 @@ class EndpointStats:
     bytes_sent: int = 0
     rate_in: RateMeter = field(default_factory=RateMeter)
     rate_out: RateMeter = field(default_factory=RateMeter)
+    #: Plaintext bytes per second, for the cluster-zone check's byte-rate perfdata.
+    byte_rate_in: RateMeter = field(default_factory=RateMeter)
+    byte_rate_out: RateMeter = field(default_factory=RateMeter)
     last_message_received: float | None = None
     last_message_sent: float | None = None
     connected_since: float | None = None
@@ -47,6 +50,16 @@ class EndpointStats:
     unconfirmed_overflow: int = 0
     coalesced: int = 0
     dropped: int = 0
+
+    def count_received(self, nbytes: int, now: float) -> None:
+        """``nbytes`` of plaintext read at loop time ``now`` (transport.TrafficStats)."""
+        self.bytes_received += nbytes
+        self.byte_rate_in.add(now, nbytes)
+
+    def count_sent(self, nbytes: int, now: float) -> None:
+        """``nbytes`` of plaintext written at loop time ``now`` (transport.TrafficStats)."""
+        self.bytes_sent += nbytes
+        self.byte_rate_out.add(now, nbytes)
 
 
 #: A peer connection as the node holds it: its stats are ``EndpointStats``.

@@ -233,7 +233,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         if parts:
             plain = parts[0] if len(parts) == 1 else b"".join(parts)
             if self.stats is not None:
-                self.stats.bytes_received += len(plain)
+                self.stats.count_received(len(plain), now)
             peer.receive_data(plain, now)
         if eof:
             self.close_reason = self.close_reason or "peer closed the session"
@@ -470,7 +470,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
                 return
             view = view[written:]
         if self.stats is not None:
-            self.stats.bytes_sent += len(data)
+            self.stats.count_sent(len(data), self.loop.time())
         self._hold_output = False
         self._flush_tls()
 

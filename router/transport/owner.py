@@ -25,10 +25,12 @@ ConnT_co = TypeVar("ConnT_co", covariant=True)
 
 
 class TrafficStats(Protocol):
-    """What a connection counts into its endpoint's stats (the node's ``EndpointStats``)."""
+    """What a connection counts into its endpoint's stats (the node's ``EndpointStats``):
+    plaintext bytes, once per read or write (not per message), at loop time ``now``."""
 
-    bytes_received: int
-    bytes_sent: int
+    def count_received(self, nbytes: int, now: float) -> None: ...
+
+    def count_sent(self, nbytes: int, now: float) -> None: ...
 
 
 class RateLimitedLogger(Protocol):
