@@ -56,7 +56,7 @@ _TOP_SCALARS = ("listen", "status_listen", "log_level", "results")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "node": ("name", "data_dir", "icinga_version", "accept_commands", "command_catalog",
              "accept_config", "zones_dir", "log_format"),
-    "tls": ("ca", "cert", "key", "library"),
+    "tls": ("ca", "cert", "key", "library", "crl_file"),
     "zones": ("name", "endpoints", "parent", "global"),
     "endpoints": ("name", "addresses", "host", "port", "log_duration"),
     "limits": tuple(f.name for f in dataclasses.fields(Limits)),
@@ -252,7 +252,8 @@ class Builder:
         if library not in TLS_LIBRARIES:
             raise self.err(f"unknown TLS library {library!r}; expected one of "
                            f"{', '.join(repr(x) for x in TLS_LIBRARIES)}", "tls.library")
-        return TLSConfig(**values, library=library)
+        crl_file = self.file_path(t["crl_file"], "tls.crl_file") if "crl_file" in t else None
+        return TLSConfig(**values, library=library, crl_file=crl_file)
 
     def zones(self) -> tuple[ZoneSpec, ...]:
         raw = self.doc.get("zones", [])

@@ -133,8 +133,8 @@ def diff_configs(old: RouterConfig, new: RouterConfig, *,
     if old.checks != new.checks:
         restart.append("checks")
 
-    tls_paths = (old.tls.ca, old.tls.cert, old.tls.key) != (new.tls.ca, new.tls.cert,
-                                                             new.tls.key)
+    tls_paths = ((old.tls.ca, old.tls.cert, old.tls.key, old.tls.crl_file)
+                 != (new.tls.ca, new.tls.cert, new.tls.key, new.tls.crl_file))
     durations = sorted(name for name in old.endpoint_log_duration.keys()
                        | new.endpoint_log_duration.keys()
                        if old.endpoint_log_duration.get(name)

@@ -121,7 +121,7 @@ def config_to_toml(cfg: RouterConfig) -> str:
 
     default_tls = TLSConfig.for_node(cfg.node.name, cfg.node.data_dir)
     tls_lines = [f"{k} = {toml_str(getattr(cfg.tls, k))}"
-                 for k in ("ca", "cert", "key", "library")
+                 for k in ("ca", "cert", "key", "library", "crl_file")
                  if getattr(cfg.tls, k) != getattr(default_tls, k)]
     if tls_lines:
         out += ["[tls]", *tls_lines, ""]

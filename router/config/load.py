@@ -168,7 +168,7 @@ def quickstart_config(*, node_name: str | None = None, data_dir: str | None = No
         old = TLSConfig.for_node(base.node.name, base.node.data_dir)
         tls = TLSConfig(**{k: getattr(new_tls, k) if getattr(base.tls, k) == getattr(old, k)
                            else getattr(base.tls, k) for k in ("ca", "cert", "key")},
-                        library=base.tls.library)
+                        library=base.tls.library, crl_file=base.tls.crl_file)
 
     err_path = base.path if base else None
     if zones_file is not None:

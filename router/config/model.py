@@ -123,6 +123,10 @@ class TLSConfig:
     the OpenSSL inside the cryptography wheel; cheaper handshakes) or ``system`` (Python's
     ``ssl`` on the distribution's OpenSSL; cheaper per message). See
     docs/configuration.md."""
+    crl_file: str | None = None
+    """Certificate revocation list (PEM, signed by ``ca``; what ``router ca revoke``
+    writes), checked for the peer's certificate on every handshake; None: no revocation
+    check."""
 
     @classmethod
     def for_node(cls, name: str, data_dir: str) -> TLSConfig:

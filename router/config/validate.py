@@ -23,6 +23,8 @@ from router.config.model import (
 )
 from router.config.source import Where
 from router.config.units import check_host, check_name, format_address, suggest, type_name
+from router.errors import TLSSetupError
+from router.pki import check_crl_file
 from router.routing import EndpointSpec, ZoneSpec
 
 __all__ = ["check_topology", "check_topology_at", "validate", "validate_at"]
@@ -195,6 +197,19 @@ def _check_pki(cfg: RouterConfig, where: Where) -> None:
                               f" (known: {', '.join(KNOWN_EC_CURVES)})", "pki.ec_curves")
 
 
+def _check_crl(cfg: RouterConfig, where: Where) -> None:
+    """``[tls] crl_file``: a readable PEM CRL, signed by our CA, not expired."""
+    crl_file: object = cfg.tls.crl_file
+    if crl_file is None:
+        return
+    if not isinstance(crl_file, str) or not crl_file:
+        raise where.error(f"must be a file path, got {crl_file!r}", "tls.crl_file")
+    try:
+        check_crl_file(crl_file, cfg.tls.ca)
+    except TLSSetupError as exc:
+        raise where.error(str(exc), "tls.crl_file") from None
+
+
 def validate_at(cfg: RouterConfig, where: Where) -> None:
     """:func:`validate`, with ``where`` placing the errors at the lines of the parsed file."""
     node = cfg.node
@@ -289,6 +304,7 @@ def validate_at(cfg: RouterConfig, where: Where) -> None:
 
     _check_checks(cfg, where)
     _check_pki(cfg, where)
+    _check_crl(cfg, where)
 
     ep_names = {e.name: i for i, e in enumerate(cfg.endpoints)}
     durations: Iterable[tuple[str, object]] = cfg.endpoint_log_duration.items()

@@ -95,7 +95,7 @@ class Node:
         tls_cfg = config.tls
         if server_context is None or client_context is None:
             server, client = tlslib.contexts(tls_cfg.library, tls_cfg.ca, tls_cfg.cert,
-                                             tls_cfg.key)
+                                             tls_cfg.key, tls_cfg.crl_file)
         #: Session factories (router.tlslib) for accepted and dialled connections
         #: (``[tls] library``; a caller may pass its own).
         self.server_context: tlslib.TLSLibrary = server_context or server

@@ -542,7 +542,7 @@ class Enrollment:
         self._own_expiry = None
         try:
             server, client = tlslib.contexts(tls_cfg.library, tls_cfg.ca, tls_cfg.cert,
-                                             tls_cfg.key)
+                                             tls_cfg.key, tls_cfg.crl_file)
         except Exception as exc:  # noqa: BLE001 - TLSSetupError, ValueError
             return (f"installed a new certificate but cannot load it ({exc}); new "
                     "connections use the old one")

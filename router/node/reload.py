@@ -7,9 +7,10 @@ reload (SIGHUP, ``router reload``, ``POST /v1/actions/reload``) is a small state
 
 1. **loading**: the configuration is read again the way the node was started (the TOML,
    or zones.conf plus command-line options) and validated exactly as ``router config
-   check`` does; the zone tree is built for this node; when the TLS files changed, new
-   TLS contexts are built from them (which checks that the key matches the certificate
-   and the certificate chains to the CA). Any problem refuses the reload: the error,
+   check`` does; the zone tree is built for this node; when the TLS files changed (the
+   CRL of ``[tls] crl_file`` included), new TLS contexts are built from them (which
+   checks that the key matches the certificate, the certificate chains to the CA and the
+   CRL is the CA's and current). Any problem refuses the reload: the error,
    with file and line, is logged, counted (``router_reloads_total{result="refused"}``)
    and returned, and nothing has changed.
 2. **applying**, in one step of the event loop (no message can be routed half-way): the
@@ -17,10 +18,11 @@ reload (SIGHUP, ``router reload``, ``POST /v1/actions/reload``) is a small state
    queue limits and message size limits updated on the live sessions, the replay log's
    zone list recomputed, the TLS contexts swapped for new handshakes. Sessions of
    endpoints that were removed or moved to another zone, or whose relation to this node
-   changed, are closed cleanly (their replay log stays on disk); every other session
-   stays. Then the reload hooks other components registered run (:class:`ReloadHooks`;
-   synchronous ones in the same loop step), and the service replaces the dialler when
-   its targets changed.
+   changed, are closed cleanly (their replay log stays on disk), and so are sessions whose
+   peer certificate the new ``[tls] crl_file`` revokes; every other session stays. Then
+   the reload hooks other components registered run (:class:`ReloadHooks`; synchronous
+   ones in the same loop step), and the service replaces the dialler when its targets
+   changed.
 
 The outcome of the last reload is in ``/v1/status`` (``reload``) and the counter
 ``router_reloads_total{result}`` (``ok``, ``refused``, ``failed``, ``busy``).
@@ -40,7 +42,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+from cryptography import x509
 
+from router import pki
 from router.config import RouterConfig
 from router.config.diff import ConfigDiff, diff_configs
 from router.errors import ConfigError, RouterError
@@ -57,7 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ReloadHook", "ReloadHooks", "ReloadPhase", "ReloadRecord", "Reloader",
            "PreparedReload", "apply_to_node", "prepare", "queue_limits", "replay_zones",
-           "tls_fingerprint", "status_routes", "RELOAD_RESULTS", "DEFAULT_DEADLINE"]
+           "tls_fingerprint", "status_routes", "close_revoked", "RELOAD_RESULTS",
+           "DEFAULT_DEADLINE"]
 
 log = logging.getLogger("router.reload")
 
@@ -193,10 +198,12 @@ def replay_zones(topology: Topology, durations: Mapping[str, float]
 
 
 def tls_fingerprint(config: RouterConfig) -> str:
-    """SHA-256 over the CA, certificate and key files (a missing one as a marker with its
-    path), so that files replaced under the same names count as a TLS change."""
+    """SHA-256 over the CA, certificate, key and CRL files (a missing one as a marker with
+    its path), so that files replaced under the same names count as a TLS change (a CRL
+    re-issued by ``router ca revoke`` included)."""
     digest = hashlib.sha256()
-    for path in (config.tls.ca, config.tls.cert, config.tls.key):
+    crl = () if config.tls.crl_file is None else (config.tls.crl_file,)
+    for path in (config.tls.ca, config.tls.cert, config.tls.key, *crl):
         try:
             with open(path, "rb") as fh:
                 digest.update(fh.read())
@@ -217,6 +224,9 @@ class PreparedReload:
     router: Router
     fingerprint: str
     contexts: tuple[tlslib.TLSLibrary, tlslib.TLSLibrary] | None
+    #: The ``[tls] crl_file`` the new contexts check, when the TLS material changed:
+    #: established sessions whose certificate it revokes are closed when applying.
+    crl: x509.CertificateRevocationList | None = None
 
 
 def _object_hosts(config: RouterConfig, topology: Topology) -> dict[str, str]:
@@ -244,11 +254,15 @@ def prepare(old: RouterConfig, old_fingerprint: str, new: RouterConfig) -> Prepa
                           unknown=UnknownObjects(new.objects.unknown),
                           max_learned_per_zone=new.objects.max_learned_per_zone)
     contexts = None
+    crl = None
     if diff.tls:
         # The library is a restart-only key: new contexts use the running one.
-        contexts = tlslib.contexts(old.tls.library, new.tls.ca, new.tls.cert, new.tls.key)
+        contexts = tlslib.contexts(old.tls.library, new.tls.ca, new.tls.cert, new.tls.key,
+                                   new.tls.crl_file)
+        if new.tls.crl_file is not None:
+            crl = pki.check_crl_file(new.tls.crl_file, new.tls.ca)
     return PreparedReload(new, diff, topology, carried, Router(topology, carried),
-                          fingerprint, contexts)
+                          fingerprint, contexts, crl)
 
 
 def _refusal(text: str) -> RouterError:
@@ -266,6 +280,29 @@ def sessions_to_close(node: Node, topology: Topology) -> list[str]:
                 or topology.relation(endpoint) != old.relation(endpoint)):
             close.append(endpoint)
     return sorted(close)
+
+
+def close_revoked(node: Node, crl: x509.CertificateRevocationList) -> list[str]:
+    """Close the established sessions whose peer certificate ``crl`` revokes (new
+    handshakes are refused by the new contexts); who they were."""
+    closed = []
+    for conn in list(node.all_connections):
+        der = conn.peer_certificate_der()
+        if der is None:
+            continue
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            continue
+        if not pki.is_revoked(crl, cert):
+            continue
+        who = conn.endpoint or conn.identity or "unidentified"
+        node.disconnects.inc(("revoked",))
+        node.log_peer(conn, logging.WARNING, "closing: its certificate (serial %x) is "
+                      "revoked by %s", cert.serial_number, node.config.tls.crl_file)
+        conn.close("reload: certificate revoked")
+        closed.append(who)
+    return closed
 
 
 def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
@@ -322,6 +359,8 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
             node.log_peer(conn, logging.INFO, "closing anonymous session: its CN is a "
                           "configured endpoint now, it reconnects as one")
             conn.close("reload: now a configured endpoint")
+    if prepared.crl is not None:
+        closing = sorted({*closing, *close_revoked(node, prepared.crl)})
     return closing
 
 
@@ -373,7 +412,7 @@ class Reloader:
         tls_cfg = node.config.tls
         try:
             contexts = await asyncio.to_thread(tlslib.contexts, tls_cfg.library, tls_cfg.ca,
-                                               tls_cfg.cert, tls_cfg.key)
+                                               tls_cfg.cert, tls_cfg.key, tls_cfg.crl_file)
         except RouterError as exc:
             self.tls_rebuilds.inc(("failed",))
             log.error("rebuilding the TLS context after %s failures failed, keeping the "

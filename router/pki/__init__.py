@@ -42,6 +42,7 @@ from router.pki.certs import (
 )
 from router.pki.crl import (
     CRL_NAME,
+    check_crl_file,
     crl_days_left,
     is_revoked,
     load_crl,
@@ -70,6 +71,7 @@ __all__ = [
     "PerSourceLimit",
     "TicketChecker",
     "CRL_NAME",
+    "check_crl_file",
     "crl_days_left",
     "is_revoked",
     "load_crl",

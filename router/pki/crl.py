@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from router.errors import TLSSetupError
-from router.pki.certs import CERT_MODE, PrivateKey, atomic_write
+from router.pki.certs import CERT_MODE, PrivateKey, atomic_write, load_certificates
 from router.pki.signing import signed_by
 
-__all__ = ["CRL_NAME", "CRL_VALID_DAYS", "crl_days_left", "is_revoked", "load_crl",
-           "revoke"]
+__all__ = ["CRL_NAME", "CRL_VALID_DAYS", "check_crl_file", "crl_days_left", "is_revoked",
+           "load_crl", "revoke"]
 
 #: Where ``router ca revoke`` writes the CRL, inside ``DATA_DIR/ca``.
 CRL_NAME: Final = "ca.crl"
@@ -60,6 +60,12 @@ def load_crl(path: str | os.PathLike[str], ca_cert: x509.Certificate
     """
     path = Path(path)
     crl = _read_crl(path)
+    _check_signed(path, crl, ca_cert)
+    return crl
+
+
+def _check_signed(path: Path, crl: x509.CertificateRevocationList,
+                  ca_cert: x509.Certificate) -> None:
     public = ca_cert.public_key()
     if not isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
         raise TLSSetupError(f"{path}: the CA's key type {type(public).__name__} is not "
@@ -67,6 +73,44 @@ def load_crl(path: str | os.PathLike[str], ca_cert: x509.Certificate
     if crl.issuer != ca_cert.subject or not crl.is_signature_valid(public):
         raise TLSSetupError(f"{path}: CRL is not signed by the CA "
                             f"({ca_cert.subject.rfc4514_string()})")
+
+
+def _is_signed(path: Path, crl: x509.CertificateRevocationList,
+               ca_cert: x509.Certificate) -> bool:
+    try:
+        _check_signed(path, crl, ca_cert)
+    except TLSSetupError:
+        return False
+    return True
+
+
+def check_crl_file(path: str | os.PathLike[str], ca_path: str | os.PathLike[str], *,
+                   now: dt.datetime | None = None) -> x509.CertificateRevocationList:
+    """The CRL of ``[tls] crl_file``, checked before OpenSSL gets it: PEM, signed by one of
+    the CA certificates in ``ca_path`` and not past its nextUpdate (OpenSSL would fail
+    every handshake with "CRL has expired").
+
+    Raises:
+        TLSSetupError: the CRL or the CA file is missing, unreadable or not what it
+            should be, the CRL is signed by another CA, or it has expired. The message
+            names the file.
+    """
+    path = Path(path)
+    crl = _read_crl(path)
+    with open(path, "rb") as fh:
+        if not fh.read(64).lstrip().startswith(b"-----BEGIN"):
+            raise TLSSetupError(f"{path}: CRL must be PEM (-----BEGIN X509 CRL-----), not DER")
+    anchors = load_certificates(ca_path, "CA certificate")
+    # A CA bundle (a rollover) may hold several anchors: the CRL must be one's.
+    issuers = [ca for ca in anchors if ca.subject == crl.issuer] or anchors[:1]
+    if not any(_is_signed(path, crl, ca) for ca in issuers):
+        _check_signed(path, crl, issuers[0])        # raises, with the reason
+    days = crl_days_left(crl, now)
+    if days is not None and days < 0:
+        raise TLSSetupError(
+            f"{path}: CRL expired (nextUpdate {crl.next_update_utc:%Y-%m-%d %H:%M} UTC): "
+            "every handshake would fail; re-issue it on the signing master with "
+            "'router ca revoke' (revoking a certificate again refreshes the dates)")
     return crl
 
 

@@ -7,7 +7,9 @@ them, so they are never wrapped around sockets. What they implement (Icinga 2.13
 
 * TLS 1.2 minimum, no maximum (TLS 1.3 when both sides can), Icinga's default cipher list
   for TLS <= 1.2 (TLS 1.3 suites stay OpenSSL's), no compression, server cipher preference.
-* Trust comes from one CA file, which is also sent as the client-CA list.
+* Trust comes from one CA file, which is also sent as the client-CA list. With a CRL
+  (``[tls] crl_file``) the peer's own certificate is checked against it on every
+  handshake (``VERIFY_CRL_CHECK_LEAF``); a revoked one fails it (``cert_revoked``).
 * The server asks for a client certificate but does not require one: a peer without a
   certificate is let in as *anonymous* (it can only enroll with ``pki::RequestCertificate``).
 * Identity is the subject CN of the verified peer certificate. The client sends SNI = the
@@ -43,7 +45,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from router.errors import TLSSetupError
-from router.pki import load_certificates, load_private_key
+from router.pki import check_crl_file, load_certificates, load_private_key
 
 __all__ = [
     "CHAIN_WARN_BYTES",
@@ -81,7 +83,7 @@ FORCE_RENEWAL_BEFORE: Final = dt.datetime(2017, 1, 1, tzinfo=dt.timezone.utc)  #
 #: Every value :func:`classify_handshake_error` can return (metric label values).
 HANDSHAKE_ERROR_TOKENS: Final = (
     "cert_expired", "unknown_ca", "cert_not_yet_valid", "cert_revoked", "bad_certificate",
-    "no_shared_cipher", "protocol_version", "eof", "timeout", "other",
+    "crl_unusable", "no_shared_cipher", "protocol_version", "eof", "timeout", "other",
 )
 
 
@@ -230,8 +232,11 @@ def _load_identity(ctx: ssl.SSLContext, ca: str | os.PathLike[str],
 
 
 def _configure(ctx: ssl.SSLContext, ca: str | os.PathLike[str], cert: str | os.PathLike[str],
-               key: str | os.PathLike[str]) -> ssl.SSLContext:
+               key: str | os.PathLike[str], crl: str | os.PathLike[str] | None
+               ) -> ssl.SSLContext:
     check_own_files(ca, cert, key)
+    if crl is not None:
+        check_crl_file(crl, ca)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
@@ -242,6 +247,13 @@ def _configure(ctx: ssl.SSLContext, ca: str | os.PathLike[str], cert: str | os.P
         ctx.load_verify_locations(cafile=os.fspath(ca))
     except (ssl.SSLError, OSError) as exc:
         raise TLSSetupError(f"{ca}: cannot load CA certificate: {exc}") from None
+    if crl is not None:
+        # Every handshake checks the peer's certificate (not its issuers) against the CRL.
+        try:
+            ctx.load_verify_locations(cafile=os.fspath(crl))
+        except (ssl.SSLError, OSError) as exc:
+            raise TLSSetupError(f"{crl}: cannot load CRL: {exc}") from None
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     try:
         _load_identity(ctx, ca, cert, key)
     except (ssl.SSLError, OSError) as exc:
@@ -250,38 +262,44 @@ def _configure(ctx: ssl.SSLContext, ca: str | os.PathLike[str], cert: str | os.P
 
 
 def server_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str],
-                   key: str | os.PathLike[str]) -> ssl.SSLContext:
+                   key: str | os.PathLike[str], crl: str | os.PathLike[str] | None = None
+                   ) -> ssl.SSLContext:
     """Context for accepted connections.
 
     A client certificate is requested (the CA is sent as the client-CA list) but optional:
     without one the handshake succeeds and :func:`peer_identity` returns None (anonymous).
-    A client certificate that is presented must verify against ``ca``.
+    A client certificate that is presented must verify against ``ca`` and, given a
+    ``crl`` (PEM, signed by the CA), must not be on it.
 
     Raises:
-        TLSSetupError: see :func:`check_own_files`.
+        TLSSetupError: see :func:`check_own_files` and
+            :func:`router.pki.check_crl_file`.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     # No session resumption is ever used by Icinga or by us: don't mint TLS 1.3 tickets.
     ctx.num_tickets = 0
-    return _configure(ctx, ca, cert, key)
+    return _configure(ctx, ca, cert, key, crl)
 
 
 def client_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str],
-                   key: str | os.PathLike[str]) -> ssl.SSLContext:
+                   key: str | os.PathLike[str], crl: str | os.PathLike[str] | None = None
+                   ) -> ssl.SSLContext:
     """Context for outgoing connections.
 
     The server certificate must verify against ``ca``; host names are *not* checked by
     OpenSSL. Pass ``server_hostname=<endpoint name>`` to ``wrap_bio`` (it becomes SNI) and
-    compare :func:`peer_identity` with the endpoint name after the handshake.
+    compare :func:`peer_identity` with the endpoint name after the handshake. Given a
+    ``crl``, a revoked server certificate fails the handshake.
 
     Raises:
-        TLSSetupError: see :func:`check_own_files`.
+        TLSSetupError: see :func:`check_own_files` and
+            :func:`router.pki.check_crl_file`.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
-    return _configure(ctx, ca, cert, key)
+    return _configure(ctx, ca, cert, key, crl)
 
 
 # -- peers --------------------------------------------------------------------------------
@@ -331,6 +349,12 @@ _VERIFY_CODES: Final = {
     20: "unknown_ca",           # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
     21: "unknown_ca",           # UNABLE_TO_VERIFY_LEAF_SIGNATURE
     23: "cert_revoked",         # CERT_REVOKED
+    # Our own [tls] crl_file cannot be used for this peer (not the peer's fault): no CRL
+    # of the peer's issuer, or ours is out of its validity window.
+    3: "crl_unusable",          # UNABLE_TO_GET_CRL
+    8: "crl_unusable",          # CRL_SIGNATURE_FAILURE
+    11: "crl_unusable",         # CRL_NOT_YET_VALID
+    12: "crl_unusable",         # CRL_HAS_EXPIRED
 }
 
 # SSLError.reason (OpenSSL reason string, alerts received from the peer included) → token.

@@ -20,7 +20,9 @@ TLS library itself. Two libraries implement it (``[tls] library``):
 Both behave the same on the wire as far as the cluster is concerned: TLS 1.2 minimum,
 Icinga's cipher list, one CA file as trust anchor (and, with ``bundled``, as the client-CA
 list, as Icinga sends it), an optional client certificate that must verify when it is
-presented, SNI = the endpoint dialled, identity = the certificate CN. ``bundled`` sends
+presented, SNI = the endpoint dialled, identity = the certificate CN; with ``[tls]
+crl_file``, the peer's own certificate (not its issuers) checked against the CRL on every
+handshake. ``bundled`` sends
 our certificate chain without the root CA (every peer trusts its own copy), ``system``
 with it, as Icinga does (Python's ``ssl`` cannot stop OpenSSL from adding it). Failures
 surface as ``ssl.SSLError`` (``reason`` set to OpenSSL's reason name) or
@@ -43,13 +45,15 @@ from cryptography.x509.oid import NameOID
 from router.transport import tls
 from router.config import TLS_LIBRARIES as LIBRARIES
 from router.errors import TLSSetupError
+from router.pki import check_crl_file, crl_days_left
 
 if TYPE_CHECKING:
     # Imported lazily at run time (only the ``bundled`` library needs pyOpenSSL).
     import OpenSSL.SSL
     import OpenSSL.crypto
 
-__all__ = ["LIBRARIES", "TLSLibrary", "TLSSession", "check_chain_size", "contexts"]
+__all__ = ["CRL_WARN_DAYS", "LIBRARIES", "TLSLibrary", "TLSSession", "check_chain_size",
+           "check_crl_age", "contexts"]
 
 log = logging.getLogger("router.tls")
 
@@ -118,22 +122,30 @@ class TLSLibrary(Protocol):
 
 
 def contexts(library: str, ca: str | os.PathLike[str], cert: str | os.PathLike[str],
-             key: str | os.PathLike[str]) -> tuple[TLSLibrary, TLSLibrary]:
+             key: str | os.PathLike[str], crl: str | os.PathLike[str] | None = None
+             ) -> tuple[TLSLibrary, TLSLibrary]:
     """(server, client) session factories for the node's certificate, key and CA.
 
+    With ``crl`` (``[tls] crl_file``: PEM, signed by the CA) both check the peer's
+    certificate against it on every handshake: a revoked one fails the handshake
+    (``cert_revoked``).
+
     Raises:
-        TLSSetupError: see :func:`router.tls.check_own_files`; the library is not available.
+        TLSSetupError: see :func:`router.tls.check_own_files` and
+            :func:`router.pki.check_crl_file`; the library is not available.
         ValueError: unknown ``library``.
     """
     if library in LIBRARIES:
         check_chain_size(ca, cert)
+        if crl is not None:
+            check_crl_age(crl, ca)
     if library == "system":
-        return (SystemTLS(tls.server_context(ca, cert, key), server_side=True),
-                SystemTLS(tls.client_context(ca, cert, key), server_side=False))
+        return (SystemTLS(tls.server_context(ca, cert, key, crl), server_side=True),
+                SystemTLS(tls.client_context(ca, cert, key, crl), server_side=False))
     if library == "bundled":
         tls.check_own_files(ca, cert, key)
-        return BundledTLS(ca, cert, key, server_side=True), BundledTLS(ca, cert, key,
-                                                                       server_side=False)
+        return (BundledTLS(ca, cert, key, server_side=True, crl=crl),
+                BundledTLS(ca, cert, key, server_side=False, crl=crl))
     raise ValueError(f"unknown TLS library {library!r} (expected one of {', '.join(LIBRARIES)})")
 
 
@@ -151,6 +163,26 @@ def check_chain_size(ca: str | os.PathLike[str], cert: str | os.PathLike[str]) -
                     "(\"excessive message size\"); send fewer intermediates", cert, count,
                     size, tls.CHAIN_WARN_BYTES)
     return size
+
+
+#: A ``[tls] crl_file`` with fewer days than this before its nextUpdate is logged as a
+#: warning whenever contexts are built (start, reload): once it passes, every handshake
+#: fails ("CRL has expired", users.md P15).
+CRL_WARN_DAYS: Final = 30.0
+
+
+def check_crl_age(crl: str | os.PathLike[str], ca: str | os.PathLike[str]) -> float | None:
+    """Log a warning when the CRL expires within :data:`CRL_WARN_DAYS`; its days left.
+
+    Raises:
+        TLSSetupError: see :func:`router.pki.check_crl_file`.
+    """
+    days = crl_days_left(check_crl_file(crl, ca))
+    if days is not None and days < CRL_WARN_DAYS:
+        log.warning("%s: the CRL expires in %.1f days (nextUpdate); after that every "
+                    "handshake fails: re-issue it with 'router ca revoke' on the signing "
+                    "master and reload", crl, days)
+    return days
 
 
 # -- system: Python's ssl module ------------------------------------------------------------
@@ -225,8 +257,10 @@ class _SystemSession:
 # -- bundled: pyOpenSSL on cryptography's OpenSSL -------------------------------------------
 
 def _bundled_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str],
-                     key: str | os.PathLike[str], server_side: bool) -> OpenSSL.SSL.Context:
+                     key: str | os.PathLike[str], server_side: bool,
+                     crl: str | os.PathLike[str] | None = None) -> OpenSSL.SSL.Context:
     from OpenSSL import SSL
+    from OpenSSL.crypto import X509StoreFlags
 
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD if server_side else SSL.TLS_CLIENT_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -248,6 +282,16 @@ def _bundled_context(ca: str | os.PathLike[str], cert: str | os.PathLike[str],
             ctx.load_client_ca(os.fsencode(ca))     # as Icinga: the CA names go to clients
     except SSL.Error as exc:
         raise TLSSetupError(f"{ca}: cannot load CA certificate: {exc}") from None
+    if crl is not None:
+        # Every handshake checks the peer's certificate (not its issuers) against the CRL.
+        store = ctx.get_cert_store()
+        if store is None:  # pragma: no cover - a context always has a store
+            raise TLSSetupError(f"{crl}: no certificate store to load the CRL into")
+        try:
+            store.add_crl(check_crl_file(crl, ca))
+        except SSL.Error as exc:
+            raise TLSSetupError(f"{crl}: cannot load CRL: {exc}") from None
+        store.set_flags(X509StoreFlags.CRL_CHECK)
     # Our certificate and its intermediates, without the root CA: each peer checks us
     # against its own copy of the root, so the copy Icinga sends only costs the peer
     # parsing it (0.14 ms of a 0.73 ms client handshake; perf/RESULTS.md) and 500 bytes.
@@ -324,14 +368,15 @@ class BundledTLS:
     name = "bundled"
 
     def __init__(self, ca: str | os.PathLike[str], cert: str | os.PathLike[str],
-                 key: str | os.PathLike[str], *, server_side: bool) -> None:
+                 key: str | os.PathLike[str], *, server_side: bool,
+                 crl: str | os.PathLike[str] | None = None) -> None:
         try:
             from OpenSSL import SSL
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise TLSSetupError(f"[tls] library 'bundled' needs pyOpenSSL: {exc}") from None
         self._SSL: _SSLModule = SSL
         self.server_side = server_side
-        self.context = _bundled_context(ca, cert, key, server_side)
+        self.context = _bundled_context(ca, cert, key, server_side, crl)
         self._output_length = _mem_bio_length()
 
     def session(self, server_hostname: str | None = None) -> _BundledSession:
