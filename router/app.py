@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from router import __version__
-from router.node import report
+from router.node import enrollment, report
 from router.config import RouterConfig
 from router.transport.connector import Backoff, Connector
 from router.node import Node, describe_topology, name_list
@@ -81,7 +81,15 @@ class RouterService:
         ensure_private_dirs(config.node.data_dir)
         check_key_modes(config.tls.key,
                         os.path.join(config.node.data_dir, "ca", "ca.key"))
-        node = self.node = Node(config, loop, **self._node_kwargs)
+        node_kwargs = dict(self._node_kwargs)
+        if "server_context" not in node_kwargs and enrollment.is_enrolling(config.tls):
+            # a self-signed certificate and a ticket: we start and ask our parent
+            # (router serve --ticket, docs/pki.md)
+            node_kwargs["server_context"], node_kwargs["client_context"] = \
+                enrollment.enrolling_contexts(config.tls)
+            log.info("%s is self-signed and a ticket is stored: asking our parent zone to "
+                     "sign it", config.tls.cert)
+        node = self.node = Node(config, loop, **node_kwargs)
         node.start()
         self.reloader = Reloader(node, self._read_config, apply_service=self._apply_reload,
                                  hooks=self.reload_hooks)

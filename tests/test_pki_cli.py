@@ -361,3 +361,25 @@ def test_request_keeps_our_ca_when_the_parent_sends_another(signer_spec: Cluster
             await master.stop()
 
     run(main_())
+
+
+def test_pki_request_checks_the_answer_against_every_ca_of_the_bundle(tmp_path: Path) -> None:
+    """During a CA rollover certs/ca.crt holds two CAs, in either order: an answer signed
+    by the second one is accepted, a foreign CA's is not (was: only the first CA)."""
+    from router.cli.pki import _keep_ca
+
+    for name in ("old", "new", "foreign"):
+        pkilib.create_ca(tmp_path / name)
+    old_cert, _ = pkilib.load_ca(tmp_path / "old")
+    new_cert, new_key = pkilib.load_ca(tmp_path / "new")
+    foreign_cert, foreign_key = pkilib.load_ca(tmp_path / "foreign")
+    bundle = tmp_path / "ca.crt"
+    bundle.write_bytes((tmp_path / "old" / "ca.crt").read_bytes()
+                       + (tmp_path / "new" / "ca.crt").read_bytes())
+    cas = _keep_ca(bundle, None)
+    assert len(cas) == 2
+    leaf, _ = pkilib.issue_certificate(new_cert, new_key, "agent1")
+    assert any(pkilib.signed_by(leaf, ca) for ca in cas)
+    stray, _ = pkilib.issue_certificate(foreign_cert, foreign_key, "agent1")
+    assert not any(pkilib.signed_by(stray, ca) for ca in cas)
+    assert old_cert in cas

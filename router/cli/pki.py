@@ -250,7 +250,7 @@ def pki_request(host: str, port: int, cn: str, data_dir: str, ticket: str,
             "params": {"cert_request": pki.certificate_pem(own), "ticket": ticket}})
         result = _exchange(host, port, trusted.public_bytes(serialization.Encoding.DER),
                            payload, request_id, timeout)
-        ca_cert = _keep_ca(ca_path, result.get("ca"))
+        ca_certs = _keep_ca(ca_path, result.get("ca"))
         status, error = result.get("status_code"), result.get("error")
         if status == 2:
             click.echo(f"pending: {error} (fingerprint {result.get('fingerprint_request')}); "
@@ -265,7 +265,7 @@ def pki_request(host: str, port: int, cn: str, data_dir: str, ticket: str,
         if not pki.same_public_key(cert, key):
             raise click.ClickException("the parent's certificate does not certify our key; "
                                        "not installing it")
-        if ca_cert is None or not pki.signed_by(cert, ca_cert):
+        if not ca_certs or not any(pki.signed_by(cert, ca) for ca in ca_certs):
             raise click.ClickException(f"the parent's certificate is not signed by the CA in "
                                        f"{ca_path}; not installing it")
         if new_key:
@@ -278,22 +278,24 @@ def pki_request(host: str, port: int, cn: str, data_dir: str, ticket: str,
                f"with the CA in {ca_path}")
 
 
-def _keep_ca(ca_path: Path, ca_text: object) -> x509.Certificate | None:
-    """The CA to check the answer against: the one we have, or (first enrollment, trust
-    on first use of the saved parent) the one the parent sent, which is then written.
-    A different CA from the parent never replaces ours."""
+def _keep_ca(ca_path: Path, ca_text: object) -> list[x509.Certificate]:
+    """The CAs to check the answer against: the ones we have (every certificate of the
+    bundle: during a CA rollover ca.crt holds the old and the new CA, in either order), or
+    (first enrollment, trust on first use of the saved parent) the one the parent sent,
+    which is then written. A different CA from the parent never replaces ours."""
     from router import pki
 
     theirs = pki.parse_request(ca_text) if isinstance(ca_text, str) and ca_text else None
     if ca_path.exists():
-        ours = pki.load_certificates(ca_path, "CA certificate")[0]
-        if theirs is not None and theirs != ours:
+        ours = pki.load_certificates(ca_path, "CA certificate")
+        if theirs is not None and theirs not in ours:
             click.echo(f"warning: the parent sent another CA than the one in {ca_path}; "
                        "keeping ours", err=True)
         return ours
     if theirs is not None:
         pki.write_certificate(ca_path, theirs)
-    return theirs
+        return [theirs]
+    return []
 
 
 @pki_group.command("status")

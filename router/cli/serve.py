@@ -41,11 +41,16 @@ __all__ = ["checker", "serve"]
 @click.option("--ticket-salt", default=None,
               help="TicketSalt for signing certificate requests with a ticket (overrides "
                    "[pki] ticket_salt; see docs/pki.md).")
+@click.option("--ticket", default=None,
+              help="Enroll this node: store the ticket (DATA_DIR/certs/ticket), make a key "
+                   "and a self-signed certificate if there is none, and ask the parent zone "
+                   "to sign it (needs certs/ca.crt; see docs/pki.md).")
 def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
           zones_file: str | None, listen: str | None, status_listen: str | None,
           accept_commands: bool | None, log_level: str | None,
           ticket_salt: str | None, accept_config: bool | None = None,
-          zones_dir: str | None = None, log_format: str | None = None) -> None:
+          zones_dir: str | None = None, log_format: str | None = None,
+          ticket: str | None = None) -> None:
     """Run one node of a cluster.
 
     With no options at all, a standalone node named after this host starts from
@@ -62,7 +67,8 @@ def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
             node_name = node_name or socket.gethostname().split(".")[0] or "router"
             data_dir = data_dir or DEFAULT_DATA_DIR
             certs = Path(data_dir) / "certs"
-            if not (certs / f"{node_name}.crt").exists() or not (certs / "ca.crt").exists():
+            if ticket is None and (not (certs / f"{node_name}.crt").exists()
+                                   or not (certs / "ca.crt").exists()):
                 created_pki = pki.ensure_node_pki(data_dir, node_name)
         cfg = config_mod.quickstart_config(
             node_name=node_name, data_dir=data_dir, zones_file=zones_file, listen=listen,
@@ -71,6 +77,9 @@ def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
         if ticket_salt is not None:
             cfg = dataclasses.replace(cfg, pki=dataclasses.replace(cfg.pki,
                                                                    ticket_salt=ticket_salt))
+        if ticket is not None:
+            from router.node import enrollment
+            enrollment.prepare_self_enrollment(cfg.tls, cfg.node.name, ticket)
     setup_logging(log_level or cfg.log_level,
                   log_format or (base.node.log_format if base is not None else "text"))
     if created_pki is not None:

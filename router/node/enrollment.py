@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from cryptography import x509
 
 from router import pki
-from router.config import RouterConfig
+from router.config import RouterConfig, TLSConfig
+from router.errors import TLSSetupError
 from router.ops.metrics import LabeledCounter, MetricFamily, family
 from router.protocol import jsonrpc, netstring
 from router.routing import Relation, Topology
@@ -73,6 +74,72 @@ PRUNE_INTERVAL: Final = 3600.0
 RENEW_INTERVAL: Final = 86400.0
 #: How often the request directory is looked at (``router ca sign`` on a running node).
 TICK: Final = 1.0
+
+
+def ticket_path(tls_cfg: TLSConfig) -> Path:
+    """``certs/ticket`` beside our certificate (Icinga: ``DataDir/certs/ticket``)."""
+    return Path(tls_cfg.cert).parent / "ticket"
+
+
+def is_enrolling(tls_cfg: TLSConfig) -> bool:
+    """Whether we wait for our first signed certificate: a ticket is stored and our
+    certificate is self-signed (``router serve --ticket``, docs/pki.md)."""
+    if not ticket_path(tls_cfg).exists():
+        return False
+    try:
+        own = pki.load_certificates(tls_cfg.cert)[0]
+    except Exception:  # noqa: BLE001 - TLSSetupError: then the normal checks say why
+        return False
+    return own.issuer == own.subject and pki.signed_by(own, own)
+
+
+def prepare_self_enrollment(tls_cfg: TLSConfig, name: str, ticket: str,
+                            key_type: str = "ec") -> bool:
+    """Store ``ticket`` and, when we have no certificate yet, make a key and a
+    self-signed certificate for ``name`` (what ``icinga2 node setup --ticket`` leaves).
+    The CA certificate must be there already: it is how we know our parent. True when a
+    key was made."""
+    ca = Path(tls_cfg.ca)
+    if not ca.exists():
+        raise TLSSetupError(f"{ca} does not exist: copy the CA certificate of the "
+                            "cluster there first (docs/pki.md)")
+    pki.load_certificates(ca, "CA certificate")
+    cert, key = Path(tls_cfg.cert), Path(tls_cfg.key)
+    created = False
+    if not cert.exists() and not key.exists():
+        cert.parent.mkdir(mode=pki.DIR_MODE, parents=True, exist_ok=True)
+        private = pki.generate_key(key_type)
+        pki.write_private_key(key, private)
+        pki.write_certificate(cert, pki.self_signed_certificate(private, name))
+        created = True
+    path = ticket_path(tls_cfg)
+    path.parent.mkdir(mode=pki.DIR_MODE, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(ticket.strip() + "\n")
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
+    return created
+
+
+def enrolling_contexts(tls_cfg: TLSConfig) -> tuple[tlslib.TLSLibrary, tlslib.TLSLibrary]:
+    """Session factories for a node that is still enrolling (:func:`is_enrolling`): our
+    self-signed certificate cannot chain to the CA, so ``tlslib.contexts`` refuses it;
+    everything else is checked the same way (the key belongs to the certificate, the CA
+    is readable). Peers are still verified against the CA: we can dial our parent, and
+    it sees us as an anonymous enrollee until our certificate is signed."""
+    if tls_cfg.library != "bundled":
+        raise TLSSetupError(f"{tls_cfg.cert} is self-signed (waiting for enrollment "
+                            "with certs/ticket): that needs [tls] library = "
+                            "\"bundled\"")
+    pki.load_certificates(tls_cfg.ca, "CA certificate")
+    own = pki.load_certificates(tls_cfg.cert)[0]
+    if not pki.same_public_key(own, pki.load_private_key(tls_cfg.key)):
+        raise TLSSetupError(f"{tls_cfg.key}: private key does not match the "
+                            f"certificate in {tls_cfg.cert}")
+    return (tlslib.BundledTLS(tls_cfg.ca, tls_cfg.cert, tls_cfg.key, server_side=True,
+                              crl=tls_cfg.crl_file),
+            tlslib.BundledTLS(tls_cfg.ca, tls_cfg.cert, tls_cfg.key, server_side=False,
+                              crl=tls_cfg.crl_file))
 
 
 class EnrollmentHost(Protocol):
@@ -507,10 +574,18 @@ class Enrollment:
         Icinga also replaces its ``ca.crt`` with the one in the update. We keep ours: a
         parent must not be able to swap the CA this node trusts (a CA rollover is an
         operator's step), and the certificate must verify against the CA we have."""
+        was_enrolling = is_enrolling(self.host.config.tls)
         problem = self._install(cert)
         if problem is not None:
             self._refuse_update(conn, problem, "not_installed")
             return
+        if was_enrolling:
+            # Our parents knew us only as an anonymous enrollee: reconnect (Icinga's
+            # UpdateSSLContext does too) so that they authenticate us this time.
+            for other in list(self.host.all_connections):
+                if other.endpoint is not None and \
+                        self.host.topology.relation(other.endpoint) in SIGNERS:
+                    other.close("reconnecting with our signed certificate")
         if isinstance(ca_text, str) and ca_text:
             try:
                 theirs = pki.parse_request(ca_text)
@@ -707,4 +782,5 @@ class Enrollment:
         ]
 
 
-__all__ = ["Enrollment", "EnrollmentHost", "RESULTS", "SALT_ENV"]
+__all__ = ["Enrollment", "EnrollmentHost", "RESULTS", "SALT_ENV", "enrolling_contexts",
+           "is_enrolling", "prepare_self_enrollment", "ticket_path"]

@@ -8,7 +8,12 @@
 3. through our satellite (no CA key): pending there, signed by our master, delivered on a
    later request;
 4. our node enrolls with ``router pki request`` against a real Icinga master (RSA CA);
-5. our satellite renews its expiring certificate with a real Icinga master.
+5. our satellite renews its expiring certificate with a real Icinga master;
+6. a real agent set up with ``icinga2 node setup --ticket`` (confined to its own directory)
+   enrolls by itself on its first start against our master, and
+7. the same through our satellite;
+8. our node started with a ticket and a self-signed certificate (``router serve
+   --ticket``) enrolls itself with a real Icinga master and reconnects authenticated.
 
 Everything on 127.0.0.1; the Icinga CLI runs with the harness's environment.
 """
@@ -24,7 +29,7 @@ from click.testing import CliRunner
 
 from cryptography import x509
 
-from perf.icinga import IcingaFactory, IcingaNode
+from perf.icinga import IcingaFactory, IcingaNode, free_port
 from router import pki
 from router.cli import main
 
@@ -272,3 +277,174 @@ def test_our_satellite_renews_its_certificate_with_a_real_icinga_master(
         assert pki.same_public_key(new, key) and pki.signed_by(new, ca_cert)
     finally:
         sat.stop()
+
+
+class NodeSetupAgent(IcingaNode):
+    """A real Icinga agent configured by ``icinga2 node setup --ticket ...`` itself.
+
+    ``node setup`` writes under the paths given as ``-DConfiguration.*`` constants (the
+    same ones :class:`IcingaNode` passes to the daemon), so a minimal ConfigDir skeleton in
+    the node's own directory keeps it away from /etc/icinga2 and /var/lib/icinga2. It
+    writes constants.conf, zones.conf, features-available/api.conf, a new key with a
+    self-signed certificate and ``certs/ticket``; the daemon then asks its parent for a
+    certificate on its first connection. Like every agent set up without
+    ``--parent_host``, the CA certificate is copied in by hand ("Please copy the public CA
+    certificate from your master/satellite").
+    """
+
+    def __init__(self, factory: IcingaFactory, name: str, *, parent_zone: str,
+                 parent: str, parent_port: int, trusted: Path, ticket: str,
+                 ca_crt: Path) -> None:
+        super().__init__(factory.base_dir, name, name, api_port=free_port(), endpoints=[],
+                         zones=[], binary=factory.binary)
+        (self.config_dir / "features-available").mkdir(exist_ok=True)
+        (self.config_dir / "features-enabled").mkdir(exist_ok=True)
+        for empty in ("constants.conf", "zones.conf"):
+            (self.config_dir / empty).touch()
+        self.config_path.write_text(
+            'include "constants.conf"\ninclude "zones.conf"\ninclude <itl>\n'
+            'include "features-enabled/*.conf"\n')
+        out = subprocess.run(
+            [self.binary, "node", "setup", *self._defines(),
+             "--ticket", ticket, "--cn", name, "--zone", name,
+             "--endpoint", f"{parent},127.0.0.1,{parent_port}",
+             "--parent_zone", parent_zone, "--trustedcert", str(trusted),
+             "--listen", f"127.0.0.1,{self.api_port}",
+             "--accept-config", "--accept-commands", "--disable-confd"],
+            capture_output=True, text=True, timeout=60, env=self._env(), check=False)
+        self.setup_output = out.stdout + out.stderr
+        assert out.returncode == 0, self.setup_output
+        api = self.config_dir / "features-enabled" / "api.conf"
+        if not api.exists():  # 2.13.6 enables the feature before writing api.conf
+            api.symlink_to("../features-available/api.conf")
+        with self.config_path.open("a") as conf:
+            conf.write(f'object FileLogger "debug-file" {{\n  path = "{self.log_path}"\n'
+                       '  severity = "debug"\n}\n')
+        shutil.copyfile(ca_crt, self.ca_path)
+        factory.nodes.append(self)  # stopped (and its log attached) by the fixture
+
+    def write_config(self) -> None:
+        """The configuration is node setup's, not ours."""
+
+    def _defines(self) -> list[str]:
+        return [arg for arg in self._command() if arg.startswith("-DConfiguration.")]
+
+    def own_cert(self) -> x509.Certificate:
+        return pki.load_certificates(self.certs_dir / f"{self.name}.crt")[0]
+
+
+def _node_setup_agent(tmp_path: Path, factory: IcingaFactory, binary: str, *,
+                      parent: str, port: int) -> NodeSetupAgent:
+    trusted = tmp_path / f"trusted-{parent}.crt"
+    out = icinga_pki(binary, "save-cert", "--host", "127.0.0.1", "--port", str(port),
+                     "--trustedcert", str(trusted))
+    assert out.returncode == 0, out.stdout + out.stderr
+    agent = NodeSetupAgent(factory, "agent1", parent_zone=parent, parent=parent,
+                           parent_port=port, trusted=trusted,
+                           ticket=pki.ticket("agent1", SALT), ca_crt=factory.ca_crt)
+    assert (agent.certs_dir / "ticket").exists()
+    assert not pki.signed_by(agent.own_cert(), pki.load_certificates(factory.ca_crt)[0])
+    return agent
+
+
+def test_icinga_node_setup_with_ticket_against_our_master(
+        tmp_path: Path, icinga_factory: IcingaFactory, icinga2_bin: str) -> None:
+    """``icinga2 node setup --ticket``, then the agent daemon's own request on first
+    start: our master signs it, the agent installs it and reconnects authenticated."""
+    router = our_master(tmp_path, icinga_factory, salt=SALT, children=["agent1"])
+    router.start()
+    try:
+        agent = _node_setup_agent(tmp_path, icinga_factory, icinga2_bin, parent="master",
+                                  port=router.listen_port)
+        agent.spawn()
+        ca = pki.load_certificates(icinga_factory.ca_crt)[0]
+        router.wait_for(lambda: pki.signed_by(agent.own_cert(), ca), CONNECT_TIMEOUT,
+                        what="the agent's certificate signed by our CA",
+                        extra=lambda: agent.diagnostics(40))
+        assert not (agent.certs_dir / "ticket").exists()
+        router.wait_for(lambda: router.endpoint_status("agent1")["connected"],
+                        CONNECT_TIMEOUT, what="the agent as an authenticated endpoint",
+                        extra=lambda: agent.diagnostics(40))
+        assert router.metric("router_csr_requests_total", result="signed") >= 1
+    finally:
+        router.stop()
+
+
+def test_icinga_node_setup_with_ticket_through_our_satellite(
+        tmp_path: Path, icinga_factory: IcingaFactory, icinga2_bin: str) -> None:
+    """The same agent behind our satellite (no CA key): the satellite stores and forwards
+    the request, our master signs it with the ticket, the satellite hands the certificate
+    to the agent, which then connects to the satellite as an authenticated endpoint."""
+    master = our_master(tmp_path, icinga_factory, salt=SALT, children=["sat"])
+    master.start()
+    sat_cert, sat_key = icinga_factory.issue("sat")
+    zones = [{"name": "master", "endpoints": ["master"]},
+             {"name": "sat", "endpoints": ["sat"], "parent": "master"},
+             {"name": "agent1", "endpoints": ["agent1"], "parent": "sat"}]
+    sat = RouterNode(tmp_path / "router-sat", "sat", zones=zones,
+                     endpoints=[{"name": "master", "port": master.listen_port},
+                                {"name": "sat"}, {"name": "agent1"}],
+                     cert=sat_cert, key=sat_key, ca=icinga_factory.ca_crt)
+    sat.start()
+    try:
+        sat.wait_for(lambda: sat.endpoint_status("master")["connected"], CONNECT_TIMEOUT,
+                     what="satellite connected to the master")
+        agent = _node_setup_agent(tmp_path, icinga_factory, icinga2_bin, parent="sat",
+                                  port=sat.listen_port)
+        assert not (sat.data_dir / "ca" / "ca.key").exists()
+        agent.spawn()
+        ca = pki.load_certificates(icinga_factory.ca_crt)[0]
+        sat.wait_for(lambda: pki.signed_by(agent.own_cert(), ca), 2 * CONNECT_TIMEOUT,
+                     what="the agent's certificate signed by our master",
+                     extra=lambda: agent.diagnostics(40) + master.log_tail())
+        assert master.metric("router_csr_requests_total", result="signed") >= 1
+        sat.wait_for(lambda: sat.endpoint_status("agent1")["connected"],
+                     CONNECT_TIMEOUT, what="the agent as an authenticated endpoint",
+                     extra=lambda: agent.diagnostics(40))
+    finally:
+        sat.stop()
+        master.stop()
+
+
+def test_our_node_enrolls_itself_with_a_ticket_against_a_real_icinga_master(
+        tmp_path: Path, icinga_factory: IcingaFactory) -> None:
+    """``router serve --ticket``: our agent starts with a self-signed certificate and
+    certs/ticket, the real master signs what it asks for on connecting, we install the
+    certificate and reconnect as an authenticated endpoint without a restart."""
+    from router.config import TLSConfig
+    from router.node import enrollment
+
+    zones = [{"name": "imaster", "endpoints": ["imaster"]},
+             {"name": "ours", "endpoints": ["ours"], "parent": "imaster"}]
+    icinga = icinga_factory("imaster", "imaster", zones=zones,
+                            endpoints=[{"name": "imaster"}, {"name": "ours"}])
+    ca_cert, _ = rsa_icinga_ca(icinga)   # Icinga 2.13 signs only with an RSA CA key
+    icinga.start()
+    certs = tmp_path / "ours-certs"
+    certs.mkdir()
+    pki.write_certificate(certs / "ca.crt", ca_cert)
+    tls_cfg = TLSConfig(ca=str(certs / "ca.crt"), cert=str(certs / "ours.crt"),
+                        key=str(certs / "ours.key"))
+    assert enrollment.prepare_self_enrollment(tls_cfg, "ours",
+                                              pki.ticket("ours", icinga.ticket_salt))
+    node = RouterNode(tmp_path / "router-ours", "ours", zones=zones,
+                      endpoints=[{"name": "imaster", "port": icinga.api_port},
+                                 {"name": "ours"}],
+                      cert=certs / "ours.crt", key=certs / "ours.key", ca=certs / "ca.crt",
+                      listen=None)
+    node.start()
+    try:
+        node.wait_for(lambda: pki.signed_by(pki.load_certificates(certs / "ours.crt")[0],
+                                            ca_cert), CONNECT_TIMEOUT,
+                      what="our certificate signed by the Icinga master",
+                      extra=lambda: icinga.diagnostics(40))
+        assert not (certs / "ticket").exists()
+
+        def authenticated() -> bool:
+            endpoint = icinga.endpoint("ours")
+            return bool(endpoint and endpoint.get("connected"))
+        node.wait_for(authenticated, CONNECT_TIMEOUT,
+                      what="the Icinga master seeing us as an authenticated endpoint",
+                      extra=lambda: icinga.diagnostics(40) + node.log_tail())
+    finally:
+        node.stop()
