@@ -7,7 +7,7 @@ from dataclasses import dataclass
 __all__ = ["SCENARIOS", "Options"]
 
 #: order of --scenario all: max leaves a backlog in a slow node, storm restarts the node
-SCENARIOS = ("steady", "churn", "replay", "max", "storm")
+SCENARIOS = ("steady", "churn", "replay", "max", "stormload", "storm")
 
 
 @dataclass

@@ -87,6 +87,12 @@ ROWS = [
      ".2f", "low"),
     ("storm: node CPU per handshake, ms", ("storm", "node_cpu_ms_per_handshake"), ".2f",
      "low"),
+    ("stormload: quiet p99, ms", ("stormload", "quiet_latency_ms_p99"), ".1f", "low"),
+    ("stormload: established p50, ms", ("stormload", "established_latency_ms_p50"), ".1f",
+     "low"),
+    ("stormload: established p99, ms", ("stormload", "established_latency_ms_p99"), ".1f",
+     "low"),
+    ("stormload: storm agents all back, s", ("stormload", "all_back_s"), ".2f", "low"),
     ("refused by the node (steady)", ("steady", "refused"), "d", None),
 ]
 

@@ -24,6 +24,7 @@ from perf.report import Progress
 from perf.report import fmt_or_dash as _fmt
 from perf.session import SessionBase
 from perf.targets import ExternalTarget, node_counters
+from perf.wire import agent_name
 from perf.workers import recv_from as _recv
 from perf.workers import stop_workers
 
@@ -43,6 +44,21 @@ def _delta(a: dict[str, Any], b: dict[str, Any], key: str) -> int | None:
     if key in a and key in b:
         return int(b[key]) - int(a[key])
     return None
+
+
+class _ByAgent(dict[Any, int]):
+    """``Tally.keys`` stand-in during ``stormload``: the parent parses every result and
+    stores its (host, time) key right after appending its latency; we keep (arrival,
+    latency, whether the host is one of the storm's agents) instead of the key."""
+
+    def __init__(self, tally: Any, storm: set[str], out: list[tuple[float, float, bool]]
+                 ) -> None:
+        super().__init__()
+        self.tally, self.storm, self.out = tally, storm, out
+
+    def __setitem__(self, key: Any, value: int) -> None:
+        tm, lat = self.tally.latencies[-1]
+        self.out.append((tm, lat, key[0] in self.storm))
 
 
 class Session(SessionBase):
@@ -273,6 +289,96 @@ class Session(SessionBase):
                  f"opened")
         return res
 
+    async def stormload_phase(self) -> dict[str, Any]:
+        """Half the agents send at the paced rate throughout; in the middle of the window
+        the other half (which send too) drop their sessions all at once and dial straight
+        back. The figure: the latency of the *established* half's results while the
+        storm's handshakes run, beside the same half's quiet latency before it."""
+        opts = self.opts
+        n = opts.endpoints
+        rate = opts.rate or 5000.0
+        t = self.tally
+        # the load processes' churners: every second agent of each share (load.py)
+        storm = {agent_name(i) for share in self.shares for i in share[0::2]}
+        n_storm = len(storm)
+        samples: list[tuple[float, float, bool]] = []
+        t.latencies = []
+        t.keys_since = 0.0
+        t.keys = _ByAgent(t, storm, samples)
+        at = opts.warmup + opts.duration / 2          # the storm, from "go"
+        for _, pipe, _ in self.workers:
+            pipe.send(("go", rate / n, 0.5, (at, at)))
+        go = time.monotonic()
+        deliv_go = t.check_results
+        await asyncio.sleep(opts.warmup)
+        s0 = self.snapshot()
+        t_drop: float | None = None
+        t_back: float | None = None
+        low = n
+        bar = Progress("stormload", int(opts.duration), self.tty, self.say)
+        # the window, and past it until the storm's agents are all back, but not past
+        # twice ``at`` after "go": an agent back early drops again ``at`` after its return
+        # (the load processes' churn repeats), which would be a second storm
+        give_up = min(s0["t"] + opts.duration + self.connect_timeout(), go + 2 * at - 0.2)
+        try:
+            while (time.monotonic() < s0["t"] + opts.duration
+                   or (t_drop is not None and t_back is None and time.monotonic() < give_up)):
+                await asyncio.sleep(0.05)
+                now = time.monotonic()
+                up = self.counter_sum(C_IDENTIFIED)
+                low = min(low, up)
+                if t_drop is None and up <= n - n_storm // 2 and now >= go + at - 0.5:
+                    t_drop = now
+                elif t_drop is not None and t_back is None and up >= n:
+                    t_back = now
+                bar.update(min(int(opts.duration), int(now - s0["t"])), f"{up} agents up")
+        finally:
+            bar.close()
+        s1 = self.snapshot()
+        stopped = [r[1] for r in await self.ask_all(("stop",), 30)]
+        t.keys = None
+        sent = sum(s["sent"] for s in stopped)
+        # the storm's span: until all are back, at least 1 s (enough samples)
+        end = min(s1["t"], max(t_back or s1["t"], (t_drop or s1["t"]) + 1.0))
+        start = t_drop if t_drop is not None else s1["t"]
+        quiet = sorted(x for tm, x, st in samples if not st and s0["t"] <= tm < start)
+        during = sorted(x for tm, x, st in samples if not st and start <= tm <= end)
+        returning = sorted(x for tm, x, st in samples if st and start <= tm <= end)
+        res = {
+            "scenario": "stormload", "offered_per_s": rate, "window_s": s1["t"] - s0["t"],
+            "storm_agents": n_storm, "established_agents": n - n_storm,
+            "storm_at_s": (t_drop - s0["t"]) if t_drop is not None else None,
+            "fewest_up": low,
+            "all_back_s": (t_back - t_drop) if t_back and t_drop else None,
+            "storm_span_s": end - start,
+            "quiet_samples": len(quiet),
+            "quiet_latency_ms_p50": _pct(quiet, 0.50),
+            "quiet_latency_ms_p99": _pct(quiet, 0.99),
+            "storm_samples": len(during),
+            "established_latency_ms_p50": _pct(during, 0.50),
+            "established_latency_ms_p99": _pct(during, 0.99),
+            "returning_latency_ms_p99": _pct(returning, 0.99),
+            "reconnects": sum(s["churn_drops"] for s in stopped),
+            "sent": sent,
+            "node_cpu_cores": (s1["node_cpu"] - s0["node_cpu"]) / max(1e-9, s1["t"] - s0["t"]),
+            "machine_busy": ((s1["busy"] - s0["busy"]) / max(1e-9, s1["total"] - s0["total"])),
+            "agent_errors": [e for s in stopped for e in s["errors"]][:5],
+            "duration_s": time.monotonic() - go,
+        }
+        await self.drain(deliv_go + sent)             # nothing left in flight
+        if t_drop is None:
+            self.warn("stormload: the storm was not seen (agents up never fell to "
+                      f"{n - n_storm // 2})")
+        elif t_back is None:
+            self.warn(f"stormload: not all {n_storm} storm agents were back "
+                      f"{give_up - s0['t']:.0f} s into the window ({low} of {n} up at the "
+                      f"lowest)")
+        self.say(f"stormload: {n_storm} agents redialled at once; established p99 "
+                 f"{_fmt(res['established_latency_ms_p99'])} ms during the storm, "
+                 f"{_fmt(res['quiet_latency_ms_p99'])} ms before; all back in "
+                 f"{_fmt(res['all_back_s'], '.2f')} s")
+        return res
+
     # -------------------------------------------------------------- the session
     async def run(self) -> dict[str, Any]:
         opts, target = self.opts, self.target
@@ -291,6 +397,7 @@ class Session(SessionBase):
             spawn = mp.get_context("spawn")
             nw = opts.workers or max(1, min(os.cpu_count() or 1, 8))
             shares = [list(range(n))[k::nw] for k in range(nw)]
+            self.shares = [s for s in shares if s]
             for share in shares:
                 if not share:
                     continue
@@ -364,6 +471,8 @@ class Session(SessionBase):
                     out["replay"] = await self.replay_phase()
                 elif sc == "storm":
                     out["storm"] = await self.storm_phase()
+                elif sc == "stormload":
+                    out["stormload"] = await self.stormload_phase()
             else:
                 self.node_died("at the end", out)
             out["node_rss_mb_end"] = rss_bytes(self.node_procs) / 2**20

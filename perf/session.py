@@ -44,6 +44,8 @@ class SessionBase:
         self.node_procs: list[psutil.Process] = []
         self.gen_procs: list[psutil.Process] = []
         self.warnings: list[str] = []
+        #: the agent numbers of each load process, in the order of ``workers``
+        self.shares: list[list[int]] = []
 
     def say(self, text: str) -> None:
         self.echo(f"[{self.target.name}] {text}")

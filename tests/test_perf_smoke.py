@@ -220,3 +220,24 @@ def test_dump_toml_round_trips() -> None:
            "t": {"k": "v", "sub": {"x": [["n"]]}, "inline": [{"a": 1}, {"b": 2}]},
            "arr": [{"name": "one", "list": ["x"]}, {"name": "two"}]}
     assert tomllib.loads(dump_toml(doc)) == doc
+
+
+@pytest.mark.timeout(150)
+def test_perf_stormload_200_endpoints(tmp_path: Path) -> None:
+    """Half the agents redial at once mid-window; the other half's latency is the figure."""
+    toml = tmp_path / "limits.toml"
+    toml.write_text("[limits]\nnew_connections_per_second = 1000\n")
+    result, output = _run(tmp_path, "--endpoints", "200", "--duration", "4", "--warmup", "1",
+                          "--rate", "1000", "--scenario", "steady,stormload",
+                          "--router-toml", str(toml), timeout=120)
+    (session,) = result["sessions"]
+    sl = session["stormload"]
+    assert sl["storm_agents"] == 100 and sl["established_agents"] == 100
+    assert sl["reconnects"] >= 100 and sl["storm_at_s"] is not None
+    assert sl["quiet_samples"] > 0 and sl["storm_samples"] > 0
+    assert 0 < sl["established_latency_ms_p50"] <= sl["established_latency_ms_p99"]
+    assert sl["quiet_latency_ms_p99"] > 0
+    assert sl["all_back_s"] is None or sl["all_back_s"] >= 0
+    assert "stormload: established p99, ms" in output and "stormload: quiet p99" in output
+    assert "steady: latency p99, ms" in output          # the other scenarios unchanged
+    assert "stormload" in result["meta"]["scenarios"]

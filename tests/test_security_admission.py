@@ -312,3 +312,149 @@ def test_new_limits_are_validated_with_their_line() -> None:
         with pytest.raises(ConfigError) as err:
             parse_config(base + f'{key} = "many"\n', "r.toml")
         assert err.value.line == 10, key
+
+
+# -- issue 17 item 3: token bucket for new handshakes ------------------------------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[tuple[float, object]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback) -> None:
+        self.timers.append((self.now + delay, callback))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [t for t in self.timers if t[0] <= self.now + 1e-9]
+        self.timers = [t for t in self.timers if t[0] > self.now + 1e-9]
+        for _, callback in due:
+            callback()
+
+
+def test_token_bucket_delays_handshakes_over_the_budget_in_order() -> None:
+    clock = FakeClock()
+    adm = Admission(max_unauthenticated=100, max_per_address=100, max_handshakes=100,
+                    clock=clock, rate=10, burst=3, call_later=clock.call_later)
+    conns = [FakeConn(f"10.0.0.{i}:1") for i in range(6)]
+    for conn in conns:
+        adm.admit(conn)
+    assert all(adm.begin_handshake(c) for c in conns[:3])     # the burst
+    assert not adm.begin_handshake(conns[3]) and not adm.begin_handshake(conns[4])
+    assert not adm.begin_handshake(conns[3])                  # asking again: no second place
+    assert adm.rate_limited == 2 and adm.waiting == 2 and adm.handshake_waits == 0
+    assert not conns[3].aborted                               # delayed, not closed
+    assert len(clock.timers) == 1                             # one timer, not one each
+    clock.advance(0.1)                                        # one token: the oldest goes
+    assert conns[3].granted == 1 and conns[4].granted == 0 and adm.waiting == 1
+    adm.release(conns[4])                                     # gave up (its deadline)
+    assert adm.waiting == 0
+    assert not adm.begin_handshake(conns[5])                  # the bucket is empty
+    clock.advance(0.1)
+    assert conns[5].granted == 1 and adm.handshaking == 5
+    clock.advance(10)                                         # refills to burst, no more
+    assert adm.tokens == 3.0
+
+
+def test_token_bucket_off_and_reload() -> None:
+    clock = FakeClock()
+    adm = Admission(10_000, 10_000, 10_000, clock=clock, call_later=clock.call_later)
+    conns = [FakeConn(f"10.0.1.{i}:1") for i in range(1000)]
+    for conn in conns:
+        adm.admit(conn)
+    assert all(adm.begin_handshake(c) for c in conns[:500])    # rate 0: off
+    assert adm.rate_limited == 0 and not clock.timers
+    adm.set_rate(5, 2)                                         # reload: on, a full burst
+    assert adm.begin_handshake(conns[500]) and adm.begin_handshake(conns[501])
+    assert not adm.begin_handshake(conns[502]) and not adm.begin_handshake(conns[503])
+    adm.set_rate(0, 2)                                         # reload: off again, all go
+    assert conns[502].granted == 1 and conns[503].granted == 1 and adm.waiting == 0
+
+
+def test_token_bucket_waits_behind_the_handshake_slots() -> None:
+    clock = FakeClock()
+    adm = Admission(100, 100, max_handshakes=1, clock=clock, rate=1, burst=1,
+                    call_later=clock.call_later)
+    a, b = FakeConn("10.0.2.1:1"), FakeConn("10.0.2.2:1")
+    adm.admit(a)
+    adm.admit(b)
+    assert adm.begin_handshake(a) and not adm.begin_handshake(b)
+    clock.advance(5)                          # tokens but no slot: b still waits
+    assert b.granted == 0
+    adm.release(a)                            # the slot and a token: b goes
+    assert b.granted == 1 and adm.tokens == 0.0
+
+
+def test_new_connection_limits_are_validated_and_default_off() -> None:
+    from router.config import parse_config
+    from router.config.emit import config_to_toml
+    from router.errors import ConfigError
+
+    base = ('[node]\nname = "m1"\ndata_dir = "/tmp/x"\n[[zones]]\nname = "master"\n'
+            'endpoints = ["m1"]\n[[endpoints]]\nname = "m1"\n[limits]\n')
+    cfg = parse_config(base)
+    assert (cfg.limits.new_connections_per_second, cfg.limits.new_connections_burst) == (
+        0, 100)
+    cfg = parse_config(base + "new_connections_per_second = 500\nnew_connections_burst = 50\n")
+    assert (cfg.limits.new_connections_per_second, cfg.limits.new_connections_burst) == (
+        500, 50)
+    assert "new_connections_per_second = 500" in config_to_toml(cfg)
+    for key, value, text in (("new_connections_per_second", "-1", ">= 0"),
+                             ("new_connections_burst", "0", "positive integer"),
+                             ("new_connections_per_second", '"fast"', "")):
+        with pytest.raises(ConfigError) as err:
+            parse_config(base + f"{key} = {value}\n", "r.toml")
+        assert err.value.line == 10 and text in str(err.value), key
+
+
+def test_token_bucket_delays_a_real_handshake_and_counts_it(tmp_path, pki, run):
+    spec = spec_for(tmp_path, pki, "new_connections_per_second = 2\nnew_connections_burst = 1")
+
+    async def main():
+        master = await spec.start("master")
+        node = master.node
+        try:
+            # The first handshake takes the only token (a TLS record header, then stalls).
+            reader, writer = await asyncio.open_connection("127.0.0.1", spec.port("master"))
+            writer.write(b"\x16\x03\x01\x02\x00")
+            await wait_until(lambda: node.admission.handshaking == 1, what="token taken")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            agent = await FakePeer.connect(spec.port("master"), pki, "agent1",
+                                           server_name="master")
+            await wait_until(lambda: agent.messages("icinga::Hello"), timeout=10,
+                             what="the agent's hello once a token came")
+            assert node.admission.rate_limited == 1
+            assert loop.time() - started > 0.2        # it waited about 0.5 s for a token
+            text = await metrics_text(master)
+            assert "router_handshakes_rate_limited_total 1" in text
+            writer.close()
+            await agent.close()
+        finally:
+            await master.stop()
+
+    run(main())
+
+
+def test_token_bucket_is_applied_on_reload(tmp_path, pki, run):
+    spec = spec_for(tmp_path, pki, "max_concurrent_handshakes = 200")
+
+    async def main():
+        master = await spec.start("master")
+        try:
+            assert master.node.admission.rate == 0
+            spec.limits = "new_connections_per_second = 7\nnew_connections_burst = 3"
+            (spec.directory / "master.toml").write_text(spec.toml("master"))
+            assert (await master.reload("test")).result == "ok"
+            assert (master.node.admission.rate, master.node.admission.burst) == (7, 3)
+            agent = await FakePeer.connect(spec.port("master"), pki, "agent1",
+                                           server_name="master")
+            await wait_until(lambda: agent.messages("icinga::Hello"), what="hello")
+            await agent.close()
+        finally:
+            await master.stop()
+
+    run(main())

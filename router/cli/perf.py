@@ -30,7 +30,7 @@ __all__ = ["perf"]
               help="Size of one CheckResult message (JSON; at least the size of the "
                    "unpadded message, about 700 bytes).")
 @click.option("--scenario", "scenario", default="steady", show_default=True,
-              help="steady|max|storm|churn|replay|all, or several separated by commas; "
+              help="steady|max|storm|stormload|churn|replay|all, or several separated by commas; "
                    "run in turn on the connected agents ('all': every scenario).")
 @click.option("--target", metavar="HOST:PORT",
               help="An existing node instead of the local demo topology (needs --pki).")

@@ -183,6 +183,19 @@ class Limits:
     max_concurrent_handshakes: int = 200
     """Most TLS handshakes in progress at once (their bytes received, not yet done);
     handshakes beyond wait, their deadline still running."""
+    new_connections_per_second: int = 0
+    """Token bucket for new inbound handshakes: at most this many start a second, with
+    bursts of ``new_connections_burst``; 0 (the default) turns it off. A handshake over
+    the budget is not closed: it waits, unread, its deadline still running, and starts
+    when a token comes. Off by default because, measured, it did not help: with 2 000
+    agents of which 1 000 redial at once (``router perf --scenario stormload``, 2-core
+    machine) the established agents' p99 during the storm was 30-55 ms without it and
+    55-83 ms with 500/s or 200/s, while the storm lasted longer (1.5 s -> 2 s at 500/s;
+    not over in 4 s at 200/s); at 5 000 agents the runs scattered both ways.
+    ``max_concurrent_handshakes`` already bounds the handshakes in progress
+    (perf/RESULTS.md)."""
+    new_connections_burst: int = 100
+    """Size of that bucket: handshakes that may start at once after a quiet while."""
     max_results: int = 1_000_000
     """Most entries (host/service) in the result view; the oldest are evicted."""
     max_results_per_zone: int = 250_000

@@ -255,7 +255,11 @@ def validate_at(cfg: RouterConfig, where: Where) -> None:
 
     for f in dataclasses.fields(Limits):
         value = getattr(cfg.limits, f.name)
-        if f.name == "handshake_threads":
+        if f.name == "new_connections_per_second":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise where.error(f"must be an integer >= 0 (0: off), got {value!r}",
+                                  f"limits.{f.name}")
+        elif f.name == "handshake_threads":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 256:
                 raise where.error(f"must be an integer from 0 to 256, got {value!r}",
                                   f"limits.{f.name}")

@@ -66,6 +66,11 @@ log = logging.getLogger("router.node")
 CHECK_RESULT = "event::CheckResult"
 
 
+def _loop_call_later(delay: float, callback: Any) -> asyncio.TimerHandle:
+    """The running loop's ``call_later`` (admission's token bucket wakes its queue)."""
+    return asyncio.get_running_loop().call_later(delay, callback)
+
+
 class Node:
     """A running cluster node (master, satellite or agent)."""
 
@@ -116,7 +121,10 @@ class Node:
         self.admission = Admission(limits.max_unauthenticated,
                                    limits.max_unauthenticated_per_address,
                                    limits.max_concurrent_handshakes,
-                                   idle_grace=config.timeouts.unauthenticated_idle)
+                                   idle_grace=config.timeouts.unauthenticated_idle,
+                                   rate=limits.new_connections_per_second,
+                                   burst=limits.new_connections_burst,
+                                   call_later=_loop_call_later)
         self.connections: dict[str, Connection] = {}
         self.connected_names: set[str] = set()
         self.all_connections: set[Connection] = set()

@@ -328,6 +328,8 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
     admission.max_per_address = config.limits.max_unauthenticated_per_address
     admission.idle_grace = config.timeouts.unauthenticated_idle
     admission.max_handshakes = config.limits.max_concurrent_handshakes
+    admission.set_rate(config.limits.new_connections_per_second,
+                       config.limits.new_connections_burst)
     if node.results is not None:
         node.results.max_results = config.limits.max_results
         node.results.max_per_zone = config.limits.max_results_per_zone

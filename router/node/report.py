@@ -221,6 +221,7 @@ def metric_families(node: Node) -> list[MetricFamily]:
         family("router_handshakes_in_progress", [({}, admission.handshaking)]),
         family("router_handshakes_waiting", [({}, admission.waiting)]),
         family("router_handshake_waits_total", [({}, admission.handshake_waits)]),
+        family("router_handshakes_rate_limited_total", [({}, admission.rate_limited)]),
     ]
     connector = getattr(node, "connector", None)
     if connector is not None:

@@ -103,6 +103,9 @@ CATALOG: tuple[MetricSpec, ...] = (
                "Inbound TLS handshakes waiting for a free handshake slot."),
     MetricSpec("router_handshake_waits_total", "counter",
                "Inbound TLS handshakes that had to wait for a free handshake slot."),
+    MetricSpec("router_handshakes_rate_limited_total", "counter",
+               "Inbound TLS handshakes that waited for a token of "
+               "limits.new_connections_per_second."),
     MetricSpec("router_handshake_failures_total", "counter",
                "TLS or identification handshakes that failed, by reason.", ("reason",)),
     MetricSpec("router_tls_context_rebuilds_total", "counter",

@@ -20,10 +20,17 @@ cannot starve live peers). Here:
 - at most ``max_concurrent_handshakes`` handshakes run at once: a slot is taken when the
   first bytes of a handshake arrive (an idle socket holds none) and given back when it
   ends; connections beyond wait, unread, with their handshake deadline running;
+- new handshakes start at most ``rate`` a second, with bursts of ``burst``: a token
+  bucket (``new_connections_per_second``; 0 turns it off). A connection over the budget
+  is not closed (closing makes a storm redial, which costs more than it saves): like one
+  waiting for a slot, it is read no further, keeps its place in the queue and its
+  handshake deadline running, and starts when a token comes (``call_later`` schedules
+  that; counted in :attr:`Admission.rate_limited`);
 - :func:`peer_text` makes what an unauthenticated peer sent safe for a log line: at most
   ``PEER_TEXT_LIMIT`` bytes, escaped, with the length of what was cut.
 
-Everything is counted (:attr:`Admission.evicted`, :attr:`Admission.handshake_waits`).
+Everything is counted (:attr:`Admission.evicted`, :attr:`Admission.handshake_waits`,
+:attr:`Admission.rate_limited`).
 No asyncio here: the connection calls in, and the members it needs from a connection are
 the :class:`Admitted` protocol.
 """
@@ -34,7 +41,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["Admission", "Admitted", "PEER_TEXT_LIMIT", "peer_text", "source_address"]
 
@@ -79,7 +86,10 @@ class Admission:
 
     def __init__(self, max_unauthenticated: int, max_per_address: int,
                  max_handshakes: int, idle_grace: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, rate: float = 0.0,
+                 burst: int = 1,
+                 call_later: Callable[[float, Callable[[], None]], Any] | None = None
+                 ) -> None:
         self.max_unauthenticated = max_unauthenticated
         self.max_per_address = max_per_address
         self.max_handshakes = max_handshakes
@@ -103,6 +113,18 @@ class Admission:
         self.evicted: dict[str, int] = {}
         #: Handshakes that had to wait for a slot.
         self.handshake_waits = 0
+        #: The token bucket for new handshakes: tokens a second (0: off), bucket size.
+        self.rate = 0.0
+        self.burst = 1
+        self._tokens = 1.0
+        self._refilled = clock()
+        #: ``call_later(delay, callback)``: how a token that comes later wakes the queue
+        #: (the node passes the event loop's; without it only a handshake that ends does).
+        self.call_later = call_later
+        self._timer_armed = False
+        self.set_rate(rate, burst)
+        #: Handshakes that had to wait for a token of the bucket.
+        self.rate_limited = 0
         #: (address, why) -> (monotonic time of the last line, evictions since)
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
 
@@ -207,19 +229,82 @@ class Admission:
 
     # -- handshake slots ------------------------------------------------------------------
 
+    def set_rate(self, rate: float, burst: int) -> None:
+        """New handshakes a second (0: no bucket) and the bucket's size (a reload)."""
+        self._refill()
+        was_on = bool(self.rate)
+        self.rate = max(0.0, float(rate))
+        self.burst = max(1, int(burst))
+        # turned on (or new): a full bucket; changed: no more than the new size
+        self._tokens = (min(self._tokens, float(self.burst)) if was_on
+                        else float(self.burst))
+        self._grant()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if self.rate:
+            self._tokens = min(float(self.burst),
+                               self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+
+    def _take_token(self) -> bool:
+        if not self.rate:
+            return True
+        self._refill()
+        if self._tokens >= 1.0 - 1e-9:     # (float steps: 0.1 s x 10/s is 0.9999...)
+            self._tokens -= 1.0
+            return True
+        return False
+
+    @property
+    def tokens(self) -> float:
+        """Tokens in the bucket now (``burst`` when it is off)."""
+        self._refill()
+        return self._tokens
+
     def begin_handshake(self, conn: Admitted) -> bool:
         """The first handshake bytes arrived: True when ``conn`` may start now; else it
-        waits and gets ``handshake_slot_granted`` later."""
+        waits (for a slot, or for a token of the bucket) and gets
+        ``handshake_slot_granted`` later."""
         if conn in self._handshaking:
             return True
         self._started(conn)
-        if len(self._handshaking) < self.max_handshakes:
+        if conn in self._waiting:
+            return False
+        if len(self._handshaking) >= self.max_handshakes:
+            self.handshake_waits += 1
+        elif not self._waiting and self._take_token():
             self._handshaking.add(conn)
             return True
-        if conn not in self._waiting:
-            self._waiting.append(conn)
-            self.handshake_waits += 1
+        else:                           # a slot is free: the bucket (or those queued for
+            self.rate_limited += 1      # it ahead of us) holds us back
+            self._arm_timer()
+        self._waiting.append(conn)
         return False
+
+    def _arm_timer(self) -> None:
+        """Wake the queue when the next token is due."""
+        if self._timer_armed or self.call_later is None or not self.rate:
+            return
+        self._timer_armed = True
+        self.call_later(max(0.001, (1.0 - self._tokens) / self.rate), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer_armed = False
+        self._grant()
+
+    def _grant(self) -> None:
+        """Start waiting handshakes, oldest first, while slots and tokens last."""
+        while self._waiting and len(self._handshaking) < self.max_handshakes:
+            if not self._take_token():
+                self._arm_timer()
+                return
+            nxt = self._waiting.popleft()
+            if nxt in self._pending:
+                self._handshaking.add(nxt)
+                nxt.handshake_slot_granted()
+            elif self.rate:
+                self._tokens += 1.0             # gone meanwhile: its token goes back
 
     def handshake_ended(self, conn: Admitted) -> None:
         """``conn``'s handshake is over (done, failed, closed): its slot goes to the
@@ -232,8 +317,4 @@ class Admission:
             except ValueError:
                 pass
             return
-        while self._waiting and len(self._handshaking) < self.max_handshakes:
-            nxt = self._waiting.popleft()
-            if nxt in self._pending:
-                self._handshaking.add(nxt)
-                nxt.handshake_slot_granted()
+        self._grant()
