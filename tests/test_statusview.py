@@ -232,3 +232,17 @@ def test_fetch_status_timeout() -> None:
             fetch_status(f"http://127.0.0.1:{port}", timeout=0.3)
     finally:
         listener.close()
+
+
+def test_format_config_zones() -> None:
+    """`router status` lists the zones config sync holds: checksum, files, size, age."""
+    doc = dict(SAMPLE, config_zones=[
+        {"zone": "agent1", "checksum": "0123456789abcdef0123", "files": 2, "bytes": 20480,
+         "timestamp": NOW - 90, "age_seconds": 90.0, "authoritative": False},
+        {"zone": "global-templates", "checksum": None, "files": "x", "bytes": None}])
+    text = format_status(doc, now=NOW)
+    section = text[text.index("Config zones (2)"):]
+    assert "agent1" in section and "0123456789abcdef" in section
+    assert "0123456789abcdef0123" not in section            # the checksum is shortened
+    assert "global-templates" in section
+    assert "Config zones" not in format_status(SAMPLE, now=NOW)  # nothing held: no section

@@ -194,7 +194,8 @@ def _kv_lines(pairs: Sequence[tuple[str, str]]) -> list[str]:
 def format_status(doc: dict[str, Any], *, now: float | None = None) -> str:
     """A readable multi-section text for a ``/v1/status`` document.
 
-    Sections: node line, zones table, endpoints table, connections and totals, process.
+    Sections: node line, zones table, endpoints table, the zones config sync holds (when
+    there are any), connections and totals, process.
     ``now`` (Unix time, default the current time) is used for ages ("since").
     """
     if now is None:
@@ -269,6 +270,19 @@ def format_status(doc: dict[str, Any], *, now: float | None = None) -> str:
             [False, False, False, False, False, True, True, True, True, True]))
     else:
         out.append("  (none)")
+
+    # -- config sync (only when the node holds zone configuration)
+    held = _dicts(doc.get("config_zones"))
+    if held:
+        out.append("")
+        out.append(f"Config zones ({len(held)})")
+        out.extend(_table(
+            ["ZONE", "CHECKSUM", "FILES", "SIZE", "AGE"],
+            [[_text(z.get("zone")), _text(z.get("checksum"))[:16], _int(z.get("files")),
+              _bytes(z.get("bytes")),
+              _duration(z["age_seconds"]) if _is_num(z.get("age_seconds")) else DASH]
+             for z in held],
+            [False, False, True, True, True]))
 
     # -- totals
     conns = _section(doc, "connections", dict)
