@@ -264,3 +264,17 @@ def test_generate_key_types():
     assert isinstance(big, rsa.RSAPrivateKey) and big.key_size == 4096
     with pytest.raises(ValueError, match="rsa4096"):
         generate_key("dsa")
+
+
+def test_ensure_node_pki_creates_the_data_dir_private(tmp_path) -> None:
+    """The quick start's data directory is 0700 from the start (mkdir(parents=True) gave
+    the umask's 0755 to it, and the start-up check then warned about our own directory)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        pki.ensure_node_pki(tmp_path / "fresh" / "router-data", "vm")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "fresh" / "router-data").stat().st_mode)
+    assert mode == 0o700, oct(mode)

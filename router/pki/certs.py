@@ -459,6 +459,11 @@ def ensure_node_pki(data_dir: str | os.PathLike[str], node_name: str) -> NodePKI
     if result.ca_cert.exists() and result.cert.exists() and result.key.exists():
         return result
 
+    if not data_dir.exists():
+        # The data directory holds the node's private state: 0700 from the start, not
+        # the umask's default (only the leaf of mkdir(parents=True) gets ``mode``).
+        data_dir.mkdir(mode=DIR_MODE, parents=True)
+        os.chmod(data_dir, DIR_MODE)
     ca_cert_path, ca_key_path = ca_dir / "ca.crt", ca_dir / "ca.key"
     if not ca_cert_path.exists() and not ca_key_path.exists():
         create_ca(ca_dir)
