@@ -78,6 +78,12 @@ def test_agent_results_reach_master_view(tmp_path, pki, run):
             assert 'router_peer_connected{endpoint="agent1",relation="child",zone="agent1"} 1.0' \
                 in text
             assert 'router_connections{state="established"} 1' in text
+            # one handshake seen, its size counted both ways (hello, chain, finish)
+            assert "router_tls_handshake_received_bytes_count 1.0" in text
+            assert "router_tls_handshake_sent_bytes_count 1.0" in text
+            received = [line for line in text.splitlines()
+                        if line.startswith("router_tls_handshake_received_bytes_sum ")]
+            assert received and float(received[0].split()[1]) > 500, received
             await agent.close()
             await wait_until(lambda: "agent1" not in master.node.connections,
                              what="agent1 gone")

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from router.config import RouterConfig
-from router.ops.metrics import LabeledCounter
+from router.ops.metrics import Histogram, LabeledCounter
 from router.features.results import ResultStore
 from router.protocol import jsonrpc, netstring
 from router.protocol.events import MessageReceived
@@ -64,6 +64,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("router.node")
 
 CHECK_RESULT = "event::CheckResult"
+#: Buckets (bytes) of the TLS handshake size histograms: a typical agent handshake is
+#: 1-3 KB; Icinga's "excessive message size" failures start past 100 KB (users.md P1, P2).
+HANDSHAKE_BYTES_BUCKETS = (1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0, 102400.0)
 
 
 def _loop_call_later(delay: float, callback: Any) -> asyncio.TimerHandle:
@@ -132,6 +135,9 @@ class Node:
         self.anonymous: set[Connection] = set()
         self.stats: dict[str, EndpointStats] = {}
         self.handshake_failures = LabeledCounter(("reason",))
+        #: Bytes per TLS handshake, both ways (a chain that grew too large shows here).
+        self.handshake_received = Histogram(HANDSHAKE_BYTES_BUCKETS)
+        self.handshake_sent = Histogram(HANDSHAKE_BYTES_BUCKETS)
         #: Identical handshake failures in a row; the service rebuilds TLS on a streak.
         self.tls_failures = FailureStreak()
         self.disconnects = LabeledCounter(("reason",))
@@ -249,11 +255,17 @@ class Node:
         self.sessions.connection_made(conn)
 
     def handshake_failed(self, conn: Connection, exc: BaseException) -> None:
+        self._observe_handshake(conn)
         self.sessions.handshake_failed(conn, exc)
 
     def handshake_done(self, conn: Connection) -> bool:
         """Identify the peer and start its session; False when the connection was closed."""
+        self._observe_handshake(conn)
         return self.sessions.handshake_done(conn)
+
+    def _observe_handshake(self, conn: Connection) -> None:
+        self.handshake_received.observe(conn.handshake_bytes_in)
+        self.handshake_sent.observe(conn.handshake_bytes_out)
 
     def replay_done(self, conn: Connection, count: int, seconds: float) -> None:
         """The replay caught up with the log: from now on the peer gets live traffic."""

@@ -292,6 +292,9 @@ def metric_families(node: Node) -> list[MetricFamily]:
             ({"zone": z}, n) for z, n in sorted(
                 node.results.evicted.items() if node.results is not None else ())]),
     ]
+    fams.append(_histogram("router_tls_handshake_received_bytes",
+                           node.handshake_received.data()))
+    fams.append(_histogram("router_tls_handshake_sent_bytes", node.handshake_sent.data()))
     fams += node.enrollment.families()
     if node.replay is not None:
         fams += replay_families(node)

@@ -242,6 +242,11 @@ CATALOG: tuple[MetricSpec, ...] = (
                "event::ExecuteCommand sent to command endpoints for scheduled checks."),
     MetricSpec("router_check_schedule_latency_seconds", "histogram",
                "How late a scheduled check started compared with its planned time."),
+    MetricSpec("router_tls_handshake_received_bytes", "histogram",
+               "Bytes received from a peer during one TLS handshake (its hello, "
+               "certificate chain, finish), per finished or failed handshake."),
+    MetricSpec("router_tls_handshake_sent_bytes", "histogram",
+               "Bytes sent to a peer during one TLS handshake."),
     # -- config sync (only when accept_config or zones_dir is set)
     MetricSpec("router_config_updates_total", "counter",
                "Zone configuration updates by direction (received, sent, read) and result.",
@@ -327,6 +332,35 @@ class LabeledCounter:
             fam = family(name, self.samples())
             return fam
         return MetricFamily(name, type, help, self.samples())
+
+
+class Histogram:
+    """Counts of observed values in fixed buckets, kept as plain ints (one list index per
+    observation), rendered at scrape time as a Prometheus histogram."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[i] += 1
+                return
+        self.counts[-1] += 1
+
+    def data(self) -> dict[str, Any]:
+        """``{"buckets": {le: cumulative count}, "sum", "count"}``."""
+        cumulative, total = [], 0
+        for n in self.counts:
+            total += n
+            cumulative.append(total)
+        les = [f"{b:g}" for b in self.bounds] + ["+Inf"]
+        return {"buckets": dict(zip(les, cumulative)), "sum": self.sum, "count": total}
 
 
 class RateMeter:

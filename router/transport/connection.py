@@ -141,6 +141,10 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         #: Whether we last told the transport to read.
         self._transport_reading = True
         self._last_read = 0
+        #: Bytes received and sent before the session opened (the TLS handshake), for the
+        #: handshake-size histograms: oversized chains and hellos show up there (P2).
+        self.handshake_bytes_in = 0
+        self.handshake_bytes_out = 0
         #: loop time of the last read (the node's read-stall watchdog)
         self.last_read_at = self.created
         #: A handshake step running in the node's TLS threads, and bytes that came meanwhile.
@@ -184,6 +188,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self._last_read = nbytes
         self.last_read_at = self.loop.time()
         data = self.node.read_buffer[:nbytes]
+        if self.state == HANDSHAKING:
+            self.handshake_bytes_in += nbytes
         if self.state == HANDSHAKING and self._slot_backlog:
             self._slot_backlog.append(bytes(data))     # after the bytes that waited
             return
@@ -454,6 +460,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             return
         out = self._tls.pull_output()
         if out and self.transport is not None and not self.transport.is_closing():
+            if self.state == HANDSHAKING:
+                self.handshake_bytes_out += len(out)
             self.transport.write(out)
 
     def _write_plain(self, data: bytes) -> None:
