@@ -40,12 +40,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from cryptography import x509
 
 from router import pki
-from router.config import RouterConfig, TLSConfig
+from router.node.context import NodeContext
+from router.config import TLSConfig
 from router.errors import TLSSetupError
 from router.ops.metrics import LabeledCounter, MetricFamily, family
 from router.protocol import jsonrpc, netstring
-from router.routing import Relation, Topology
-from router.transport import RateLimitedLogger, tls, tlslib
+from router.routing import Relation
+from router.transport import tls, tlslib
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.node.stats import Connection
@@ -142,23 +143,8 @@ def enrolling_contexts(tls_cfg: TLSConfig) -> tuple[tlslib.TLSLibrary, tlslib.TL
                               crl=tls_cfg.crl_file))
 
 
-class EnrollmentHost(Protocol):
+class EnrollmentHost(NodeContext, Protocol):
     """What enrollment needs from the node."""
-
-    @property
-    def config(self) -> RouterConfig: ...
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def topology(self) -> Topology: ...
-
-    @property
-    def ratelog(self) -> RateLimitedLogger: ...
 
     @property
     def connections(self) -> dict[str, Connection]: ...

@@ -24,10 +24,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from router.config import RouterConfig
+from router.node.context import NodeContext
 from router.protocol import answers, jsonrpc, netstring
-from router.routing import Topology
-from router.transport import RateLimitedLogger
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.features.commands import CommandExecutor
@@ -42,23 +40,8 @@ EXECUTION_GRACE = 600.0
 MAX_PENDING_EXECUTIONS = 100_000
 
 
-class ExecutionHost(Protocol):
+class ExecutionHost(NodeContext, Protocol):
     """What the execution bookkeeping needs from the node."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def config(self) -> RouterConfig: ...
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-    @property
-    def ratelog(self) -> RateLimitedLogger: ...
-
-    @property
-    def topology(self) -> Topology: ...
 
     @property
     def executor(self) -> CommandExecutor | None:

@@ -15,9 +15,8 @@ import logging
 from collections.abc import Mapping, Set
 from typing import TYPE_CHECKING, Protocol
 
-from router.config import RouterConfig
+from router.node.context import NodeContext
 from router.protocol import jsonrpc, netstring
-from router.transport import RateLimitedLogger
 from router.transport.readsched import ReadScheduler
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,14 +36,8 @@ READ_STALL_CHECK_INTERVAL = 5.0
 READ_STALL_AFTER = 5.0
 
 
-class HousekeepingHost(Protocol):
+class HousekeepingHost(NodeContext, Protocol):
     """What the node's timers need from the node."""
-
-    @property
-    def config(self) -> RouterConfig: ...
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
 
     @property
     def connections(self) -> Mapping[str, Connection]: ...
@@ -54,9 +47,6 @@ class HousekeepingHost(Protocol):
 
     @property
     def reads(self) -> ReadScheduler: ...
-
-    @property
-    def ratelog(self) -> RateLimitedLogger: ...
 
     @property
     def replay(self) -> ReplayManager | None: ...

@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from replaylog import ReplayWriter
-from router.config import RouterConfig
-from router.routing import METHODS, Topology
+from router.node.context import NodeContext
+from router.routing import METHODS
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.node.stats import Connection
@@ -60,20 +60,8 @@ CHUNK = 1024
 REPLAY_METHOD = "(replay)"
 
 
-class ReplayHost(Protocol):
+class ReplayHost(NodeContext, Protocol):
     """What the replay log needs from the node."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def config(self) -> RouterConfig: ...
-
-    @property
-    def topology(self) -> Topology: ...
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
 
     @property
     def connections(self) -> Mapping[str, Connection]: ...

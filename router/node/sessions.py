@@ -23,16 +23,16 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from router.config import RouterConfig
 from router.ops.metrics import LabeledCounter
 from router.protocol import jsonrpc
 from router.protocol.events import (Event, HelloReceived, NotJsonRpc, PeerTimedOut,
                                     ProtocolFailed)
 from router.protocol.peer import PeerProtocol, Role
-from router.routing import Relation, Topology
-from router.transport import RateLimitedLogger, tls
+from router.routing import Relation
+from router.transport import tls
 from router.transport.admission import Admission, peer_text, source_address
 from router.transport.sendqueue import Ledger, QueueLimits, SendQueue
+from router.node.context import NodeContext
 from router.node.stats import ANONYMOUS
 from router.node.texts import TIMEOUT_TEXT, http_refusal
 
@@ -46,23 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("router.node")
 
 
-class SessionHost(Protocol):
+class SessionHost(NodeContext, Protocol):
     """What session admission and teardown need from the node (mostly its registry)."""
-
-    @property
-    def config(self) -> RouterConfig: ...
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def topology(self) -> Topology: ...
-
-    @property
-    def ratelog(self) -> RateLimitedLogger: ...
 
     @property
     def closing(self) -> bool: ...
