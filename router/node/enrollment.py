@@ -115,10 +115,7 @@ def prepare_self_enrollment(tls_cfg: TLSConfig, name: str, ticket: str,
         created = True
     path = ticket_path(tls_cfg)
     path.parent.mkdir(mode=pki.DIR_MODE, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(ticket.strip() + "\n")
-    tmp.chmod(0o600)
-    os.replace(tmp, path)
+    pki.atomic_write(path, (ticket.strip() + "\n").encode(), pki.KEY_MODE)  # 0600 from the start
     return created
 
 

@@ -22,7 +22,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import orjson
 
 from router.errors import RouterError
+from router.pki import atomic_write
 from router.routing import ObjectZones
 
 __all__ = ["LearnedHostsError", "LearnedHostsStore", "SAVE_INTERVAL", "forget_hosts",
@@ -99,17 +99,7 @@ def _write(path: Path, entries: Entries) -> None:
     """Atomic replace: a crash leaves the old file or the new one, never half of one."""
     data = orjson.dumps({"version": FORMAT_VERSION, "hosts": entries},
                         option=orjson.OPT_SORT_KEYS)
-    fd, tmp = tempfile.mkstemp(prefix=".learned-", dir=path.parent)   # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data, 0o600)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
