@@ -29,6 +29,8 @@ from router.config.model import (
     RouterConfig,
     Timeouts,
     TLSConfig,
+    WRITER_TYPES,
+    WriterSpec,
 )
 from router.config.units import format_address, parse_address, parse_duration, parse_size
 from router.config.validate import check_topology, validate
@@ -73,6 +75,8 @@ __all__ = [
     "topology_to_toml",
     "UNKNOWN_MODES",
     "validate",
+    "WRITER_TYPES",
+    "WriterSpec",
     "zones_conf_to_toml",
     "ZonesConf",
 ]

@@ -30,10 +30,12 @@ from router.config.model import (
     ObjectsConfig,
     PKIConfig,
     RouterConfig,
+    StatusConfig,
     Timeouts,
     TLSConfig,
 )
 from router.config.source import Where, join_key
+from router.config.writers import WRITER_KEYS, build_writers
 from router.config.units import (
     check_host,
     check_name,
@@ -51,7 +53,8 @@ __all__ = ["Builder"]
 
 
 _TOP_KEYS = ("node", "listen", "status_listen", "log_level", "results", "tls", "zones",
-             "endpoints", "limits", "timeouts", "objects", "checks", "pki")
+             "endpoints", "limits", "timeouts", "objects", "checks", "pki", "status",
+             "writers")
 _TOP_SCALARS = ("listen", "status_listen", "log_level", "results")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "node": ("name", "data_dir", "icinga_version", "accept_commands", "command_catalog",
@@ -65,16 +68,19 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "checks": ("host", "service", "command", "macros", "interval", "retry_interval",
                "max_check_attempts", "command_endpoint", "zone"),
     "pki": tuple(f.name for f in dataclasses.fields(PKIConfig)),
+    "status": tuple(f.name for f in dataclasses.fields(StatusConfig)),
+    "writers": WRITER_KEYS,
 }
 _SIZE_LIMITS = frozenset({"max_message_size_anonymous", "max_message_size_child",
                           "max_message_size_peer", "send_queue_high_bytes",
-                          "send_queue_low_bytes", "max_config_update_bytes"})
+                          "send_queue_low_bytes", "max_config_update_bytes",
+                          "peer_bytes_per_second"})
 
 
 def _section_label(section: str) -> str:
     if not section:
         return "at the top level"
-    if section in ("zones", "endpoints", "checks"):
+    if section in ("zones", "endpoints", "checks", "writers"):
         return f"in [[{section}]]"
     return f"in [{section}]"
 
@@ -189,7 +195,8 @@ class Builder:
             endpoints=endpoints, limits=self.limits(), timeouts=self.timeouts(),
             objects=self.objects(), results=results, log_level=log_level,
             path=self.where.path, endpoint_log_duration=durations, checks=self.checks(),
-            pki=self.pki())
+            pki=self.pki(), status=self.status(),
+            writers=build_writers(doc.get("writers"), self.where))
 
     def node(self) -> NodeConfig:
         if "node" not in self.doc:
@@ -416,9 +423,20 @@ class Builder:
                 values[name] = self.string(value, key, allow_empty=True)
             elif name == "ec_curves":
                 values[name] = tuple(c.strip().lower() for c in self.string_list(value, key))
+            elif name == "renew_with_new_key":
+                values[name] = self.boolean(value, key)
             else:
                 values[name] = self.integer(value, key)
         return PKIConfig(**values)
+
+    def status(self) -> StatusConfig:
+        """``[status]``: the console's admin token (its length is checked in validate)."""
+        t = self.table(self.doc.get("status"), "status", "[status]")
+        self.check_keys(t, "status", "status")
+        if "admin_token" not in t:
+            return StatusConfig()
+        return StatusConfig(admin_token=self.string(t["admin_token"], "status.admin_token",
+                                                    allow_empty=True).strip())
 
     def objects(self) -> ObjectsConfig:
         t = self.table(self.doc.get("objects"), "objects", "[objects]")

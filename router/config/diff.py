@@ -47,6 +47,10 @@ class ConfigDiff:
     log_durations: tuple[str, ...] = ()
     log_level: bool = False
     checks: bool = False
+    #: ``[[writers]]`` by name: new, gone, options changed (applied without a restart).
+    writers_added: tuple[str, ...] = ()
+    writers_removed: tuple[str, ...] = ()
+    writers_changed: tuple[str, ...] = ()
     #: Other top-level sections that changed (``pki``, ...): the reload hooks of the
     #: components that own them apply them.
     other: tuple[str, ...] = ()
@@ -84,7 +88,8 @@ class ConfigDiff:
 #: RouterConfig fields :func:`diff_configs` compares one by one.
 _COMPARED = frozenset({
     "node", "listen", "status_listen", "tls", "zones", "endpoints", "limits", "timeouts",
-    "objects", "results", "log_level", "path", "endpoint_log_duration", "checks"})
+    "objects", "results", "log_level", "path", "endpoint_log_duration", "checks",
+    "writers"})
 
 
 def _changed_fields(old: Any, new: Any) -> tuple[str, ...]:
@@ -139,7 +144,13 @@ def diff_configs(old: RouterConfig, new: RouterConfig, *,
                        | new.endpoint_log_duration.keys()
                        if old.endpoint_log_duration.get(name)
                        != new.endpoint_log_duration.get(name))
+    old_writers = {w.name: w for w in old.writers}
+    new_writers = {w.name: w for w in new.writers}
     return ConfigDiff(
+        writers_added=tuple(sorted(new_writers.keys() - old_writers.keys())),
+        writers_removed=tuple(sorted(old_writers.keys() - new_writers.keys())),
+        writers_changed=tuple(sorted(n for n in old_writers.keys() & new_writers.keys()
+                                     if old_writers[n] != new_writers[n])),
         endpoints_added=tuple(sorted(new_eps.keys() - old_eps.keys())),
         endpoints_removed=tuple(sorted(old_eps.keys() - new_eps.keys())),
         endpoints_moved=tuple(sorted(e for e in kept_eps

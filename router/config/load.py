@@ -193,6 +193,8 @@ def quickstart_config(*, node_name: str | None = None, data_dir: str | None = No
         kwargs = dict(limits=base.limits, timeouts=base.timeouts, objects=base.objects,
                       results=base.results, log_level=base.log_level, path=base.path,
                       checks=base.checks, pki=base.pki)
+        kwargs["writers"] = base.writers
+        kwargs["status"] = base.status
     cfg = RouterConfig(node=node, listen=listen_v, status_listen=status_v, tls=tls,
                        zones=tuple(zones), endpoints=tuple(endpoints),
                        endpoint_log_duration=durations, **kwargs)

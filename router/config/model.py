@@ -20,7 +20,8 @@ __all__ = [
     "DEFAULT_ICINGA_VERSION", "LOG_LEVELS", "RESULTS_MODES", "UNKNOWN_MODES", "TLS_LIBRARIES",
     "KiB", "MiB",
     "FrozenMap", "NodeConfig", "TLSConfig", "Limits", "Timeouts", "ObjectsConfig", "CheckSpec",
-    "RouterConfig", "PKIConfig",
+    "RouterConfig", "PKIConfig", "StatusConfig", "WriterSpec", "WRITER_TYPES",
+    "DEFAULT_GRAPHITE_HOST_TEMPLATE", "DEFAULT_GRAPHITE_SERVICE_TEMPLATE",
 ]
 
 
@@ -196,6 +197,18 @@ class Limits:
     (perf/RESULTS.md)."""
     new_connections_burst: int = 100
     """Size of that bucket: handshakes that may start at once after a quiet while."""
+    peer_bytes_per_second: int = 0
+    """Most plaintext bytes a second the node reads from one session (authenticated or
+    anonymous), with bursts of one second's worth; 0 (the default) turns it off. A session
+    over it is not closed: its reading stops until the budget is repaid (TCP back-pressure
+    towards the peer, nothing lost), counted in ``router_peer_throttled_total``. A size:
+    ``"16MiB"`` or bytes."""
+    peer_messages_per_second: int = 0
+    """Most messages a second the node takes from one session, the same way; 0: off."""
+    status_max_clients: int = 64
+    """Most connections the status listener serves at once; when full, the one waiting
+    longest for an incomplete request head is dropped for a newcomer, else the newcomer
+    gets 503. Read at start (a reload keeps the running listener's)."""
     max_results: int = 1_000_000
     """Most entries (host/service) in the result view; the oldest are evicted."""
     max_results_per_zone: int = 250_000
@@ -208,6 +221,12 @@ class Timeouts:
 
     handshake: float = 10.0
     """TLS handshake deadline (Icinga: 10 s)."""
+    handshake_stall: float = 2.0
+    """A handshake in progress that has received nothing for this long loses its slot
+    (``max_concurrent_handshakes``) and is closed, when others wait for a slot: a
+    ClientHello announced and never sent must not hold a slot for the whole deadline.
+    Honest handshakes send their flights within milliseconds; bytes waiting unread in our
+    own socket (a busy node) do not count as a stall."""
     unauthenticated_idle: float = 2.0
     """An accepted connection that has sent nothing for this long is idle: the caps on
     idle unauthenticated connections may drop it for a newcomer. Younger ones are let be,
@@ -229,6 +248,10 @@ class Timeouts:
     """Upper bound of the reconnect delay."""
     slow_consumer: float = 60.0
     """A peer congested with no write progress for this long is disconnected."""
+    status_header: float = 10.0
+    """A status-listener client must send its complete request head within this long of
+    connecting (or of its previous answer), else it is closed (slow headers, idle
+    keep-alive). Read at start."""
     drain: float = 10.0
     """On shutdown, how long to wait for send queues to drain."""
     ha_cold_start: float = 30.0
@@ -298,6 +321,88 @@ class PKIConfig:
     requests_per_minute: int = 30
     """Certificate requests one address may send per minute without a known endpoint
     (anonymous enrollment); the excess is refused and counted."""
+    renew_with_new_key: bool = True
+    renew_before_days: int = 30
+    """Renew our own certificate this many days before it expires, and answer a peer's
+    request for a certificate that expires sooner with a new one (Icinga: 30 days)."""
+    """Renew our own certificate with a new key (same type and size, within
+    ``min_rsa_bits``/``ec_curves``); false: re-sign the current key, as Icinga does."""
+
+
+#: Values of ``[[writers]] type`` (see docs/writers.md).
+WRITER_TYPES = ("graphite", "influxdb", "postgresql")
+DEFAULT_GRAPHITE_HOST_TEMPLATE = "icinga2.$host.name$.host.$host.check_command$"
+DEFAULT_GRAPHITE_SERVICE_TEMPLATE = \
+    "icinga2.$host.name$.services.$service.name$.$service.check_command$"
+
+
+def _influx_template(measurement: str, **tags: str) -> FrozenMap[Any]:
+    return FrozenMap({"measurement": measurement, "tags": FrozenMap(tags)})
+
+
+@dataclass(frozen=True, slots=True)
+class WriterSpec:
+    """One result writer (``[[writers]]``; docs/writers.md). Options of other types than
+    ``type`` keep their defaults and are ignored."""
+
+    name: str
+    """Unique name: metric label and queue directory ``DATA_DIR/writers/NAME/``."""
+    type: str
+    """``graphite``, ``influxdb`` or ``postgresql``."""
+    flush_interval: float = 1.0
+    """Write a partial batch at the latest this many seconds after its first record."""
+    flush_threshold: int = 1024
+    """Write as soon as this many records are waiting (most records per batch)."""
+    max_backlog_bytes: int = 256 * MiB
+    """Durable queue bound: beyond it the oldest records are evicted (counted)."""
+    max_backlog_age: float = 86400.0
+    """Records older than this are evicted (counted)."""
+    timeout: float = 10.0
+    """Deadline of one connect or write to the backend."""
+    host: str = "127.0.0.1"
+    """graphite: carbon's host."""
+    port: int = 2003
+    """graphite: carbon's plaintext (line) port."""
+    host_name_template: str = DEFAULT_GRAPHITE_HOST_TEMPLATE
+    """graphite: metric prefix of host check results (Icinga's default)."""
+    service_name_template: str = DEFAULT_GRAPHITE_SERVICE_TEMPLATE
+    """graphite: metric prefix of service check results (Icinga's default)."""
+    enable_send_thresholds: bool = False
+    """graphite, influxdb: also send warn/crit/min/max (influxdb: and unit)."""
+    enable_send_metadata: bool = False
+    """graphite, influxdb: also send state, latency, execution_time, ..."""
+    url: str = "http://127.0.0.1:8086"
+    """influxdb: base URL of the 1.x HTTP API."""
+    database: str = "icinga2"
+    """influxdb: database name (Icinga's default)."""
+    username: str | None = None
+    """influxdb: basic-auth user."""
+    password: str | None = None
+    """influxdb: basic-auth password."""
+    host_template: Mapping[str, Any] = field(
+        default_factory=lambda: _influx_template("$host.check_command$", hostname="$host.name$"))
+    """influxdb: ``measurement`` and ``tags`` of host check results (Icinga's default)."""
+    service_template: Mapping[str, Any] = field(
+        default_factory=lambda: _influx_template("$service.check_command$",
+                                                 hostname="$host.name$",
+                                                 service="$service.name$"))
+    """influxdb: ``measurement`` and ``tags`` of service check results (Icinga's default)."""
+    dsn: str | None = None
+    """postgresql: libpq connection string or URI."""
+    enable_ha: bool = True
+    """postgresql: in an HA zone only one endpoint writes (the IDO's rule)."""
+    failover_timeout: float = 60.0
+    """postgresql: take over when the active writer's heartbeat is older than this."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    """The status listener's options (``[status]``; see docs/console.md)."""
+
+    admin_token: str = ""
+    """Bearer token that enables the web console's actions (sign a certificate request,
+    reload). Empty: the environment variable ``ROUTER_ADMIN_TOKEN`` is used; when both are
+    empty the console is read-only and every action answers 403."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +441,10 @@ class RouterConfig:
     """Checks this node schedules itself (``[[checks]]``)."""
     pki: PKIConfig = field(default_factory=PKIConfig)
     """Certificate enrollment: ticket salt, signing policy, request limits."""
+    status: StatusConfig = field(default_factory=StatusConfig)
+    """The status listener's options (the console's admin token)."""
+    writers: tuple[WriterSpec, ...] = ()
+    """Result writers (``[[writers]]``: Graphite, InfluxDB, PostgreSQL)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.zones, tuple):

@@ -23,6 +23,7 @@ from router.config.model import (
 )
 from router.config.source import Where
 from router.config.units import check_host, check_name, format_address, suggest, type_name
+from router.config.writers import check_writers
 from router.errors import TLSSetupError
 from router.pki import check_crl_file
 from router.routing import EndpointSpec, ZoneSpec
@@ -183,10 +184,15 @@ def _check_pki(cfg: RouterConfig, where: Where) -> None:
     salt: object = p.ticket_salt
     if not isinstance(salt, str):
         raise where.error(f"must be a string, got {salt!r}", "pki.ticket_salt")
-    for name in ("leaf_valid_days", "max_pending_requests", "requests_per_minute"):
+    for name in ("leaf_valid_days", "max_pending_requests", "requests_per_minute",
+                 "renew_before_days"):
         value: object = getattr(p, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise where.error(f"must be a positive integer, got {value!r}", f"pki.{name}")
+    if p.renew_before_days >= p.leaf_valid_days:
+        # Every certificate we sign would be due at once: renewed on every check.
+        raise where.error(f"must be less than pki.leaf_valid_days ({p.leaf_valid_days}), "
+                          f"got {p.renew_before_days}", "pki.renew_before_days")
     bits: object = p.min_rsa_bits
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1024 <= bits <= 16384:
         raise where.error(f"must be an integer from 1024 to 16384, got {bits!r}",
@@ -195,6 +201,22 @@ def _check_pki(cfg: RouterConfig, where: Where) -> None:
         if curve not in KNOWN_EC_CURVES:
             raise where.error(f"unknown EC curve {curve!r}{suggest(curve, KNOWN_EC_CURVES)}"
                               f" (known: {', '.join(KNOWN_EC_CURVES)})", "pki.ec_curves")
+
+
+#: Shortest ``[status] admin_token``: a guessable token would open the console's actions.
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+def _check_status(cfg: RouterConfig, where: Where) -> None:
+    """``[status] admin_token``: empty (read-only console) or at least 16 characters."""
+    token: object = cfg.status.admin_token
+    if not isinstance(token, str):
+        raise where.error(f"must be a string, got {type(token).__name__}",
+                          "status.admin_token")
+    if token and len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise where.error(f"must be at least {MIN_ADMIN_TOKEN_LENGTH} characters (it "
+                          f"guards the console's actions), got {len(token)}",
+                          "status.admin_token")
 
 
 def _check_crl(cfg: RouterConfig, where: Where) -> None:
@@ -255,7 +277,8 @@ def validate_at(cfg: RouterConfig, where: Where) -> None:
 
     for f in dataclasses.fields(Limits):
         value = getattr(cfg.limits, f.name)
-        if f.name == "new_connections_per_second":
+        if f.name in ("new_connections_per_second", "peer_bytes_per_second",
+                      "peer_messages_per_second"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise where.error(f"must be an integer >= 0 (0: off), got {value!r}",
                                   f"limits.{f.name}")
@@ -308,6 +331,8 @@ def validate_at(cfg: RouterConfig, where: Where) -> None:
 
     _check_checks(cfg, where)
     _check_pki(cfg, where)
+    check_writers(cfg.writers, where)
+    _check_status(cfg, where)
     _check_crl(cfg, where)
 
     ep_names = {e.name: i for i, e in enumerate(cfg.endpoints)}
