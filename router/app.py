@@ -82,6 +82,7 @@ class RouterService:
         check_key_modes(config.tls.key,
                         os.path.join(config.node.data_dir, "ca", "ca.key"))
         node_kwargs = dict(self._node_kwargs)
+        enrollment.finish_key_rotation(config.tls)   # a key swap a crash interrupted
         if "server_context" not in node_kwargs and enrollment.is_enrolling(config.tls):
             # a self-signed certificate and a ticket: we start and ask our parent
             # (router serve --ticket, docs/pki.md)

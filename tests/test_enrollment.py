@@ -262,6 +262,40 @@ def test_renewal_of_an_expiring_certificate_needs_no_ticket(tmp_path, pki, run):
     run(main())
 
 
+@pytest.mark.parametrize("renew_before_days, renewed", [(30, False), (120, True)])
+def test_renewal_window_is_configurable(tmp_path, pki, run, renew_before_days, renewed):
+    """[pki] renew_before_days: a certificate of ours with 100 days left is up to date
+    under Icinga's 30-day window and renewed under a 120-day one."""
+    import datetime as dt
+
+    spec = master_only(tmp_path, pki)
+    ca_cert, ca_key = pkilib.load_ca(spec.directory / "master" / "ca")
+    now = dt.datetime.now(dt.timezone.utc)
+    old, key = pkilib.issue_certificate(ca_cert, ca_key, "soonagent",
+                                        not_before=now - dt.timedelta(days=297),
+                                        not_after=now + dt.timedelta(days=100))
+
+    async def main():
+        master = await spec.start("master", extra=pki_table(
+            None, f"renew_before_days = {renew_before_days}"))
+        try:
+            peer = await anonymous(spec.port("master"), pki)
+            result = await ask(peer, old)
+            if renewed:
+                assert result["status_code"] == 0, result
+                new = pkilib.parse_request(result["cert"])
+                assert pkilib.same_public_key(new, key)
+                assert new.not_valid_after_utc > now + dt.timedelta(days=390)
+            else:
+                assert result["status_code"] == 1
+                assert "valid and uptodate" in result["error"]
+            await peer.close()
+        finally:
+            await master.stop()
+
+    run(main())
+
+
 def test_revoked_certificate_is_not_renewed(tmp_path, pki, run):
     import datetime as dt
 
@@ -578,6 +612,7 @@ def test_satellite_renews_its_own_certificate_through_the_master(tmp_path, run, 
     spec = ClusterSpec(tmp_path, own_pki, [("master", ["master"], None),
                                            ("sat", ["sat"], "master")], dialled={"master"})
     make_signer(spec, "master")
+    old_key = pkilib.load_private_key(own_pki.key("sat"))
 
     async def main():
         master = await spec.start("master")
@@ -586,8 +621,11 @@ def test_satellite_renews_its_own_certificate_through_the_master(tmp_path, run, 
             await wait_until(lambda: _days_left(own_pki.cert("sat")) > 300, timeout=10,
                              what="the satellite's renewed certificate")
             renewed = pkilib.load_certificates(own_pki.cert("sat"))[0]
-            assert pkilib.same_public_key(renewed,
-                                          pkilib.load_private_key(own_pki.key("sat")))
+            new_key = pkilib.load_private_key(own_pki.key("sat"))
+            assert pkilib.same_public_key(renewed, new_key)
+            assert not pkilib.same_public_key(renewed, old_key)     # a new key (default)
+            assert own_pki.key("sat").stat().st_mode & 0o777 == 0o600
+            assert not Path(f"{own_pki.key('sat')}.new").exists()
             text = await metrics_text(master)
             assert metric(text, "router_csr_requests_total", result="signed") == 1
         finally:
@@ -595,8 +633,35 @@ def test_satellite_renews_its_own_certificate_through_the_master(tmp_path, run, 
             await master.stop()
 
     run(main())
+    assert "asked master for our new key" in caplog.text
+    assert "installed our new certificate and key" in caplog.text
+
+
+def test_renewal_keeps_the_key_when_configured(tmp_path, run, caplog):
+    """``[pki] renew_with_new_key = false``: Icinga's renewal, the same key re-signed."""
+    own_pki = make_test_pki(tmp_path / "own", ["master", "sat"])
+    ca_cert, ca_key = pkilib.load_ca(tmp_path / "own")
+    _expiring(tmp_path / "own", "sat", ca_cert, ca_key)
+    spec = ClusterSpec(tmp_path, own_pki, [("master", ["master"], None),
+                                           ("sat", ["sat"], "master")], dialled={"master"})
+    make_signer(spec, "master")
+    old_key = pkilib.load_private_key(own_pki.key("sat"))
+
+    async def main():
+        master = await spec.start("master")
+        sat = await spec.start("sat", extra=pki_table(None, "renew_with_new_key = false"))
+        try:
+            await wait_until(lambda: _days_left(own_pki.cert("sat")) > 300, timeout=10,
+                             what="the satellite's renewed certificate")
+            renewed = pkilib.load_certificates(own_pki.cert("sat"))[0]
+            assert pkilib.same_public_key(renewed, old_key)
+            assert not Path(f"{own_pki.key('sat')}.new").exists()
+        finally:
+            await sat.stop()
+            await master.stop()
+
+    run(main())
     assert "asked master to renew it" in caplog.text
-    assert "installed our new certificate" in caplog.text
 
 
 def test_signer_renews_its_own_certificate_locally(tmp_path, run, caplog):
@@ -605,19 +670,24 @@ def test_signer_renews_its_own_certificate_locally(tmp_path, run, caplog):
     _expiring(tmp_path / "own", "master", ca_cert, ca_key)
     spec = ClusterSpec(tmp_path, own_pki, [("master", ["master"], None)])
     make_signer(spec, "master")
+    old_key = pkilib.load_private_key(own_pki.key("master"))
 
     async def main():
         master = await spec.start("master")
         try:
             await wait_until(lambda: _days_left(own_pki.cert("master")) > 300, timeout=5,
                              what="renewed locally")
+            renewed = pkilib.load_certificates(own_pki.cert("master"))[0]
+            assert pkilib.same_public_key(renewed,
+                                          pkilib.load_private_key(own_pki.key("master")))
+            assert not pkilib.same_public_key(renewed, old_key)
             text = await metrics_text(master)
             assert metric(text, "router_cert_expiry_seconds", endpoint="master") > 300 * 86400
         finally:
             await master.stop()
 
     run(main())
-    assert "renewed our own certificate with the local CA" in caplog.text
+    assert "renewed our own certificate with the local CA and a new key" in caplog.text
 
 
 def test_missing_ca_file_is_a_refusal_not_a_crash(tmp_path, newcomer, run):
@@ -693,6 +763,35 @@ def test_the_ca_key_is_loaded_once_until_its_files_change(tmp_path, pki, newcome
             assert (await ask(peer, newcomer[1], pkilib.ticket("newagent", SALT),
                               request_id="x"))["status_code"] == 0
             assert len(loads) == 2
+            await peer.close()
+        finally:
+            await master.stop()
+
+    run(main())
+
+
+def test_pipelined_requests_are_answered_in_order(tmp_path, pki, run):
+    """The CPU work runs in a worker thread; the answers still come in request order,
+    whatever each one costs (ticket check and signature, a refusal, a pending store)."""
+    spec = master_only(tmp_path, pki)
+    keys = [pkilib.generate_key("ec") for _ in range(4)]
+    certs = [pkilib.self_signed_certificate(k, f"pipelined{i}") for i, k in enumerate(keys)]
+    tickets = [pkilib.ticket("pipelined0", SALT), "00" * 20, "",
+               pkilib.ticket("pipelined3", SALT)]
+
+    async def main():
+        master = await spec.start("master", extra=pki_table(SALT))
+        try:
+            peer = await anonymous(spec.port("master"), pki)
+            for i, (cert, ticket) in enumerate(zip(certs, tickets)):
+                peer.send(REQ, {"cert_request": pkilib.certificate_pem(cert),
+                                "ticket": ticket}, id=f"p{i}")
+            await wait_until(lambda: len([m for m in peer.received if "id" in m]) == 4,
+                             what="four answers")
+            answers = [m for m in peer.received if "id" in m]
+            assert [m["id"] for m in answers] == ["p0", "p1", "p2", "p3"]
+            assert [m["result"]["status_code"] for m in answers] == [0, 1, 2, 0]
+            assert "Invalid ticket" in answers[1]["result"]["error"]
             await peer.close()
         finally:
             await master.stop()

@@ -29,6 +29,7 @@ def test_defaults() -> None:
     assert cfg.pki == PKIConfig()
     assert cfg.pki.leaf_valid_days == 397 and cfg.pki.ticket_salt == ""
     assert cfg.pki.min_rsa_bits == 2048 and cfg.pki.max_pending_requests == 10000
+    assert cfg.pki.renew_with_new_key is True
 
 
 def test_values() -> None:
@@ -40,10 +41,11 @@ min_rsa_bits = 3072
 ec_curves = ["SECP384R1"]
 max_pending_requests = 5
 requests_per_minute = 2
+renew_with_new_key = false
 """, path="router.toml")
     assert cfg.pki == PKIConfig(ticket_salt="s3cret", leaf_valid_days=90, min_rsa_bits=3072,
                                 ec_curves=("secp384r1",), max_pending_requests=5,
-                                requests_per_minute=2)
+                                requests_per_minute=2, renew_with_new_key=False)
 
 
 @pytest.mark.parametrize("line, key, fragment", [
@@ -55,6 +57,10 @@ requests_per_minute = 2
     ('max_pending_requests = -1', "pki.max_pending_requests", "must be a positive integer"),
     ('requests_per_minute = 0', "pki.requests_per_minute", "must be a positive integer"),
     ('ticket_salt = 5', "pki.ticket_salt", "expected a string"),
+    ('renew_with_new_key = "yes"', "pki.renew_with_new_key", "expected true or false"),
+    ('renew_before_days = 0', "pki.renew_before_days", "must be a positive integer"),
+    ('renew_before_days = 397', "pki.renew_before_days",
+     "must be less than pki.leaf_valid_days (397)"),
     ('ticket_sal = "x"', "pki.ticket_sal", "unknown key 'ticket_sal' in [pki]"),
 ])
 def test_errors_name_the_line(line: str, key: str, fragment: str) -> None:

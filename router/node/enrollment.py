@@ -4,20 +4,26 @@ Answered the way Icinga 2.13 answers them (icinga-protocol.md §7): the node who
 directory holds ``ca/ca.crt`` and ``ca/ca.key`` is the *signer*. A request whose
 certificate is ours and current gets status 1 "valid and uptodate"; one with a stored
 signed certificate gets it (status 0); a declined one (``<fp>.removed``) status 1; on the
-signer a valid ticket (or a certificate of ours that is due for renewal) is signed at once
-(status 0, also pushed as ``pki::UpdateCertificate``), a wrong ticket is refused without
-storing anything, and no ticket makes it *pending* (status 2): stored under
+signer a valid ticket (or a certificate of ours that is due for renewal, or a request for
+a new key that proves it holds the key of such a certificate, router.pki.rekey) is signed
+at once (status 0, also pushed as ``pki::UpdateCertificate``), a wrong ticket is refused
+without storing anything, and no ticket makes it *pending* (status 2): stored under
 ``DATA_DIR/certificate-requests`` for ``router ca sign``. A node without the CA key
 stores it and forwards it to its zone and parent; the signed certificate comes back as
 ``pki::UpdateCertificate`` with ``fingerprint_request``, is stored beside the request and
 handed to the requester (now, if it is still connected, else on its next request).
 
+Requests are answered one at a time, in the order they came, by one task; the CPU work
+(checking a certificate against the CA, a renewal proof, the ticket's 50 000 rounds of
+PBKDF2, the signature) runs in one worker thread, so that the event loop keeps relaying
+while a burst of enrollments is signed (both release the GIL; perf/RESULTS.md).
+
 Where we differ from Icinga, on purpose:
 - ``pki::UpdateCertificate`` is accepted only from an endpoint of our parent zone or our
   HA peer (Icinga also takes it from anonymous peers);
-- a certificate for our own name is installed only if it certifies *our* key and chains
-  to the CA we already trust (our ``ca.crt`` is never replaced by an update); otherwise
-  it is refused and logged;
+- a certificate for our own name is installed only if it certifies *our* key (or the new
+  key of our renewal) and chains to the CA we already trust (our ``ca.crt`` is never
+  replaced by an update); otherwise it is refused and logged;
 - anonymous requests are rate-limited per address and the pending requests are capped
   (users.md P13/P16: enrollment must not be a way to fill a disk or a CPU);
 - a pending anonymous requester is not disconnected at once (Icinga does, #10330 in
@@ -25,50 +31,62 @@ Where we differ from Icinga, on purpose:
   signed upstream meanwhile reaches it directly;
 - what ``router ca sign`` writes is picked up by the running node (the request
   directory's mtime, checked every second) and delivered to a connected requester.
+
+Our own certificate (enrolling, renewal, installing) is router.node.owncert; the metrics
+router.node.certmetrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from cryptography import x509
 
 from router import pki
-from router.node.context import NodeContext
-from router.config import TLSConfig
-from router.errors import TLSSetupError
-from router.ops.metrics import LabeledCounter, MetricFamily, family
+from router.node.certmetrics import RESULTS, CertMetrics
+from router.node.owncert import (
+    REQUEST,
+    SIGNERS,
+    UPDATE,
+    OwnCertHost,
+    OwnCertificate,
+    enrolling_contexts,
+    finish_key_rotation,
+    is_enrolling,
+    prepare_self_enrollment,
+    ticket_path,
+)
+from router.ops.metrics import LabeledCounter, MetricFamily
 from router.protocol import jsonrpc, netstring
-from router.routing import Relation
-from router.transport import tls, tlslib
+from router.transport import tls
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.node.stats import Connection
 
 log = logging.getLogger("router.node")
 
-REQUEST: Final = "pki::RequestCertificate"
-UPDATE: Final = "pki::UpdateCertificate"
-#: Values of ``router_csr_requests_total{result}``.
-RESULTS: Final = ("signed", "pending", "forwarded", "invalid_ticket", "declined", "refused")
+T = TypeVar("T")
+
 #: Environment variable with the ticket salt, used when neither the command line nor
 #: ``[pki] ticket_salt`` sets one.
 SALT_ENV: Final = "ROUTER_TICKET_SALT"
-#: Who may send us ``pki::UpdateCertificate``: our parent zone, and the HA peer of our
-#: zone (in a two-master zone only one master holds the CA key; the other forwards to it,
-#: and Icinga takes the answer from it as well). Never anonymous peers or children.
-SIGNERS: Final = frozenset({Relation.PARENT, Relation.PEER})
 #: Expensive steps (ticket check, signature) for anonymous requests, node-wide: this many
-#: per second on average, bursts of EXPENSIVE_BURST. 10/s bounds ticket checks to about
-#: 110 ms of loop time per second however many addresses send them.
+#: per second on average, bursts of EXPENSIVE_BURST. Since they run in a worker thread
+#: this bounds the CPU enrollment takes, not the loop's latency.
 EXPENSIVE_PER_SECOND: Final = 10.0
 EXPENSIVE_BURST: Final = 20.0
+#: Requests waiting for their turn; more are refused as busy (authenticated ones too).
+QUEUE_LIMIT: Final = 1000
 PRUNE_INTERVAL: Final = 3600.0
 #: Our own certificate is checked for renewal this often (Icinga RENEW_INTERVAL), and
 #: whenever a parent connects.
@@ -77,83 +95,14 @@ RENEW_INTERVAL: Final = 86400.0
 TICK: Final = 1.0
 
 
-def ticket_path(tls_cfg: TLSConfig) -> Path:
-    """``certs/ticket`` beside our certificate (Icinga: ``DataDir/certs/ticket``)."""
-    return Path(tls_cfg.cert).parent / "ticket"
-
-
-def is_enrolling(tls_cfg: TLSConfig) -> bool:
-    """Whether we wait for our first signed certificate: a ticket is stored and our
-    certificate is self-signed (``router serve --ticket``, docs/pki.md)."""
-    if not ticket_path(tls_cfg).exists():
-        return False
-    try:
-        own = pki.load_certificates(tls_cfg.cert)[0]
-    except Exception:  # noqa: BLE001 - TLSSetupError: then the normal checks say why
-        return False
-    return own.issuer == own.subject and pki.signed_by(own, own)
-
-
-def prepare_self_enrollment(tls_cfg: TLSConfig, name: str, ticket: str,
-                            key_type: str = "ec") -> bool:
-    """Store ``ticket`` and, when we have no certificate yet, make a key and a
-    self-signed certificate for ``name`` (what ``icinga2 node setup --ticket`` leaves).
-    The CA certificate must be there already: it is how we know our parent. True when a
-    key was made."""
-    ca = Path(tls_cfg.ca)
-    if not ca.exists():
-        raise TLSSetupError(f"{ca} does not exist: copy the CA certificate of the "
-                            "cluster there first (docs/pki.md)")
-    pki.load_certificates(ca, "CA certificate")
-    cert, key = Path(tls_cfg.cert), Path(tls_cfg.key)
-    created = False
-    if not cert.exists() and not key.exists():
-        cert.parent.mkdir(mode=pki.DIR_MODE, parents=True, exist_ok=True)
-        private = pki.generate_key(key_type)
-        pki.write_private_key(key, private)
-        pki.write_certificate(cert, pki.self_signed_certificate(private, name))
-        created = True
-    path = ticket_path(tls_cfg)
-    path.parent.mkdir(mode=pki.DIR_MODE, parents=True, exist_ok=True)
-    pki.atomic_write(path, (ticket.strip() + "\n").encode(), pki.KEY_MODE)  # 0600 from the start
-    return created
-
-
-def enrolling_contexts(tls_cfg: TLSConfig) -> tuple[tlslib.TLSLibrary, tlslib.TLSLibrary]:
-    """Session factories for a node that is still enrolling (:func:`is_enrolling`): our
-    self-signed certificate cannot chain to the CA, so ``tlslib.contexts`` refuses it;
-    everything else is checked the same way (the key belongs to the certificate, the CA
-    is readable). Peers are still verified against the CA: we can dial our parent, and
-    it sees us as an anonymous enrollee until our certificate is signed."""
-    if tls_cfg.library != "bundled":
-        raise TLSSetupError(f"{tls_cfg.cert} is self-signed (waiting for enrollment "
-                            "with certs/ticket): that needs [tls] library = "
-                            "\"bundled\"")
-    pki.load_certificates(tls_cfg.ca, "CA certificate")
-    own = pki.load_certificates(tls_cfg.cert)[0]
-    if not pki.same_public_key(own, pki.load_private_key(tls_cfg.key)):
-        raise TLSSetupError(f"{tls_cfg.key}: private key does not match the "
-                            f"certificate in {tls_cfg.cert}")
-    return (tlslib.BundledTLS(tls_cfg.ca, tls_cfg.cert, tls_cfg.key, server_side=True,
-                              crl=tls_cfg.crl_file),
-            tlslib.BundledTLS(tls_cfg.ca, tls_cfg.cert, tls_cfg.key, server_side=False,
-                              crl=tls_cfg.crl_file))
-
-
-class EnrollmentHost(NodeContext, Protocol):
+class EnrollmentHost(OwnCertHost, Protocol):
     """What enrollment needs from the node."""
 
     @property
     def connections(self) -> dict[str, Connection]: ...
 
     @property
-    def all_connections(self) -> set[Connection]: ...
-
-    @property
     def connected_names(self) -> set[str]: ...
-
-    server_context: tlslib.TLSLibrary
-    client_context: tlslib.TLSLibrary
 
     def log_peer(self, conn: Connection, level: int, msg: str, *args: object) -> None: ...
 
@@ -161,11 +110,17 @@ class EnrollmentHost(NodeContext, Protocol):
 
     def originate(self, method: str, params: dict[str, Any]) -> bool: ...
 
-    def send_to(self, endpoint: str, frame: bytes, method: str) -> bool: ...
-
 
 def _peer_host(conn: Connection) -> str:
     return conn.address.rsplit(":", 1)[0]
+
+
+class _Refusal(Exception):
+    """A request the CPU step refuses: the text for the requester, the counted reason."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(text)
+        self.text, self.reason = text, reason
 
 
 class Enrollment:
@@ -178,8 +133,9 @@ class Enrollment:
         self.store = pki.RequestStore(self.data_dir)
         self.ca_dir = self.data_dir / "ca"
         self.policy = pki.KeyPolicy(config.pki.min_rsa_bits, config.pki.ec_curves)
-        #: router_csr_requests_total{result}
-        self.requests = LabeledCounter(("result",))
+        self.metrics = CertMetrics(lambda: self.host.config.tls.cert)
+        #: our own certificate: renewal and installation (router.node.owncert)
+        self.own = OwnCertificate(host, self.is_signer, self._load_ca)
         #: fingerprint -> the connection that asked (delivery when the answer comes)
         self._waiting: dict[str, Connection] = {}
         self._store_stamp = -1
@@ -187,9 +143,6 @@ class Enrollment:
         self._last_prune = 0.0
         #: parent endpoints connected at the last tick (pending requests go to new ones)
         self._parents_seen: set[str] = set()
-        #: connection -> notAfter (Unix time) of its certificate, for the expiry gauge
-        self._expiry: dict[Connection, float] = {}
-        self._own_expiry: tuple[int, float] | None = None
         self._timer: asyncio.TimerHandle | None = None
         #: budget of expensive steps for anonymous requests (see _afford)
         self._expensive = pki.Budget(EXPENSIVE_PER_SECOND, EXPENSIVE_BURST, time.monotonic())
@@ -197,16 +150,41 @@ class Enrollment:
         self._tickets = pki.TicketChecker()
         self._last_renewal_check = 0.0
         self._ca: tuple[object, tuple[x509.Certificate, pki.PrivateKey]] | None = None
+        #: requests waiting for the one task that answers them in order
+        self._queue: collections.deque[tuple[Connection, jsonrpc.Message]] = \
+            collections.deque()
+        self._worker: asyncio.Task[None] | None = None
+        #: the one thread the CPU work of requests runs in (made when first needed)
+        self._executor: ThreadPoolExecutor | None = None
         self.refresh(force=True)
 
+    @property
+    def requests(self) -> LabeledCounter:
+        """``router_csr_requests_total{result}``."""
+        return self.metrics.requests
+
     def start(self) -> None:
-        """Run :meth:`housekeeping` every ``TICK`` seconds until :meth:`stop`."""
+        """Run :meth:`housekeeping` every ``TICK`` seconds until :meth:`stop`. A signer
+        loads its CA key now: loading (and validating) an RSA 4096 key holds the GIL for
+        100 ms or more, which in the middle of an enrollment burst stalls every session."""
+        if self.is_signer():
+            try:
+                self._load_ca()
+            except Exception as exc:  # noqa: BLE001 - TLSSetupError: refused per request
+                log.warning("the CA in %s is unusable: %s", self.ca_dir, exc)
         self._timer = self.host.loop.call_later(TICK, self._on_tick)
 
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+        self._queue.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def _on_tick(self) -> None:
         try:
@@ -222,6 +200,11 @@ class Enrollment:
     @property
     def ticket_salt(self) -> str:
         return self.host.config.pki.ticket_salt or os.environ.get(SALT_ENV, "")
+
+    @property
+    def renew_before(self) -> dt.timedelta:
+        """How long before expiry a certificate is renewed (``[pki] renew_before_days``)."""
+        return dt.timedelta(days=self.host.config.pki.renew_before_days)
 
     def is_signer(self) -> bool:
         """Whether this node holds the CA key pair (Icinga: ``ca/ca.key`` exists)."""
@@ -239,12 +222,20 @@ class Enrollment:
     def _ca_pem(self) -> str:
         return Path(self.host.config.tls.ca).read_text()
 
+    async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in the enrollment thread (one: requests are answered in
+        order, and one burst of enrollments takes at most one core)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="router-csr")
+        return await self.host.loop.run_in_executor(self._executor,
+                                                    functools.partial(fn, *args))
+
     # ------------------------------------------------------------------ answers
 
     def _answer(self, conn: Connection, msg: jsonrpc.Message, result: dict[str, Any],
                 outcome: str | None) -> None:
         if outcome is not None:
-            self.requests.inc((outcome,))
+            self.metrics.count(outcome)
         if msg.id is not None:
             conn.write_direct(netstring.encode(jsonrpc.response(msg.id, result)))
 
@@ -266,9 +257,9 @@ class Enrollment:
 
     def _afford(self, conn: Connection, msg: jsonrpc.Message, result: dict[str, Any]) -> bool:
         """The node-wide budget of expensive steps for anonymous requests: a ticket check
-        is 50 000 rounds of PBKDF2 (about 11 ms in the event loop), a signature up to a
-        few ms; the per-address limit alone would let many addresses take the loop away
-        from every other peer. False (and refused) when the budget is spent."""
+        is 50 000 rounds of PBKDF2 (about 11 ms of CPU), a signature up to a few ms; the
+        per-address limit alone would let many addresses keep a core busy. False (and
+        refused) when the budget is spent."""
         if conn.endpoint is not None or self._expensive.take(time.monotonic()):
             return True
         self._refuse(conn, msg, "the node is busy with other certificate requests; try "
@@ -278,26 +269,68 @@ class Enrollment:
     # ------------------------------------------------------------------ RequestCertificate
 
     def request_certificate(self, conn: Connection, msg: jsonrpc.Message) -> None:
-        """Answer one ``pki::RequestCertificate`` (any peer, anonymous included).
-
-        Whatever goes wrong (a file that vanished, a full disk) is a refusal for this
-        request, logged with its traceback, never an error in the node's message path."""
-        try:
-            self._request_certificate(conn, msg)
-        except Exception as exc:  # noqa: BLE001 - see above
-            log.error("[%s %s] certificate request failed: %s", conn.endpoint or
-                      conn.identity or "anonymous", conn.address, exc, exc_info=True)
-            self._refuse(conn, msg, f"internal error: {exc}", "error")
-
-    def _request_certificate(self, conn: Connection, msg: jsonrpc.Message) -> None:
-        host = self.host
+        """Take one ``pki::RequestCertificate`` (any peer, anonymous included): refused
+        at once when its address is over the rate limit, else answered in turn."""
         if conn.endpoint is None and not self._per_source.allow(_peer_host(conn),
                                                                  time.monotonic()):
             self._refuse(conn, msg, f"too many certificate requests from {_peer_host(conn)} "
                          f"(pki.requests_per_minute = "
-                         f"{host.config.pki.requests_per_minute})", "rate_limited")
+                         f"{self.host.config.pki.requests_per_minute})", "rate_limited")
             conn.close("certificate request rate limit")
             return
+        if len(self._queue) >= QUEUE_LIMIT:
+            self._refuse(conn, msg, f"{len(self._queue)} certificate requests are waiting "
+                         "to be answered; try again in a few seconds", "busy")
+            return
+        self._queue.append((conn, msg))
+        if self._worker is None:
+            self._worker = self.host.loop.create_task(self._answer_in_turn())
+
+    async def _answer_in_turn(self) -> None:
+        """Answer the queued requests one after the other. Whatever goes wrong with one (a
+        file that vanished, a full disk) is a refusal for it, logged with its traceback,
+        never an error in the node's message path."""
+        try:
+            while self._queue:
+                conn, msg = self._queue.popleft()
+                if conn.state != "open":
+                    continue        # gone while it waited: no work for nobody
+                try:
+                    await self._request_certificate(conn, msg)
+                except Exception as exc:  # noqa: BLE001 - see above
+                    log.error("[%s %s] certificate request failed: %s", conn.endpoint or
+                              conn.identity or "anonymous", conn.address, exc,
+                              exc_info=True)
+                    self._refuse(conn, msg, f"internal error: {exc}", "error")
+        finally:
+            self._worker = None
+
+    def _assess(self, cert: x509.Certificate, now: float
+                ) -> tuple[bool, bool, x509.Certificate | None, str | None]:
+        """In the worker thread: whether ``cert`` is current, whether it chains to our CA,
+        and the certificate a new-key request proves it renews (only when that one
+        chains to our CA), or why its proof fails.
+
+        Raises:
+            TLSSetupError: our CA file cannot be read.
+        """
+        ca_path = self.host.config.tls.ca
+        current = tls.cert_is_current(cert, ca_path, now, self.renew_before)
+        if current:
+            return True, True, None, None
+        signed_by_ca = self._chains_to_ca(cert, now)
+        previous, problem = None, None
+        if not signed_by_ca:
+            try:
+                previous = pki.renewal_proof(cert)
+            except pki.CertRequestError as exc:
+                problem = str(exc)
+            if previous is not None and not self._chains_to_ca(previous, now):
+                previous = None
+        return False, signed_by_ca, previous, problem
+
+    async def _request_certificate(self, conn: Connection, msg: jsonrpc.Message) -> None:
+        host = self.host
         params = msg.params if msg.params is not None else {}
         text, ticket = params.get("cert_request"), params.get("ticket")
         if not isinstance(ticket, str):
@@ -320,9 +353,9 @@ class Enrollment:
                              "bad_request")
                 return
         cn = pki.common_name(cert)
-        now = time.time()
         try:
-            current = tls.cert_is_current(cert, host.config.tls.ca, now)
+            current, signed_by_ca, previous, problem = await self._cpu(
+                self._assess, cert, time.time())
         except Exception as exc:  # noqa: BLE001 - TLSSetupError: our CA file went away
             self._refuse(conn, msg, f"cannot read our CA certificate: {exc}", "ca_unusable")
             return
@@ -333,11 +366,14 @@ class Enrollment:
                 "error": f"The certificate for CN '{cn}' is valid and uptodate. "
                          f"Skipping automated renewal."}, None)
             return
-        signed_by_ca = self._chains_to_ca(cert, now)
         fp = pki.fingerprint(cert)
         result: dict[str, Any] = {"fingerprint_request": fp, "ca": self._ca_pem()}
+        if problem is not None:
+            self._refuse(conn, msg, problem, "bad_renewal_proof", result)
+            return
         host.log_peer(conn, logging.INFO, "certificate request for CN '%s' (%s, "
-                      "fingerprint %s)", cn, "signed by our CA" if signed_by_ca
+                      "fingerprint %s)", cn, "signed by our CA" if signed_by_ca else
+                      "a new key for a certificate of our CA" if previous is not None
                       else "not signed by our CA", fp[:16])
         try:
             stored = self.store.get(fp)
@@ -355,36 +391,48 @@ class Enrollment:
             self._refuse(conn, msg, f"Ticket for CN {cn} declined by administrator.",
                          "declined", result, outcome="declined")
             return
-        if self.is_signer():
-            if signed_by_ca and self._revoked(conn, msg, cert, result):
-                return
-            if not signed_by_ca:
-                salt = self.ticket_salt
-                if not ticket or not salt:
-                    host.log_peer(conn, logging.INFO, "certificate request for CN '%s': %s; "
-                                  "waiting for 'router ca sign %s'", cn,
-                                  "no ticket" if not ticket else "no ticket salt set",
-                                  fp)
-                    self._pending(conn, msg, cert, ticket, fp, result)
-                    return
-                if not self._afford(conn, msg, result):
-                    return
-                if not self._tickets.check(cn, salt, ticket):
-                    self._refuse(conn, msg, f"Invalid ticket for CN '{cn}'.",
-                                 "invalid_ticket", result, outcome="invalid_ticket")
-                    return
-            elif not self._afford(conn, msg, result):
-                return
-            signed = self._sign(conn, msg, cert, result)
-            if signed is None:
-                return
-            result.update({"cert": pki.certificate_pem(signed), "status_code": 0})
-            host.log_peer(conn, logging.INFO, "signed a certificate for CN '%s'%s", cn,
-                          " (ticket)" if ticket and not signed_by_ca else " (renewal)")
-            self._push(conn, result)
-            self._answer(conn, msg, result, "signed")
+        if not self.is_signer():
+            self._pending(conn, msg, cert, ticket, fp, result)
             return
-        self._pending(conn, msg, cert, ticket, fp, result)
+        renews = cert if signed_by_ca else previous
+        if renews is not None:
+            if self._revoked(conn, msg, renews, result):
+                return
+            if previous is not None and await self._cpu(
+                    tls.cert_is_current, previous, host.config.tls.ca, time.time(),
+                    self.renew_before):
+                self._answer(conn, msg, {
+                    "status_code": 1,
+                    "error": f"The certificate for CN '{cn}' is valid and uptodate. "
+                             f"Skipping automated renewal."}, None)
+                return
+            if not self._afford(conn, msg, result):
+                return
+        else:
+            salt = self.ticket_salt
+            if not ticket or not salt:
+                host.log_peer(conn, logging.INFO, "certificate request for CN '%s': %s; "
+                              "waiting for 'router ca sign %s'", cn,
+                              "no ticket" if not ticket else "no ticket salt set", fp)
+                self._pending(conn, msg, cert, ticket, fp, result)
+                return
+            if not self._afford(conn, msg, result):
+                return
+            if not await self._cpu(self._tickets.check, cn, salt, ticket):
+                self._refuse(conn, msg, f"Invalid ticket for CN '{cn}'.",
+                             "invalid_ticket", result, outcome="invalid_ticket")
+                return
+        try:
+            signed = await self._cpu(self._sign, cert)
+        except _Refusal as refusal:
+            self._refuse(conn, msg, refusal.text, refusal.reason, result)
+            return
+        result.update({"cert": pki.certificate_pem(signed), "status_code": 0})
+        host.log_peer(conn, logging.INFO, "signed a certificate for CN '%s'%s", cn,
+                      " (renewal with a new key)" if previous is not None else
+                      " (renewal)" if signed_by_ca else " (ticket)")
+        self._push(conn, result)
+        self._answer(conn, msg, result, "signed")
 
     def _revoked(self, conn: Connection, msg: jsonrpc.Message, cert: x509.Certificate,
                  result: dict[str, Any]) -> bool:
@@ -416,28 +464,40 @@ class Enrollment:
         return (any(pki.signed_by(cert, ca) for ca in anchors)
                 and cert.not_valid_before_utc <= when <= cert.not_valid_after_utc)
 
-    def _sign(self, conn: Connection, msg: jsonrpc.Message, cert: x509.Certificate,
-              result: dict[str, Any]) -> x509.Certificate | None:
-        """Sign ``cert``'s key for its subject; None (and answered) when it cannot be."""
+    def _sign(self, cert: x509.Certificate) -> x509.Certificate:
+        """In the worker thread: sign ``cert``'s key for its subject.
+
+        Raises:
+            _Refusal: it cannot be signed (a broken CA, the key policy, a CA that is not
+                the one we trust)."""
         try:
             ca_cert, ca_key = self._load_ca()
         except Exception as exc:  # noqa: BLE001 - TLSSetupError: a broken CA directory
-            self._refuse(conn, msg, f"the CA in {self.ca_dir} is unusable: {exc}",
-                         "ca_unusable", result)
-            return None
+            raise _Refusal(f"the CA in {self.ca_dir} is unusable: {exc}",
+                           "ca_unusable") from None
         try:
             signed = pki.sign_request(ca_cert, ca_key, cert,
                                       days=self.host.config.pki.leaf_valid_days,
                                       policy=self.policy)
         except pki.CertRequestError as exc:
-            self._refuse(conn, msg, str(exc), "key_policy", result)
-            return None
+            raise _Refusal(str(exc), "key_policy") from None
         anchors = pki.load_certificates(self.host.config.tls.ca, "CA certificate")
         if not any(pki.signed_by(signed, ca) for ca in anchors):
-            self._refuse(conn, msg, f"the CA in {self.ca_dir} is not the one in "
-                         f"{self.host.config.tls.ca}; not signing", "ca_mismatch", result)
-            return None
+            raise _Refusal(f"the CA in {self.ca_dir} is not the one in "
+                           f"{self.host.config.tls.ca}; not signing", "ca_mismatch")
         return signed
+
+    async def sign_stored(self, cert: x509.Certificate) -> x509.Certificate:
+        """Sign a stored request's certificate as an answer to a peer would be signed:
+        in the enrollment thread, under the key policy, with the CA we trust. For the
+        operator's own actions (the web console's "sign").
+
+        Raises:
+            CertRequestError: it cannot be signed; the message says why."""
+        try:
+            return await self._cpu(self._sign, cert)
+        except _Refusal as exc:
+            raise pki.CertRequestError(exc.text) from None
 
     def _pending(self, conn: Connection, msg: jsonrpc.Message, cert: x509.Certificate,
                  ticket: str, fp: str, result: dict[str, Any]) -> None:
@@ -508,10 +568,15 @@ class Enrollment:
             self._refuse_update(conn, f"cert is unusable: {exc}", "bad_certificate")
             return
         cn = pki.common_name(cert)
-        if cn == host.name and self._is_own_key(cert):
-            self._install_own(conn, cert, ca_text)
-            return
         if cn == host.name:
+            kind = self.own.key_for(cert)
+            if kind in ("current", "pending"):
+                self._install_own(conn, cert, ca_text, kind)
+                return
+            if kind == "retired":
+                host.log_peer(conn, logging.INFO, "a renewal of the key we replaced came "
+                              "after our new key was signed; ignoring it")
+                return
             host.log_peer(conn, logging.WARNING, "certificate for our name '%s' certifies a "
                           "key we do not hold; not installing it", cn)
         if not pki.valid_fingerprint(fp):
@@ -543,25 +608,20 @@ class Enrollment:
         self.host.count_refused(conn, UPDATE, reason)
         self.host.log_peer(conn, logging.WARNING, "refused %s: %s", UPDATE, text)
 
-    def _is_own_key(self, cert: x509.Certificate) -> bool:
-        try:
-            key = pki.load_private_key(self.host.config.tls.key)
-        except Exception:  # noqa: BLE001 - TLSSetupError: then it is not ours either
-            return False
-        return pki.same_public_key(cert, key)
-
     def _install_own(self, conn: Connection, cert: x509.Certificate,
-                     ca_text: object) -> None:
-        """Install a certificate for our own key that chains to our trust anchor.
+                     ca_text: object, kind: str) -> None:
+        """Install a certificate for our own key (or our renewal's new key) that chains
+        to our trust anchor.
 
         Icinga also replaces its ``ca.crt`` with the one in the update. We keep ours: a
         parent must not be able to swap the CA this node trusts (a CA rollover is an
         operator's step), and the certificate must verify against the CA we have."""
         was_enrolling = is_enrolling(self.host.config.tls)
-        problem = self._install(cert)
+        problem = self.own.install(cert, kind=kind)
         if problem is not None:
             self._refuse_update(conn, problem, "not_installed")
             return
+        self.metrics.own_changed()
         if was_enrolling:
             # Our parents knew us only as an anonymous enrollee: reconnect (Icinga's
             # UpdateSSLContext does too) so that they authenticate us this time.
@@ -578,83 +638,14 @@ class Enrollment:
             if theirs not in ours:
                 self.host.log_peer(conn, logging.WARNING, "the update came with another CA "
                                    "certificate; keeping ours in %s", self.host.config.tls.ca)
-        self.host.log_peer(conn, logging.INFO, "installed our new certificate (valid until "
-                           "%s); new connections use it", cert.not_valid_after_utc.isoformat())
-
-    def _install(self, cert: x509.Certificate) -> str | None:
-        """Write our certificate (atomically) and load it for new sessions; why not, when
-        it must not or cannot be: not our key, or not signed by our trust anchor."""
-        host = self.host
-        tls_cfg = host.config.tls
-        if not self._is_own_key(cert):
-            return "the certificate does not certify our key; not installing it"
-        try:
-            anchors = pki.load_certificates(tls_cfg.ca, "CA certificate")
-        except Exception as exc:  # noqa: BLE001 - TLSSetupError
-            return f"cannot read our CA certificate: {exc}"
-        if not any(pki.signed_by(cert, ca) for ca in anchors):
-            return (f"the new certificate is not signed by the CA in {tls_cfg.ca}; not "
-                    "installing it")
-        pki.write_certificate(tls_cfg.cert, cert)
-        (Path(tls_cfg.cert).parent / "ticket").unlink(missing_ok=True)
-        self._own_expiry = None
-        try:
-            server, client = tlslib.contexts(tls_cfg.library, tls_cfg.ca, tls_cfg.cert,
-                                             tls_cfg.key, tls_cfg.crl_file)
-        except Exception as exc:  # noqa: BLE001 - TLSSetupError, ValueError
-            return (f"installed a new certificate but cannot load it ({exc}); new "
-                    "connections use the old one")
-        host.server_context, host.client_context = server, client
-        return None
-
-    # ------------------------------------------------------------------ our own renewal
-
-    def _own_certificate_due(self) -> x509.Certificate | None:
-        """Our certificate when it is due for renewal (not "current" by Icinga's rule:
-        less than 30 days left, or issued before 2017), else None."""
-        tls_cfg = self.host.config.tls
-        try:
-            own = pki.load_certificates(tls_cfg.cert)[0]
-            if tls.cert_is_current(own, tls_cfg.ca, time.time()):
-                return None
-        except Exception:  # noqa: BLE001 - TLSSetupError: nothing we can renew
-            return None
-        return own
+        self.host.log_peer(conn, logging.INFO, "installed our new certificate%s (valid until "
+                           "%s); new connections use it", " and key" if kind == "pending" else "",
+                           cert.not_valid_after_utc.isoformat())
 
     def renew_own(self, parents: set[str]) -> None:
-        """Renew our certificate when it is due (users.md P15): re-sign it locally on the
-        signer (Icinga does the same), else ask ``parents`` (``pki::RequestCertificate``
-        without ``cert_request``: the parent renews the certificate we present) and install
-        the ``pki::UpdateCertificate`` that comes back."""
-        own = self._own_certificate_due()
-        if own is None:
-            return
-        if self.is_signer():
-            try:
-                ca_cert, ca_key = self._load_ca()
-                new = pki.sign_request(ca_cert, ca_key, own,
-                                       days=self.host.config.pki.leaf_valid_days)
-            except Exception as exc:  # noqa: BLE001 - TLSSetupError, CertRequestError
-                log.warning("our certificate is due for renewal but cannot be re-signed: %s",
-                            exc)
-                return
-            problem = self._install(new)
-            if problem is not None:
-                log.warning("renewing our own certificate: %s", problem)
-            else:
-                log.info("renewed our own certificate with the local CA (valid until %s)",
-                         new.not_valid_after_utc.isoformat())
-            return
-        ticket_path = Path(self.host.config.tls.cert).parent / "ticket"
-        try:
-            ticket = ticket_path.read_text().strip()
-        except OSError:
-            ticket = ""
-        frame = netstring.encode(jsonrpc.notification(REQUEST, {"ticket": ticket}))
-        for name in sorted(parents):
-            if self.host.send_to(name, frame, REQUEST):
-                log.info("our certificate expires %s: asked %s to renew it",
-                         own.not_valid_after_utc.isoformat(), name)
+        """Renew our certificate when it is due (router.node.owncert)."""
+        self.own.renew(parents)
+        self.metrics.own_changed()
 
     # ------------------------------------------------------------------ delivery
 
@@ -709,11 +700,11 @@ class Enrollment:
         if new_parents or now - self._last_renewal_check >= RENEW_INTERVAL:
             self._last_renewal_check = now
             self.renew_own(new_parents or parents)
+        self.own.retry(parents, time.monotonic())
         for fp, conn in list(self._waiting.items()):
             if conn.state != "open":
                 del self._waiting[fp]
-        for conn in [c for c in self._expiry if c not in host.all_connections]:
-            del self._expiry[conn]
+        self.metrics.forget_closed(host.all_connections)
         if now - self._last_prune >= PRUNE_INTERVAL:
             self._last_prune = now
             if self.store.prune():
@@ -722,48 +713,11 @@ class Enrollment:
 
     # ------------------------------------------------------------------ metrics
 
-    def _not_after(self, conn: Connection) -> float | None:
-        if conn not in self._expiry:
-            der = conn.peer_certificate_der()
-            if der is None:
-                return None
-            try:
-                self._expiry[conn] = x509.load_der_x509_certificate(der) \
-                    .not_valid_after_utc.timestamp()
-            except ValueError:
-                return None
-        return self._expiry[conn]
-
-    def _own_not_after(self) -> float | None:
-        path = self.host.config.tls.cert
-        try:
-            mtime = os.stat(path).st_mtime_ns
-            if self._own_expiry is None or self._own_expiry[0] != mtime:
-                self._own_expiry = (mtime, pki.load_certificates(path)[0]
-                                    .not_valid_after_utc.timestamp())
-        except Exception:  # noqa: BLE001 - OSError, TLSSetupError: no sample then
-            return None
-        return self._own_expiry[1]
-
     def families(self) -> list[MetricFamily]:
         """``router_csr_requests_total``, ``router_csr_pending``,
         ``router_cert_expiry_seconds`` (our own certificate and each connected peer's)."""
-        now = time.time()
-        expiry = []
-        own = self._own_not_after()
-        if own is not None:
-            expiry.append(({"endpoint": self.host.name}, own - now))
-        for name, conn in sorted(self.host.connections.items()):
-            not_after = self._not_after(conn)
-            if not_after is not None:
-                expiry.append(({"endpoint": name}, not_after - now))
-        return [
-            family("router_csr_requests_total", [
-                ({"result": r}, self.requests.get((r,))) for r in RESULTS]),
-            family("router_csr_pending", [({}, self.pending)]),
-            family("router_cert_expiry_seconds", expiry),
-        ]
+        return self.metrics.families(self.host.name, self.host.connections, self.pending)
 
 
 __all__ = ["Enrollment", "EnrollmentHost", "RESULTS", "SALT_ENV", "enrolling_contexts",
-           "is_enrolling", "prepare_self_enrollment", "ticket_path"]
+           "finish_key_rotation", "is_enrolling", "prepare_self_enrollment", "ticket_path"]

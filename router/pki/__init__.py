@@ -3,7 +3,8 @@
 ``certs`` holds keys, the CA, certificates and tickets; ``requests`` the certificate request
 store (``DATA_DIR/certificate-requests``); ``signing`` the key policy and the signing of a
 request; ``crl`` revocation lists; ``tickets`` the ticket check with its cache;
-``limits`` the token buckets that bound anonymous enrollment. All pure functions and
+``limits`` the token buckets that bound anonymous enrollment; ``rekey`` renewal
+with a new key (the proof a request carries, the key pair swap). All pure functions and
 files: the message handling is in ``router.node.enrollment``.
 """
 
@@ -57,6 +58,14 @@ from router.pki.requests import (
     common_name,
     valid_fingerprint,
 )
+from router.pki.rekey import (
+    finish_key_rotation,
+    install_key_pair,
+    rekey_request,
+    renewal_key,
+    renewal_proof,
+    staged_cert_path,
+)
 from router.pki.signing import (
     KeyPolicy,
     parse_request,
@@ -67,6 +76,12 @@ from router.pki.signing import (
 from router.pki.tickets import TicketChecker
 
 __all__ = [
+    "finish_key_rotation",
+    "install_key_pair",
+    "rekey_request",
+    "renewal_key",
+    "renewal_proof",
+    "staged_cert_path",
     "Budget",
     "PerSourceLimit",
     "TicketChecker",

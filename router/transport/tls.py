@@ -573,12 +573,14 @@ def _load_ca_cached(ca_path: str | os.PathLike[str]) -> list[x509.Certificate]:
 
 def cert_is_current(pem_or_der: bytes | str | x509.Certificate,
                     ca_path: str | os.PathLike[str],
-                    now: dt.datetime | float | None = None) -> bool:
+                    now: dt.datetime | float | None = None,
+                    renew_before: dt.timedelta = RENEW_THRESHOLD) -> bool:
     """Icinga's "signed by our CA and up to date" test for ``pki::RequestCertificate``.
 
     True when the certificate verifies against the CA in ``ca_path`` at ``now``
     (signature, both validity windows), its notBefore is not before 2017-01-01 (Icinga
-    forces renewal of older ones), and its notAfter is at least 30 days after ``now``.
+    forces renewal of older ones), and its notAfter is at least ``renew_before`` (``[pki]
+    renew_before_days``, Icinga's fixed 30 days by default) after ``now``.
     Unparseable input gives False.
 
     Raises:
@@ -598,4 +600,4 @@ def cert_is_current(pem_or_der: bytes | str | x509.Certificate,
     if not (cert.not_valid_before_utc <= when <= cert.not_valid_after_utc):
         return False
     return (cert.not_valid_before_utc >= FORCE_RENEWAL_BEFORE
-            and cert.not_valid_after_utc >= when + RENEW_THRESHOLD)
+            and cert.not_valid_after_utc >= when + renew_before)

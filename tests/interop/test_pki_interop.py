@@ -8,7 +8,9 @@
 3. through our satellite (no CA key): pending there, signed by our master, delivered on a
    later request;
 4. our node enrolls with ``router pki request`` against a real Icinga master (RSA CA);
-5. our satellite renews its expiring certificate with a real Icinga master;
+5. our satellite renews its expiring certificate with a real Icinga master: re-signed
+   after its new-key request stays pending, or for a new key with a ticket; our agent
+   renews with a new key through a real Icinga satellite under our master;
 6. a real agent set up with ``icinga2 node setup --ticket`` (confined to its own directory)
    enrolls by itself on its first start against our master, and
 7. the same through our satellite;
@@ -239,11 +241,11 @@ def test_router_pki_request_against_a_real_icinga_master(
     assert other.exit_code == 0 and "pending" in other.output, other.output
 
 
-def test_our_satellite_renews_its_certificate_with_a_real_icinga_master(
-        tmp_path: Path, icinga_factory: IcingaFactory) -> None:
-    """Our satellite's certificate has 10 days left: on connecting it asks the real
-    master, which re-signs it (no ticket: the CA already trusts that key) and sends
-    pki::UpdateCertificate; we install it."""
+def _satellite_with_expiring_certificate(tmp_path: Path, icinga_factory: IcingaFactory
+                                         ) -> tuple[IcingaNode, RouterNode, Path, x509.Certificate,
+                                                    pki.PrivateKey]:
+    """A real Icinga master (RSA CA, its TicketSalt) and our satellite, whose certificate
+    has 10 days left."""
     import datetime as dt
 
     zones = [{"name": "imaster", "endpoints": ["imaster"]},
@@ -252,7 +254,6 @@ def test_our_satellite_renews_its_certificate_with_a_real_icinga_master(
                             endpoints=[{"name": "imaster"}, {"name": "sat"}])
     # Icinga 2.13 signs only with an RSA CA key ("expecting an rsa key").
     ca_cert, ca_key = rsa_icinga_ca(icinga)
-    icinga.start()
     own = tmp_path / "sat-certs"
     own.mkdir()
     now = dt.datetime.now(dt.timezone.utc)
@@ -266,17 +267,125 @@ def test_our_satellite_renews_its_certificate_with_a_real_icinga_master(
                      endpoints=[{"name": "imaster", "port": icinga.api_port},
                                 {"name": "sat"}],
                      cert=own / "sat.crt", key=own / "sat.key", ca=own / "ca.crt")
+    return icinga, sat, own, ca_cert, key
+
+
+def _renewed(own: Path) -> bool:
+    import datetime as dt
+
+    new = pki.load_certificates(own / "sat.crt")[0]
+    return (new.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).days > 300
+
+
+def test_our_satellite_renews_its_certificate_with_a_real_icinga_master(
+        tmp_path: Path, icinga_factory: IcingaFactory) -> None:
+    """Our satellite's certificate has 10 days left: on connecting it asks the real
+    master for a certificate for a new key. Icinga cannot check our proof of the old key
+    and keeps that request pending; NEW_KEY_PATIENCE later we ask it to re-sign the
+    current key (no ticket: the CA already trusts that key), it sends
+    pki::UpdateCertificate and we install it."""
+    from router.node.owncert import NEW_KEY_PATIENCE
+
+    icinga, sat, own, ca_cert, key = _satellite_with_expiring_certificate(
+        tmp_path, icinga_factory)
+    icinga.start()
     sat.start()
     try:
-        def renewed() -> bool:
-            new = pki.load_certificates(own / "sat.crt")[0]
-            return (new.not_valid_after_utc - now).days > 300
-        sat.wait_for(renewed, CONNECT_TIMEOUT, what="our renewed certificate",
-                     extra=lambda: icinga.diagnostics(40))
+        sat.wait_for(lambda: _renewed(own), CONNECT_TIMEOUT + NEW_KEY_PATIENCE,
+                     what="our renewed certificate", extra=lambda: icinga.diagnostics(40))
         new = pki.load_certificates(own / "sat.crt")[0]
         assert pki.same_public_key(new, key) and pki.signed_by(new, ca_cert)
+        assert (own / "sat.key.new").exists()       # kept for the next renewal
+        log = "\n".join(sat.log_lines())
+        assert "asked imaster for our new key" in log
+        assert "re-sign our current key" in log
     finally:
         sat.stop()
+
+
+def test_our_satellite_renews_with_a_new_key_and_a_ticket_at_a_real_icinga_master(
+        tmp_path: Path, icinga_factory: IcingaFactory) -> None:
+    """With its ticket kept in certs/ticket, a real Icinga master signs our new key (the
+    request is an ordinary cert_request to Icinga; our proof's extensions are ignored),
+    and we install the new pair without dropping the session."""
+    icinga, sat, own, ca_cert, key = _satellite_with_expiring_certificate(
+        tmp_path, icinga_factory)
+    (own / "ticket").write_text(pki.ticket("sat", icinga.ticket_salt) + "\n")
+    (own / "ticket").chmod(0o600)
+    icinga.start()
+    sat.start()
+    try:
+        sat.wait_for(lambda: _renewed(own), CONNECT_TIMEOUT, what="our renewed certificate",
+                     extra=lambda: icinga.diagnostics(40))
+        new = pki.load_certificates(own / "sat.crt")[0]
+        assert pki.signed_by(new, ca_cert)
+        assert not pki.same_public_key(new, key)
+        assert pki.same_public_key(new, pki.load_private_key(own / "sat.key"))
+        assert not (own / "sat.key.new").exists()
+        log = "\n".join(sat.log_lines())
+        assert "installed our new certificate and key" in log
+        assert "re-sign our current key" not in log
+        # the session to the master stayed up through the swap
+        assert "disconnected" not in log
+        sat.wait_for(lambda: sat.endpoint_status("imaster").get("connected"), 10,
+                     what="imaster still connected")
+    finally:
+        sat.stop()
+
+
+def test_our_agent_renews_with_a_new_key_through_a_real_icinga_satellite(
+        tmp_path: Path, icinga_factory: IcingaFactory) -> None:
+    """Our agent (10 days left) under a real Icinga 2.13 satellite under our signing
+    master: Icinga stores and forwards our new-key request like any other, our master
+    checks the proof inside it and signs, Icinga keeps the answer and hands it out when
+    we ask again; we install the new pair without dropping the session."""
+    import datetime as dt
+
+    from router.node.owncert import NEW_KEY_PATIENCE
+
+    zones = [{"name": "master", "endpoints": ["master"]},
+             {"name": "isat", "endpoints": ["isat"], "parent": "master"},
+             {"name": "agent1", "endpoints": ["agent1"], "parent": "isat"}]
+    master = our_master(tmp_path, icinga_factory, salt=None, children=["isat"])
+    master.start()
+    isat = icinga_factory("isat", "isat", zones=zones,
+                          endpoints=[{"name": "master", "host": "127.0.0.1",
+                                      "port": master.listen_port},
+                                     {"name": "isat"}, {"name": "agent1"}])
+    isat.start()
+    ca_cert, ca_key = pki.load_ca(icinga_factory.ca_dir)
+    own = tmp_path / "agent-certs"
+    own.mkdir()
+    now = dt.datetime.now(dt.timezone.utc)
+    cert, key = pki.issue_certificate(ca_cert, ca_key, "agent1",
+                                      not_before=now - dt.timedelta(days=380),
+                                      not_after=now + dt.timedelta(days=10))
+    pki.write_certificate(own / "agent1.crt", cert)
+    pki.write_private_key(own / "agent1.key", key)
+    pki.write_certificate(own / "ca.crt", ca_cert)
+    agent = RouterNode(tmp_path / "router-agent", "agent1", zones=zones,
+                       endpoints=[{"name": "isat", "port": isat.api_port},
+                                  {"name": "master"}, {"name": "agent1"}],
+                       cert=own / "agent1.crt", key=own / "agent1.key", ca=own / "ca.crt")
+    agent.start()
+    try:
+        def renewed() -> bool:
+            new = pki.load_certificates(own / "agent1.crt")[0]
+            return (new.not_valid_after_utc - now).days > 300
+        agent.wait_for(renewed, CONNECT_TIMEOUT + 2 * NEW_KEY_PATIENCE,
+                       what="our renewed certificate",
+                       extra=lambda: isat.diagnostics(40) + master.log_tail())
+        new = pki.load_certificates(own / "agent1.crt")[0]
+        assert pki.signed_by(new, ca_cert)
+        assert not pki.same_public_key(new, key)
+        assert pki.same_public_key(new, pki.load_private_key(own / "agent1.key"))
+        assert "(renewal with a new key)" in "\n".join(master.log_lines())
+        log = "\n".join(agent.log_lines())
+        assert "installed our new certificate and key" in log
+        assert "disconnected" not in log
+    finally:
+        agent.stop()
+        master.stop()
 
 
 class NodeSetupAgent(IcingaNode):
