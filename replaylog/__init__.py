@@ -21,10 +21,11 @@ from .store import (
                      ReplayStore,
                      reset,
 )
+from .received import ReceivedPositions
 from .writer import ReplayWriter
 
 __all__ = [
     "DEFAULT_LOG_DURATION", "DEFAULT_MAP_SIZE", "DEFAULT_MAX_BYTES", "PruneStats", "Record",
-    "ReplayLogBusy", "ReplayLogCorrupt", "ReplayLogDiskFull", "ReplayLogError",
+    "ReceivedPositions", "ReplayLogBusy", "ReplayLogCorrupt", "ReplayLogDiskFull", "ReplayLogError",
     "ReplayStore", "ReplayWriter", "recovery_command", "reset",
 ]

@@ -49,6 +49,7 @@ from router.transport.sendqueue import QueueLimits
 from router.node.executions import Executions
 from router.node.enrollment import Enrollment
 from router.node.housekeeping import LOG_POSITION_INTERVAL, Housekeeping
+from router.node.receipts import ORIGIN_KEY, Receipts
 from router.node.sessions import Sessions
 from router.node.stats import ANONYMOUS, Connection, EndpointStats
 from router.node.texts import REFUSAL_TEXT, RateLimitedLog, method_label
@@ -56,6 +57,7 @@ from router.node.texts import REFUSAL_TEXT, RateLimitedLog, method_label
 if TYPE_CHECKING:  # pragma: no cover
     from router.features.checks import LocalChecks
     from router.features.configsync import ConfigSync
+    from router.features.writers import WritersService
     from router.features.commands import CommandExecutor
     from router.node.replay import ReplayManager
     from router.protocol.events import Event
@@ -64,6 +66,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("router.node")
 
 CHECK_RESULT = "event::CheckResult"
+#: Smallest step between two stamps (a float near 1.8e9 resolves 2.4e-7 s).
+STAMP_STEP = 1e-6
 #: Buckets (bytes) of the TLS handshake size histograms: a typical agent handshake is
 #: 1-3 KB; Icinga's "excessive message size" failures start past 100 KB (users.md P1, P2).
 HANDSHAKE_BYTES_BUCKETS = (1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0, 102400.0)
@@ -127,7 +131,8 @@ class Node:
                                    idle_grace=config.timeouts.unauthenticated_idle,
                                    rate=limits.new_connections_per_second,
                                    burst=limits.new_connections_burst,
-                                   call_later=_loop_call_later)
+                                   call_later=_loop_call_later,
+                                   stall_after=config.timeouts.handshake_stall)
         self.connections: dict[str, Connection] = {}
         self.connected_names: set[str] = set()
         self.all_connections: set[Connection] = set()
@@ -157,6 +162,9 @@ class Node:
         self.executor: CommandExecutor | None = None
         #: Set by the service: the replay log.
         self.replay: ReplayManager | None = None
+        #: Set by the service when [[writers]] are configured: consumed check results
+        #: are handed to it (a deque append; the writing runs off this loop).
+        self.writers: WritersService | None = None
         #: Set by the service when [[checks]] are configured.
         self.checks: LocalChecks | None = None
         #: Set by the service when accept_config or zones_dir is set (config sync).
@@ -164,6 +172,8 @@ class Node:
         self.sessions = Sessions(self)
         self.executions = Executions(self)
         self.housekeeping = Housekeeping(self)
+        #: What this node processed, per origin; persisted with the replay log.
+        self.receipts = Receipts(self)
         #: Certificate requests and updates (router.node.enrollment).
         self.enrollment = Enrollment(self)
 
@@ -181,16 +191,23 @@ class Node:
         log.log(level, "[%s %s] " + msg, who, conn.address, *args)
 
     def stamp(self) -> float:
-        """Wall-clock ``ts`` for a relayed message, never going backwards.
+        """Wall-clock ``ts`` for a relayed message, strictly increasing.
 
         Receivers drop messages whose ``ts`` is older than the last one they saw from us,
-        so a clock step back must not reorder what we send.
+        so a clock step back must not reorder what we send; and they drop a message from
+        us whose ``ts`` is not newer than one they processed (``router.node.receipts``),
+        so no two of our messages may share one.
         """
         now = time.time()
         if now <= self._last_stamp:
-            now = self._last_stamp
+            now = self._last_stamp + STAMP_STEP
         self._last_stamp = now
         return now
+
+    @property
+    def last_stamp(self) -> float:
+        """The newest ``ts`` this node stamped on a message."""
+        return self._last_stamp
 
     def max_message_size(self, endpoint: str | None) -> int:
         """Receive limit by trust (users.md P16): children are bounded tighter than parents."""
@@ -200,10 +217,12 @@ class Node:
 
     def start(self) -> None:
         self.housekeeping.start()
+        self.receipts.start()
         self.enrollment.start()
 
     def stop_housekeeping(self) -> None:
         self.housekeeping.stop()
+        self.receipts.stop()
         self.enrollment.stop()
 
     @property
@@ -316,15 +335,36 @@ class Node:
             self.refuse_invalid(conn, method, problem, msg)
             return
         ts = msg.ts
+        origin: tuple[str, float] | None = None
         if ts is not None and stats is not None:
             if ts < stats.remote_log_position:
-                # Icinga drops these silently: it is how relay loops die out.
+                # Icinga drops these silently: it is how relay loops die out, and how a
+                # replay of what we processed before ends (router.node.receipts).
                 self.stale_dropped += 1
+                stats.duplicates_dropped += 1
                 if self._debug:
                     self.log_peer(conn, logging.DEBUG, "dropping %s with ts %.6f older than "
                                   "%.6f", method, ts, stats.remote_log_position)
                 return
             stats.remote_log_position = ts
+            # Exactly-once between our nodes: dedup by where the message entered.
+            raw_origin = msg.data.get(ORIGIN_KEY)
+            receipts = self.receipts
+            if raw_origin is None:
+                origin = (endpoint, ts)
+                seen = receipts.seen
+                fresh = ts > seen.get(endpoint, 0.0)
+                if fresh:
+                    seen[endpoint] = ts
+            else:
+                origin = receipts.origin(endpoint, raw_origin, ts)
+                fresh = receipts.accept(endpoint, origin[0], origin[1])
+            if not fresh:
+                stats.duplicates_dropped += 1
+                if self._debug:
+                    self.log_peer(conn, logging.DEBUG, "dropping %s from origin %s: ts "
+                                  "%.6f already processed", method, origin[0], origin[1])
+                return
         if method == CHECK_RESULT and self.checks is not None \
                 and self.checks.accept_result(endpoint, msg.params):
             return  # the answer to our own ExecuteCommand (command_endpoint)
@@ -341,13 +381,13 @@ class Node:
             self._consume(conn, msg, decision)
         if decision.targets or (decision.logged and decision.unreachable
                                 and self.replay is not None):
-            self._relay(conn, msg, decision)
+            self._relay(conn, msg, decision, origin)
 
     def _relay(self, source: Connection, msg: jsonrpc.Message,
-               decision: RouteDecision) -> None:
+               decision: RouteDecision, origin: tuple[str, float] | None = None) -> None:
         from_zone = self.router.from_zone(source.endpoint, msg.origin_zone)  # type: ignore[arg-type]
         ts = self.stamp()
-        frame = netstring.encode(jsonrpc.relay_payload(msg, ts, from_zone))
+        frame = netstring.encode(jsonrpc.relay_payload(msg, ts, from_zone, origin))
         if decision.logged and decision.unreachable and self.replay is not None:
             self.replay.persist(decision.unreachable, ts, frame, decision.object_zone)
         method = msg.method or ""
@@ -381,6 +421,8 @@ class Node:
                 service = params.get("service")
                 self.results.update(host, service if isinstance(service, str) else None, cr,
                                     self.name, time.time(), decision.object_zone)
+            if self.writers is not None:
+                self.writers.submit_params(method, params)
         return True
 
     def _fan_out(self, frame: bytes, method: str, params: dict[str, Any] | None,
@@ -426,6 +468,8 @@ class Node:
         params = msg.params or {}
         if method == CHECK_RESULT:
             self.check_results_received += 1
+            if self.writers is not None:
+                self.writers.submit(msg.raw)
             if self.results is not None:
                 host = params.get("host")
                 service = params.get("service")

@@ -21,6 +21,7 @@ from router.transport.readsched import ReadScheduler
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.node.executions import Executions
+    from router.node.receipts import Receipts
     from router.node.replay import ReplayManager
     from router.node.stats import Connection, EndpointStats
 
@@ -53,6 +54,9 @@ class HousekeepingHost(NodeContext, Protocol):
 
     @property
     def executions(self) -> Executions: ...
+
+    @property
+    def receipts(self) -> Receipts: ...
 
     @property
     def log_position_interval(self) -> float:
@@ -176,7 +180,8 @@ class Housekeeping:
         for endpoint in names[start:end]:
             if endpoint not in connections:
                 continue
-            position = host.endpoint_stats(endpoint).remote_log_position
+            position = host.receipts.confirm_position(
+                endpoint, host.endpoint_stats(endpoint).remote_log_position)
             if position > sent.get(endpoint, 0.0):
                 sent[endpoint] = position
                 host.send_to(endpoint, netstring.encode(jsonrpc.notification(

@@ -44,11 +44,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from replaylog import ReplayWriter
+from replaylog import ReceivedPositions, ReplayWriter
 from router.node.context import NodeContext
 from router.routing import METHODS
 
 if TYPE_CHECKING:  # pragma: no cover
+    from router.node.receipts import Receipts
     from router.node.stats import Connection
 
 log = logging.getLogger("router.replay")
@@ -56,6 +57,8 @@ log = logging.getLogger("router.replay")
 PRUNE_INTERVAL = 10.0
 #: Frames per replay chunk handed to the send queue.
 CHUNK = 1024
+#: Directory of the processed positions, beside the replay log's.
+RECEIVED_DIR = "received"
 #: Label for replayed frames in the per-method sent counters.
 REPLAY_METHOD = "(replay)"
 
@@ -65,6 +68,9 @@ class ReplayHost(NodeContext, Protocol):
 
     @property
     def connections(self) -> Mapping[str, Connection]: ...
+
+    @property
+    def receipts(self) -> Receipts: ...
 
     def replay_done(self, conn: Connection, count: int, seconds: float) -> None:
         """The replay of ``conn`` caught up with the log: it goes live."""
@@ -96,6 +102,12 @@ class ReplayManager:
         self.replaying: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_prune = 0.0
+        #: What this node processed per origin (router.node.receipts), beside the log.
+        self.received = ReceivedPositions(self.store.path.parent / RECEIVED_DIR)
+        restored = node.receipts.attach(writer, self.received)
+        if restored:
+            log.info("restored the processed positions of %d endpoints from %s", restored,
+                     self.received.path)
 
     # ------------------------------------------------------------------ writing
 
@@ -227,7 +239,9 @@ class ReplayManager:
     async def close(self, timeout: float) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await self.node.receipts.close()
         await self.node.loop.run_in_executor(None, self.writer.close, timeout)
+        self.received.close()
 
 
 def _frame_ts(frame: bytes) -> float | None:

@@ -50,6 +50,12 @@ class EndpointStats:
     unconfirmed_overflow: int = 0
     coalesced: int = 0
     dropped: int = 0
+    #: Messages from the endpoint dropped as already processed (router.node.receipts).
+    duplicates_dropped: int = 0
+    #: Times the endpoint's input went over ``[limits] peer_bytes_per_second`` or
+    #: ``peer_messages_per_second`` and its reading stopped, and for how long in total.
+    throttled: int = 0
+    throttled_seconds: float = 0.0
 
     def count_received(self, nbytes: int, now: float) -> None:
         """``nbytes`` of plaintext read at loop time ``now`` (transport.TrafficStats)."""
@@ -60,6 +66,11 @@ class EndpointStats:
         """``nbytes`` of plaintext written at loop time ``now`` (transport.TrafficStats)."""
         self.bytes_sent += nbytes
         self.byte_rate_out.add(now, nbytes)
+
+    def count_throttled(self, seconds: float) -> None:
+        """Reading held back ``seconds`` by the input caps (transport.TrafficStats)."""
+        self.throttled += 1
+        self.throttled_seconds += seconds
 
 
 #: A peer connection as the node holds it: its stats are ``EndpointStats``.

@@ -165,13 +165,17 @@ def error_response(id: object, text: str) -> bytes:  # noqa: A002 - JSON-RPC fie
                         option=orjson.OPT_SORT_KEYS)
 
 
-def relay_payload(msg: Message, ts: float, origin_zone: str | None) -> bytes:
+def relay_payload(msg: Message, ts: float, origin_zone: str | None,
+                  origin: tuple[str, float] | None = None) -> bytes:
     """Re-encode ``msg`` for forwarding, restamped as Icinga's relay does.
 
     * ``ts`` is replaced: receivers drop any message whose ``ts`` is older than the last
       one seen on that connection (``JsonRpcConnection::MessageHandler``), so forwarding
       the senders' original stamps would make interleaved messages vanish.
     * ``originZone`` is set, or removed when ``origin_zone`` is None.
+    * ``routerOrigin`` is set to ``[endpoint, ts]`` when ``origin`` is given: where the
+      message entered our chain of nodes, so the next hop recognises it after a relay in
+      between restarted (``router.node.receipts``). Icinga ignores the key.
     * For ``event::CheckResult`` a ``cr`` without ``performance_data`` gets ``[]``:
       without the key Icinga stores an empty check result.
 
@@ -184,6 +188,8 @@ def relay_payload(msg: Message, ts: float, origin_zone: str | None) -> bytes:
         data.pop("originZone", None)
     else:
         data["originZone"] = origin_zone
+    if origin is not None:
+        data["routerOrigin"] = origin
     if msg.method == CHECK_RESULT_METHOD:
         params = _with_performance_data(msg.params)
         if params is not None:

@@ -1,0 +1,372 @@
+"""Exactly-once between our nodes: what this node has processed, per origin, on disk.
+
+Icinga's replay contract is at-least-once: a sender keeps logged messages until the
+receiver confirms them (``log::SetLogPosition``), and after a reconnect it sends again
+everything newer than the confirmed position. The receiver only keeps the newest ``ts``
+of the current connection in memory, so after its own restart, or after a relay in
+between restarted, a message it already handed on comes again and is processed twice
+(issue 21: 10 000 results at the master for 5 000 sent after a ``kill -9`` of the
+satellite). Three rules make it exactly-once between our nodes:
+
+1. **Dedup by origin.** A message carries the identity of the node where it entered our
+   chain: ``routerOrigin: [endpoint, ts]``, set by the first of our nodes that relays it
+   (the sending endpoint and the ``ts`` it sent) and passed on unchanged by the next
+   ones; Icinga ignores the key and keeps it when it relays. A receiver drops a message
+   whose origin ``ts`` is not newer than the newest it processed from that origin and
+   that came by the same peer (``router_replay_duplicates_dropped_total{peer}``, by the
+   peer that sent it). A relay that restarts stamps a message again with a new ``ts``
+   when the agent replays it, but the origin stays the same, so the next hop still
+   recognises it. Messages of one origin that come by *different* peers (an HA partner
+   relays what the satellite sent it; the satellite fails over between the masters) are
+   not ordered with each other: an older one from another peer is dropped only when it
+   is among the last ``RECENT`` origin stamps processed (``Receipts.accept``). An origin
+   is only believed from a peer that may speak for it (the origin's zone is the peer's
+   or below it, or the peer is our parent or HA partner); otherwise the peer itself is
+   the origin, so a child cannot silence another child.
+
+2. **Processed means safe.** The positions this node confirms to a peer and keeps on
+   disk only cover messages that can no longer be lost here: handed to local features,
+   or, for what it relayed, committed to its own replay log or confirmed by every next
+   hop that keeps a log. A checkpoint (every ``CHECKPOINT_INTERVAL``) takes the newest
+   ``ts`` per origin and per peer and waits until every connection with unconfirmed
+   logged frames has confirmed what it had at that moment (or dropped: its frames then
+   went to the replay log); the replay log's writer then commits the positions after
+   every record submitted before (``ReplayWriter.call``), so they never cover a message
+   that is not yet in the log. Only then are they confirmed to the peers. (A next hop
+   that never confirms holds the checkpoints back until its connection drops; Icinga
+   and our nodes confirm every 5 s.)
+
+3. **Restored at start.** The positions on disk (``replaylog.ReceivedPositions``, beside
+   the replay log) are loaded before any connection is accepted: a peer's replay of what
+   was processed before a ``kill -9`` is dropped. (Which peer brought the newest message
+   and the recent stamps are not kept: after a restart an older message of an origin is
+   taken for a replay whichever peer brings it.)
+
+What a ``kill -9`` of a node can still do: messages it processed after its last
+checkpoint reached its (in-memory) features and may reach the restarted process's
+features again; a relay loses nothing and doubles nothing. Towards Icinga 2 peers the
+rules are Icinga's (at-least-once): they send no ``routerOrigin`` of their own, so the
+origin is the peer and its ``ts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from router.node.context import NodeContext
+from router.routing import Relation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from replaylog import ReceivedPositions, ReplayWriter
+    from router.node.stats import Connection, EndpointStats
+
+log = logging.getLogger("router.receipts")
+
+#: Seconds between two checkpoints of the processed positions.
+CHECKPOINT_INTERVAL = 0.25
+#: Checkpoints waiting for confirmations at most; older ones are superseded.
+MAX_PENDING = 64
+#: Top-level key naming where a message entered our chain of nodes.
+ORIGIN_KEY = "routerOrigin"
+#: Relayed messages whose origin stamps are kept to recognise one that comes again by
+#: another path: about 110 bytes each, 5.5 MB when full (reached after that many
+#: relayed messages, flat from then on); at 5 000 results/s, the last 10 s.
+RECENT = 50_000
+#: Cached trust decisions (hop, origin) at most; the cache is cleared when full.
+MAX_TRUST_CACHE = 65536
+
+
+class ReceiptsHost(NodeContext, Protocol):
+    """What the receipts need from the node."""
+
+    @property
+    def connections(self) -> Mapping[str, Connection]: ...
+
+    @property
+    def last_stamp(self) -> float:
+        """The newest ``ts`` this node stamped on a message."""
+
+    def endpoint_stats(self, name: str) -> EndpointStats: ...
+
+
+@dataclass(slots=True)
+class _Checkpoint:
+    number: int
+    origins: dict[str, float]
+    hops: dict[str, float]
+    #: connection -> the stamp it must confirm (its unconfirmed frames at the checkpoint)
+    waiting: dict[Connection, float] = field(default_factory=dict)
+
+
+class Receipts:
+    """Per origin, the newest ``ts`` processed; checkpoints of it on disk (module doc)."""
+
+    def __init__(self, host: ReceiptsHost) -> None:
+        self.host = host
+        #: origin endpoint -> newest origin ``ts`` processed (in memory, the hot path).
+        self.seen: dict[str, float] = {}
+        #: origin endpoint -> the peer that brought its newest message (relayed ones).
+        self.seen_hop: dict[str, str] = {}
+        #: (origin, ts) of the last RECENT relayed messages processed.
+        self._recent: set[tuple[str, float]] = set()
+        self._recent_order: deque[tuple[str, float]] = deque()
+        #: peer endpoint -> the position we may confirm to it (safe, see rule 2).
+        self.confirmable: dict[str, float] = {}
+        self.writer: ReplayWriter | None = None
+        self.store: ReceivedPositions | None = None
+        self._trust: dict[tuple[str, str], bool] = {}
+        self._pending: list[_Checkpoint] = []
+        self._saved: dict[str, float] = {}
+        self._saving = False
+        self._timer: asyncio.TimerHandle | None = None
+        #: Checkpoints taken; the number of the newest one on disk.
+        self.checkpoints = 0
+        self.saved_through = 0
+        self.saves = 0
+        self.save_failures = 0
+
+    # ------------------------------------------------------------------ set-up
+
+    def attach(self, writer: ReplayWriter, store: ReceivedPositions) -> int:
+        """Persist through ``writer`` into ``store``; restore what it holds. Called
+        before any connection is accepted. Returns the number of positions restored."""
+        self.writer = writer
+        self.store = store
+        restored = store.load()
+        self._saved = dict(restored)
+        for name, ts in restored.items():
+            if ts > self.seen.get(name, 0.0):
+                self.seen[name] = ts
+            stats = self.host.endpoint_stats(name)
+            if ts > stats.remote_log_position:
+                stats.remote_log_position = ts
+            if ts > self.confirmable.get(name, 0.0):
+                self.confirmable[name] = ts
+        return len(restored)
+
+    def start(self) -> None:
+        self._timer = self.host.loop.call_later(CHECKPOINT_INTERVAL, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # ------------------------------------------------------------------ hot path
+
+    def origin(self, hop: str, value: Any, ts: float) -> tuple[str, float]:
+        """The origin of a message from ``hop`` (its ``routerOrigin`` when the hop may
+        speak for it, else the hop and the message's ``ts``)."""
+        if type(value) is list and len(value) == 2:
+            name, origin_ts = value
+            if type(name) is str and (type(origin_ts) is float or type(origin_ts) is int):
+                trusted = self._trust.get((hop, name))
+                if trusted is None:
+                    trusted = self._trusts(hop, name)
+                if trusted:
+                    return name, float(origin_ts)
+        return hop, ts
+
+    def accept(self, hop: str, name: str, ts: float) -> bool:
+        """Should a message that entered our chain at ``name`` with ``ts`` and came
+        from ``hop`` be processed? Records it when so.
+
+        Newer than anything processed from that origin: yes. Not newer, from the hop
+        that brought the newest (or from any hop after a restart, when that is not
+        known): no, a replay. Not newer but from another hop (an HA partner relays what
+        the satellite sent to it, a zone's endpoints took turns): only when it is not
+        among the ``RECENT`` origin stamps processed last, since the paths are not
+        ordered with each other and a watermark alone would lose the older message.
+        """
+        seen = self.seen
+        if ts > seen.get(name, 0.0):
+            seen[name] = ts
+            self.seen_hop[name] = hop
+            self._remember(name, ts)
+            return True
+        if self.seen_hop.get(name, hop) == hop:
+            return False
+        if (name, ts) in self._recent:
+            return False
+        self._remember(name, ts)
+        return True
+
+    def _remember(self, name: str, ts: float) -> None:
+        key = (name, ts)
+        recent = self._recent
+        recent.add(key)
+        order = self._recent_order
+        order.append(key)
+        if len(order) > RECENT:
+            recent.discard(order.popleft())
+
+    def _trusts(self, hop: str, name: str) -> bool:
+        topology = self.host.topology
+        hop_zone, origin_zone = topology.zone_of(hop), topology.zone_of(name)
+        if hop_zone is None or origin_zone is None:
+            trusted = False
+        elif topology.relation(hop) in (Relation.PARENT, Relation.PEER):
+            trusted = True
+        else:
+            trusted = origin_zone == hop_zone or topology.is_ancestor(hop_zone, origin_zone)
+        if len(self._trust) >= MAX_TRUST_CACHE:
+            self._trust.clear()
+        self._trust[(hop, name)] = trusted
+        if not trusted:
+            self.host.ratelog.log((hop, "origin", name), logging.WARNING,
+                                  "[%s] sent a message with origin %r, which it may not "
+                                  "speak for; taking %s itself as the origin", hop,
+                                  name[:200], hop)
+        return trusted
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def confirm_position(self, endpoint: str, received: float) -> float:
+        """The position to confirm to ``endpoint`` (``received``: the newest ``ts`` from
+        it) : the safe one when positions are persisted, else ``received``."""
+        if self.writer is None:
+            return received
+        return self.confirmable.get(endpoint, 0.0)
+
+    def _tick(self) -> None:
+        try:
+            self.checkpoint()
+        except Exception:  # the timer must keep running
+            log.exception("receive positions: checkpoint failed")
+        self._timer = self.host.loop.call_later(CHECKPOINT_INTERVAL, self._tick)
+
+    def checkpoint(self) -> None:
+        """Take a checkpoint when positions moved, and save the newest ready one."""
+        host = self.host
+        if self.writer is not None:
+            origins = {name: ts for name, ts in self.seen.items()
+                       if ts > self._saved.get(name, 0.0)}
+            hops = {}
+            for name in host.connections:
+                position = host.endpoint_stats(name).remote_log_position
+                if position > self.confirmable.get(name, 0.0):
+                    hops[name] = position
+            if origins or hops:
+                point = _Checkpoint(self.checkpoints + 1, origins, hops)
+                last_stamp = host.last_stamp
+                for conn in host.connections.values():
+                    ledger, queue = conn.ledger, conn.queue
+                    if ledger is None:
+                        continue
+                    if queue is not None and queue.messages:
+                        point.waiting[conn] = max(ledger.newest, last_stamp)
+                    elif len(ledger):
+                        point.waiting[conn] = ledger.newest
+                self._pending.append(point)
+                self.checkpoints += 1
+                if len(self._pending) > MAX_PENDING:
+                    self._merge_oldest()
+        self._save_ready()
+
+    def _merge_oldest(self) -> None:
+        """Fold the oldest pending checkpoint into the next one (it waits longer)."""
+        first, second = self._pending[0], self._pending[1]
+        # second.number stays: a save of it covers both.
+        for name, ts in first.origins.items():
+            if ts > second.origins.get(name, 0.0):
+                second.origins[name] = ts
+        for name, ts in first.hops.items():
+            if ts > second.hops.get(name, 0.0):
+                second.hops[name] = ts
+        for conn, ts in first.waiting.items():
+            if ts > second.waiting.get(conn, 0.0):
+                second.waiting[conn] = ts
+        del self._pending[0]
+
+    def _ready(self, point: _Checkpoint) -> bool:
+        connections = self.host.connections
+        for conn, stamp in point.waiting.items():
+            if conn.endpoint is None or connections.get(conn.endpoint) is not conn:
+                continue    # dropped: its unconfirmed frames went to the replay log
+            ledger, queue = conn.ledger, conn.queue
+            if ledger is not None and not len(ledger) and (queue is None
+                                                            or not queue.messages):
+                continue    # everything it was given is confirmed
+            stats = conn.stats
+            if stats is None or stats.confirmed_log_position < stamp:
+                return False
+        return True
+
+    def _save_ready(self) -> None:
+        """Save the newest checkpoint whose connections all confirmed (and the older
+        ones with it), unless a save is still running."""
+        if self._saving or not self._pending or self.writer is None:
+            return
+        ready = -1
+        for index, point in enumerate(self._pending):
+            if self._ready(point):
+                ready = index
+        if ready < 0:
+            return
+        taken, self._pending = self._pending[:ready + 1], self._pending[ready + 1:]
+        origins: dict[str, float] = {}
+        hops: dict[str, float] = {}
+        number = taken[-1].number
+        for point in taken:
+            origins.update(point.origins)
+            hops.update(point.hops)
+        store = self.store
+        assert store is not None
+        self._saving = True
+        try:
+            future = self.writer.call(store.save, origins)
+        except Exception as e:   # the writer is closing
+            self._saving = False
+            log.debug("receive positions not saved: %s", e)
+            return
+        loop = self.host.loop
+        future.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._saved_done, f, number, origins, hops))
+
+    def _saved_done(self, future: concurrent.futures.Future[Any], number: int,
+                    origins: dict[str, float], hops: dict[str, float]) -> None:
+        self._saving = False
+        error = future.exception()
+        if error is not None:
+            self.save_failures += 1
+            self.host.ratelog.log(("receipts", "save"), logging.ERROR,
+                                  "receive positions not saved (peers will replay what "
+                                  "this node processed since): %s", error)
+            return
+        self.saves += 1
+        self.saved_through = max(self.saved_through, number)
+        for name, ts in origins.items():
+            if ts > self._saved.get(name, 0.0):
+                self._saved[name] = ts
+        confirmable = self.confirmable
+        for name, ts in hops.items():
+            if ts > confirmable.get(name, 0.0):
+                confirmable[name] = ts
+
+    async def close(self) -> None:
+        """Save what is ready at shutdown (after the node drained its queues)."""
+        self.stop()
+        if self.writer is None:
+            return
+        self.checkpoint()
+        # A clean stop: what every connection confirmed, or everything when nothing
+        # remains unconfirmed (the drain wrote the queues, the log keeps the rest).
+        for _ in range(20):
+            if not self._saving and not self._pending:
+                return
+            await asyncio.sleep(0.05)
+            self._save_ready()
+
+    def stats(self) -> dict[str, Any]:
+        return {"origins": len(self.seen), "pending_checkpoints": len(self._pending),
+                "checkpoints": self.checkpoints, "saves": self.saves,
+                "save_failures": self.save_failures}
+
+
+__all__ = ["CHECKPOINT_INTERVAL", "ORIGIN_KEY", "Receipts", "ReceiptsHost"]

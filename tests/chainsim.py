@@ -1,0 +1,305 @@
+"""Real ``Node`` objects in one process, wired by hand: a chain whose faults a test picks.
+
+Each ``SimNode`` is a real ``router.node.Node`` with its real ``ReplayManager`` (LMDB
+replay log and processed positions under its own data directory), ``Receipts``,
+routing, send queues and ledgers. Only the sockets are replaced: a ``SimConn`` stands
+where a ``PeerConnection`` would be, and the test moves frames from one node's send
+queue to the other's ``on_message`` itself, one at a time if it likes. That makes every
+interleaving of sends, deliveries, confirmations, disconnects, kills and restarts
+reachable and repeatable (``tests/test_exactly_once_property.py`` lets hypothesis pick
+them).
+
+A kill is a ``kill -9``: the node object is dropped with everything in memory (queues,
+ledgers, processed positions not yet saved) and the replay log's writer loses every
+record not yet committed. The writer commits only when asked (``commit``) or when an
+operation (a checkpoint of the processed positions) is queued behind the records: what
+a real writer does within its 5 ms window, made explicit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from replaylog import ReplayWriter
+from router.config import parse_config
+from router.features.results import ResultStore
+from router.node.core import Node
+from router.node.replay import ReplayManager
+from router.protocol import jsonrpc
+from tests.nodeutil import ClusterSpec
+
+#: The writer never commits on its own: only flush() and queued operations make it.
+NEVER = 10 ** 9
+
+
+class SimConn:
+    """The node's view of one peer session, without a socket."""
+
+    def __init__(self, node: SimNode, endpoint: str, *, outbound: bool) -> None:
+        self.sim = node
+        self.expected_endpoint = endpoint if outbound else None
+        self.endpoint: str | None = None
+        self.identity: str | None = None
+        self.address = f"sim:{endpoint}"
+        self.direction = "outbound" if outbound else "inbound"
+        self.state = "open"
+        self.close_reason: str | None = None
+        self.queue: Any = None
+        self.ledger: Any = None
+        self.stats: Any = None
+        self.peer: Any = None
+        self.blocked_sources: set[SimConn] = set()
+        self.blocked_by = 0
+        self.invalid_budget = None
+        self.reading_paused = False
+        self.write_buffer_size = 0
+        self.input_rate = None
+        self.handshake_bytes_in = self.handshake_bytes_out = 0
+        self._peer_name = endpoint
+        loop = node.loop
+        self.ready: asyncio.Future[None] = loop.create_future()
+
+    # what the node calls
+    def peer_identity(self) -> str:
+        return self._peer_name
+
+    def fileno(self) -> int:
+        return 3
+
+    def start_session(self, peer: Any, queue: Any, endpoint: str | None, stats: Any) -> None:
+        self.peer, self.queue, self.endpoint, self.stats = peer, queue, endpoint, stats
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def schedule_flush(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
+    def restart_reading(self) -> None:
+        self.reading_paused = False
+
+    def close(self, reason: str) -> None:
+        self.close_reason = self.close_reason or reason
+        self.state = "closed"
+
+    abort = close
+
+    def write_direct(self, data: bytes) -> None:
+        pass
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class RecordingResults(ResultStore):
+    """The result view, writing down every result handed to it (a feature's view)."""
+
+    def __init__(self, record: list[tuple[str, str]], *args: Any) -> None:
+        super().__init__(*args)
+        self.record = record
+
+    def update(self, host: str, service: str | None, *args: Any, **kwargs: Any) -> Any:
+        self.record.append((host, service or ""))
+        return super().update(host, service, *args, **kwargs)
+
+
+class SimNode:
+    """One node of the chain: its config, data directory and (while alive) its Node."""
+
+    def __init__(self, spec: ClusterSpec, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.spec = spec
+        self.name = name
+        self.loop = loop
+        self.node: Node | None = None
+        self.writer: ReplayWriter | None = None
+        self.lives = 0
+        #: Check results handed to this node's result view, per life: (host, service).
+        self.delivered: list[list[tuple[str, str]]] = []
+        #: Per life: checkpoint number -> deliveries made before it was taken.
+        self.marks: list[dict[int, int]] = []
+        #: Per life: the number of the newest checkpoint saved (updated at a kill).
+        self.saved_through: list[int] = []
+
+    def start(self) -> Node:
+        config_text = self.spec.toml(self.name)
+        (self.spec.directory / self.name).mkdir(parents=True, exist_ok=True)
+        config = parse_config(config_text.replace('log_level = "debug"',
+                                                  'log_level = "warning"'), "sim.toml")
+        node = Node(config, self.loop, server_context=object(),  # type: ignore[arg-type]
+                    client_context=object())  # type: ignore[arg-type]
+        writer = ReplayWriter.open(self.spec.directory / self.name / "replaylog",
+                                   batch_messages=NEVER, batch_ms=NEVER * 1000.0)
+        node.replay = ReplayManager(node, writer)
+        node.log_position_interval = 0.0
+        self.node, self.writer = node, writer
+        self.lives += 1
+        life: list[tuple[str, str]] = []
+        self.delivered.append(life)
+        self.saved_through.append(0)
+        if node.results is not None:
+            limits = node.config.limits
+            node.results = RecordingResults(life, limits.max_results,
+                                            limits.max_results_per_zone)
+        # A checkpoint covers the deliveries made before it was taken.
+        receipts = node.receipts
+        take_checkpoint = receipts.checkpoint
+        marks: dict[int, int] = {}
+
+        def checkpoint() -> None:
+            before = receipts.checkpoints
+            take_checkpoint()
+            if receipts.checkpoints != before:
+                marks[receipts.checkpoints] = len(life)
+        receipts.checkpoint = checkpoint  # type: ignore[method-assign]
+        self.marks.append(marks)
+        return node
+
+    @property
+    def alive(self) -> bool:
+        return self.node is not None
+
+    def kill(self) -> None:
+        """``kill -9``: memory gone, records not yet committed gone."""
+        writer, node = self.writer, self.node
+        assert writer is not None and node is not None
+        self.saved_through[-1] = node.receipts.saved_through
+        with writer._lock:              # noqa: SLF001 - what the crash takes away
+            writer._queue.clear()
+            writer._ops.clear()
+            writer._committed = writer._submitted
+        writer.close(5.0)
+        node.replay.received.close()   # type: ignore[union-attr]
+        self.node = self.writer = None
+
+    def durable_deliveries(self) -> list[tuple[str, str]]:
+        """What reached this node's result view and stays reached: in a killed life,
+        what its last saved checkpoint covers; in the current life, everything."""
+        out: list[tuple[str, str]] = []
+        for index, life in enumerate(self.delivered):
+            if index == len(self.delivered) - 1 and self.node is not None:
+                out += life
+            else:
+                out += life[:self.marks[index].get(self.saved_through[index], 0)]
+        return out
+
+    def stop(self) -> None:
+        """A clean stop (for the end of a test)."""
+        if self.node is None:
+            return
+        node = self.node
+        for conn in list(node.connections.values()):
+            node.connection_lost(conn, None)    # type: ignore[arg-type]
+        self.run(node.replay.close(10.0))       # type: ignore[union-attr]
+        self.node = self.writer = None
+
+    def commit(self) -> None:
+        if self.writer is not None:
+            assert self.writer.flush(10.0)
+
+    def checkpoint(self) -> None:
+        if self.node is None:
+            return
+        self.node.receipts.checkpoint()
+        self.settle()
+
+    def confirm(self) -> None:
+        """One round of log::SetLogPosition to every peer (queued, not yet delivered)."""
+        if self.node is None:
+            return
+        housekeeping = self.node.housekeeping
+        for _ in range(2):
+            housekeeping._on_log_position_tick()       # noqa: SLF001
+            housekeeping.stop()
+
+    def settle(self) -> None:
+        """Run the loop until the node's background work (saves, replays) is done."""
+        node = self.node
+        if node is None:
+            return
+        for _ in range(400):
+            self.run(asyncio.sleep(0.001))
+            busy = node.receipts._saving or (node.replay is not None and node.replay._tasks)
+            if not busy:
+                return
+        raise AssertionError(f"{self.name}: background work did not finish")
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+
+class SimLink:
+    """A session between two alive SimNodes (``a`` dials ``b``)."""
+
+    def __init__(self, a: SimNode, b: SimNode) -> None:
+        self.a, self.b = a, b
+        self.conn_a: SimConn | None = None   # a's connection to b
+        self.conn_b: SimConn | None = None   # b's connection to a
+
+    @property
+    def up(self) -> bool:
+        return self.conn_a is not None
+
+    def connect(self) -> None:
+        a, b = self.a, self.b
+        assert a.node is not None and b.node is not None and not self.up
+        self.conn_a = SimConn(a, b.name, outbound=True)
+        self.conn_b = SimConn(b, a.name, outbound=False)
+        for sim, conn in ((a, self.conn_a), (b, self.conn_b)):
+            assert sim.node is not None
+            sim.node.all_connections.add(conn)   # type: ignore[arg-type]
+            assert sim.node.handshake_done(conn)  # type: ignore[arg-type]
+        a.settle()
+        b.settle()
+
+    def drop(self) -> None:
+        """Both ends see the connection end; what was in flight is gone."""
+        for sim, conn in ((self.a, self.conn_a), (self.b, self.conn_b)):
+            if conn is not None and sim.node is not None:
+                conn.state = "closed"
+                sim.node.connection_lost(conn, None)    # type: ignore[arg-type]
+        self.conn_a = self.conn_b = None
+
+    def deliver(self, forward: bool, count: int) -> int:
+        """Move up to ``count`` frames across (a -> b when ``forward``)."""
+        if not self.up:
+            return 0
+        src, dst = (self.conn_a, self.conn_b) if forward else (self.conn_b, self.conn_a)
+        dst_sim = self.b if forward else self.a
+        assert src is not None and dst is not None and dst_sim.node is not None
+        moved = 0
+        while moved < count and src.queue is not None and src.queue.messages:
+            frames, _ = src.queue.take(1, src.ledger)
+            for frame in frames:
+                payload = frame[frame.index(b":") + 1:-1]
+                msg = jsonrpc.parse_message(payload)
+                dst_sim.node.on_message(dst, msg)   # type: ignore[arg-type]
+                moved += 1
+            if dst.state != "open":
+                break
+        dst_sim.settle()
+        return moved
+
+    def pending(self) -> int:
+        total = 0
+        for conn in (self.conn_a, self.conn_b):
+            if conn is not None and conn.queue is not None:
+                total += conn.queue.messages
+        return total
+
+
+def frame_service(frame: bytes) -> str | None:
+    payload = orjson.loads(frame[frame.index(b":") + 1:-1])
+    params = payload.get("params") or {}
+    service = params.get("service")
+    return service if isinstance(service, str) else None
+
+
+__all__ = ["SimConn", "SimLink", "SimNode", "frame_service"]

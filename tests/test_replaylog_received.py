@@ -1,0 +1,56 @@
+"""``replaylog.ReceivedPositions``: the processed positions on disk (issue 21)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from replaylog import ReceivedPositions, ReplayLogError
+
+
+def test_positions_survive_reopening_and_only_move_forward(tmp_path: Path) -> None:
+    path = tmp_path / "received"
+    with ReceivedPositions(path) as store:
+        assert store.load() == {}
+        assert store.save({"agent1": 10.5, "sat1": 3.0}) == 2
+        assert store.save({"agent1": 9.0, "sat1": 4.0, "ünïcode": 1.0}) == 2
+        assert store.save({"agent1": math.nan}) == 0
+    with ReceivedPositions(path, readonly=True) as store:
+        assert store.load() == {"agent1": 10.5, "sat1": 4.0, "ünïcode": 1.0}
+
+
+def test_names_that_cannot_be_keys_are_skipped(tmp_path: Path) -> None:
+    with ReceivedPositions(tmp_path / "received") as store:
+        assert store.save({"": 1.0, "x" * 600: 2.0, "ok": 3.0}) == 1
+        assert store.load() == {"ok": 3.0}
+
+
+def test_a_damaged_entry_is_skipped_and_the_rest_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "received"
+    with ReceivedPositions(path) as store:
+        store.save({"good": 5.0})
+    env = lmdb.open(str(path), subdir=True)
+    with env.begin(write=True) as txn:
+        txn.put(b"bad", b"\x00\x01")          # not 8 bytes
+    env.close()
+    with ReceivedPositions(path) as store:
+        assert store.load() == {"good": 5.0}
+
+
+def test_closed_store_refuses(tmp_path: Path) -> None:
+    store = ReceivedPositions(tmp_path / "received")
+    store.close()
+    store.close()
+    with pytest.raises(ReplayLogError):
+        store.save({"a": 1.0})
+
+
+def test_a_corrupt_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "received"
+    path.mkdir()
+    (path / "data.mdb").write_bytes(b"not an lmdb file" * 512)
+    with pytest.raises(ReplayLogError, match="move the directory"):
+        ReceivedPositions(path)
