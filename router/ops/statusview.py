@@ -284,6 +284,23 @@ def format_status(doc: dict[str, Any], *, now: float | None = None) -> str:
              for z in held],
             [False, False, True, True, True]))
 
+    # -- result writers (only with [[writers]])
+    writers = doc.get("writers")
+    if isinstance(writers, dict) and writers:
+        out.append("")
+        out.append(f"Writers ({len(writers)})")
+        out.extend(_table(
+            ["WRITER", "TYPE", "ACTIVE", "WRITTEN", "BACKLOG", "LAG", "EVICTED", "ERRORS",
+             "LAST ERROR"],
+            [[_text(name), _text(w.get("type")), _yes_no(w.get("active")),
+              _int(w.get("written")), _int(w.get("backlog")),
+              _duration(w["lag_seconds"]) if _is_num(w.get("lag_seconds")) else DASH,
+              _int(w.get("evicted")),
+              _int(sum(v for v in (w.get("errors") or {}).values() if _is_num(v))),
+              _text(w.get("last_error") or DASH)[:60]]
+             for name, w in sorted(writers.items()) if isinstance(w, dict)],
+            [False, False, False, True, True, True, True, True, False]))
+
     # -- totals
     conns = _section(doc, "connections", dict)
     totals = _section(doc, "totals", dict)

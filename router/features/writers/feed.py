@@ -1,0 +1,168 @@
+"""The node's side of the writers: appending check results to the durable queues.
+
+``ResultFeed.submit`` runs on the routing event loop for every consumed
+``event::CheckResult`` and only appends the message's raw JSON to a deque (no parsing, no
+copy, no I/O). One thread commits everything waiting into every writer's LMDB queue, one
+transaction per queue per round (group commit, like ``replaylog.writer``): under load the
+fsync is shared by thousands of results, at low rates a result is durable a few
+milliseconds after it arrived. Memory is bounded: beyond ``max_pending_bytes`` waiting
+bytes ``submit`` drops the result and counts it (``router_writer_points_total
+{result="dropped"}``): the routing loop is never blocked by a slow disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from router.config import WriterSpec
+from router.features.writers.base import WriterBackendError
+from router.features.writers.queue import ResultQueue, encode_record, queue_path
+
+__all__ = ["ResultFeed"]
+
+log = logging.getLogger("router.writers")
+
+DEFAULT_MAX_PENDING_BYTES = 64 << 20
+DEFAULT_BATCH_SECONDS = 0.005
+MAX_BATCH = 2048
+
+
+class ResultFeed:
+    """Owns the node process's handles of the writer queues and the commit thread."""
+
+    def __init__(self, data_dir: str, specs: Iterable[WriterSpec], *,
+                 max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+                 batch_seconds: float = DEFAULT_BATCH_SECONDS) -> None:
+        self.data_dir = data_dir
+        self.max_pending_bytes = max_pending_bytes
+        self.batch_seconds = batch_seconds
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._pending: deque[tuple[float, bytes]] = deque()
+        self._pending_bytes = 0
+        self._busy = False
+        self._stop = False
+        self._queues: dict[str, ResultQueue] = {}
+        self._reconfigure: list[WriterSpec] | None = None
+        #: Per writer: results appended, evicted by the byte bound, failed appends.
+        self.appended: dict[str, int] = {}
+        self.evicted: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+        self.dropped = 0
+        self._open(list(specs))
+        self._thread = threading.Thread(target=self._run, name="writers-feed", daemon=True)
+        self._thread.start()
+
+    def _open(self, specs: list[WriterSpec]) -> None:
+        """Open queues of new writers, close those of removed ones (writer thread or
+        before it starts)."""
+        wanted = {s.name: s for s in specs}
+        for name in list(self._queues):
+            if name not in wanted:
+                self._queues.pop(name).close()
+        for name, spec in wanted.items():
+            queue = self._queues.get(name)
+            if queue is not None:
+                queue.max_bytes = spec.max_backlog_bytes
+                continue
+            try:
+                self._queues[name] = ResultQueue(queue_path(self.data_dir, name),
+                                                 spec.max_backlog_bytes)
+            except WriterBackendError as e:
+                log.error("writer %s: cannot open its queue: %s", name, e)
+                self.failed[name] = self.failed.get(name, 0) + 1
+
+    @property
+    def writers(self) -> tuple[str, ...]:
+        return tuple(self._queues)
+
+    # -- event loop side -------------------------------------------------------------
+
+    def submit(self, raw: bytes) -> bool:
+        """Queue one check result message (its JSON); False when dropped (overload)."""
+        with self._lock:
+            if self._pending_bytes + len(raw) > self.max_pending_bytes:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 10000 == 0:
+                    log.warning("writers: %d check results dropped, the queue disk is "
+                                "slower than the results arrive", self.dropped)
+                return False
+            if not self._pending:
+                self._wake.notify()
+            self._pending.append((time.time(), raw))
+            self._pending_bytes += len(raw)
+        return True
+
+    def reconfigure(self, specs: Iterable[WriterSpec]) -> None:
+        """Writers added/removed/changed (reload); applied by the thread between commits."""
+        with self._lock:
+            self._reconfigure = list(specs)
+            self._wake.notify()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is committed (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending or self._busy or self._reconfigure is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            self._stop = True
+            self._wake.notify()
+        self._thread.join(10)
+        for queue in self._queues.values():
+            queue.close()
+        self._queues.clear()
+
+    # -- commit thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and self._reconfigure is None and not self._stop:
+                    self._wake.wait()
+                if self._stop and not self._pending:
+                    return
+                specs, self._reconfigure = self._reconfigure, None
+                self._busy = True
+            if specs is not None:
+                self._open(specs)
+            if self.batch_seconds > 0 and len(self._pending) < MAX_BATCH:
+                time.sleep(self.batch_seconds)        # let a group gather
+            with self._lock:
+                # At most MAX_BATCH per transaction: a backlog is committed in rounds, so
+                # the memory one round holds (encoded values, LMDB's dirty pages) stays small.
+                take = min(len(self._pending), MAX_BATCH)
+                batch = [self._pending.popleft() for _ in range(take)]
+                self._pending_bytes -= sum(len(raw) for _, raw in batch)
+            if batch:
+                self._commit(batch)
+            with self._lock:
+                self._busy = False
+                self._idle.notify_all()
+
+    def _commit(self, batch: list[tuple[float, bytes]]) -> None:
+        values = [encode_record(t, raw) for t, raw in batch]      # once for every writer
+        for name, queue in list(self._queues.items()):
+            try:
+                added, evicted = queue.append_encoded(values)
+            except WriterBackendError as e:
+                self.failed[name] = self.failed.get(name, 0) + len(batch)
+                log.error("writer %s: %d check results not queued: %s", name, len(batch), e)
+                continue
+            self.appended[name] = self.appended.get(name, 0) + added
+            if evicted:
+                self.evicted[name] = self.evicted.get(name, 0) + evicted
+                log.warning("writer %s: backlog above max_backlog_bytes, %d oldest results "
+                            "evicted", name, evicted)

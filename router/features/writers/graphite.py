@@ -1,0 +1,99 @@
+"""Graphite: carbon's plaintext protocol over TCP (``path value timestamp\\n``).
+
+Names and lines as Icinga's GraphiteWriter makes them (``formats.graphite_lines``).
+Carbon never answers on this port, so a batch counts as written once the kernel took all
+of its bytes and the connection is still open; a connection carbon closed is noticed
+(EOF on the read side) before the next batch, and that batch is sent again on a new
+connection. Re-sending is harmless: a line with the same path and timestamp lands in the
+same whisper slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from router.config import WriterSpec
+from router.features.writers.base import Batch, HAView, WriterBackendError
+from router.features.writers.formats import NameCache, graphite_lines, result_view
+from router.features.writers.perfdata import PerfdataError
+
+__all__ = ["GraphiteBackend"]
+
+log = logging.getLogger("router.writers")
+
+
+class GraphiteBackend:
+    """``WriterBackend`` for carbon-cache / carbon-relay (plaintext line receiver)."""
+
+    def __init__(self, spec: WriterSpec, node_name: str, ha: HAView,
+                 count_error: Callable[[str], None]) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.node_name = node_name
+        self._count_error = count_error
+        self._names = NameCache()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        await self.close()
+        try:
+            self._reader, self._writer = await asyncio.open_connection(
+                self.spec.host, self.spec.port)
+        except OSError as e:
+            raise WriterBackendError(
+                "connect", f"carbon {self.spec.host}:{self.spec.port}: {e}") from e
+
+    def _invalid_perfdata(self, e: PerfdataError) -> None:
+        self._count_error("perfdata")
+        log.debug("writer %s: ignoring invalid perfdata: %s", self.name, e)
+
+    def lines(self, batch: Batch) -> bytes:
+        out: list[str] = []
+        for position, record in batch:
+            view = result_view(record)
+            if view is None:
+                self._count_error("invalid_record")
+                log.warning("writer %s: skipping record %d: not a usable check result "
+                            "(host, cr, execution_end)", self.name, position)
+                continue
+            out += graphite_lines(view, self.spec.host_name_template,
+                                  self.spec.service_name_template,
+                                  thresholds=self.spec.enable_send_thresholds,
+                                  metadata=self.spec.enable_send_metadata,
+                                  on_invalid=self._invalid_perfdata, names=self._names)
+        return "".join(out).encode("utf-8", "replace")
+
+    async def write(self, batch: Batch) -> None:
+        reader, writer = self._reader, self._writer
+        if reader is None or writer is None:
+            raise WriterBackendError("connect", "not connected")
+        if reader.at_eof() or writer.is_closing():
+            raise WriterBackendError("closed", "carbon closed the connection")
+        data = self.lines(batch)
+        try:
+            writer.write(data)
+            await writer.drain()
+        except OSError as e:
+            raise WriterBackendError("send", f"carbon: {e}") from e
+        # Carbon sends nothing: data or EOF here means the connection is gone.
+        await asyncio.sleep(0)
+        if reader.at_eof():
+            raise WriterBackendError("closed", "carbon closed the connection")
+
+    async def committed_position(self) -> int | None:
+        return None
+
+    async def holds_role(self, now: float) -> bool:
+        return True
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+            except (OSError, TimeoutError):
+                pass

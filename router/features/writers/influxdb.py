@@ -1,0 +1,128 @@
+"""InfluxDB 1.x: line protocol over the HTTP API, with aiohttp's client.
+
+Points as Icinga's InfluxdbWriter makes them (``formats.influx_lines``), except the
+timestamp: nanoseconds of ``execution_end`` (Icinga sends whole seconds), so two results
+of one service never merge into one point and a batch sent again after a crash or a
+timeout overwrites the same points instead of adding new ones.
+
+Answers: 204 written; 400 means InfluxDB refused some lines (it writes the valid lines of
+the same request): counted as ``refused_point`` and the batch is done, because sending it
+again cannot succeed; 404 (no database) makes ``open`` create it; 401/403 and 5xx are
+retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+from router.config import WriterSpec
+from router.features.writers.base import Batch, HAView, WriterBackendError
+from router.features.writers.formats import NameCache, influx_lines, result_view
+from router.features.writers.perfdata import PerfdataError
+
+__all__ = ["InfluxdbBackend"]
+
+log = logging.getLogger("router.writers")
+
+
+class InfluxdbBackend:
+    """``WriterBackend`` for the InfluxDB 1.x HTTP API."""
+
+    def __init__(self, spec: WriterSpec, node_name: str, ha: HAView,
+                 count_error: Callable[[str], None]) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self._count_error = count_error
+        self._names = NameCache()
+        self._session: aiohttp.ClientSession | None = None
+        self._base = spec.url.rstrip("/")
+        self._auth = (aiohttp.BasicAuth(spec.username, spec.password or "")
+                      if spec.username is not None else None)
+
+    async def open(self) -> None:
+        await self.close()
+        timeout = aiohttp.ClientTimeout(total=self.spec.timeout)
+        self._session = aiohttp.ClientSession(timeout=timeout, auth=self._auth)
+        try:
+            async with self._session.get(f"{self._base}/ping") as resp:
+                if resp.status not in (200, 204):
+                    raise WriterBackendError(f"http_{resp.status}",
+                                             f"InfluxDB {self._base}/ping: HTTP {resp.status}")
+            await self._create_database()
+        except aiohttp.ClientError as e:
+            raise WriterBackendError("connect", f"InfluxDB {self._base}: {e}") from e
+
+    async def _create_database(self) -> None:
+        assert self._session is not None
+        query = f'CREATE DATABASE "{self.spec.database.replace(chr(34), "")}"'
+        async with self._session.post(f"{self._base}/query", data={"q": query}) as resp:
+            if resp.status in (401, 403):
+                raise WriterBackendError("auth", f"InfluxDB {self._base}: HTTP {resp.status}")
+            if resp.status != 200:
+                # Without the right to create databases the database may still exist:
+                # the write answers 404 if not.
+                log.warning("writer %s: CREATE DATABASE answered HTTP %d", self.name,
+                            resp.status)
+
+    def _invalid_perfdata(self, e: PerfdataError) -> None:
+        self._count_error("perfdata")
+        log.debug("writer %s: ignoring invalid perfdata: %s", self.name, e)
+
+    def lines(self, batch: Batch) -> bytes:
+        template_host, template_service = self.spec.host_template, self.spec.service_template
+        out: list[str] = []
+        for position, record in batch:
+            view = result_view(record)
+            if view is None:
+                self._count_error("invalid_record")
+                log.warning("writer %s: skipping record %d: not a usable check result "
+                            "(host, cr, execution_end)", self.name, position)
+                continue
+            out += influx_lines(view, template_service if view.service else template_host,
+                                thresholds=self.spec.enable_send_thresholds,
+                                metadata=self.spec.enable_send_metadata,
+                                on_invalid=self._invalid_perfdata, names=self._names)
+        return "".join(out).encode("utf-8", "replace")
+
+    async def write(self, batch: Batch) -> None:
+        session = self._session
+        if session is None:
+            raise WriterBackendError("connect", "not connected")
+        body = self.lines(batch)
+        if not body:
+            return
+        params = {"db": self.spec.database, "precision": "ns"}
+        try:
+            async with session.post(f"{self._base}/write", params=params, data=body) as resp:
+                if resp.status in (200, 204):
+                    return
+                text = (await resp.text())[:300]
+        except aiohttp.ClientError as e:
+            raise WriterBackendError("send", f"InfluxDB {self._base}: {e}") from e
+        if resp.status == 400:
+            self._count_error("refused_point")
+            log.warning("writer %s: InfluxDB refused points of a batch (the valid ones are "
+                        "written): %s", self.name, text)
+            return
+        if resp.status == 404:
+            raise WriterBackendError("database", f"InfluxDB: {text}")
+        if resp.status in (401, 403):
+            raise WriterBackendError("auth", f"InfluxDB: HTTP {resp.status} {text}")
+        raise WriterBackendError(f"http_{resp.status}", f"InfluxDB: HTTP {resp.status} {text}")
+
+    async def committed_position(self) -> int | None:
+        return None
+
+    async def holds_role(self, now: float) -> bool:
+        return True
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            try:
+                await session.close()
+            except Exception:       # noqa: BLE001 - close() must not raise
+                pass
