@@ -46,8 +46,11 @@ def config_source(config_path: str | None, *, ticket_salt: str | None = None,
     return load
 
 
-def post_reload(url: str, timeout: float = TIMEOUT) -> tuple[int, dict[str, Any]]:
-    """POST ``URL/v1/actions/reload``: (HTTP status, the JSON answer).
+def post_reload(url: str, timeout: float = TIMEOUT, token: str | None = None
+                ) -> tuple[int, dict[str, Any]]:
+    """POST ``URL/v1/actions/reload``: (HTTP status, the JSON answer). ``token``: the
+    node's admin token (``[status] admin_token``), which the route needs once one is
+    configured (docs/console.md).
 
     Raises:
         OSError: the node cannot be reached (the message says why).
@@ -58,6 +61,8 @@ def post_reload(url: str, timeout: float = TIMEOUT) -> tuple[int, dict[str, Any]
     base = url if "://" in url else f"http://{url}"
     request = urllib.request.Request(base.rstrip("/") + "/v1/actions/reload", data=b"",
                                      method="POST")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, orjson.loads(resp.read())
@@ -100,14 +105,17 @@ def format_record(record: dict[str, Any]) -> str:
 @click.option("--url", default=os.environ.get("ROUTER_STATUS_URL", "http://127.0.0.1:9665"),
               show_default=True, help="Base URL of the node's status listener.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reload record as JSON.")
-def reload(url: str, as_json: bool) -> None:
+@click.option("--token", envvar="ROUTER_ADMIN_TOKEN", default=None,
+              help="The node's admin token, needed when it has one ([status] admin_token; "
+                   "default: $ROUTER_ADMIN_TOKEN).")
+def reload(url: str, as_json: bool, token: str | None) -> None:
     """Reload a running node's configuration without dropping its sessions.
 
     Exit code 0 when applied, 1 when refused or failed (the node keeps running on its
     previous configuration when it refused), 2 when the node cannot be reached.
     """
     try:
-        status, record = post_reload(url)
+        status, record = post_reload(url, token=token)
     except OSError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)

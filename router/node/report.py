@@ -14,6 +14,7 @@ from router import __version__
 from router.ops.exposition import metrics_route
 from router.ops.http import Route, json_response, text_response
 from router.ops.metrics import MetricFamily, family, process_families, process_info
+from router.node.writerstats import writer_families
 from router.routing import Relation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,7 +128,7 @@ def endpoints(node: Node, only: str | None = None) -> list[dict[str, Any]]:
 
 
 STATUS_SECTIONS = ("node", "zones", "endpoints", "connections", "totals", "process",
-                   "config_zones")
+                   "config_zones", "writers")
 """Top-level keys of /v1/status, in document order; ``?sections=`` picks a subset."""
 
 
@@ -170,6 +171,7 @@ def status_document(node: Node, status_port: int | None = None,
         },
         "process": process_info,
         "config_zones": lambda: config_zones(node),
+        "writers": lambda: node.writers.snapshot() if node.writers is not None else None,
     }
     return {name: builders[name]() for name in STATUS_SECTIONS if name in sections}
 
@@ -216,6 +218,7 @@ def metric_families(node: Node) -> list[MetricFamily]:
     admission = node.admission
     fams += [
         family("router_unauthenticated_connections", [({}, admission.pending)]),
+        family("router_connections_accepted_total", [({}, admission.admitted)]),
         family("router_unauthenticated_evicted_total", [
             ({"reason": r}, n) for r, n in sorted(admission.evicted.items())]),
         family("router_handshakes_in_progress", [({}, admission.handshaking)]),
@@ -276,6 +279,12 @@ def metric_families(node: Node) -> list[MetricFamily]:
         family("router_send_queue_congested_total", congested),
         family("router_unconfirmed_bytes", unconfirmed),
         family("router_unconfirmed_overflow_total", unprotected),
+        family("router_peer_throttled_total", [
+            ({"endpoint": "-" if n.startswith("(") else n}, s.throttled)
+            for n, s in sorted(node.stats.items()) if s.throttled]),
+        family("router_peer_throttled_seconds_total", [
+            ({"endpoint": "-" if n.startswith("(") else n}, s.throttled_seconds)
+            for n, s in sorted(node.stats.items()) if s.throttled]),
         family("router_slow_consumer_disconnects_total", [
             ({"endpoint": "-"}, node.disconnects.get(("slow_consumer",)))]),
         family("router_reading_paused", [
@@ -298,6 +307,8 @@ def metric_families(node: Node) -> list[MetricFamily]:
     fams += node.enrollment.families()
     if node.replay is not None:
         fams += replay_families(node)
+    if node.writers is not None:
+        fams += writer_families(node.writers.snapshot())
     pool = node.executor.pool if node.executor is not None else (
         node.checks.pool if node.checks is not None else None)
     if pool is not None:
@@ -367,10 +378,17 @@ def replay_families(node: Node) -> list[MetricFamily]:
         family("router_replay_evicted_total", [
             ({"zone": z}, v["evicted"]) for z, v in sorted(zones.items())]),
         family("router_replay_persisted_total", [({}, replay.persisted)]),
+        family("router_replay_write_failures_total", [
+            ({"reason": "storage"}, replay.writer.failed),
+            ({"reason": "backlog"}, replay.writer.dropped),
+            ({"reason": "too_large"}, stats["dropped"])]),
         family("router_replay_replayed_total", [
             ({"endpoint": e}, n) for e, n in sorted(replay.replayed.items())]),
         family("router_replay_in_progress", [
             ({"endpoint": e}, n) for e, n in sorted(replay.replaying.items())]),
+        family("router_replay_duplicates_dropped_total", [
+            ({"peer": n}, s.duplicates_dropped) for n, s in sorted(node.stats.items())
+            if s.duplicates_dropped]),
     ]
 
 

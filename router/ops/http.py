@@ -14,7 +14,11 @@ Limits (a status port must never hurt the router):
   (a method aiohttp's parser does not know at all gets ``400``). The exception are the
   *action* routes (``actions``, e.g. ``/v1/actions/reload``): ``POST`` only, anything
   else gets ``405`` with ``Allow: POST``; their body is ignored, their handler may be a
-  coroutine function;
+  coroutine function, and a :class:`WithHeaders` one sees the request headers (the
+  console's actions check ``Authorization``);
+* a handler may answer a 4-tuple ``(status, content_type, body, headers)``: the headers
+  are added and override the defaults (the console's files set ``Cache-Control``,
+  ``ETag`` and a Content-Security-Policy instead of ``no-store``);
 * request line plus headers at most ``max_header_bytes`` (16 KiB), complete or still
   arriving: ``431`` when larger; ``400`` for anything that is not an HTTP/1.0 or 1.1
   request (aiohttp's parser, strict: an HTTP/1.1 request without ``Host`` is one); error
@@ -22,8 +26,12 @@ Limits (a status port must never hurt the router):
 * the complete request head must arrive within ``header_timeout`` (10 s) of the moment the
   server starts waiting for it (connection accepted, or previous response written), else
   the connection is closed silently (slowloris, idle keep-alive connections);
-* at most ``max_clients`` (64) connections are served at once; one more gets ``503`` to
-  its first request and is closed (beyond twice the limit connections are closed at once);
+* at most ``max_clients`` (64) connections are served at once; when they are all taken,
+  the one that has waited longest for a request head that is still incomplete (for at
+  least ``EVICT_AFTER``) is dropped for the newcomer (counted in ``evicted_total``), so
+  clients that drip their headers a byte a second cannot lock scrapes out for
+  ``header_timeout`` (issue 21); with none to drop, the newcomer gets ``503`` to its first
+  request and is closed (beyond twice the limit connections are closed at once);
 * keep-alive with ``Content-Length`` (HTTP/1.1 default, ``Connection: close`` honoured;
   HTTP/1.0 only with ``Connection: keep-alive``); every response says ``Connection:
   keep-alive`` or ``close`` and is an HTTP/1.1 response; pipelined requests are answered in
@@ -54,6 +62,8 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
+from router.ops.metrics import MetricFamily, family
+
 __all__ = [
     "StatusServer",
     "Handler",
@@ -62,6 +72,7 @@ __all__ = [
     "Route",
     "WithHeaders",
     "Response",
+    "HeadersResponse",
     "json_response",
     "text_response",
     "PROMETHEUS_CONTENT_TYPE",
@@ -70,15 +81,23 @@ __all__ = [
 
 log = logging.getLogger("router.status")
 
+#: A connection still without a complete request head this long after it started waiting
+#: for one may be dropped for a newcomer when the listener is full: an honest client
+#: sends its head in one packet, milliseconds after it connects.
+EVICT_AFTER = 0.1
+
 Response = tuple[int, str, bytes]
+#: A response with extra headers (they override the defaults, e.g. ``Cache-Control``).
+HeadersResponse = tuple[int, str, bytes, Mapping[str, str]]
 Handler = Callable[[dict[str, str]], Response]
 #: A handler that also sees the request headers; it may be a coroutine function when part
 #: of its work must leave the event loop (``/metrics`` encodes in a worker thread).
 HeadersHandler = Callable[[dict[str, str], Mapping[str, str]],
-                          "Response | Awaitable[Response]"]
+                          "Response | HeadersResponse | Awaitable[Response]"]
 
 #: An action route's handler (``POST``): ``handler(query)``, possibly a coroutine function.
-ActionHandler = Callable[[dict[str, str]], "Response | Awaitable[Response]"]
+ActionHandler = Callable[[dict[str, str]],
+                         "Response | HeadersResponse | Awaitable[Response]"]
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
@@ -124,7 +143,8 @@ class WithHeaders:
     def __init__(self, func: HeadersHandler) -> None:
         self.func = func
 
-    def __call__(self, query: dict[str, str]) -> Response | Awaitable[Response]:
+    def __call__(self, query: dict[str, str]
+                 ) -> Response | HeadersResponse | Awaitable[Response]:
         return self.func(query, {})
 
 
@@ -228,6 +248,8 @@ class _Connection(web.RequestHandler):
         self._eof = False          # the client half-closed
         self._peer: Any = None
         self.over_limit = False
+        #: Loop time since when we wait for a request head (None: not waiting).
+        self.waiting_since: float | None = None
 
     # -- asyncio callbacks
 
@@ -236,6 +258,11 @@ class _Connection(web.RequestHandler):
         self._peer = transport.get_extra_info("peername")
         status = self._status
         if len(status._clients) >= status.max_clients:
+            status.evict_for_newcomer(self._event_loop.time(), status._clients)
+        if len(status._clients) >= status.max_clients:
+            if len(status._rejected) >= status.max_clients:
+                # those waiting for their 503 with an incomplete head go first
+                status.evict_for_newcomer(self._event_loop.time(), status._rejected)
             if len(status._rejected) >= status.max_clients:
                 # Far over the limit: do not even answer.
                 status.rejected_total += 1
@@ -278,6 +305,7 @@ class _Connection(web.RequestHandler):
     def heads_parsed(self, n: int) -> None:
         """Called by the parser guard: ``n`` request heads are complete."""
         self._queued += n
+        self.waiting_since = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -339,6 +367,7 @@ class _Connection(web.RequestHandler):
     # -- timers
 
     def _arm_head_timer(self) -> None:
+        self.waiting_since = self._event_loop.time()
         if self._head_timer is not None:
             self._head_timer.cancel()
         self._head_timer = self._event_loop.call_later(self._status.header_timeout,
@@ -398,6 +427,8 @@ class StatusServer:
         self.bad_requests_total = 0
         self.timeouts_total = 0
         self.rejected_total = 0
+        #: Connections with an incomplete head dropped for a newcomer (listener full).
+        self.evicted_total = 0
 
     async def start(self, host: str | None, port: int) -> None:
         """Listen on ``host:port`` (port 0 picks a free port, see :attr:`port`)."""
@@ -425,6 +456,36 @@ class StatusServer:
     @property
     def client_count(self) -> int:
         return len(self._clients)
+
+    def evict_for_newcomer(self, now: float, among: set[_Connection]) -> bool:
+        """The listener is full: drop the connection of ``among`` (the served ones, or
+        those waiting for their 503) that has waited longest (at least ``EVICT_AFTER``)
+        for an incomplete request head; True when one was dropped."""
+        victim: _Connection | None = None
+        for conn in among:
+            since = conn.waiting_since
+            if since is None or now - since < EVICT_AFTER or conn._busy or conn._queued:
+                continue
+            if victim is None or since < (victim.waiting_since or now):
+                victim = conn
+        if victim is None:
+            return False
+        among.discard(victim)
+        self.evicted_total += 1
+        log.debug("status client %s: no complete request head for %.1f s and the listener "
+                  "is full (%d clients): dropped for a newcomer", victim._peer,
+                  now - (victim.waiting_since or now), self.max_clients)
+        victim._cancel_timers()
+        if victim.transport is not None:
+            victim.transport.abort()
+        return True
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The listener's own counters for ``/metrics``."""
+        return [family("router_status_clients", [({}, len(self._clients))]),
+                family("router_status_clients_evicted_total", [({}, self.evicted_total)]),
+                family("router_status_timeouts_total", [({}, self.timeouts_total)]),
+                family("router_status_rejected_total", [({}, self.rejected_total)])]
 
     async def close(self) -> None:
         """Stop listening and drop every open status connection."""
@@ -499,9 +560,11 @@ class StatusServer:
                 result = handler.func(query, request.headers)
                 if inspect.isawaitable(result):
                     result = await result
-                status, ctype, body = result
             else:
-                status, ctype, body = handler(query)
+                result = handler(query)
+            # A 4-tuple carries extra response headers (the console's caching headers).
+            status, ctype, body = result[:3]
+            extra = result[3] if len(result) > 3 else None
             if isinstance(body, str):
                 body = body.encode("utf-8")
             elif not isinstance(body, (bytes, bytearray, memoryview)):
@@ -515,7 +578,7 @@ class StatusServer:
             log.exception("status handler for %s failed", path)
             return _response(500, JSON_CONTENT_TYPE,
                              _error_body(f"internal error: {type(exc).__name__}"), keep_alive)
-        return _response(status, ctype, bytes(body), keep_alive)
+        return _response(status, ctype, bytes(body), keep_alive, extra)
 
     async def _run_action(self, action: ActionHandler, path: str, request: web.BaseRequest,
                           keep_alive: bool) -> web.StreamResponse:
@@ -523,10 +586,13 @@ class StatusServer:
         log.info("status client %s: POST %s",
                  conn.transport.get_extra_info("peername") if conn.transport else "?", path)
         try:
-            result = action({key: value for key, value in request.query.items()})
+            query = {key: value for key, value in request.query.items()}
+            # An action that checks a token sees the request headers (WithHeaders).
+            result = (action.func(query, request.headers) if isinstance(action, WithHeaders)
+                      else action(query))
             if inspect.isawaitable(result):
                 result = await result
-            status, ctype, body = result
+            status, ctype, body = result[:3]
         except Exception as exc:
             self.errors_total += 1
             log.exception("status action %s failed", path)

@@ -15,6 +15,7 @@ one place.
 from __future__ import annotations
 
 import os
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Callable, ItemsView, Iterable, Iterator, Literal, Sequence, TypeVar
 
@@ -72,6 +73,10 @@ CATALOG: tuple[MetricSpec, ...] = (
                "Configuration reloads (SIGHUP, router reload), by result: ok, refused "
                "(invalid configuration or TLS files; the node kept the old one), failed, "
                "busy (another reload was running).", ("result",)),
+    MetricSpec("router_console_actions_total", "counter",
+               "Web console actions (sign, reload) by result: ok, forbidden (no admin "
+               "token configured, or a missing or wrong one), invalid, not_found, "
+               "conflict, failed.", ("action", "result")),
     # -- connections
     MetricSpec("router_connections", "gauge",
                "Open cluster connections by state (handshaking, anonymous, established).",
@@ -88,6 +93,17 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("router_connections_rejected_total", "counter",
                "Inbound connections closed before the handshake, by reason.",
                ("reason",)),
+    MetricSpec("router_status_clients", "gauge",
+               "Connections the status listener serves now."),
+    MetricSpec("router_status_clients_evicted_total", "counter",
+               "Status connections with an incomplete request head dropped for a newcomer "
+               "because the listener was full ([limits] status_max_clients)."),
+    MetricSpec("router_status_timeouts_total", "counter",
+               "Status connections closed without a complete request head within "
+               "[timeouts] status_header, or not reading their response."),
+    MetricSpec("router_status_rejected_total", "counter",
+               "Status connections refused with 503 or closed at once: the listener was "
+               "full."),
     MetricSpec("router_connect_attempts_total", "counter",
                "Outbound connection attempts, by endpoint.", ("endpoint",)),
     MetricSpec("router_connect_failures_total", "counter",
@@ -163,6 +179,12 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("router_unconfirmed_overflow_total", "counter",
                "Written logged messages that left the unconfirmed window (32 MiB) before "
                "the endpoint confirmed them: a drop would lose them.", ("endpoint",)),
+    MetricSpec("router_peer_throttled_total", "counter",
+               "Times a session's input went over [limits] peer_bytes_per_second or "
+               "peer_messages_per_second and its reading stopped (listed once non-zero).",
+               ("endpoint",)),
+    MetricSpec("router_peer_throttled_seconds_total", "counter",
+               "Seconds a session's reading was held back by those caps.", ("endpoint",)),
     MetricSpec("router_slow_consumer_disconnects_total", "counter",
                "Peers disconnected because their send queue made no progress for the "
                "slow-consumer timeout.",
@@ -203,8 +225,18 @@ CATALOG: tuple[MetricSpec, ...] = (
                ("zone",)),
     MetricSpec("router_replay_persisted_total", "counter",
                "Messages written to the replay log."),
+    MetricSpec("router_replay_write_failures_total", "counter",
+               "Messages the replay log could not keep, by reason: storage (disk full "
+               "after evicting, read-only or failing file system), backlog (the writer "
+               "fell behind), too_large (bigger than the whole map). Logged, "
+               "rate-limited.", ("reason",)),
     MetricSpec("router_replay_replayed_total", "counter",
                "Logged messages replayed to an endpoint after it came back.", ("endpoint",)),
+    MetricSpec("router_replay_duplicates_dropped_total", "counter",
+               "Messages dropped because this node had already processed them (a replay "
+               "after a reconnect or a restart: their ts, or the ts where they entered our "
+               "chain of nodes, is not newer than what it processed), by the peer that "
+               "sent them.", ("peer",)),
     MetricSpec("router_replay_in_progress", "gauge",
                "Messages replayed so far to an endpoint whose replay is running (absent "
                "when none runs).", ("endpoint",)),
@@ -251,6 +283,24 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("router_config_updates_total", "counter",
                "Zone configuration updates by direction (received, sent, read) and result.",
                ("direction", "result")),
+    # -- result writers (only with [[writers]]; docs/writers.md)
+    MetricSpec("router_writer_points_total", "counter",
+               "Check results per writer by result: written (the backend confirmed them), "
+               "evicted (over max_backlog_bytes or max_backlog_age), dropped (the queue "
+               "disk could not keep up), invalid (not a usable check result).",
+               ("writer", "result")),
+    MetricSpec("router_writer_backlog", "gauge",
+               "Check results in the writer's durable queue, not yet written.", ("writer",)),
+    MetricSpec("router_writer_lag_seconds", "gauge",
+               "Age of the oldest check result the writer has not written yet (0: none).",
+               ("writer",)),
+    MetricSpec("router_writer_active", "gauge",
+               "1 when this node writes to the backend now (connected, and for PostgreSQL "
+               "with enable_ha: holds the HA role).", ("writer",)),
+    MetricSpec("router_writer_errors_total", "counter",
+               "Writer errors by reason: connect, timeout, send, closed, http_NNN, auth, "
+               "database, perfdata (an unparsable value, skipped), refused_point, "
+               "invalid_record, queue, ...", ("writer", "reason")),
     # -- process
     MetricSpec("router_process_resident_memory_bytes", "gauge",
                "Resident set size of the router process in bytes."),
@@ -378,7 +428,11 @@ class RateMeter:
     __slots__ = ("_buckets", "_head", "_sum", "total")
 
     def __init__(self) -> None:
-        self._buckets: list[int] = [0] * self.WINDOW
+        # 4-byte unsigned buckets (at most 4 GiB or 4 billion events in one second of one
+        # endpoint): 344 bytes and no int objects, where a list took 536 bytes plus an int
+        # object per bucket above 256; an EndpointStats has four (issue 22: memory per
+        # connection).
+        self._buckets: array[int] = array("I", bytes(4 * self.WINDOW))
         self._head: int | None = None     # the second the newest bucket belongs to
         self._sum = 0                     # sum of the buckets in the window
         self.total = 0                    # lifetime count
