@@ -77,6 +77,18 @@ def rss_bytes(procs: list[psutil.Process]) -> int:
     return total
 
 
+def file_rss_bytes(procs: list[psutil.Process]) -> int:
+    """The file-backed part of the processes' RSS (``shared`` on Linux: mapped files such
+    as the LMDB logs and shared libraries), to tell heap growth from touched maps."""
+    total = 0
+    for p in procs:
+        try:
+            total += getattr(p.memory_info(), "shared", 0)
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def all_cpu() -> dict[int, tuple[str, float]]:
     """CPU seconds of every process on the machine (to spot outside load)."""
     out = {}

@@ -327,6 +327,7 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
     admission.max_unauthenticated = config.limits.max_unauthenticated
     admission.max_per_address = config.limits.max_unauthenticated_per_address
     admission.idle_grace = config.timeouts.unauthenticated_idle
+    admission.stall_after = config.timeouts.handshake_stall
     admission.max_handshakes = config.limits.max_concurrent_handshakes
     admission.set_rate(config.limits.new_connections_per_second,
                        config.limits.new_connections_burst)

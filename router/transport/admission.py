@@ -19,7 +19,16 @@ cannot starve live peers). Here:
   idle ones first (:meth:`Admission.oldest`), before it refuses a newcomer;
 - at most ``max_concurrent_handshakes`` handshakes run at once: a slot is taken when the
   first bytes of a handshake arrive (an idle socket holds none) and given back when it
-  ends; connections beyond wait, unread, with their handshake deadline running;
+  ends; connections beyond wait, unread, with their handshake deadline running. They
+  wait *per source address, served round-robin* (:class:`FairQueue`): 10 000 stalled
+  handshakes from 20 addresses queued first used to hold a newcomer from elsewhere behind
+  all of them until its own deadline passed (issue 21: honest agents could not connect
+  during such a flood); now it waits for at most one slot per busy address;
+- a handshake holding a slot that has received nothing for ``stall_after`` seconds (a
+  ClientHello announced and never sent: slowloris on the handshake) loses its slot and is
+  closed, but only when others wait for a slot and only when nothing of it is waiting
+  unread in our socket (a busy node reading late is not the peer stalling); counted as
+  evicted ``stalled_handshake``. 0 turns it off;
 - new handshakes start at most ``rate`` a second, with bursts of ``burst``: a token
   bucket (``new_connections_per_second``; 0 turns it off). A connection over the budget
   is not closed (closing makes a storm redial, which costs more than it saves): like one
@@ -43,7 +52,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-__all__ = ["Admission", "Admitted", "PEER_TEXT_LIMIT", "peer_text", "source_address"]
+__all__ = ["Admission", "Admitted", "FairQueue", "PEER_TEXT_LIMIT", "peer_text",
+           "source_address"]
 
 log = logging.getLogger("router.transport")
 
@@ -80,6 +90,65 @@ class Admitted(Protocol):
     def handshake_slot_granted(self) -> None:
         """Called when a handshake that waited for a slot may start."""
 
+    def unread_bytes(self) -> int:
+        """Input waiting in our socket, not read yet (0 when unknown)."""
+
+
+class FairQueue:
+    """Connections waiting for a handshake slot: a FIFO per source address, the addresses
+    served round-robin. Removal is lazy (O(1)): a connection that left is skipped when
+    its turn comes."""
+
+    __slots__ = ("_members", "_queues", "_rotation")
+
+    def __init__(self) -> None:
+        self._members: dict[Admitted, str] = {}
+        self._queues: dict[str, deque[Admitted]] = {}
+        self._rotation: deque[str] = deque()
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __bool__(self) -> bool:
+        return bool(self._members)
+
+    def __contains__(self, conn: object) -> bool:
+        return conn in self._members
+
+    def append(self, conn: Admitted) -> None:
+        address = source_address(conn.address)
+        self._members[conn] = address
+        queue = self._queues.get(address)
+        if queue is None:
+            queue = self._queues[address] = deque()
+            self._rotation.append(address)
+        queue.append(conn)
+
+    def remove(self, conn: Admitted) -> None:
+        """Raises ValueError when ``conn`` does not wait (like ``deque.remove``)."""
+        if self._members.pop(conn, None) is None:
+            raise ValueError("not waiting")
+
+    def popleft(self) -> Admitted:
+        """The next connection: the oldest of the address whose turn it is."""
+        rotation, queues, members = self._rotation, self._queues, self._members
+        while rotation:
+            address = rotation[0]
+            queue = queues[address]
+            while queue:
+                conn = queue.popleft()
+                if members.get(conn) == address:
+                    del members[conn]
+                    if queue:
+                        rotation.rotate(-1)         # the next address's turn
+                    else:
+                        rotation.popleft()
+                        del queues[address]
+                    return conn
+            rotation.popleft()                      # only departed ones were left
+            del queues[address]
+        raise IndexError("nobody waits")
+
 
 class Admission:
     """Caps on unauthenticated connections and on concurrent handshakes, for one listener."""
@@ -88,8 +157,8 @@ class Admission:
                  max_handshakes: int, idle_grace: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, rate: float = 0.0,
                  burst: int = 1,
-                 call_later: Callable[[float, Callable[[], None]], Any] | None = None
-                 ) -> None:
+                 call_later: Callable[[float, Callable[[], None]], Any] | None = None,
+                 stall_after: float = 0.0) -> None:
         self.max_unauthenticated = max_unauthenticated
         self.max_per_address = max_per_address
         self.max_handshakes = max_handshakes
@@ -108,11 +177,19 @@ class Admission:
         self._idle: dict[Admitted, str] = {}
         self._by_address: dict[str, dict[Admitted, None]] = {}
         self._handshaking: set[Admitted] = set()
-        self._waiting: deque[Admitted] = deque()
+        #: Slot holders by the time their last handshake bytes came, oldest first.
+        self._progress: dict[Admitted, float] = {}
+        #: Seconds without handshake bytes after which a slot holder may lose its slot
+        #: to a waiting connection (0: never).
+        self.stall_after = stall_after
+        self._stall_check_armed = False
+        self._waiting = FairQueue()
         #: Dropped for a newcomer, by why ("per_address", "total", "max_connections").
         self.evicted: dict[str, int] = {}
         #: Handshakes that had to wait for a slot.
         self.handshake_waits = 0
+        #: Inbound connections admitted so far (``router_connections_accepted_total``).
+        self.admitted = 0
         #: The token bucket for new handshakes: tokens a second (0: off), bucket size.
         self.rate = 0.0
         self.burst = 1
@@ -151,6 +228,7 @@ class Admission:
         address = source_address(conn.address)
         dropped: list[Admitted] = []
         now = self._clock()
+        self.admitted += 1
         same = self._by_address.get(address)
         if same is not None and len(same) >= self.max_per_address:
             victim = self._idle_long_enough(same, now)
@@ -273,14 +351,40 @@ class Admission:
             return False
         if len(self._handshaking) >= self.max_handshakes:
             self.handshake_waits += 1
+            # a stalled slot holder closed: its slot goes to whoever waited (round-robin),
+            # or to us when nobody did
+            if (self.stall_after and self._preempt_stalled()
+                    and len(self._handshaking) < self.max_handshakes and not self._waiting
+                    and self._take_token()):
+                self._handshaking.add(conn)
+                self._progress[conn] = self._clock()
+                return True
         elif not self._waiting and self._take_token():
             self._handshaking.add(conn)
+            self._progress[conn] = self._clock()
             return True
         else:                           # a slot is free: the bucket (or those queued for
             self.rate_limited += 1      # it ahead of us) holds us back
             self._arm_timer()
         self._waiting.append(conn)
+        self._arm_stall_check()
         return False
+
+    def _arm_stall_check(self) -> None:
+        """While connections wait for a slot, look for stalled slot holders every half
+        ``stall_after`` (newcomers also look, in ``begin_handshake``)."""
+        if self._stall_check_armed or not self.stall_after or self.call_later is None:
+            return
+        self._stall_check_armed = True
+        self.call_later(self.stall_after / 2, self._on_stall_check)
+
+    def _on_stall_check(self) -> None:
+        self._stall_check_armed = False
+        while (self._waiting and len(self._handshaking) >= self.max_handshakes
+               and self._preempt_stalled()):
+            pass
+        if self._waiting:
+            self._arm_stall_check()
 
     def _arm_timer(self) -> None:
         """Wake the queue when the next token is due."""
@@ -302,15 +406,39 @@ class Admission:
             nxt = self._waiting.popleft()
             if nxt in self._pending:
                 self._handshaking.add(nxt)
+                self._progress[nxt] = self._clock()
                 nxt.handshake_slot_granted()
             elif self.rate:
                 self._tokens += 1.0             # gone meanwhile: its token goes back
+
+    def progress(self, conn: Admitted) -> None:
+        """Handshake bytes came from ``conn`` (it holds a slot): not stalled."""
+        if conn in self._progress:
+            del self._progress[conn]
+            self._progress[conn] = self._clock()
+
+    def _preempt_stalled(self) -> bool:
+        """All slots are taken and somebody waits: close the slot holder that has sent
+        nothing for longest, if that is ``stall_after`` or more and nothing of it waits
+        unread (then the slot is free); True when one was closed."""
+        now = self._clock()
+        for conn, since in self._progress.items():
+            if now - since < self.stall_after:
+                return False                # the oldest is recent: so are the rest
+            if conn.unread_bytes() > 0:
+                continue                    # we are late reading it, it is not stalling
+            self._evict(conn, "stalled_handshake",
+                        f"its handshake sent nothing for {now - since:.1f} s "
+                        f"(timeouts.handshake_stall) while others wait for a slot")
+            return True
+        return False
 
     def handshake_ended(self, conn: Admitted) -> None:
         """``conn``'s handshake is over (done, failed, closed): its slot goes to the
         longest waiting connection."""
         if conn in self._handshaking:
             self._handshaking.discard(conn)
+            self._progress.pop(conn, None)
         else:
             try:
                 self._waiting.remove(conn)

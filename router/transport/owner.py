@@ -32,6 +32,9 @@ class TrafficStats(Protocol):
 
     def count_sent(self, nbytes: int, now: float) -> None: ...
 
+    def count_throttled(self, seconds: float) -> None:
+        """The session stopped reading for ``seconds`` (its input caps, peerrate)."""
+
 
 class RateLimitedLogger(Protocol):
     """A log that writes at most one line per key and interval (the node's RateLimitedLog)."""
