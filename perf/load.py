@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from perf.measure import raise_nofile
 from perf.wire import (
     HELLO,
@@ -33,15 +35,22 @@ from perf.wire import (
     agent_name,
     client_context,
     message_template,
+    netstring,
     stamped_frames,
 )
 from perf.workers import close_agents, pipe_commands
 
 # indices of the shared counter array (one per load process)
 C_SENT, C_BYTES, C_IDENTIFIED, C_CONNECTS, C_CONNECT_FAILURES, C_CLOSED_BY_PEER = range(6)
-N_COUNTERS = 6
+#: frames the agents received from the node after its first (commands down the chain)
+C_RECEIVED = 6
+N_COUNTERS = 7
 #: storm: a session the node has not answered within this many seconds is redialled
 IDENTIFY_TIMEOUT = 10.0
+#: an idle agent's heartbeat, as Icinga's ApiListener sends it (every 20 s)
+HEARTBEAT_INTERVAL = 20.0
+HEARTBEAT = netstring(orjson.dumps({"jsonrpc": "2.0", "method": "event::Heartbeat",
+                                    "params": {"timeout": 120.0}}))
 
 
 class _AgentProtocol(asyncio.Protocol):
@@ -54,8 +63,8 @@ class _AgentProtocol(asyncio.Protocol):
     use). It notes the node's first frame (the agent is identified) and does flow control.
     """
 
-    __slots__ = ("_drain", "_incoming", "_outgoing", "_paused", "_sslobj", "agent",
-                 "closed", "handshake", "heard", "transport")
+    __slots__ = ("_drain", "_frame_rest", "_head", "_incoming", "_outgoing", "_paused",
+                 "_sslobj", "agent", "closed", "handshake", "heard", "transport")
 
     def __init__(self, agent: PerfAgent, handshake: asyncio.Future[None]) -> None:
         self.agent = agent
@@ -73,6 +82,9 @@ class _AgentProtocol(asyncio.Protocol):
         self.closed: asyncio.Future[None] | None = None
         #: the node sent application data (its first frame is its icinga::Hello)
         self.heard = False
+        #: frame counting: bytes left of the current frame, an unfinished length prefix
+        self._frame_rest = 0
+        self._head = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # create_connection() hands a protocol a Transport; Protocol's signature says Base
@@ -116,10 +128,14 @@ class _AgentProtocol(asyncio.Protocol):
         got = False
         try:
             while True:
-                if not self._sslobj.read(65536):
+                plain = self._sslobj.read(65536)
+                if not plain:
                     self.close()                # the node's close_notify: answer, close
                     return
                 got = True
+                frames = self._count_frames(plain)
+                if frames:
+                    self.agent.counter[C_RECEIVED] += frames
         except ssl.SSLWantReadError:
             pass
         except (ssl.SSLError, OSError):
@@ -130,6 +146,26 @@ class _AgentProtocol(asyncio.Protocol):
         if got and not self.heard:
             self.heard = True
             self.agent.heard_from(self)
+
+    def _count_frames(self, data: bytes) -> int:
+        """Complete netstring frames in the stream so far (payloads skipped, not kept)."""
+        pos, n, frames = 0, len(data), 0
+        while pos < n:
+            if self._frame_rest:
+                take = min(self._frame_rest, n - pos)
+                self._frame_rest -= take
+                pos += take
+                if not self._frame_rest:
+                    frames += 1
+                continue
+            colon = data.find(b":", pos)
+            if colon < 0:
+                self._head += data[pos:]
+                break
+            self._frame_rest = int(self._head + data[pos:colon]) + 1    # payload and ","
+            self._head = b""
+            pos = colon + 1
+        return frames
 
     def eof_received(self) -> bool:
         return False                        # close; connection_lost follows
@@ -227,6 +263,21 @@ class PerfAgent:
             self.heard_from(protocol)
         if self.auto_reconnect:
             loop.call_later(IDENTIFY_TIMEOUT, self._check_identified, protocol)
+        loop.call_later(HEARTBEAT_INTERVAL, self._heartbeat, protocol)
+
+    def _heartbeat(self, protocol: _AgentProtocol) -> None:
+        """``event::Heartbeat`` every 20 s, as an Icinga agent sends: a node closes a
+        session it has heard nothing from for 60 s (an idle agent, or one that came back
+        early in a long reconnect storm, would be dropped otherwise)."""
+        if protocol is not self.protocol or self.closing:
+            return
+        transport = protocol.transport
+        if transport is not None and not transport.is_closing():
+            try:
+                protocol.write(HEARTBEAT)
+            except (OSError, ssl.SSLError):
+                return
+        asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._heartbeat, protocol)
 
     def heard_from(self, protocol: _AgentProtocol) -> None:
         """The node's first frame (its icinga::Hello): it accepted our identity."""
@@ -359,6 +410,37 @@ async def _churn(agents: list[PerfAgent], stop: asyncio.Event, period: tuple[flo
     await asyncio.gather(*(cycle(a) for a in agents))
 
 
+async def _storm_back(agent: PerfAgent, backlog: int) -> int:
+    """Dial again (random 0-0.5 s first, as in ``storm``) and send ``backlog`` results at
+    once: what an agent's replay log holds after an outage. Returns the results sent."""
+    loop = asyncio.get_running_loop()
+    # Replay only once the node has accepted us (its Hello came), as an agent does; a
+    # session the node dropped or never answered (a handshake timeout in a long storm)
+    # is dialled again, until the node takes it.
+    dialled = loop.time()
+    give_up = dialled + 600
+    while not agent.closing and loop.time() < give_up:
+        if agent.protocol is None:
+            await agent.reconnect(backoff=True)
+            dialled = loop.time()
+        elif agent.identified:
+            break
+        elif loop.time() - dialled > IDENTIFY_TIMEOUT:
+            agent.drop()
+        else:
+            await asyncio.sleep(0.05)
+    protocol = agent.protocol
+    if protocol is None or not agent.identified or not backlog:
+        return 0
+    data, agent.last_us = stamped_frames(agent.template, agent.last_us, backlog)
+    protocol.write(data)
+    agent.sent += backlog
+    agent.counter[C_SENT] += backlog
+    agent.counter[C_BYTES] += len(data)
+    await protocol.drain()
+    return backlog
+
+
 async def _worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
     commands = pipe_commands(conn, ("close",), lambda cmd: cmd[0] == "close")
     ca, certs = Path(cfg["ca"]), Path(cfg["certs"])
@@ -422,6 +504,17 @@ async def _worker(cfg: dict[str, Any], conn: Any, counter: Any) -> None:
                 "churn_drops": churn_stats["drops"],
             }))
             churn_stats = {"drops": 0}
+        elif cmd[0] == "agentstorm":    # all drop at once, come back with a backlog
+            backlog = int(cmd[1])
+            for a in agents:
+                a.drop()
+            conn.send(("dropped", len(agents)))
+            tasks = [asyncio.ensure_future(_storm_back(a, backlog)) for a in agents]
+            stormed = await asyncio.gather(*tasks, return_exceptions=True)
+            tasks = []
+            conn.send(("stormed", sum(x for x in stormed if isinstance(x, int)),
+                       [f"{a.name}: {e!r}" for a, e in zip(agents, stormed)
+                        if isinstance(e, BaseException)][:5]))
         elif cmd[0] == "reconnect":     # the node goes away: dial again when it does
             for a in agents:
                 a.auto_reconnect = bool(cmd[1])

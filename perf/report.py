@@ -94,6 +94,13 @@ ROWS = [
      "low"),
     ("stormload: storm agents all back, s", ("stormload", "all_back_s"), ".2f", "low"),
     ("refused by the node (steady)", ("steady", "refused"), "d", None),
+    ("steady: node CPU us/result", ("steady", "node_cpu_us_per_result"), ".1f", "low"),
+    ("max: node CPU us/result", ("max", "node_cpu_us_per_result"), ".1f", "low"),
+    ("down: ExecuteCommand msgs/s to agents", ("down", "messages_per_s"), ".0f", "high"),
+    ("down: node CPU us/message", ("down", "node_cpu_us_per_message"), ".1f", "low"),
+    ("agentstorm: all back, s", ("agentstorm", "all_back_s"), ".2f", "low"),
+    ("agentstorm: replayed results", ("agentstorm", "backlog"), "d", None),
+    ("agentstorm: all processed, s", ("agentstorm", "all_processed_s"), ".2f", "low"),
 ]
 
 
@@ -112,9 +119,11 @@ def format_report(result: dict[str, Any]) -> str:
     for s in sessions:
         lines.append(f"# {s['target']}: {s.get('version', '?')}")
     names = [s["target"] for s in sessions]
-    both = len(sessions) == 2
-    head = f"{'measure':38}" + "".join(f"{n:>14}" for n in names) + (
-        f"{'ratio':>10}" if both else "")
+    both = len(sessions) >= 2
+    # one ratio column per other session: the first session over it (router/icinga, ...)
+    ratio_heads = [("ratio" if len(sessions) == 2 else f"/{n}") for n in names[1:]]
+    head = f"{'measure':38}" + "".join(f"{n:>14}" for n in names) + "".join(
+        f"{h:>10}" for h in ratio_heads)
     lines += ["", head]
     for label, path, fmt, better in ROWS:
         vals = [_get(s, path) for s in sessions]
@@ -122,14 +131,14 @@ def format_report(result: dict[str, Any]) -> str:
             continue
         row = f"{label:38}" + "".join(
             f"{(format(v, fmt) if v is not None else '-'):>14}" for v in vals)
-        if both:
-            a, b = vals
+        a = vals[0]
+        for b in vals[1:]:
             ratio = (a / b) if (a is not None and b and better) else None
             row += f"{fmt_or_dash(ratio, '.2f'):>10}"
         lines.append(row)
     if both:
-        lines.append(f"ratio = {names[0]}/{names[1]}; higher is better for rates, lower for "
-                     f"times, latency, CPU and memory")
+        lines.append(f"ratio = {names[0]}/{', '.join(names[1:])}; higher is better for rates, "
+                     f"lower for times, latency, CPU and memory")
     for s in sessions:
         c = s.get("connect", {})
         gen = " + ".join(f"{x:.2f}" for x in c.get("generator_cpu_cores", []))
@@ -145,6 +154,13 @@ def format_report(result: dict[str, Any]) -> str:
                              f"busy; sent {r['sent']}, delivered {r['delivered_total']}, "
                              f"coalesced {r['coalesced']}, agent errors "
                              f"{len(r['agent_errors'])}, closed by node {r['closed_by_node']}")
+        for sc, key in (("steady", "node_cpu_us_per_result_each"),
+                        ("max", "node_cpu_us_per_result_each"),
+                        ("down", "node_cpu_us_per_message_each")):
+            each = (s.get(sc) or {}).get(key) or {}
+            if len(each) > 1:       # the chain: per node
+                lines.append(f"  {s['target']} {sc}: node CPU per message, us: " + ", ".join(
+                    f"{name} {fmt_or_dash(us)}" for name, us in each.items()))
         r = s.get("replay")
         if r:
             lines.append(f"  {s['target']} replay: cut {r['cut_s']:.1f} s, sent {r['sent']}, "

@@ -22,6 +22,7 @@ from perf.load import C_CLOSED_BY_PEER, C_IDENTIFIED, N_COUNTERS, load_worker
 from perf.measure import GEN_SATURATED, cpu_seconds, machine_busy, rss_bytes, wait_listening
 from perf.report import Progress
 from perf.report import fmt_or_dash as _fmt
+from perf.scale import ProfileRun, agentstorm_phase, cpu_split, down_phase
 from perf.session import SessionBase
 from perf.targets import ExternalTarget, node_counters
 from perf.wire import agent_name
@@ -79,6 +80,7 @@ class Session(SessionBase):
         deliv_go = t.check_results
         counters0 = await asyncio.to_thread(node_counters, self.target)
         await asyncio.sleep(opts.warmup)
+        profile = ProfileRun(self, name, opts.duration)           # --py-spy DIR
         s0 = self.snapshot()
         bar = Progress(f"{name}", int(opts.duration), self.tty, self.say)
         last = s0
@@ -106,6 +108,7 @@ class Session(SessionBase):
             bar.close()
         s1 = self.snapshot()
         counters1 = await asyncio.to_thread(node_counters, self.target)
+        profiles = await profile.finish()
         stopped = [r[1] for r in await self.ask_all(("stop",), 30)]
         sent = sum(s["sent"] for s in stopped)
         drain_s = await self.drain(deliv_go + sent)
@@ -124,6 +127,9 @@ class Session(SessionBase):
             "delivered_per_s_each_second": [round(x) for x in per_second],
             "node_cpu_cores": node_cpu / window,
             "node_cpu_s_per_10k": node_cpu / delivered * 10_000 if delivered else None,
+            "node_cpu_us_per_result": node_cpu / delivered * 1e6 if delivered else None,
+            "node_cpu_us_per_result_each": cpu_split(self, s0["node_cpu_each"],
+                                                     s1["node_cpu_each"], delivered),
             "node_rss_mb_peak": rss_peak / 2**20,
             "latency_samples": len(lat),
             "latency_ms_p50": _pct(lat, 0.50),
@@ -142,6 +148,7 @@ class Session(SessionBase):
             "refused": _delta(counters0, counters2, "refused"),
             "coalesced": _delta(counters0, counters2, "coalesced"),
             "duration_s": time.monotonic() - go,
+            "profiles": profiles,
         }
         if churn:
             res["churn_fraction"] = churn
@@ -460,6 +467,9 @@ class Session(SessionBase):
             for sc in opts.scenarios:
                 if self.node_died("before " + sc, out):
                     break
+                if sc in ("replay", "stormload") and getattr(target, "count_only", False):
+                    out[sc] = {"scenario": sc, "skipped": "the floor delivers nothing"}
+                    continue
                 if sc == "steady":
                     out["steady"] = await self.load_phase("steady", opts.rate)
                 elif sc == "max":
@@ -473,6 +483,16 @@ class Session(SessionBase):
                     out["storm"] = await self.storm_phase()
                 elif sc == "stormload":
                     out["stormload"] = await self.stormload_phase()
+                elif sc == "down":
+                    out["down"] = await down_phase(self)
+                elif sc == "agentstorm":
+                    out["agentstorm"] = await agentstorm_phase(self)
+                elif sc == "soak":
+                    from perf.soak import soak_phase
+                    out["soak"] = await soak_phase(self)
+                elif sc == "floods":
+                    from perf.bench_floods import floods_phase
+                    out["floods"] = await floods_phase(self)
             else:
                 self.node_died("at the end", out)
             out["node_rss_mb_end"] = rss_bytes(self.node_procs) / 2**20

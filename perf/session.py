@@ -72,13 +72,17 @@ class SessionBase:
     def refresh_node_procs(self) -> None:
         root = self.target.root_pid()
         self.node_procs = process_tree(root) if root else []
+        for pid in getattr(self.target, "other_pids", list)():    # the chain's master
+            self.node_procs += process_tree(pid)
 
     async def connect_parent(self) -> None:
         loop = asyncio.get_running_loop()
-        ctx = client_context(self.bpki.ca_cert, self.bpki.cert(MASTER), self.bpki.key(MASTER))
+        # the chain: our parent is the master's zone peer, dialling the master
+        name, sni, port = getattr(self.target, "parent_dial", (MASTER, SAT, self.target.port))
+        ctx = client_context(self.bpki.ca_cert, self.bpki.cert(name), self.bpki.key(name))
         _, self.parent = await asyncio.wait_for(loop.create_connection(
-            lambda: PerfParent(self.tally), self.host, self.target.port, ssl=ctx,
-            server_hostname=SAT), 20)
+            lambda: PerfParent(self.tally), self.host, port, ssl=ctx,
+            server_hostname=sni), 20)
 
     async def wait_connected(self, want: int, timeout: float, label: str
                              ) -> tuple[float | None, int]:
@@ -125,6 +129,7 @@ class SessionBase:
         busy, total = machine_busy()
         return {"t": time.monotonic(), "delivered": self.tally.check_results,
                 "sent": self.sent_total(), "node_cpu": cpu_seconds(self.node_procs),
+                "node_cpu_each": [cpu_seconds([p]) for p in self.node_procs],
                 "gen": [cpu_seconds([p]) for p in self.gen_procs],
                 "main": cpu_seconds([psutil.Process()]), "busy": busy, "total": total}
 

@@ -1,7 +1,9 @@
 """The sizing summary of perf/RESULTS.md, made from ``router perf --json`` files.
 
-One column group per file (each a run with ``--against icinga2``: router, Icinga, ratio),
-one row per measure, as Markdown. Generating the table instead of copying numbers by
+One column group per file (each a run with ``--against icinga2``: router, Icinga, ratio;
+with ``--against icinga2,floor`` also the count-only floor and router/floor; a
+``--topology chain`` run may have the floor as its only comparison), one row per measure,
+as Markdown. Generating the table instead of copying numbers by
 hand keeps RESULTS.md equal to the runs it cites.
 
 Usage: ``python perf/sizing_table.py n100.json n1000.json n5000.json``
@@ -40,7 +42,20 @@ ROWS: list[tuple[str, str, str, int | None, bool]] = [
      True),
     ("storm: all back after the node reported ready, s", "storm", "all_back_s", 2, True),
     ("storm: node CPU per handshake, ms", "storm", "node_cpu_ms_per_handshake", 2, True),
+    # issue 22 (scale)
+    ("steady: node CPU per result, us", "steady", "node_cpu_us_per_result", 1, True),
+    ("max: node CPU per result, us", "max", "node_cpu_us_per_result", 1, True),
+    ("down: ExecuteCommand to every agent, msgs/s", "down", "messages_per_s", None, True),
+    ("down: node CPU per message, us", "down", "node_cpu_us_per_message", 1, True),
+    ("agentstorm: all back after dropping at once, s", "agentstorm", "all_back_s", 2, True),
+    ("agentstorm: replayed results", "agentstorm", "backlog", None, False),
+    ("agentstorm: all replayed results processed, s", "agentstorm", "all_processed_s", 2,
+     True),
 ]
+
+#: the node under test (``chain``: our satellite and master) and what it is compared with
+OURS = ("router", "chain")
+COMPARED = ("icinga", "floor")
 
 
 def number(value: Any, decimals: int | None) -> str:
@@ -65,24 +80,32 @@ def ratio(a: Any, b: Any) -> str:
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    """The Markdown table for ``runs`` (parsed ``--json`` files, each router + icinga)."""
+    """The Markdown table for ``runs`` (parsed ``--json`` files, each router + icinga,
+    or router/chain + icinga and/or floor)."""
     heads, groups = [], []
     for run in runs:
         sessions = {s["target"]: s for s in run["sessions"]}
-        if set(sessions) != {"router", "icinga"}:
+        ours = [t for t in OURS if t in sessions]
+        others = [t for t in COMPARED if t in sessions]
+        chain_with_floor = ours == ["chain"] and others
+        if len(ours) != 1 or set(sessions) != {*ours, *others} or not (
+                "icinga" in others or chain_with_floor):
             raise ValueError("each file must be a run with --against icinga2 (router and "
                              f"icinga sessions), not {sorted(sessions)}")
         n = f"{run['meta']['endpoints']:,}".replace(",", " ")
-        heads += [f"N={n} router", "icinga", "ratio"]
-        groups.append((sessions["router"], sessions["icinga"]))
+        heads.append(f"N={n} {ours[0]}")
+        for other in others:
+            heads += [other, "ratio"]
+        groups.append((sessions[ours[0]], [sessions[o] for o in others]))
     lines = ["| | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     for label, scenario, field, decimals, want_ratio in ROWS:
         cells = []
-        for ours, theirs in groups:
-            a = (ours.get(scenario) or {}).get(field)
-            b = (theirs.get(scenario) or {}).get(field)
-            cells += [number(a, decimals), number(b, decimals),
-                      ratio(a, b) if want_ratio else ""]
+        for ours_s, theirs in groups:
+            a = (ours_s.get(scenario) or {}).get(field)
+            cells.append(number(a, decimals))
+            for other in theirs:
+                b = (other.get(scenario) or {}).get(field)
+                cells += [number(b, decimals), ratio(a, b) if want_ratio else ""]
         if all(c in ("-", "") for c in cells):
             continue
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

@@ -46,7 +46,7 @@ import psutil
 
 from perf.benchpki import make_pki, pki_from_ca
 from perf.measure import GEN_SATURATED, listening, raise_nofile, wait_listening
-from perf.options import SCENARIOS, Options
+from perf.options import NAMED_ONLY, SCENARIOS, Options
 from perf.parent import PerfParent, Tally
 from perf.report import ROWS, Progress, format_report
 from perf.scenarios import MACHINE_SATURATED, Session
@@ -98,8 +98,12 @@ def run(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str, A
     if opts.duration <= 0 or opts.warmup < 0 or opts.drain <= 0 or opts.replay_cut <= 0:
         raise ValueError("duration, drain and replay_cut must be > 0, warmup >= 0")
     for sc in opts.scenarios:
-        if sc not in SCENARIOS:
+        if sc not in SCENARIOS and sc not in NAMED_ONLY:
             raise ValueError(f"unknown scenario {sc!r}")
+    if opts.topology not in ("direct", "chain"):
+        raise ValueError(f"topology {opts.topology!r}: expected direct or chain")
+    if opts.topology == "chain" and opts.target:
+        raise ValueError("--topology chain starts its own two nodes: not with --target")
     if opts.target:
         host, sep, port = opts.target.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -122,20 +126,33 @@ def run(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str, A
             bpki = make_pki(base, opts.endpoints, shared_key=True, key_type=opts.key_type)
         echo(f"certificates for {opts.endpoints} agents issued in {time.monotonic() - t0:.1f} s")
         kinds = ["target"] if opts.target else ["router"]
-        if opts.against == "icinga2":
+        againsts = (opts.against or "").split(",")
+        if "icinga2" in againsts:
             kinds.append("icinga")
+        if "floor" in againsts:
+            kinds.append("floor")
+        if opts.only_against and opts.against:
+            kinds = kinds[1:]
         for kind in kinds:
             host = "127.0.0.1"
             if kind == "target":
                 assert opts.target is not None          # kinds has "target" only then
                 host, _, port = opts.target.rpartition(":")
                 target: Target = ExternalTarget(host, int(port), opts.status_url)
+            elif kind == "router" and opts.topology == "chain":
+                from perf.chain import ChainTarget
+                target = ChainTarget(base, bpki, opts.endpoints, opts.router_toml)
             elif kind == "router":
                 target = RouterTarget(base, bpki, opts.endpoints, opts.router_toml)
+            elif kind == "floor":
+                from perf.floor import FloorTarget
+                target = FloorTarget(base, bpki)
             else:
                 target = IcingaTarget(base, bpki, opts.endpoints, "information")
                 _scale_icinga_start(target, opts.endpoints)
             session = Session(target, bpki, opts, host, echo, tty)
+            if hasattr(target, "make_tally"):           # the floor counts, not a parent
+                session.tally = target.make_tally()
             sessions.append(uvloop.run(session.run()))
     finally:
         if opts.keep:

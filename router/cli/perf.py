@@ -30,8 +30,9 @@ __all__ = ["perf"]
               help="Size of one CheckResult message (JSON; at least the size of the "
                    "unpadded message, about 700 bytes).")
 @click.option("--scenario", "scenario", default="steady", show_default=True,
-              help="steady|max|storm|stormload|churn|replay|all, or several separated by commas; "
-                   "run in turn on the connected agents ('all': every scenario).")
+              help="steady|max|storm|stormload|churn|replay|soak|all, or several separated by "
+                   "commas; run in turn on the connected agents ('all': every scenario). "
+                   "soak: --duration of mixed traffic, a row a minute (perf/soak.py).")
 @click.option("--target", metavar="HOST:PORT",
               help="An existing node instead of the local demo topology (needs --pki).")
 @click.option("--pki", "pki_dir", type=click.Path(file_okay=False),
@@ -39,8 +40,14 @@ __all__ = ["perf"]
                    "and master's certificates.")
 @click.option("--status-url", help="With --target: our router's status URL, to count "
                                    "connected endpoints on the node itself.")
-@click.option("--against", type=click.Choice(["icinga2"]),
-              help="Also run the same workload against a real Icinga 2 node, same run.")
+@click.option("--against", metavar="icinga2|floor|icinga2,floor",
+              help="Also run the same workload, same run, against a real Icinga 2 node "
+                   "(icinga2) and/or the count-only floor (floor: a uvloop TLS server that "
+                   "only counts frames).")
+@click.option("--topology", type=click.Choice(["direct", "chain"]), default="direct",
+              show_default=True,
+              help="chain: agents -> our satellite -> our master (two router processes); "
+                   "results counted after the master.")
 @click.option("--workers", type=click.IntRange(min=0), default=0,
               help="Load processes (default: one per core).")
 @click.option("--replay-cut", type=click.FloatRange(min=0, min_open=True), default=5.0,
@@ -67,11 +74,15 @@ __all__ = ["perf"]
                    "4096 (what an Icinga CA and 'icinga2 pki new-cert' make; every handshake "
                    "then signs with it).")
 @click.option("--keep", is_flag=True, help="Keep the temporary directory.")
+@click.option("--py-spy", "py_spy", metavar="DIR", type=click.Path(file_okay=False),
+              help="Record our node(s) with py-spy during each load window: one flame "
+                   "graph (SVG) per node and scenario in DIR (pip install '.[perf]').")
 def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_bytes: int,
          scenario: str, target: str | None, pki_dir: str | None, status_url: str | None,
-         against: str | None, workers: int, replay_cut: float, churn_fraction: float,
+         against: str | None, topology: str, workers: int, replay_cut: float,
+         churn_fraction: float,
          connect_timeout: float, drain: float, json_path: str | None,
-         router_toml: str | None, key_type: str, keep: bool) -> None:
+         router_toml: str | None, key_type: str, keep: bool, py_spy: str | None) -> None:
     """Load-test a node: N emulated agents -> node -> emulated parent.
 
     Without --target it starts a local demo topology (our router satellite between the
@@ -87,7 +98,11 @@ def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_byte
         raise click.BadParameter("a number or 'max'", param_hint="--rate") from exc
     if parsed_rate is not None and parsed_rate <= 0:
         raise click.BadParameter("must be > 0", param_hint="--rate")
-    if against == "icinga2":
+    againsts = [a.strip() for a in (against or "").split(",") if a.strip()]
+    if any(a not in ("icinga2", "floor") for a in againsts):
+        raise click.BadParameter("icinga2, floor or both (comma-separated)",
+                                 param_hint="--against")
+    if "icinga2" in againsts:
         from perf.icinga import find_icinga2
         if find_icinga2() is None:
             raise click.ClickException("--against icinga2: icinga2 is not installed")
@@ -101,11 +116,12 @@ def perf(endpoints: int, rate: str, duration: float, warmup: float, payload_byte
     opts = tool.Options(
         endpoints=endpoints, rate=parsed_rate, duration=duration, warmup=warmup,
         payload_bytes=payload_bytes, scenarios=scenarios, target=target, pki_dir=pki_dir,
-        status_url=status_url, against=against, workers=workers, replay_cut=replay_cut,
+        status_url=status_url, against=",".join(againsts) or None, topology=topology,
+        workers=workers, replay_cut=replay_cut,
         churn_fraction=churn_fraction, connect_timeout=connect_timeout, drain=drain,
         json_path=json_path,
         keep=keep, router_toml=Path(router_toml).read_text() if router_toml else "",
-        key_type=key_type)
+        key_type=key_type, py_spy=py_spy)
     try:
         result = tool.run(opts, echo=lambda s: click.echo(s, err=True))
     except (ValueError, RuntimeError, TimeoutError, *OPERATOR_ERRORS) as exc:

@@ -433,8 +433,8 @@ def _translate(exc: Exception, verify_error: int | None) -> ssl.SSLError:
 
 
 class _BundledSession:
-    __slots__ = ("_SSL", "__weakref__", "_conn", "_output_bio", "_output_length",
-                 "_server_side", "verify_error")
+    __slots__ = ("_SSL", "__weakref__", "_conn", "_input_bio", "_output_bio",
+                 "_output_length", "_server_side", "verify_error")
 
     def __init__(self, SSL: _SSLModule, context: OpenSSL.SSL.Context, server_side: bool,
                  server_hostname: str | None, output_length: _BIOLength | None = None) -> None:
@@ -445,6 +445,8 @@ class _BundledSession:
         # The BIO is a private cffi pointer of pyOpenSSL's (cffi objects have no types).
         self._output_bio: Any = getattr(conn, "_from_ssl", None)
         self._output_length = output_length if self._output_bio is not None else None
+        #: the ciphertext BIO read() checks before asking OpenSSL (see read)
+        self._input_bio: Any = getattr(conn, "_into_ssl", None)
         if server_side:
             conn.set_accept_state()
         else:
@@ -474,6 +476,16 @@ class _BundledSession:
 
     def read(self, size: int) -> bytes | None:
         SSL = self._SSL
+        # Nothing fed that OpenSSL has not taken (the input BIO is empty) and no decrypted
+        # bytes waiting (SSL_pending): recv could only raise WantReadError, which costs
+        # pyOpenSSL 2-3 us (its error queue, an exception) on every read cycle: 10 % of
+        # a node's CPU at 10 000 paced results/s (perf/RESULTS.md, issue 22). OpenSSL
+        # reads a record's header, then its body, from the BIO (read-ahead is off), so
+        # a complete record is either still in the BIO or already decrypted.
+        length = self._output_length
+        if (length is not None and self._input_bio is not None
+                and length(self._input_bio) <= 0 and not self._conn.pending()):
+            return None
         try:
             return self._conn.recv(min(size, _READ_MAX))
         except SSL.WantReadError:
