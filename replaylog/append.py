@@ -10,9 +10,13 @@ eviction and retry, then ``ReplayLogDiskFull``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import lmdb
 
@@ -24,6 +28,31 @@ from .state import WriteTxn
 
 log = logging.getLogger("router.replaylog")
 
+#: Below this much free space an EIO from a commit is taken for a full disk (see below).
+FULL_DISK_SLACK = 16 << 20
+#: A full disk is logged at most once per this many seconds (every one is counted).
+DISK_FULL_LOG_INTERVAL = 60.0
+
+
+def is_disk_full(path: Path, error: lmdb.Error) -> bool:
+    """Whether a failed write means the file system is full.
+
+    ``ENOSPC`` is ``lmdb.DiskError``. But LMDB reports a *short* write as ``EIO``
+    (``mdb_page_flush``), and a short write is what a file system that fills up in the
+    middle of a commit gives: without this, a full disk looked like an I/O error, nothing
+    was evicted and every later record was lost (found by tests/test_storage_faults.py
+    on a 2 MiB tmpfs). An EIO with almost no free space left is taken for a full disk.
+    """
+    if isinstance(error, lmdb.DiskError):
+        return True
+    if os.strerror(errno.EIO) not in str(error):
+        return False
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < FULL_DISK_SLACK
+
 
 class AppendOps(RetentionOps):
     """The append path (layer 4 of the store)."""
@@ -31,6 +60,7 @@ class AppendOps(RetentionOps):
     map_full: int                       # MapFullError seen on a write
     dropped: int                        # records that fit in no map at all
     disk_full: int                      # ENOSPC seen on a write
+    _next_disk_full_log = 0.0           # monotonic time of the next "disk full" line
 
     def append_many(self, records: Sequence[tuple[str, float, bytes, str | None]]) -> int:
         """Store ``records`` = ``[(zone, ts, frame, object_zone), ...]`` in ONE transaction.
@@ -93,9 +123,16 @@ class AppendOps(RetentionOps):
                 return 0
             except CORRUPTION as e:
                 raise ReplayLogCorrupt(self.path, describe(e)) from e
-            except lmdb.DiskError as e:
+            except lmdb.Error as e:
+                if not is_disk_full(self.path, e):
+                    raise ReplayLogError(f"replay log {self.path}: {describe(e)}") from e
                 self.disk_full += 1
-                log.error("replay log %s: disk full (%s)", self.path, e)
+                now = time.monotonic()
+                if now >= self._next_disk_full_log:
+                    self._next_disk_full_log = now + DISK_FULL_LOG_INTERVAL
+                    log.error("replay log %s: disk full (%s); evicting the oldest records "
+                              "(counted in stats disk_full and evicted; this line at most "
+                              "once per %.0f s)", self.path, e, DISK_FULL_LOG_INTERVAL)
                 if disk_retry and self._total_records:
                     # Pages freed now are reused by later commits instead of growing the
                     # file: evict a quarter of the log, then try once more.
@@ -104,14 +141,15 @@ class AppendOps(RetentionOps):
                     self._soft_cap = target
                     try:
                         self._evict_and_tick(target)
-                    except (lmdb.DiskError, lmdb.MapFullError):
-                        pass
+                    except lmdb.Error as evict_error:
+                        if not (isinstance(evict_error, lmdb.MapFullError)
+                                or is_disk_full(self.path, evict_error)):
+                            raise ReplayLogError(f"replay log {self.path}: "
+                                                 f"{describe(evict_error)}") from e
                     else:
                         continue
                 raise ReplayLogDiskFull(f"replay log {self.path}: disk full, "
                                         f"{len(records)} record(s) not stored") from e
-            except lmdb.Error as e:
-                raise ReplayLogError(f"replay log {self.path}: {describe(e)}") from e
 
     def _append(self, w: WriteTxn, records: Sequence[tuple[str, float, bytes, str | None]]
                 ) -> int:

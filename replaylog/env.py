@@ -14,6 +14,7 @@ import errno
 import fcntl
 import logging
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +42,8 @@ _T = TypeVar("_T")
 CORRUPTION = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError,
               lmdb.VersionMismatchError, lmdb.PanicError, lmdb.BadChecksumError,
               lmdb.IncompatibleError)
+#: What decoding a damaged key or value raises (``struct.error`` is no ``ValueError``).
+DAMAGED_ENTRY = (struct.error, UnicodeError)
 
 
 def describe(e: BaseException) -> str:
@@ -259,6 +262,10 @@ class EnvBase:
                     self._map_size = env.info()["map_size"]
             except CORRUPTION as e:
                 raise ReplayLogCorrupt(self.path, describe(e)) from e
+            except DAMAGED_ENTRY as e:
+                # A key or value of the wrong size or a name that is not UTF-8: the open
+                # checks only the first and last records, the rest are found when read.
+                raise ReplayLogCorrupt(self.path, f"damaged entry: {describe(e)}") from e
         raise ReplayLogError(f"replay log {self.path}: the map keeps being resized")
 
     def _resize(self, new_size: int) -> None:

@@ -18,7 +18,7 @@ from typing import TypeVar
 import lmdb
 
 from . import keys as K
-from .env import CORRUPTION, EnvBase, describe
+from .env import CORRUPTION, DAMAGED_ENTRY, EnvBase, describe
 from .errors import ReplayLogCorrupt, ReplayLogError
 
 log = logging.getLogger("router.replaylog")
@@ -198,8 +198,8 @@ class StateBase(EnvBase):
                 self._load_in(txn)
         except ReplayLogError:
             raise
-        except (*CORRUPTION, lmdb.BadValsizeError, ValueError, UnicodeError) as e:
-            # struct.error is a ValueError: a meta entry or key of the wrong size.
+        except (*CORRUPTION, *DAMAGED_ENTRY, lmdb.BadValsizeError, ValueError) as e:
+            # struct.error (no ValueError): a meta entry or key of the wrong size.
             raise ReplayLogCorrupt(self.path, describe(e)) from e
         except lmdb.Error as e:
             raise ReplayLogError(f"cannot open replay log {self.path}: {describe(e)}") from e

@@ -55,6 +55,9 @@ log = logging.getLogger("router.replaylog")
 DEFAULT_BATCH_MESSAGES = 1000
 DEFAULT_BATCH_MS = 5.0
 DEFAULT_MAX_PENDING_BYTES = 64 << 20
+#: A failing file system (full, read-only) fails every commit: after the first error line,
+#: one summary line per this many seconds; every record is counted in ``failed``.
+FAILURE_LOG_INTERVAL = 60.0
 
 _Record = tuple[str, float, bytes, "str | None"]
 OnCommit = Callable[[int, int], None]
@@ -117,6 +120,8 @@ class ReplayWriter:
         self._pending_bytes = 0
         self._dropped = 0
         self._failed = 0
+        self._failed_unlogged = 0     # writer thread only: failures since the last line
+        self._next_failure_log = 0.0  # writer thread only: 0 while commits succeed
         self._commits = 0
         self._refusing = False
         self._closing = False
@@ -380,9 +385,15 @@ class ReplayWriter:
             self.store.append_many(batch)
             ok = True
         except ReplayLogError as e:
-            log.error("replay log: %d record(s) not stored: %s", len(batch), e)
-        except Exception:
-            log.exception("replay log: %d record(s) not stored", len(batch))
+            self._log_failure(len(batch), e, unexpected=False)
+        except Exception as e:
+            self._log_failure(len(batch), e, unexpected=True)
+        else:
+            if self._next_failure_log:
+                log.warning("replay log: records are stored again (%d more not stored "
+                            "since the last error line)", self._failed_unlogged)
+                self._failed_unlogged = 0
+                self._next_failure_log = 0.0
         size = sum(len(r[2]) for r in batch)
         with self._lock:
             self._committed += len(batch)
@@ -398,6 +409,21 @@ class ReplayWriter:
                 self.on_commit(len(batch), committed)
             except Exception:
                 log.exception("replay log: on_commit callback failed")
+
+    def _log_failure(self, count: int, error: Exception, *, unexpected: bool) -> None:
+        """Log a batch that was not stored: the first at once, then one line per
+        ``FAILURE_LOG_INTERVAL`` while the failures go on (the log must not flood)."""
+        self._failed_unlogged += count
+        now = time.monotonic()
+        if now < self._next_failure_log:
+            return
+        first = not self._next_failure_log
+        self._next_failure_log = now + FAILURE_LOG_INTERVAL
+        count, self._failed_unlogged = self._failed_unlogged, 0
+        log.error("replay log: %d record(s) not stored%s: %s (while this goes on: one line "
+                  "per %.0f s, every record counted in failed)", count,
+                  "" if first else f" in the last {FAILURE_LOG_INTERVAL:.0f} s", error,
+                  FAILURE_LOG_INTERVAL, exc_info=error if unexpected else None)
 
     @staticmethod
     def _run_op(op: _Op) -> None:

@@ -9,6 +9,7 @@
     │   ├── MessageTooLarge         length prefix above the peer's trust limit
     │   └── InvalidMessage          payload is not a JSON object, too deep, no method, ...
     ├── TLSSetupError               certificates or keys unusable (at start, never per peer)
+    ├── DataDirError                the data directory is not writable (at start)
     └── InvalidState(AssertionError) the code called something in the wrong state (a bug)
 
 Errors about one message that the router *refuses* (wrong direction, unknown object, ...)
@@ -76,6 +77,14 @@ class InvalidMessage(ProtocolError):
 
 class TLSSetupError(RouterError):
     """Our own certificate, key or CA cannot be loaded or do not fit together."""
+
+
+class DataDirError(RouterError):
+    """The data directory cannot be written: a read-only file system or permissions.
+
+    Checked once at start, before anything is written, so the node refuses with one line
+    instead of failing half-way (the replay log, certificates and positions live there).
+    """
 
 
 class InvalidState(RouterError, AssertionError):

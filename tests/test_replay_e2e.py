@@ -174,3 +174,72 @@ def test_written_but_unconfirmed_results_are_replayed_after_a_drop(tmp_path, pki
             await sat.stop()
 
     run(main(), timeout=60)
+
+
+def test_a_damaged_record_stops_the_replay_and_the_parent_goes_live(tmp_path, pki, run):
+    """A damaged page found while replaying (the open checks only the ends of the log):
+    the parent keeps its session and gets live traffic, the stop is logged with the
+    recovery command and counted; closing the session would bring the parent back to
+    the same page forever."""
+    import struct
+
+    import lmdb
+    import orjson
+
+    from replaylog import ReplayStore
+
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("sat", ["sat1"], "master"),
+                                       ("agent1", ["agent1"], "sat")],
+                       dialled={"master"}, timeouts=FAST)
+    log_dir = spec.directory / "sat1" / "replaylog"
+
+    def frame(i: int) -> bytes:
+        body = orjson.dumps({"jsonrpc": "2.0", "method": "event::CheckResult",
+                             "params": check_result("agent1", "s", f"old{i}")})
+        return b"%d:%s," % (len(body), body)
+
+    with ReplayStore(log_dir, sync=False) as store:
+        store.append_many([("master", 1000.0 + i, frame(i), None) for i in range(10)])
+    env = lmdb.open(str(log_dir), max_dbs=8, lock=False)
+    with env.begin(write=True) as txn:      # record 5 of zone 0 shorter than its header
+        txn.put(struct.pack(">IQ", 0, 5), b"\x00\x01", db=env.open_db(b"records", txn=txn))
+    env.close()
+
+    async def main():
+        sat = await spec.start("sat1")
+        try:
+            server_ready = asyncio.Event()
+            received: list[FakePeer] = []
+
+            async def accept(reader, writer):
+                peer = FakePeer(reader, writer)
+                peer.send("icinga::Hello", {"capabilities": 1, "version": 21306})
+                received.append(peer)
+                server_ready.set()
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(pki.cert("master")), str(pki.key("master")))
+            ctx.load_verify_locations(str(pki.ca_cert))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            server = await asyncio.start_server(accept, "127.0.0.1", spec.port("master"),
+                                                ssl=ctx)
+            await asyncio.wait_for(server_ready.wait(), 15)
+            master = received[0]
+            await wait_until(lambda: sat.node.replay.corrupt_reads == 1,
+                             what="the replay stopped at the damaged record")
+            agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
+                                           server_name="sat1")
+            agent.send("event::CheckResult", check_result("agent1", "s", "live"))
+            await wait_until(lambda: "live" in outputs(master), what="live result")
+            assert outputs(master)[-1] == "live" and not master.closed
+            assert "master" in sat.node.connected_names
+            text = await metrics_text(sat)
+            assert "router_replay_read_failures_total 1" in text
+            server.close()
+            await agent.close()
+            await master.close()
+        finally:
+            await sat.stop()
+
+    run(main(), timeout=60)

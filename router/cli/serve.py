@@ -69,6 +69,8 @@ def serve(config_path: str | None, node_name: str | None, data_dir: str | None,
             certs = Path(data_dir) / "certs"
             if ticket is None and (not (certs / f"{node_name}.crt").exists()
                                    or not (certs / "ca.crt").exists()):
+                from router.node.filemodes import check_writable
+                check_writable(data_dir)   # one line, not a traceback from mkdir
                 created_pki = pki.ensure_node_pki(data_dir, node_name)
         cfg = config_mod.quickstart_config(
             node_name=node_name, data_dir=data_dir, zones_file=zones_file, listen=listen,

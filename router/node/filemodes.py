@@ -22,9 +22,10 @@ import os
 import stat
 from pathlib import Path
 
-from router.errors import TLSSetupError
+from router.errors import DataDirError, TLSSetupError
 
-__all__ = ["PRIVATE_DIRS", "check_key_modes", "ensure_private_dirs", "make_private_dir"]
+__all__ = ["PRIVATE_DIRS", "check_key_modes", "check_writable", "ensure_private_dirs",
+           "make_private_dir"]
 
 log = logging.getLogger("router.node")
 
@@ -59,8 +60,39 @@ def make_private_dir(path: Path) -> bool:
     return False
 
 
+def check_writable(data_dir: str | os.PathLike[str]) -> None:
+    """Refuse a data directory this process cannot write, before anything is written.
+
+    Without the check a read-only data directory fails somewhere in the middle of the
+    start (a ``chmod``, the CA, the replay log's lock file) with a bare ``OSError``.
+    ``access(2)`` reports a read-only file system even to root; ``statvfs`` says which
+    of the two it is. A directory that does not exist yet is judged by its nearest
+    existing parent (it will be created there).
+
+    Raises:
+        DataDirError: names the directory and the reason.
+    """
+    root = Path(data_dir)
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if os.access(existing, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    why = "is on a read-only file system" if read_only else "is not writable by this user"
+    problem = (f"data directory {root} {why}" if existing == root else
+               f"data directory {root} cannot be created: {existing} {why}")
+    raise DataDirError(f"{problem}; the node keeps its replay log, certificates and "
+                       f"positions there (node.data_dir, --data-dir)")
+
+
 def ensure_private_dirs(data_dir: str | os.PathLike[str]) -> None:
-    """DATA_DIR and its private sub-directories exist with mode 0700."""
+    """DATA_DIR and its private sub-directories exist with mode 0700 (raises
+    ``DataDirError`` when the directory cannot be written)."""
+    check_writable(data_dir)
     root = Path(data_dir)
     make_private_dir(root)
     for name in PRIVATE_DIRS:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from replaylog import ReceivedPositions, ReplayWriter
+from replaylog import ReceivedPositions, ReplayLogCorrupt, ReplayWriter
 from router.node.context import NodeContext
 from router.routing import METHODS
 
@@ -98,6 +98,8 @@ class ReplayManager:
             if any(durations.get(e, 86400.0) != 0 for e in endpoints):
                 self.zones[zone] = endpoints
         self.persisted = 0
+        #: Replays stopped by a damaged page in the log (router_replay_read_failures_total).
+        self.corrupt_reads = 0
         self.replayed: dict[str, int] = {}
         self.replaying: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -210,6 +212,17 @@ class ReplayManager:
                 conn.schedule_flush()
                 while queue.congested and self._current(conn):
                     await node.wait_drained(conn)
+        except ReplayLogCorrupt as exc:
+            # A damaged page found while reading (the open checks only the ends): closing
+            # the session would bring the peer back to the same page forever, with no
+            # live traffic meanwhile. It gets live traffic; the unreadable rest stays in
+            # the file for the operator (the message names the recovery command).
+            self.corrupt_reads += 1
+            log.error("[%s] replay stopped after %d messages: %s; the endpoint gets live "
+                      "traffic from now on, the rest of its backlog stays in the file",
+                      endpoint, count, exc)
+            if self._current(conn):
+                node.replay_done(conn, count, time.monotonic() - started)
         except Exception:  # the replay of one peer must not take the node down
             log.exception("[%s] replay failed after %d messages; closing the session",
                           endpoint, count)

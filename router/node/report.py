@@ -382,6 +382,7 @@ def replay_families(node: Node) -> list[MetricFamily]:
             ({"reason": "storage"}, replay.writer.failed),
             ({"reason": "backlog"}, replay.writer.dropped),
             ({"reason": "too_large"}, stats["dropped"])]),
+        family("router_replay_read_failures_total", [({}, replay.corrupt_reads)]),
         family("router_replay_replayed_total", [
             ({"endpoint": e}, n) for e, n in sorted(replay.replayed.items())]),
         family("router_replay_in_progress", [

@@ -230,6 +230,10 @@ CATALOG: tuple[MetricSpec, ...] = (
                "after evicting, read-only or failing file system), backlog (the writer "
                "fell behind), too_large (bigger than the whole map). Logged, "
                "rate-limited.", ("reason",)),
+    MetricSpec("router_replay_read_failures_total", "counter",
+               "Replays stopped by a damaged page in the replay log: the endpoint gets "
+               "live traffic, the unreadable rest stays in the file (logged with the "
+               "recovery command)."),
     MetricSpec("router_replay_replayed_total", "counter",
                "Logged messages replayed to an endpoint after it came back.", ("endpoint",)),
     MetricSpec("router_replay_duplicates_dropped_total", "counter",
@@ -431,8 +435,9 @@ class RateMeter:
         # 4-byte unsigned buckets (at most 4 GiB or 4 billion events in one second of one
         # endpoint): 344 bytes and no int objects, where a list took 536 bytes plus an int
         # object per bucket above 256; an EndpointStats has four (issue 22: memory per
-        # connection).
-        self._buckets: array[int] = array("I", bytes(4 * self.WINDOW))
+        # connection). Made by the first ``add``: a peer that exchanges no messages (most
+        # agents' ``rate_out``) pays nothing (issue 14's RSS bound).
+        self._buckets: array[int] | None = None
         self._head: int | None = None     # the second the newest bucket belongs to
         self._sum = 0                     # sum of the buckets in the window
         self.total = 0                    # lifetime count
@@ -445,6 +450,9 @@ class RateMeter:
         if sec <= head:
             return head
         buckets = self._buckets
+        if buckets is None:             # nothing counted yet: every bucket is 0
+            self._head = sec
+            return sec
         if sec - head >= self.WINDOW:
             for i in range(self.WINDOW):
                 buckets[i] = 0
@@ -459,7 +467,10 @@ class RateMeter:
 
     def add(self, now: float, n: int = 1) -> None:
         sec = self._advance(int(now))
-        self._buckets[sec % self.WINDOW] += n
+        buckets = self._buckets
+        if buckets is None:
+            buckets = self._buckets = array("I", bytes(4 * self.WINDOW))
+        buckets[sec % self.WINDOW] += n
         self._sum += n
         self.total += n
 

@@ -150,8 +150,8 @@ class RequestStore:
         if not isinstance(pem, str) or "-----BEGIN CERTIFICATE-----" not in pem:
             raise CertRequestError(f"{path}: 'cert_request' is not a PEM certificate")
         try:
-            x509.load_pem_x509_certificate(pem.encode())
-        except ValueError as exc:
+            x509.load_pem_x509_certificate(pem.encode()).subject  # noqa: B018 - lazy
+        except (ValueError, TypeError, x509.InvalidVersion) as exc:   # see parse_request
             raise CertRequestError(f"{path}: 'cert_request' does not parse ({exc})") from None
         ticket = data.get("ticket", "")
         response = data.get("cert_response")

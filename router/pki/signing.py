@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -73,10 +73,18 @@ def parse_request(text: str | bytes) -> x509.Certificate:
     data = text.encode() if isinstance(text, str) else text
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+            cert = x509.load_pem_x509_certificate(data)
+        else:
+            cert = x509.load_der_x509_certificate(data)
+        # cryptography parses the subject lazily: a broken name (found by fuzzing,
+        # tests/fuzz/test_fuzz_regressions.py) must be refused here, not raise
+        # ValueError later in common_name().
+        cert.subject  # noqa: B018
+    except (ValueError, TypeError, x509.InvalidVersion) as exc:
+        # InvalidVersion is no ValueError, and a name attribute of the wrong ASN.1 type
+        # raises TypeError while the subject is built (both found by fuzzing).
         raise CertRequestError(f"not an X.509 certificate ({exc})") from None
+    return cert
 
 
 def _spki(public: CertificatePublicKeyTypes) -> bytes:
@@ -125,7 +133,11 @@ def sign_request(ca_cert: x509.Certificate, ca_key: PrivateKey, request: x509.Ce
         x509.DNSName(cn)             # the CN becomes the certificate's SAN DNS name
     except ValueError as exc:
         raise CertRequestError(f"CN {cn!r} cannot be a DNS name ({exc})") from None
-    public = request.public_key()
+    try:
+        public = request.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:   # a damaged or unknown key (fuzzing)
+        raise CertRequestError(f"refusing to sign for CN '{cn}': unusable public key "
+                               f"({exc})") from None
     reason = (policy or KeyPolicy()).refusal(public)
     if reason is not None:
         raise CertRequestError(f"refusing to sign for CN '{cn}': {reason}")
