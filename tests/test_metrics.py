@@ -251,6 +251,22 @@ def test_rate_meter_gap_exactly_window() -> None:
     assert m.count(260.0) == 1
 
 
+def test_rate_meter_read_before_first_add() -> None:
+    """The buckets are made by the first add: reads before it move the window only."""
+    m = RateMeter()
+    assert m.count(300.0) == 0
+    assert m.count(320.0) == 0
+    m.add(310.0, 4)                      # older than the last read: counted at second 320
+    assert m.count(320.0) == 4
+    assert m.count(379.9) == 4
+    assert m.count(380.0) == 0
+    m2 = RateMeter()
+    assert m2.count(300.0) == 0
+    m2.add(500.0, 2)                     # a gap after a read, nothing counted before
+    assert m2.count(500.0) == 2
+    assert m2.total == 2
+
+
 def test_rate_meter_clock_step_back() -> None:
     m = RateMeter()
     m.add(500.0)

@@ -543,9 +543,12 @@ class Node:
     # ------------------------------------------------------------------ backpressure
 
     def _block(self, source: Connection, target: Connection) -> None:
-        if source is target or source in target.blocked_sources:
+        blocked = target.blocked_sources
+        if source is target or (blocked is not None and source in blocked):
             return
-        target.blocked_sources.add(source)
+        if blocked is None:
+            blocked = target.blocked_sources = set()    # made on first use (issue 14's RSS)
+        blocked.add(source)
         source.blocked_by += 1
         if source.blocked_by == 1:
             source.pause_reading()
@@ -575,9 +578,10 @@ class Node:
         """``conn``'s queue fell below low water: resume whoever it held back."""
         self.sessions.wake_drain_waiter(conn)
         sources = conn.blocked_sources
-        conn.blocked_sources = set()
-        for source in sources:
-            self.unblock(source)
+        if sources:
+            conn.blocked_sources = None
+            for source in sources:
+                self.unblock(source)
 
     def slow_consumer(self, conn: Connection, why: str) -> None:
         """Disconnect a peer that does not read what we queue for it."""

@@ -1,7 +1,9 @@
 """Session life: admitting a peer after its TLS handshake, its session events, its end.
 
-- ``connection_made``: the connection limit; ``handshake_failed``: counted and logged
-  (rate-limited, by address and reason);
+- ``connection_made``: the connection limit, and no inbound connection on the last
+  ``FD_RESERVE`` file descriptors (refused and counted as ``out_of_fds``; libuv itself
+  accepts and closes what arrives when none is left at all); ``handshake_failed``:
+  counted and logged (rate-limited, by address and reason);
 - ``handshake_done``: identify the peer by its certificate CN, refuse a dialled endpoint
   with the wrong CN, our own name, a second session of an endpoint, or one anonymous
   client too many; otherwise register the session (a known endpoint in the connection
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -31,6 +34,7 @@ from router.protocol.peer import PeerProtocol, Role
 from router.routing import Relation
 from router.transport import tls
 from router.transport.admission import Admission, peer_text, source_address
+from router.transport.peerrate import PeerRate
 from router.transport.sendqueue import Ledger, QueueLimits, SendQueue
 from router.node.context import NodeContext
 from router.node.stats import ANONYMOUS
@@ -103,6 +107,20 @@ class SessionHost(NodeContext, Protocol):
     def unblock(self, source: Connection) -> None: ...
 
 
+#: File descriptors kept free for the node itself when peers would take the last ones:
+#: log files, the replay log (LMDB), the status listener's clients, dialling the parent.
+FD_RESERVE = 64
+
+
+def fd_ceiling() -> int:
+    """The descriptor number from which inbound connections are refused: the soft
+    RLIMIT_NOFILE (the node raised it to the hard limit at start) minus FD_RESERVE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 62
+    return max(0, soft - FD_RESERVE)
+
+
 class Sessions:
     """Admits, tracks the waiters of, and retires the node's sessions."""
 
@@ -112,6 +130,8 @@ class Sessions:
         self._hello = {"capabilities": 1, "version": host.config.node.icinga_version}
         self._session_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._drain_waiters: dict[Connection, asyncio.Future[None]] = {}
+        #: inbound sockets from this descriptor number up are refused (out of fds)
+        self.fd_ceiling = fd_ceiling()
 
     def max_message_size(self, endpoint: str | None) -> int:
         """Receive limit by trust (users.md P16): children are bounded tighter than parents."""
@@ -136,6 +156,17 @@ class Sessions:
         host.all_connections.add(conn)
         if host.closing:
             conn.abort("node is shutting down")
+            return
+        if conn.expected_endpoint is None and conn.fileno() >= self.fd_ceiling:
+            # Near RLIMIT_NOFILE: refuse the newcomer, keep FD_RESERVE descriptors for the
+            # sessions we have (log files, the replay log, dialling the parent, status).
+            host.ratelog.log(("out_of_fds",), logging.ERROR,
+                             "refusing connection from %s: %d of %d file descriptors in "
+                             "use (RLIMIT_NOFILE; %d kept for the node itself); raise "
+                             "LimitNOFILE / ulimit -n", conn.address, conn.fileno(),
+                             self.fd_ceiling + FD_RESERVE, FD_RESERVE)
+            host.disconnects.inc(("out_of_fds",))
+            conn.abort("out of file descriptors")
             return
         limit = host.config.limits.max_connections
         if len(host.all_connections) > limit and host.admission.oldest(exclude=conn):
@@ -242,6 +273,10 @@ class Sessions:
                           "; replaying its log first" if replaying else "")
         if endpoint is not None and replay is not None and replay.keeps_log(endpoint):
             conn.ledger = Ledger()
+        limits = host.config.limits
+        if limits.peer_bytes_per_second or limits.peer_messages_per_second:
+            conn.input_rate = PeerRate(limits.peer_bytes_per_second,
+                                       limits.peer_messages_per_second, host.loop.time())
         conn.start_session(peer, SendQueue(host.queue_limits), endpoint, stats)
         if endpoint is not None and host.configsync is not None and conn.state == "open":
             host.configsync.endpoint_connected(endpoint)  # Icinga: before the replay
@@ -371,12 +406,13 @@ class Sessions:
                 host.log_peer(conn, logging.WARNING, "%d queued messages unsent at disconnect:"
                               " %d kept in the replay log, %d dropped", len(leftovers), kept,
                               dropped)
-        for source in conn.blocked_sources:
+        sources, conn.blocked_sources = conn.blocked_sources, None
+        for source in sources or ():
             host.unblock(source)
-        conn.blocked_sources.clear()
         if conn.blocked_by:
             for other in connections.values():
-                other.blocked_sources.discard(conn)
+                if other.blocked_sources:
+                    other.blocked_sources.discard(conn)
             conn.blocked_by = 0
 
 

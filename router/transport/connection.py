@@ -44,6 +44,7 @@ from router.transport.sendqueue import Ledger, SendQueue
 if TYPE_CHECKING:  # pragma: no cover
     from router.routing.fields import RefusalBudget
     from router.transport.admission import Admission
+    from router.transport.peerrate import PeerRate
     from router.transport.tlslib import TLSLibrary, TLSSession
 
 log = logging.getLogger("router.transport")
@@ -58,6 +59,10 @@ READ_CHUNK = 256 * 1024
 READ_BUFFER_SIZE = 64 * 1024
 #: Ciphertext fed to the TLS session at a time (see _receive).
 BIO_SLICE = 4 * 1024
+#: At most one log line a session per this many seconds about its input caps.
+THROTTLE_LOG_INTERVAL = 60.0
+#: ``_throttle_logged`` of a session that never logged (one float for all sessions).
+_NEVER_LOGGED = -THROTTLE_LOG_INTERVAL
 
 HANDSHAKING = "handshaking"
 OPEN = "open"
@@ -90,6 +95,24 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     peer's endpoint, of which the connection itself only counts bytes (``TrafficStats``).
     """
 
+    # Every attribute is listed here (a new one must be too: assigning an unlisted one
+    # raises AttributeError). With over 30 attributes an instance's dict would be a full
+    # 1.5 KB hash table; slots are 8 bytes each: 10 000 peers save about 14 MB
+    # (issue 22, memory per connection), and attribute access on the hot path is faster.
+    # For the same reason what most connections never use (the ``ready`` future of an
+    # inbound one, ``blocked_sources``, the handshake backlogs) is created on first use.
+    __slots__ = (
+        "_admission", "_flush_scheduled", "_handshake_backlog", "_handshake_handle",
+        "_handshake_step", "_handshake_timeout", "_has_handshake_slot", "_hold_output",
+        "_last_read", "_parked", "_reading_paused", "_ready", "_slot_backlog",
+        "_throttle_handle", "_throttle_logged", "_timer", "_timer_when", "_tls", "_tls_library",
+        "_transport_reading", "_writing_paused", "address", "blocked_by", "blocked_sources",
+        "close_reason", "created", "direction", "endpoint", "events_received",
+        "expected_endpoint", "handshake_bytes_in", "handshake_bytes_out", "identity",
+        "input_rate", "invalid_budget", "last_read_at", "last_write_progress", "ledger",
+        "loop", "node", "opened_at", "peer", "queue", "state", "stats", "transport",
+    )
+
     def __init__(self, node: ConnectionOwner[PeerConnection[StatsT]],
                  tls_library: TLSLibrary, *, expected_endpoint: str | None = None,
                  handshake_timeout: float = 10.0, admission: Admission | None = None) -> None:
@@ -115,18 +138,15 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self.stats: StatsT | None = None
         #: Congested queues this connection feeds; reading pauses while non-zero.
         self.blocked_by = 0
-        #: Connections paused because *our* queue is congested.
-        self.blocked_sources: set[PeerConnection[StatsT]] = set()
+        #: Connections paused because *our* queue is congested (None: none so far).
+        self.blocked_sources: set[PeerConnection[StatsT]] | None = None
         self.created = self.loop.time()
         self.opened_at: float | None = None
         self.last_write_progress = self.created
         self.close_reason: str | None = None
-        #: Resolved when the session is established (or failed); the dialler waits on it.
-        self.ready: asyncio.Future[None] = self.loop.create_future()
-        if expected_endpoint is None:
-            # Nobody awaits an inbound connection's outcome: keep asyncio from reporting
-            # "exception was never retrieved" for every failed handshake.
-            self.ready.add_done_callback(_consume_result)
+        #: ``ready``: made here when we dial (the dialler awaits it), else on first use.
+        self._ready: asyncio.Future[None] | None = (
+            self.loop.create_future() if expected_endpoint is not None else None)
         self._tls: TLSSession | None = None
         #: Session tickets wait for our first write (see _handshake_outcome).
         self._hold_output = False
@@ -149,7 +169,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self.last_read_at = self.created
         #: A handshake step running in the node's TLS threads, and bytes that came meanwhile.
         self._handshake_step: asyncio.Future[BaseException | bool] | None = None
-        self._handshake_backlog: list[bytes] = []
+        self._handshake_backlog: list[bytes] | None = None
         self._flush_scheduled = False
         #: Pre-auth admission of the listener (inbound only): caps on unauthenticated
         #: connections and concurrent handshakes (router.transport.admission).
@@ -157,9 +177,40 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         #: Whether this connection holds one of the admission's handshake slots.
         self._has_handshake_slot = admission is None
         #: Handshake bytes that arrived while waiting for a slot.
-        self._slot_backlog: list[bytes] = []
+        self._slot_backlog: list[bytes] | None = None
         #: The node's budget of malformed messages for this session (set on first use).
         self.invalid_budget: RefusalBudget | None = None
+        #: Caps on this session's input, bytes and messages a second (set by the node when
+        #: ``[limits] peer_bytes_per_second``/``peer_messages_per_second`` are on).
+        self.input_rate: PeerRate | None = None
+        #: Messages handed to the node so far (what ``input_rate`` charges).
+        self.events_received = 0
+        #: Set while ``input_rate`` holds our reading back (the timer that ends it).
+        self._throttle_handle: asyncio.TimerHandle | None = None
+        self._throttle_logged = _NEVER_LOGGED
+
+    @property
+    def ready(self) -> asyncio.Future[None]:
+        """Resolved when the session is established (or failed); the dialler waits on it.
+        An inbound connection's is made on first use, resolved if the outcome is known."""
+        future = self._ready
+        if future is None:
+            future = self._ready = self.loop.create_future()
+            future.add_done_callback(_consume_result)   # unawaited: no asyncio warning
+            if self.peer is not None:
+                future.set_result(None)
+            elif self.state in (CLOSING, CLOSED):
+                future.set_exception(ConnectionError(self.close_reason or "connection closed"))
+        return future
+
+    def _settle_ready(self, error: str | None) -> None:
+        """Resolve ``ready`` (None: the session is up) if anyone holds it."""
+        future = self._ready
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(ConnectionError(error))
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -197,10 +248,12 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             assert self._admission is not None
             if not self._admission.begin_handshake(self):
                 # All handshake slots are busy: keep the bytes, read no more, wait.
-                self._slot_backlog.append(bytes(data))
+                self._slot_backlog = [bytes(data)]
                 self._set_transport_reading(False)
                 return
             self._has_handshake_slot = True
+        elif self.state == HANDSHAKING and self._admission is not None:
+            self._admission.progress(self)      # a slot holder that is not stalling
         if self.state == HANDSHAKING and self.node.tls_pool is not None:
             self._handshake_input(data)
         elif self.state in (HANDSHAKING, OPEN):
@@ -236,10 +289,13 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         if peer is None or self.state != OPEN:
             return
         now = self.loop.time()
+        events_before = self.events_received
+        plain_bytes = 0
         if parts:
             plain = parts[0] if len(parts) == 1 else b"".join(parts)
+            plain_bytes = len(plain)
             if self.stats is not None:
-                self.stats.count_received(len(plain), now)
+                self.stats.count_received(plain_bytes, now)
             peer.receive_data(plain, now)
         if eof:
             self.close_reason = self.close_reason or "peer closed the session"
@@ -249,7 +305,43 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         if eof and self.state == OPEN:
             self.close("peer closed the session")
         elif self.state == OPEN:
+            rate = self.input_rate
+            if rate is not None and (plain_bytes or self.events_received != events_before):
+                delay = rate.charge(plain_bytes, self.events_received - events_before, now)
+                if delay > 0:
+                    self._throttle(delay)
+                    return
             self._park()
+
+    def _throttle(self, delay: float) -> None:
+        """Over the input caps: read nothing for ``delay`` s (TCP back-pressure), then
+        queue for a turn like any parked reader."""
+        self._set_transport_reading(False)
+        if self._throttle_handle is None:
+            self._throttle_handle = self.loop.call_later(delay, self._end_throttle)
+            if self.stats is not None:
+                self.stats.count_throttled(delay)
+            now = self.loop.time()
+            if now - self._throttle_logged >= THROTTLE_LOG_INTERVAL:
+                self._throttle_logged = now
+                rate = self.input_rate
+                log.warning("[%s %s] input over its caps (%s bytes/s, %s messages/s; "
+                            "limits.peer_bytes_per_second/peer_messages_per_second): not "
+                            "read for %.2f s (throttled %d times on this session)",
+                            self.endpoint or self.identity, self.address,
+                            rate.bytes_per_second if rate else "-",
+                            rate.messages_per_second if rate else "-", delay,
+                            rate.throttled if rate else 0)
+
+    def _end_throttle(self) -> None:
+        self._throttle_handle = None
+        if self.state == OPEN and not self._reading_paused:
+            self._park()
+
+    @property
+    def throttled(self) -> bool:
+        """Held back by ``input_rate`` right now."""
+        return self._throttle_handle is not None
 
     # ------------------------------------------------------------------ handshake admission
 
@@ -261,9 +353,9 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     def _resume_after_slot(self) -> None:
         if self.state != HANDSHAKING:
             return
-        backlog, self._slot_backlog = self._slot_backlog, []
+        backlog, self._slot_backlog = self._slot_backlog, None
         self._set_transport_reading(True)
-        data = memoryview(b"".join(backlog))
+        data = memoryview(b"".join(backlog) if backlog else b"")
         if self.node.tls_pool is not None:
             self._handshake_input(data)
         else:
@@ -273,7 +365,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         """Authenticated or gone: no longer an unauthenticated connection."""
         if self._admission is not None:
             admission, self._admission = self._admission, None
-            self._slot_backlog.clear()
+            self._slot_backlog = None
             admission.release(self)
 
     # ------------------------------------------------------------------ handshake in a thread
@@ -288,6 +380,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         thread: new bytes wait here and go in after it.
         """
         if self._handshake_step is not None:
+            if self._handshake_backlog is None:
+                self._handshake_backlog = []
             self._handshake_backlog.append(bytes(data))
             return
         self._tls.feed(data)  # type: ignore[union-attr]
@@ -305,14 +399,15 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         if future.cancelled() or self.state != HANDSHAKING:
             return                       # closed meanwhile (deadline, shutdown)
         opened = self._handshake_outcome(future.result())
-        backlog, self._handshake_backlog = self._handshake_backlog, []
+        backlog, self._handshake_backlog = self._handshake_backlog, None
         if self.state == HANDSHAKING:
             if backlog:
                 self._tls.feed(b"".join(backlog))  # type: ignore[union-attr]
                 self._start_handshake_step()
         elif opened:
-            # Bytes that came with or after the peer's last handshake flight.
-            self._receive(memoryview(b"".join(backlog)))
+            # Bytes that came with or after the peer's last handshake flight (or none:
+            # then what OpenSSL already holds).
+            self._receive(memoryview(b"".join(backlog) if backlog else b""))
 
     def _park(self) -> None:
         """Stop reading until the read scheduler gives us our next turn.
@@ -321,7 +416,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         does not pause it, and a loop turn reads every ready socket before anything is
         written; see ``router.readsched`` for why and how turns are bounded.
         """
-        if self._parked or self.state != OPEN:
+        if self._parked or self.state != OPEN or self._throttle_handle is not None:
             return
         self._parked = True
         self._set_transport_reading(False)
@@ -330,7 +425,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     def unpark(self) -> int:
         """Our turn: read again unless back-pressure holds us (ReadScheduler callback)."""
         self._parked = False
-        if self._reading_paused or self.state != OPEN:
+        if self._reading_paused or self.state != OPEN or self._throttle_handle is not None:
             return 0
         self._set_transport_reading(True)
         return max(self._last_read, MIN_EXPECTED_READ)
@@ -361,9 +456,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             error = exc if exc is not None else ConnectionResetError(
                 "connection closed during the TLS handshake")
             self.node.handshake_failed(self, error)
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(
-                self.close_reason or (str(exc) if exc else "connection closed")))
+        self._settle_ready(self.close_reason or (str(exc) if exc else "connection closed"))
         if self.peer is not None:
             self.peer.close()
         self.node.connection_lost(self, exc)
@@ -411,8 +504,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self.state = CLOSING
         self._leave_admission()
         self.node.handshake_failed(self, exc)
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"TLS handshake failed: {exc}"))
+        self._settle_ready(f"TLS handshake failed: {exc}")
         if self.transport is not None:
             self.transport.close()
 
@@ -492,8 +584,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self.endpoint = endpoint
         self.stats = stats
         self._after_protocol_step()
-        if not self.ready.done():
-            self.ready.set_result(None)
+        self._settle_ready(None)
         # Application data that arrived with the end of the handshake is read by the
         # buffer_updated call that completed the handshake.
 
@@ -506,6 +597,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self._write_plain(control[0] if len(control) == 1 else b"".join(control))
         events = peer.events_received()
         if events:
+            self.events_received += len(events)
             self.node.on_events(self, events)
         if peer.state == State.CLOSED and self.state == OPEN:
             self.close(self.close_reason or "protocol closed")
@@ -594,7 +686,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
 
     @property
     def reading_paused(self) -> bool:
-        return self._reading_paused
+        """Not reading because back-pressure or the input caps hold it back."""
+        return self._reading_paused or self._throttle_handle is not None
 
     @property
     def parked(self) -> bool:
@@ -640,6 +733,18 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         if self.transport is not None:
             self.transport.close()
 
+    def fileno(self) -> int:
+        """The socket's file descriptor, -1 when there is none (closed, or no socket).
+
+        The kernel hands out the lowest free descriptor, so an accepted socket's number
+        tells how many descriptors are in use: the node refuses newcomers near
+        RLIMIT_NOFILE with it (``Sessions.connection_made``)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        try:
+            return int(sock.fileno()) if sock is not None else -1
+        except (OSError, ValueError):
+            return -1
+
     def abort(self, reason: str) -> None:
         """Hard close: drop whatever is buffered."""
         if self.state == CLOSED:
@@ -663,6 +768,9 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self._timer.cancel()
             self._timer = None
             self._timer_when = None
+        if self._throttle_handle is not None:
+            self._throttle_handle.cancel()
+            self._throttle_handle = None
 
     def peer_certificate_der(self) -> bytes | None:
         if self._tls is None or self.state == HANDSHAKING:
