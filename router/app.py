@@ -16,7 +16,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from router import __version__
@@ -27,6 +27,7 @@ from router.node import Node, describe_topology, name_list
 from router.node.filemodes import check_key_modes, ensure_private_dirs
 from router.ops.http import StatusServer
 from router.ops.sdnotify import SystemdNotifier
+from router.node.consoleweb import Console
 from router.node.reload import PreparedReload, ReloadHooks, Reloader, ReloadRecord, status_routes
 from router.config import load_config
 from router.errors import ConfigError
@@ -36,6 +37,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from router.node.learned import LearnedHostsStore
 
 log = logging.getLogger("router.app")
+
+
+async def _record_json(record: Awaitable[ReloadRecord]) -> dict[str, Any]:
+    """A reload's record as the console's reload action answers it."""
+    return (await record).as_json()
 
 
 class RouterService:
@@ -55,6 +61,8 @@ class RouterService:
         self.node: Node | None = None
         self.server: asyncio.Server | None = None
         self.status: StatusServer | None = None
+        #: The web console on the status listener (router.node.consoleweb).
+        self.console: Console | None = None
         self.connector: Connector | None = None
         self.pool: Any = None
         self._socket_dir = ""
@@ -96,6 +104,8 @@ class RouterService:
                                  hooks=self.reload_hooks)
         # Before any socket opens: a peer that connects must find its log to replay.
         self._open_replay_log(node)
+        if config.writers:
+            await self._start_writers(node)   # before any socket: no result goes unwritten
         if config.node.accept_config or config.node.zones_dir is not None:
             self._start_configsync(node)  # before any socket: children get zones on connect
         if config.objects.unknown == "learn":
@@ -108,11 +118,24 @@ class RouterService:
             self.server = await loop.create_server(node.new_inbound, host, port,
                                                    reuse_address=True, backlog=4096)
         if config.status_listen is not None:
+            reloader = self.reloader
+            console = self.console = Console(
+                node, reload_status=reloader.status,
+                reload=lambda trigger: _record_json(reloader.reload(trigger)))
             self.status = StatusServer(
-                status_routes(report.routes(node, lambda: (self.status_port, self.listen_port)),
-                              self.reloader, lambda: report.metric_families(node)),
-                actions={"/v1/actions/reload": self.reloader.http_action})
+                {**status_routes(report.routes(node, lambda: (self.status_port,
+                                                              self.listen_port)),
+                                 self.reloader, lambda: report.metric_families(node)
+                                 + console.metric_families()
+                                 + (self.status.metric_families() if self.status else [])),
+                 **console.routes()},
+                actions={"/v1/actions/reload": console.guard("reload",
+                                                             self.reloader.http_action),
+                         **console.actions()},
+                header_timeout=config.timeouts.status_header,
+                max_clients=config.limits.status_max_clients)
             await self.status.start(*config.status_listen)
+            console.start()
         local_checks = [c for c in config.checks
                         if not c.command_endpoint or c.command_endpoint == node.name]
         if config.node.accept_commands or local_checks:
@@ -132,7 +155,9 @@ class RouterService:
         else:
             log.info("no cluster listener (outbound-only node)")
         if self.status is not None:
-            log.info("status: http://%s:%s/v1/status  metrics: http://%s:%s/metrics",
+            log.info("status: http://%s:%s/v1/status  metrics: http://%s:%s/metrics  "
+                     "console: http://%s:%s/",
+                     config.status_listen[0], self.status_port,  # type: ignore[index]
                      config.status_listen[0], self.status_port,  # type: ignore[index]
                      config.status_listen[0], self.status_port)  # type: ignore[index]
 
@@ -161,6 +186,10 @@ class RouterService:
         config = self.config = prepared.config
         if self.learned is not None:
             self.learned.objects = node.objects
+        if node.writers is not None:
+            node.writers.reconfigure(config)
+        elif config.writers:
+            await self._start_writers(node)
         old = self.connector
         timeouts, limits = config.timeouts, config.limits
         targets = node.topology.dial_targets()
@@ -177,6 +206,15 @@ class RouterService:
             new.failures.update(old.failures)
             self.connector = node.connector = new
             new.start()
+
+    async def _start_writers(self, node: Node) -> None:
+        """Result writers (docs/writers.md): durable queues and their own process."""
+        from router.features.writers import WritersService
+        writers = WritersService(self.config, lambda: node.connected_names)
+        await writers.start()
+        node.writers = writers
+        log.info("result writers: %s", ", ".join(f"{w.name} ({w.type})"
+                                                 for w in self.config.writers))
 
     def _start_configsync(self, node: Node) -> None:
         """Config sync (docs/config-sync.md): zones under DATA_DIR/api/zones, relayed."""
@@ -243,6 +281,8 @@ class RouterService:
             return True
         timeout = self.config.timeouts.drain if drain_timeout is None else drain_timeout
         started = time.monotonic()
+        if self.console is not None:
+            self.console.stop()         # before the replay log closes: it reads it
         if self.server is not None:
             self.server.close()
         if self.connector is not None:
@@ -263,6 +303,8 @@ class RouterService:
             await node.replay.close(timeout=10.0)
         if self.learned is not None:
             await self.learned.close()
+        if node.writers is not None:
+            await node.writers.stop()
         if self.server is not None:
             await self.server.wait_closed()
         if self.status is not None:
@@ -300,6 +342,23 @@ def builtin_checks(node: Node) -> Callable[[str, Mapping[str, Any]], CheckOutcom
                             command=command)
 
     return run
+
+
+def check_nofile_limit(max_connections: int, soft: int) -> bool:
+    """Say at start when RLIMIT_NOFILE cannot hold ``limits.max_connections`` peers plus
+    the descriptors the node keeps for itself (``FD_RESERVE``): beyond the limit inbound
+    connections are refused (counted as ``out_of_fds``), never crash the node. True when
+    the limit is enough."""
+    from router.node.sessions import FD_RESERVE
+    need = max_connections + FD_RESERVE
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return True
+    log.warning("RLIMIT_NOFILE is %d after raising it to the hard limit, but "
+              "limits.max_connections = %d needs %d file descriptors (%d for the node "
+              "itself): connections beyond about %d will be refused. Raise LimitNOFILE= in "
+              "the systemd unit or ulimit -n, or lower limits.max_connections", soft,
+              max_connections, need, FD_RESERVE, max(0, soft - FD_RESERVE))
+    return False
 
 
 def raise_nofile_limit() -> int:
@@ -388,5 +447,5 @@ def serve(config: RouterConfig, ready_message: str | None = None,
     ``config.path``)."""
     import uvloop
 
-    raise_nofile_limit()
+    check_nofile_limit(config.limits.max_connections, raise_nofile_limit())
     return uvloop.run(_serve(config, ready_message, config_source))
