@@ -67,7 +67,11 @@ def test_parent_checks_run_on_our_executors(spec, run):
             assert unknown["output"] == "Check command 'no-such-command' does not exist."
             if "load" in results:
                 load = results["load"]["params"]["cr"]
-                assert load["state"] == 0 and load["output"].startswith("LOAD OK")
+                # The plugin really ran: its verdict follows the machine's load, which a
+                # busy test machine pushes past check_load's thresholds.
+                verdicts = {"LOAD OK": 0, "LOAD WARNING": 1, "LOAD CRITICAL": 2}
+                word = next(w for w in verdicts if load["output"].startswith(w))
+                assert load["state"] == verdicts[word], load
                 assert any(p.startswith("load1=") for p in load["performance_data"])
             text = await metrics_text(agent)
             assert "router_checks_executed_total " in text

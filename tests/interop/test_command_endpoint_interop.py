@@ -71,7 +71,11 @@ def test_icinga_master_runs_command_endpoint_checks_on_router(
     assert dummy["state"] == 1 and dummy["check_source"] == "agent1", dummy
     load = master.wait_for(lambda: fresh("remote-load"), 40,
                            what="remote-load result from our node on the master")
-    assert load["output"].startswith("LOAD OK"), load
+    # The plugin really ran on our executors: its verdict follows the machine's load
+    # (a busy test machine pushes it past check_load's thresholds), its state matches it.
+    verdicts = {"LOAD OK": 0, "LOAD WARNING": 1, "LOAD CRITICAL": 2}
+    word = next((w for w in verdicts if load["output"].startswith(w)), None)
+    assert word is not None and load["state"] == verdicts[word], load
     assert any(str(p).startswith("load1=") or (isinstance(p, dict) and p.get("label") == "load1")
                for p in load["performance_data"]), load
     status = router.endpoint_status("master")
