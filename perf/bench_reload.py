@@ -194,9 +194,12 @@ def router_toml(base: Path, bench: BenchPKI, n: int, spares: int, port: int,
     return "\n".join(lines) + "\n"
 
 
-def post_reload(status_port: int) -> dict[str, Any]:
+def post_reload(status_port: int, data_dir: Path) -> dict[str, Any]:
+    """What router reload does: POST with the node's local token from its data dir."""
+    token = (data_dir / "reload.token").read_text().strip()
     request = urllib.request.Request(f"http://127.0.0.1:{status_port}/v1/actions/reload",
-                                     data=b"", method="POST")
+                                     data=b"", method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=60) as resp:
         record: dict[str, Any] = orjson.loads(resp.read())
     return record
@@ -250,7 +253,7 @@ async def run_router(base: Path, bench: BenchPKI, args: argparse.Namespace) -> d
                                           SPARES if i % 2 == 0 else SPARES // 2, port,
                                           status_port))
             cpu0, t0 = cpu_seconds(node), time.perf_counter()
-            record = await asyncio.to_thread(post_reload, status_port)
+            record = await asyncio.to_thread(post_reload, status_port, base / "router-data")
             wall = time.perf_counter() - t0
             await asyncio.sleep(0.2)
             records.append({"apply_s": record["duration"], "http_s": wall,

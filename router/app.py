@@ -27,7 +27,7 @@ from router.node import Node, describe_topology, name_list
 from router.node.filemodes import check_key_modes, ensure_private_dirs
 from router.ops.http import StatusServer
 from router.ops.sdnotify import SystemdNotifier
-from router.node.consoleweb import Console
+from router.node.consoleweb import Console, create_local_token
 from router.node.reload import PreparedReload, ReloadHooks, Reloader, ReloadRecord, status_routes
 from router.config import load_config
 from router.errors import ConfigError
@@ -121,7 +121,8 @@ class RouterService:
             reloader = self.reloader
             console = self.console = Console(
                 node, reload_status=reloader.status,
-                reload=lambda trigger: _record_json(reloader.reload(trigger)))
+                reload=lambda trigger: _record_json(reloader.reload(trigger)),
+                local_token=create_local_token(config.node.data_dir))
             self.status = StatusServer(
                 {**status_routes(report.routes(node, lambda: (self.status_port,
                                                               self.listen_port)),

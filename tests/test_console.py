@@ -288,14 +288,21 @@ def test_console_routes_read_only_without_a_token(tmp_path, pki, run, monkeypatc
                     assert "no admin token is configured" in body["error"]
                 code, _, _ = await asyncio.to_thread(get, port, path)
                 assert code == 405
+            # the operator's reload route too: it takes only the node's local token
+            # (DATA_DIR/reload.token, what `router reload` reads), never no token
+            for token in (None, "anything-at-all-here", ""):
+                code, body = await asyncio.to_thread(post, port, "/v1/actions/reload", token)
+                assert code == 403 and "reload.token" in body["error"], (token, body)
             text = await metrics_text(master)
             assert metric(text, "sign", "forbidden") == 3
-            assert metric(text, "reload", "forbidden") == 3
+            assert metric(text, "reload", "forbidden") == 6
             assert metric(text, "reload", "ok") == 0
             assert master.reloader.last is None            # nothing was reloaded
-            # without a token the older route stays open, as `router reload` expects
-            code, body = await asyncio.to_thread(post, port, "/v1/actions/reload")
+            local = (spec.directory / "master" / "reload.token").read_text().strip()
+            code, body = await asyncio.to_thread(post, port, "/v1/actions/reload", local)
             assert code == 200 and body["result"] == "ok"
+            code, body = await asyncio.to_thread(post, port, ACTIONS[1], local)
+            assert code == 403                       # the console's actions: admin only
         finally:
             await agent.stop()
             await master.stop()

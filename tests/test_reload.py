@@ -42,11 +42,14 @@ async def connect(spec, pki, name, **kw) -> FakePeer:
     return peer
 
 
-def post(port: int, path: str = "/v1/actions/reload") -> tuple[int, bytes, dict]:
+def post(port: int, path: str = "/v1/actions/reload", token: str | None = None
+         ) -> tuple[int, bytes, dict]:
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"", method="POST")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"", method="POST",
+                                 headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=40) as resp:
             return resp.status, resp.read(), dict(resp.headers)
@@ -310,7 +313,14 @@ def test_reload_route_is_post_only_and_cli_prints_outcome(tmp_path, pki, run):
         master = await spec.start("master")
         try:
             port = master.status_port
+            data_dir = spec.directory / "master"
+            # An action: refused without a token, taken with the node's local one.
             code, body, headers = await asyncio.to_thread(post, port)
+            assert code == 403 and b"reload.token" in body
+            assert master.reloader.last is None
+            token = (data_dir / "reload.token").read_text().strip()
+            assert (data_dir / "reload.token").stat().st_mode & 0o777 == 0o600
+            code, body, headers = await asyncio.to_thread(post, port, token=token)
             assert code == 200 and b'"result":"ok"' in body
             code, body = await asyncio.to_thread(http_get, port, "/v1/actions/reload")
             assert code == 405
@@ -320,12 +330,13 @@ def test_reload_route_is_post_only_and_cli_prints_outcome(tmp_path, pki, run):
             assert code == 200 and b'"phase":"idle"' in body
             runner = CliRunner()
             url = f"http://127.0.0.1:{port}"
-            result = await asyncio.to_thread(runner.invoke, cli_main, ["reload", "--url", url])
+            reload_args = ["reload", "--url", url, "--data-dir", str(data_dir)]
+            result = await asyncio.to_thread(runner.invoke, cli_main, reload_args)
             assert result.exit_code == 0, result.output
             assert "reload applied" in result.output and "nothing changed" in result.output
             path = spec.directory / "master.toml"
             path.write_text(path.read_text().replace("[[zones]]", "[[zones]\n", 1))
-            result = await asyncio.to_thread(runner.invoke, cli_main, ["reload", "--url", url])
+            result = await asyncio.to_thread(runner.invoke, cli_main, reload_args)
             assert result.exit_code == 1
             assert "reload refused" in result.output and f"{path}:" in result.output
             result = await asyncio.to_thread(runner.invoke, cli_main,

@@ -106,14 +106,25 @@ def format_record(record: dict[str, Any]) -> str:
               show_default=True, help="Base URL of the node's status listener.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reload record as JSON.")
 @click.option("--token", envvar="ROUTER_ADMIN_TOKEN", default=None,
-              help="The node's admin token, needed when it has one ([status] admin_token; "
-                   "default: $ROUTER_ADMIN_TOKEN).")
-def reload(url: str, as_json: bool, token: str | None) -> None:
+              help="The node's admin token ([status] admin_token; default: "
+                   "$ROUTER_ADMIN_TOKEN). Without it, the local token the node wrote to "
+                   "DATA_DIR/reload.token is used.")
+@click.option("--data-dir", envvar="ROUTER_DATA_DIR", default="router-data",
+              show_default=True, type=click.Path(file_okay=False),
+              help="The node's data directory, where its local reload token is.")
+def reload(url: str, as_json: bool, token: str | None, data_dir: str) -> None:
     """Reload a running node's configuration without dropping its sessions.
+
+    The node's status listener takes actions only with a token: the admin token, or the
+    local one the node writes to its data directory at every start (so a reload needs
+    read access to the data directory).
 
     Exit code 0 when applied, 1 when refused or failed (the node keeps running on its
     previous configuration when it refused), 2 when the node cannot be reached.
     """
+    if not token:
+        from router.node.consoleweb import read_local_token
+        token = read_local_token(data_dir)
     try:
         status, record = post_reload(url, token=token)
     except OSError as exc:

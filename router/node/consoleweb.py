@@ -28,7 +28,9 @@ import hmac
 import inspect
 import logging
 import os
+import secrets
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final, Mapping
 
 from router import pki
@@ -59,7 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from router.node.core import Node
     from router.node.replay import ReplayManager
 
-__all__ = ["ADMIN_TOKEN_ENV", "ACTION_RESULTS", "Console"]
+__all__ = ["ADMIN_TOKEN_ENV", "ACTION_RESULTS", "Console", "LOCAL_TOKEN_FILE",
+           "create_local_token", "read_local_token"]
 
 log = logging.getLogger("router.console")
 
@@ -73,6 +76,34 @@ ACTIONS: Final = ("sign", "reload")
 DOCUMENT_REUSE_SECONDS: Final = 1.0
 
 
+
+#: The node's local reload token, beside its certificates: readable by its owner only.
+LOCAL_TOKEN_FILE = "reload.token"
+
+
+def create_local_token(data_dir: str | os.PathLike[str]) -> str:
+    """A new random token in ``DATA_DIR/reload.token`` (0600, written atomically), made
+    at every start: ``router reload`` on the node's host reads it, so reloading needs
+    read access to the data directory, not only a connection to the status listener."""
+    token = secrets.token_urlsafe(32)
+    pki.atomic_write(Path(data_dir) / LOCAL_TOKEN_FILE, (token + "\n").encode(), 0o600)
+    return token
+
+
+def read_local_token(data_dir: str | os.PathLike[str]) -> str | None:
+    """The token a running node wrote to ``DATA_DIR/reload.token``, or None."""
+    try:
+        return (Path(data_dir) / LOCAL_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _bearer_matches(headers: Mapping[str, str], token: str) -> bool:
+    scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.strip().encode("utf-8", "replace"), token.encode("utf-8"))
+
+
 class Console:
     """The console's server side for one node: the sampler's timer, routes, actions.
 
@@ -83,8 +114,12 @@ class Console:
     def __init__(self, node: Node, *,
                  reload: Callable[[str], Any] | None = None,
                  reload_status: Callable[[], dict[str, Any]] | None = None,
-                 interval: float = SAMPLE_INTERVAL) -> None:
+                 interval: float = SAMPLE_INTERVAL,
+                 local_token: str | None = None) -> None:
         self.node = node
+        #: The node's local reload token (DATA_DIR/reload.token), which POST
+        #: /v1/actions/reload also takes: see :func:`create_local_token`.
+        self.local_token = local_token
         self.reload = reload
         self.reload_status = reload_status
         self.interval = interval
@@ -255,16 +290,24 @@ class Console:
                           ("conflict" if status == 409 else "failed"), status, record)
 
     def guard(self, action: str, handler: ActionHandler) -> WithHeaders:
-        """An older action route (``POST /v1/actions/reload``, which ``router reload``
-        uses) under the same token once one is configured: without a token it stays open
-        as it always was; with one, a request without it gets 403 (counted), so the
-        console's protection cannot be sidestepped."""
+        """The operator's action route ``POST /v1/actions/reload`` (``router reload``):
+        like every action, refused (403, counted) without a token. It takes the admin
+        token, or the node's local reload token, which only someone who can read the
+        data directory has (``router reload`` reads it there): a node without an admin
+        token can still be reloaded by its operator, never by any client of the
+        status listener."""
 
         async def guarded(query: dict[str, str], headers: Mapping[str, str]) -> Response:
-            if self.admin_token():
-                allowed, why = self.authorised(headers)
-                if not allowed:
-                    return self._refuse(action, why, headers)
+            allowed, why = self.authorised(headers)
+            if not allowed and self.local_token and _bearer_matches(headers,
+                                                                     self.local_token):
+                allowed = True
+            if not allowed:
+                if not self.admin_token():
+                    why = ("this action needs 'Authorization: Bearer <token>': the admin "
+                           f"token, or the node's local token in DATA_DIR/{LOCAL_TOKEN_FILE}"
+                           " (router reload --data-dir reads it)")
+                return self._refuse(action, why, headers)
             result = handler(query)
             if inspect.isawaitable(result):
                 result = await result

@@ -182,8 +182,10 @@ def test_router_master_serves_zones_dir_to_real_agent(
     (zones_d / "agent1/hosts.conf").write_text(HOSTS_CONF.replace(
         'import "synced-template"',
         f'import "synced-template"\n  vars.dummy_text = "{CHANGED_TEXT}"'))
+    token = (router.data_dir / "reload.token").read_text().strip()
     request = urllib.request.Request(
-        f"http://127.0.0.1:{router.status_port}/v1/actions/reload", method="POST", data=b"")
+        f"http://127.0.0.1:{router.status_port}/v1/actions/reload", method="POST", data=b"",
+        headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         outcome = json.loads(response.read())
     assert outcome.get("result") == "ok", outcome
