@@ -24,6 +24,26 @@ def outputs(peer: FakePeer) -> list[str]:
     return [m["params"]["cr"]["output"] for m in peer.messages("event::CheckResult")]
 
 
+async def scripted_parent(spec: ClusterSpec, pki) -> tuple[asyncio.Server, FakePeer]:
+    """A scripted master listening where sat1 dials: (its server, the session of sat1)."""
+    server_ready = asyncio.Event()
+    received: list[FakePeer] = []
+
+    async def accept(reader, writer):
+        peer = FakePeer(reader, writer)
+        peer.send("icinga::Hello", {"capabilities": 1, "version": 21306})
+        received.append(peer)
+        server_ready.set()
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki.cert("master")), str(pki.key("master")))
+    ctx.load_verify_locations(str(pki.ca_cert))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    server = await asyncio.start_server(accept, "127.0.0.1", spec.port("master"), ssl=ctx)
+    await asyncio.wait_for(server_ready.wait(), 15)
+    return server, received[0]
+
+
 def test_results_for_an_absent_parent_are_replayed_in_order(tmp_path, pki, run):
     spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
                                        ("sat", ["sat1"], "master"),
@@ -46,23 +66,7 @@ def test_results_for_an_absent_parent_are_replayed_in_order(tmp_path, pki, run):
             await wait_until(lambda: sat.node.replay.persisted >= backlog,
                              what="results written to the replay log")
             # The parent comes (back): a scripted master listening where sat1 dials.
-            server_ready = asyncio.Event()
-            received: list[FakePeer] = []
-
-            async def accept(reader, writer):
-                peer = FakePeer(reader, writer)
-                peer.send("icinga::Hello", {"capabilities": 1, "version": 21306})
-                received.append(peer)
-                server_ready.set()
-
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(str(pki.cert("master")), str(pki.key("master")))
-            ctx.load_verify_locations(str(pki.ca_cert))
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            server = await asyncio.start_server(accept, "127.0.0.1", spec.port("master"),
-                                                ssl=ctx)
-            await asyncio.wait_for(server_ready.wait(), 15)
-            master = received[0]
+            server, master = await scripted_parent(spec, pki)
             # Live traffic while the replay runs must queue behind it.
             for i in range(backlog, backlog + 50):
                 agent.send("event::CheckResult", check_result("agent1", "live", f"r{i}"))
@@ -209,23 +213,7 @@ def test_a_damaged_record_stops_the_replay_and_the_parent_goes_live(tmp_path, pk
     async def main():
         sat = await spec.start("sat1")
         try:
-            server_ready = asyncio.Event()
-            received: list[FakePeer] = []
-
-            async def accept(reader, writer):
-                peer = FakePeer(reader, writer)
-                peer.send("icinga::Hello", {"capabilities": 1, "version": 21306})
-                received.append(peer)
-                server_ready.set()
-
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(str(pki.cert("master")), str(pki.key("master")))
-            ctx.load_verify_locations(str(pki.ca_cert))
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            server = await asyncio.start_server(accept, "127.0.0.1", spec.port("master"),
-                                                ssl=ctx)
-            await asyncio.wait_for(server_ready.wait(), 15)
-            master = received[0]
+            server, master = await scripted_parent(spec, pki)
             await wait_until(lambda: sat.node.replay.corrupt_reads == 1,
                              what="the replay stopped at the damaged record")
             agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
