@@ -134,26 +134,34 @@ def test_log_survives_a_restart_of_the_node(tmp_path, pki, run):
     run(main(), timeout=60)
 
 
+CHAIN = [("master", ["master"], None), ("sat", ["sat1"], "master"),
+         ("agent1", ["agent1"], "sat")]
+
+
+async def master_and_agent_with_results(spec: ClusterSpec, pki, sat, count: int
+                                        ) -> tuple[FakePeer, FakePeer]:
+    """A scripted master and agent at ``sat``; the agent's ``count`` results r0.. have
+    reached the master."""
+    master = await FakePeer.connect(spec.port("sat1"), pki, "master", server_name="sat1")
+    agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1", server_name="sat1")
+    await wait_until(lambda: "agent1" in sat.node.connected_names
+                     and "master" in sat.node.connected_names, what="sessions")
+    for i in range(count):
+        agent.send("event::CheckResult", check_result("agent1", "disk", f"r{i}"))
+    await wait_until(lambda: len(outputs(master)) == count, what=f"{count} results")
+    return master, agent
+
+
 def test_written_but_unconfirmed_results_are_replayed_after_a_drop(tmp_path, pki, run):
     """A frame handed to TCP can still be lost when the parent goes away. What the
     parent has not confirmed (log::SetLogPosition) goes to the replay log at the drop,
     so the parent's next session gets everything after its confirmed position."""
-    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
-                                       ("sat", ["sat1"], "master"),
-                                       ("agent1", ["agent1"], "sat")], timeouts=FAST)
+    spec = ClusterSpec(tmp_path, pki, CHAIN, timeouts=FAST)
 
     async def main():
         sat = await spec.start("sat1")
         try:
-            first = await FakePeer.connect(spec.port("sat1"), pki, "master",
-                                           server_name="sat1")
-            agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
-                                           server_name="sat1")
-            await wait_until(lambda: "agent1" in sat.node.connected_names
-                             and "master" in sat.node.connected_names, what="sessions")
-            for i in range(10):
-                agent.send("event::CheckResult", check_result("agent1", "disk", f"r{i}"))
-            await wait_until(lambda: len(outputs(first)) == 10, what="ten results")
+            first, agent = await master_and_agent_with_results(spec, pki, sat, 10)
             stamps = [m["ts"] for m in first.messages("event::CheckResult")]
             ledger = sat.node.connections["master"].ledger
             assert ledger is not None and len(ledger) == 10
@@ -172,6 +180,49 @@ def test_written_but_unconfirmed_results_are_replayed_after_a_drop(tmp_path, pki
             assert outputs(second) == [f"r{i}" for i in range(5, 11)]
             got = [m["ts"] for m in second.messages("event::CheckResult")]
             assert got[:5] == stamps[5:] and got == sorted(got)
+            for peer in (agent, second):
+                await peer.close()
+        finally:
+            await sat.stop()
+
+    run(main(), timeout=60)
+
+
+def test_icinga_replay_markers_confirm_nothing(tmp_path, pki, run):
+    """While Icinga replays its own log after a connect it sends ``log::SetLogPosition``
+    with the name of the log file it replays: a whole second, for the live file one
+    second in the future. Taken as a receipt it confirmed every frame we had written, and
+    frames cut off by a reset at that moment were never replayed (issue 21: results
+    lost towards a real master). Neither the marker nor a position newer than any stamp
+    of ours may confirm anything."""
+    import time
+
+    spec = ClusterSpec(tmp_path, pki, CHAIN, timeouts=FAST)
+
+    async def main():
+        sat = await spec.start("sat1")
+        try:
+            first, agent = await master_and_agent_with_results(spec, pki, sat, 6)
+            ledger = sat.node.connections["master"].ledger
+            assert ledger is not None and len(ledger) == 6
+            # Icinga's marker for its live log file, then one from the future with a
+            # fraction, then a real receipt of r1: only the last one confirms.
+            first.send("log::SetLogPosition", {"log_position": float(int(time.time()) + 1)})
+            first.send("log::SetLogPosition", {"log_position": time.time() + 3600.5})
+            stamps = [m["ts"] for m in first.messages("event::CheckResult")]
+            first.send("log::SetLogPosition", {"log_position": stamps[1]})
+            await wait_until(lambda: len(ledger) == 4, what="the receipt of r1 applied")
+            stats = sat.node.endpoint_stats("master")
+            assert stats.log_positions_ignored == 2
+            assert stats.confirmed_log_position == stamps[1]
+            text = await metrics_text(sat)
+            assert 'router_log_positions_ignored_total{endpoint="master"} 2' in text
+            first.writer.transport.abort()
+            await wait_until(lambda: "master" not in sat.node.connections, what="drop seen")
+            second = await FakePeer.connect(spec.port("sat1"), pki, "master",
+                                            server_name="sat1")
+            await wait_until(lambda: len(outputs(second)) == 4, what="the unconfirmed four")
+            assert outputs(second) == [f"r{i}" for i in range(2, 6)]
             for peer in (agent, second):
                 await peer.close()
         finally:

@@ -50,6 +50,7 @@ from router.node.executions import Executions
 from router.node.enrollment import Enrollment
 from router.node.housekeeping import LOG_POSITION_INTERVAL, Housekeeping
 from router.node.receipts import ORIGIN_KEY, Receipts
+from router.node.replay import receipt_position
 from router.node.sessions import Sessions
 from router.node.stats import ANONYMOUS, Connection, EndpointStats
 from router.node.texts import REFUSAL_TEXT, RateLimitedLog, method_label
@@ -196,11 +197,14 @@ class Node:
         Receivers drop messages whose ``ts`` is older than the last one they saw from us,
         so a clock step back must not reorder what we send; and they drop a message from
         us whose ``ts`` is not newer than one they processed (``router.node.receipts``),
-        so no two of our messages may share one.
+        so no two of our messages may share one. Never a whole number, so that a peer's
+        receipt of one of our stamps is told from Icinga's replay marker.
         """
         now = time.time()
         if now <= self._last_stamp:
             now = self._last_stamp + STAMP_STEP
+        if now.is_integer():    # whole numbers are Icinga's replay markers (receipt_position)
+            now += STAMP_STEP
         self._last_stamp = now
         return now
 
@@ -483,14 +487,21 @@ class Node:
         elif method == "event::ExecutedCommand":
             self.executions.executed(conn, msg)
         elif method == "log::SetLogPosition":
-            position = params.get("log_position")
-            if isinstance(position, (int, float)) and conn.stats is not None:
+            position = receipt_position(params.get("log_position"), self._last_stamp)
+            if conn.stats is None:
+                pass
+            elif position is None:
+                conn.stats.log_positions_ignored += 1
+                self.log_peer(conn, logging.DEBUG, "log position %r confirms nothing we sent "
+                              "(a replay marker or a stamp we never made); ignored",
+                              params.get("log_position"))
+            else:
                 conn.stats.confirmed_log_position = max(conn.stats.confirmed_log_position,
-                                                        float(position))
+                                                        position)
                 if self.replay is not None and conn.endpoint is not None:
-                    self.replay.confirm(conn.endpoint, float(position))
+                    self.replay.confirm(conn.endpoint, position)
                 if conn.ledger is not None:
-                    conn.ledger.confirm(float(position))
+                    conn.ledger.confirm(position)
         elif method == "pki::RequestCertificate":
             self.sessions.pki_request(conn, msg)
         elif method == "pki::UpdateCertificate":

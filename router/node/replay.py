@@ -29,7 +29,8 @@ position can be processed twice, as with Icinga's own replay. Nothing written is
 unless more than 32 MiB stays unconfirmed (``router_unconfirmed_overflow_total``).
 
 Positions: a peer's ``log::SetLogPosition`` (the newest ``ts`` it received from us) is
-persisted and bounds the next replay; records every eligible endpoint has confirmed, or
+persisted and bounds the next replay, once ``receipt_position`` has told a receipt from
+the marker Icinga sends while it replays its own log; records every eligible endpoint has confirmed, or
 older than its ``log_duration``, are pruned every ``PRUNE_INTERVAL`` seconds.
 """
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -144,6 +146,9 @@ class ReplayManager:
         if zone not in self.zones:
             return 0
         kept = sum(1 for ts, frame, _ in items if self.writer.submit(zone, ts, frame, None))
+        if items:
+            log.debug("[%s] keeping %d written, unconfirmed frames with ts %.6f..%.6f",
+                      conn.endpoint, len(items), items[0][0], items[-1][0])
         self.persisted += kept
         return kept
 
@@ -187,6 +192,9 @@ class ReplayManager:
         self.replaying[endpoint] = 0
         try:
             position = await loop.run_in_executor(None, store.position, endpoint)
+            log.debug("[%s] replay of zone %s starts after position %.6f (%d records in the "
+                      "zone, %d pending)", endpoint, zone, position, store.zone_records(zone),
+                      self.writer.pending)
             after_seq = 0
             while self._current(conn):
                 batch = await loop.run_in_executor(None, functools.partial(
@@ -206,6 +214,8 @@ class ReplayManager:
                 assert queue is not None
                 for record in batch:
                     queue.put(record.frame, REPLAY_METHOD)
+                log.debug("[%s] replaying %d records, seq %d..%d, ts %.6f..%.6f", endpoint,
+                          len(batch), batch[0].seq, batch[-1].seq, batch[0].ts, batch[-1].ts)
                 after_seq = batch[-1].seq
                 count += len(batch)
                 self.replaying[endpoint] = count
@@ -255,6 +265,29 @@ class ReplayManager:
         await self.node.receipts.close()
         await self.node.loop.run_in_executor(None, self.writer.close, timeout)
         self.received.close()
+
+
+def receipt_position(value: object, last_stamp: float) -> float | None:
+    """The position a ``log::SetLogPosition`` confirms, or None when it confirms nothing.
+
+    Icinga sends the message for two reasons. Every 5 s it confirms the newest ``ts`` it
+    processed from us: one of our own stamps, which are never whole numbers
+    (``Node.stamp``). But while it replays its own log to us after a connect it also
+    sends the *name of the log file* it is replaying (``ApiListener::ReplayLog``): a
+    whole number of seconds, for the live file one second in the future. Taken as a
+    receipt, that marker confirmed every frame we had written, so frames cut off by a
+    reset at the same moment were neither kept nor replayed, and the peer never got
+    them (issue 21: 5 of 24 results lost towards a real master). A whole number, or a
+    position newer than anything this node ever stamped, is therefore not a receipt;
+    ignoring a real one costs at most a replay of what the peer already has, which it
+    drops by ``ts``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    position = float(value)
+    if not math.isfinite(position) or position.is_integer() or position > last_stamp:
+        return None
+    return position
 
 
 def _frame_ts(frame: bytes) -> float | None:

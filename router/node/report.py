@@ -279,6 +279,9 @@ def metric_families(node: Node) -> list[MetricFamily]:
         family("router_send_queue_congested_total", congested),
         family("router_unconfirmed_bytes", unconfirmed),
         family("router_unconfirmed_overflow_total", unprotected),
+        family("router_log_positions_ignored_total", [
+            ({"endpoint": "-" if n.startswith("(") else n}, s.log_positions_ignored)
+            for n, s in sorted(node.stats.items()) if s.log_positions_ignored]),
         family("router_peer_throttled_total", [
             ({"endpoint": "-" if n.startswith("(") else n}, s.throttled)
             for n, s in sorted(node.stats.items()) if s.throttled]),

@@ -45,6 +45,9 @@ class EndpointStats:
     #: outlives reconnects: an agent replaying its own log after a reconnect sends old
     #: messages again, and those already seen are dropped as stale.
     remote_log_position: float = 0.0
+    #: log::SetLogPosition values that confirmed nothing (``replay.receipt_position``):
+    #: Icinga's replay markers and positions beyond anything we stamped.
+    log_positions_ignored: int = 0
     #: Written logged frames that left the unconfirmed ledger unprotected (its cap),
     #: over past sessions (the current session's are on ``conn.ledger``).
     unconfirmed_overflow: int = 0

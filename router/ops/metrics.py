@@ -179,6 +179,10 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("router_unconfirmed_overflow_total", "counter",
                "Written logged messages that left the unconfirmed window (32 MiB) before "
                "the endpoint confirmed them: a drop would lose them.", ("endpoint",)),
+    MetricSpec("router_log_positions_ignored_total", "counter",
+               "log::SetLogPosition values that confirmed nothing: the whole-second "
+               "marker Icinga sends while replaying its own log, or a position newer "
+               "than any stamp of ours (listed once non-zero).", ("endpoint",)),
     MetricSpec("router_peer_throttled_total", "counter",
                "Times a session's input went over [limits] peer_bytes_per_second or "
                "peer_messages_per_second and its reading stopped (listed once non-zero).",
