@@ -231,6 +231,57 @@ def test_icinga_replay_markers_confirm_nothing(tmp_path, pki, run):
     run(main(), timeout=60)
 
 
+def test_a_dropped_session_is_not_kept_by_a_pending_checkpoint(tmp_path, pki, run):
+    """An agent that never confirms what it gets (here: the commands sent down to it)
+    keeps every checkpoint of the processed positions pending. A checkpoint must not
+    hold the sessions that dropped meanwhile: it did, and with 1 % reconnect churn the
+    soak's RSS grew by every dropped session's TLS state and buffers (issue 21)."""
+    import gc
+    import time
+
+    spec = ClusterSpec(tmp_path, pki, CHAIN, timeouts=FAST)
+
+    def holders(obj: object) -> set[str]:
+        """Types of the objects that hold ``obj`` through a dict (a checkpoint's waits)."""
+        return {type(h).__name__ for r in gc.get_referrers(obj) if isinstance(r, dict)
+                for h in gc.get_referrers(r)}
+
+    async def main():
+        sat = await spec.start("sat1")
+        try:
+            master = await FakePeer.connect(spec.port("sat1"), pki, "master",
+                                            server_name="sat1")
+            agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
+                                           server_name="sat1")
+            await wait_until(lambda: "agent1" in sat.node.connected_names
+                             and "master" in sat.node.connected_names, what="sessions")
+            for i in range(3):
+                master.send("event::ExecuteCommand", {
+                    "command": "dummy", "command_type": "check_command", "host": "agent1",
+                    "service": f"svc{i}", "macros": {}, "endpoint": "agent1"},
+                    ts=time.time())
+            await wait_until(lambda: len(agent.messages("event::ExecuteCommand")) == 3,
+                             what="the commands at the agent")
+            # The master never confirms either: the checkpoints stay pending after the
+            # agent is gone, as with thousands of agents some of which are always behind.
+            agent.send("event::CheckResult", check_result("agent1", "disk", "r0"))
+            await wait_until(lambda: outputs(master) == ["r0"], what="the result upstream")
+            session = sat.node.connections["agent1"]
+            # The agent never confirms: the checkpoints taken meanwhile wait for it.
+            await wait_until(lambda: "_Checkpoint" in holders(session),
+                             what="a checkpoint pending on the agent")
+            await agent.close()
+            await wait_until(lambda: "agent1" not in sat.node.connections, what="drop seen")
+            await asyncio.sleep(0.3)        # a checkpoint tick after the drop
+            gc.collect()
+            assert "_Checkpoint" not in holders(session)
+            await master.close()
+        finally:
+            await sat.stop()
+
+    run(main(), timeout=60)
+
+
 def test_a_damaged_record_stops_the_replay_and_the_parent_goes_live(tmp_path, pki, run):
     """A damaged page found while replaying (the open checks only the ends of the log):
     the parent keeps its session and gets live traffic, the stop is logged with the

@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from router.features.configsync import ConfigSync
     from router.node.enrollment import Enrollment
     from router.node.housekeeping import Housekeeping
+    from router.node.receipts import Receipts
     from router.node.replay import ReplayManager
     from router.node.stats import Connection, EndpointStats
 
@@ -85,6 +86,9 @@ class SessionHost(NodeContext, Protocol):
 
     @property
     def replay(self) -> ReplayManager | None: ...
+
+    @property
+    def receipts(self) -> Receipts: ...
 
     @property
     def configsync(self) -> ConfigSync | None: ...
@@ -395,6 +399,7 @@ class Sessions:
                               logging.WARNING, "%d logged messages written but not "
                               "confirmed at disconnect: %d kept in the replay log",
                               len(unconfirmed), kept)
+        host.receipts.connection_closed(conn)
         if conn.queue is not None:
             leftovers = conn.queue.clear()
             kept = 0
