@@ -487,7 +487,10 @@ class Node:
         elif method == "event::ExecutedCommand":
             self.executions.executed(conn, msg)
         elif method == "log::SetLogPosition":
-            position = receipt_position(params.get("log_position"), self._last_stamp)
+            # Bounded by now as well: after a restart we replay stamps of the last run
+            # before we stamp anything new.
+            position = receipt_position(params.get("log_position"),
+                                        max(self._last_stamp, time.time()))
             if conn.stats is None:
                 pass
             elif position is None:

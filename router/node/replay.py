@@ -267,7 +267,7 @@ class ReplayManager:
         self.received.close()
 
 
-def receipt_position(value: object, last_stamp: float) -> float | None:
+def receipt_position(value: object, newest: float) -> float | None:
     """The position a ``log::SetLogPosition`` confirms, or None when it confirms nothing.
 
     Icinga sends the message for two reasons. Every 5 s it confirms the newest ``ts`` it
@@ -285,7 +285,7 @@ def receipt_position(value: object, last_stamp: float) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     position = float(value)
-    if not math.isfinite(position) or position.is_integer() or position > last_stamp:
+    if not math.isfinite(position) or position.is_integer() or position > newest:
         return None
     return position
 
