@@ -25,7 +25,7 @@ from router.config import WriterSpec
 from router.features.writers.base import WriterBackendError
 from router.features.writers.postgresql import PostgresqlBackend
 from router.features.writers.postgresql_schema import LATEST, MIGRATIONS, migrate
-from router.features.writers.queue import ResultQueue
+from router.features.writers.queue import SharedQueue
 from router.features.writers.runner import WriterRunner, ZoneView
 from tests.backends_postgresql import PostgresServer, postgresql_server, require_postgresql
 
@@ -476,10 +476,11 @@ def test_runner_retries_an_unreachable_database_then_writes_the_backlog(
     dsn = own_server.create_database("runner")
     own_server.crash()
     spec = WriterSpec(name="pg", type="postgresql", dsn=dsn, timeout=2.0, flush_interval=0.1)
-    queue = ResultQueue(tmp_path / "queue", 16 * 1024 * 1024)
-    queue.append_many((time.time(), orjson.dumps({
+    shared = SharedQueue(tmp_path / "queue")
+    queue = shared.reader("pg")
+    shared.append_many([(time.time(), orjson.dumps({
         "jsonrpc": "2.0", "method": "event::CheckResult",
-        "params": result(f"host{i}", "ping", 0, 1000.0 + i)})) for i in range(1, 6))
+        "params": result(f"host{i}", "ping", 0, 1000.0 + i)})) for i in range(1, 6)], {})
 
     async def scenario() -> None:
         with concurrent.futures.ThreadPoolExecutor(1) as executor:
@@ -509,4 +510,4 @@ def test_runner_retries_an_unreachable_database_then_writes_the_backlog(
     try:
         run(scenario())
     finally:
-        queue.close()
+        shared.close()

@@ -16,7 +16,7 @@ from router.config.diff import diff_configs
 from router.errors import ConfigError
 from router.features.writers.base import WriterBackendError
 from router.features.writers.feed import ResultFeed
-from router.features.writers.queue import ResultQueue, queue_path
+from router.features.writers.queue import SharedQueue, shared_queue_path
 from router.features.writers.runner import WriterRunner, ZoneView
 from router.features.writers.spec import spec_from_json, spec_to_json
 
@@ -24,21 +24,24 @@ MiB = 1 << 20
 
 
 def test_queue_append_read_confirm_and_reopen(tmp_path: Path):
-    q = ResultQueue(tmp_path / "q", 4 * MiB)
-    o = q.stats().head                   # the origin: positions follow it
-    assert q.append_many([(1.0, b"a"), (2.0, b"b"), (3.0, b"c")]) == (3, 0)
-    assert [(p - o, raw) for p, _, raw in q.read(0, 10)] == [(1, b"a"), (2, b"b"), (3, b"c")]
-    q.confirm(o + 2)
-    assert [p - o for p, _, _ in q.read(0, 10)] == [3]
-    s = q.stats()
+    q = SharedQueue(tmp_path / "q")
+    w = q.reader("a")
+    o = q.stats("a").head                # the origin: positions follow it
+    assert q.append_many([(1.0, b"a"), (2.0, b"b"), (3.0, b"c")], {"a": 4 * MiB}) == (3, {})
+    assert [(p - o, raw) for p, _, raw in w.read(0, 10)] == [(1, b"a"), (2, b"b"), (3, b"c")]
+    w.confirm(o + 2)
+    assert [p - o for p, _, _ in w.read(0, 10)] == [3]
+    s = w.stats()
     assert (s.head - o, s.position - o, s.backlog, s.bytes) == (3, 2, 1, 9)
-    q.confirm(o + 99)                    # beyond the head: clamped
-    assert q.stats().position == o + 3
+    assert q.held() == (1, 9)            # what every writer confirmed is deleted
+    w.confirm(o + 99)                    # beyond the head: clamped
+    assert w.stats().position == o + 3
     q.close()
-    q = ResultQueue(tmp_path / "q", 4 * MiB)        # a restart resumes
-    assert q.stats().position == o + 3 and q.read(0, 10) == []
-    assert q.append_many([(4.0, b"d")]) == (1, 0)
-    assert [p - o for p, _, _ in q.read(0, 10)] == [4]
+    q = SharedQueue(tmp_path / "q")      # a restart resumes
+    w = q.reader("a")
+    assert w.stats().position == o + 3 and w.read(0, 10) == []
+    assert q.append_many([(4.0, b"d")], {"a": 4 * MiB}) == (1, {})
+    assert [p - o for p, _, _ in w.read(0, 10)] == [4]
     q.close()
 
 
@@ -48,35 +51,40 @@ def test_a_recreated_queue_starts_above_every_position_of_the_old_one(tmp_path: 
     the runner would confirm new records away as already written."""
     import shutil
 
-    q = ResultQueue(tmp_path / "q", 4 * MiB)
-    q.append_many([(1.0, b"x")] * 1000)
-    stored = q.stats().head              # what the backend committed
+    q = SharedQueue(tmp_path / "q")
+    q.register("a")
+    q.append_many([(1.0, b"x")] * 1000, {"a": 4 * MiB})
+    stored = q.stats("a").head           # what the backend committed
     q.close()
     shutil.rmtree(tmp_path / "q")
-    q = ResultQueue(tmp_path / "q", 4 * MiB)
-    q.append_many([(1.0, b"new")])
-    [(position, _, raw)] = q.read(0, 10)
+    q = SharedQueue(tmp_path / "q")
+    w = q.reader("a")
+    q.append_many([(1.0, b"new")], {"a": 4 * MiB})
+    [(position, _, raw)] = w.read(0, 10)
     assert raw == b"new" and position > stored
     q.close()
 
 
 def test_queue_bounded_by_bytes_and_age_with_counted_evictions(tmp_path: Path):
-    q = ResultQueue(tmp_path / "q", 1 * MiB)
+    q = SharedQueue(tmp_path / "q")
+    w = q.reader("a")
     now = time.time()
     big = b"x" * 100_000
-    added, evicted = q.append_many([(now - 100 + i, big) for i in range(15)])
-    assert added == 15 and evicted == 5          # 15 x 100 008 bytes > 1 MiB
-    s = q.stats()
+    added, evicted = q.append_many([(now - 100 + i, big) for i in range(15)], {"a": MiB})
+    assert added == 15 and evicted == {"a": 5}   # 15 x 100 008 bytes > 1 MiB
+    s = w.stats()
     o = s.head - 15
     assert s.bytes <= 1 * MiB and s.evicted == 5 and s.position == o + 5 and s.backlog == 10
-    assert q.read(0, 1)[0][0] == o + 6          # the oldest went first
-    assert q.evict_older(now - 100 + 10) == 5   # appended at -95..-91
-    s = q.stats()
+    assert w.read(0, 1)[0][0] == o + 6          # the oldest went first
+    assert q.held()[0] == 10                    # and left the disk: no other writer
+    assert w.evict_older(now - 100 + 10) == 5   # appended at -95..-91
+    s = w.stats()
     assert s.evicted == 10 and s.backlog == 5 and s.position == o + 10
+    assert q.held()[0] == 5
     q.close()
 
 
-def test_feed_commits_to_every_writer_queue(tmp_path: Path):
+def test_feed_appends_once_for_every_writer(tmp_path: Path):
     specs = [WriterSpec("a", "graphite"), WriterSpec("b", "influxdb")]
     feed = ResultFeed(str(tmp_path), specs)
     for i in range(100):
@@ -88,9 +96,12 @@ def test_feed_commits_to_every_writer_queue(tmp_path: Path):
     assert feed.flush(10)
     assert feed.appended == {"a": 100, "b": 101, "c": 1}
     feed.close()
-    q = ResultQueue(queue_path(str(tmp_path), "b"), MiB * 4)
-    s = q.stats()
+    q = SharedQueue(shared_queue_path(str(tmp_path)))
+    assert q.writers() == ["b", "c"]              # a's position was forgotten
+    s = q.stats("b")
     assert s.head - s.position == 101             # nothing confirmed: all 101 held
+    assert q.stats("c").backlog == 1              # added at the reload: from the head
+    assert q.held()[0] == 101                     # each result stored once
     q.close()
 
 
@@ -140,10 +151,11 @@ def test_runner_retries_times_out_and_confirms_only_after_success(tmp_path: Path
                                                                   monkeypatch):
     monkeypatch.setattr("router.features.writers.runner.BACKOFF_MIN", 0.01)
     spec = WriterSpec("s", "graphite", flush_interval=0.01, flush_threshold=10, timeout=0.5)
-    q = ResultQueue(tmp_path / "q", 4 * MiB)
+    shared = SharedQueue(tmp_path / "q")
+    q = shared.reader("s")
     o = q.stats().head
     msg = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
-    q.append_many([(time.time(), msg)] * 25 + [(time.time(), b"not json")])
+    shared.append_many([(time.time(), msg)] * 25 + [(time.time(), b"not json")], {})
     pool = concurrent.futures.ThreadPoolExecutor(2)
     runner = WriterRunner(spec, q, "n", ZoneView("n", ("n",)), pool, factory=ScriptedBackend)
     backend = runner.backend
@@ -163,7 +175,7 @@ def test_runner_retries_times_out_and_confirms_only_after_success(tmp_path: Path
     assert runner.errors == {"connect": 1, "http_500": 1, "timeout": 1, "invalid_record": 1}
     assert backend.opens >= 3
     assert q.stats().position == o + 26
-    q.close()
+    shared.close()
     pool.shutdown()
 
 
@@ -268,13 +280,14 @@ def test_runner_skips_a_record_that_makes_the_backend_crash(tmp_path: Path):
             self.written += [p for p, _ in batch]
 
     spec = WriterSpec("s", "graphite", flush_interval=0.01, flush_threshold=10, timeout=1)
-    q = ResultQueue(tmp_path / "q", 4 * MiB)
+    shared = SharedQueue(tmp_path / "q")
+    q = shared.reader("s")
     o = q.stats().head
 
     def msg(host: str) -> bytes:
         return orjson.dumps({"params": {"host": host}})
-    q.append_many([(time.time(), msg("a")), (time.time(), msg("boom")),
-                   (time.time(), msg("c"))])
+    shared.append_many([(time.time(), msg("a")), (time.time(), msg("boom")),
+                        (time.time(), msg("c"))], {})
     pool = concurrent.futures.ThreadPoolExecutor(2)
     runner = WriterRunner(spec, q, "n", ZoneView("n", ("n",)), pool, factory=Crashy)
 
@@ -289,7 +302,7 @@ def test_runner_skips_a_record_that_makes_the_backend_crash(tmp_path: Path):
     asyncio.run(main())
     assert runner.backend.written == [o + 1, o + 3]    # type: ignore[attr-defined]
     assert runner.errors == {"internal_error": 1} and runner.written == 2
-    q.close()
+    shared.close()
     pool.shutdown()
 
 

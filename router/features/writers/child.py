@@ -24,14 +24,15 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
 from router.config import WriterSpec
 from router.features.writers.base import WriterBackendError
-from router.features.writers.queue import ResultQueue, queue_path
+from router.features.writers.legacy import DrainingQueue, LegacyQueue, open_shared_queue
+from router.features.writers.queue import QueueReader, SharedQueue
 from router.features.writers.runner import WriterRunner, ZoneView
 from router.features.writers.spec import spec_from_json
 
@@ -47,7 +48,8 @@ class WritersProcess:
     def __init__(self, out: Any) -> None:
         self._out = out
         self._runners: dict[str, tuple[WriterSpec, WriterRunner, asyncio.Task[None]]] = {}
-        self._queues: dict[str, ResultQueue] = {}
+        self._shared: SharedQueue | None = None
+        self._queues: dict[str, QueueReader] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(4, "writers-io")
         self._view: ZoneView | None = None
         self._failed: dict[str, str] = {}
@@ -65,7 +67,7 @@ class WritersProcess:
             if specs.get(name) != old:
                 await self._stop(name)
                 if name not in specs:
-                    self._queues.pop(name).close()
+                    self._close_queue(name)
                     log.info("writer %s stopped (removed from the configuration)", name)
         for name, spec in specs.items():
             if name in self._runners:
@@ -73,10 +75,8 @@ class WritersProcess:
             try:
                 queue = self._queues.get(name)
                 if queue is None:
-                    queue = ResultQueue(queue_path(str(msg["data_dir"]), name),
-                                        spec.max_backlog_bytes)
+                    queue = self._open_queue(str(msg["data_dir"]), spec, specs.values())
                     self._queues[name] = queue
-                queue.max_bytes = spec.max_backlog_bytes
                 runner = WriterRunner(spec, queue, node_name, self._view, self._executor)
             except (WriterBackendError, ImportError, KeyError) as e:
                 log.error("writer %s (%s) cannot start: %s", name, spec.type, e)
@@ -87,6 +87,26 @@ class WritersProcess:
             self._runners[name] = (spec, runner, task)
             log.info("writer %s (%s) started, %d results queued", name, spec.type,
                      runner.queue_stats.backlog)
+
+    def _open_queue(self, data_dir: str, spec: WriterSpec,
+                    specs: Iterable[WriterSpec]) -> QueueReader:
+        """``spec``'s reader of the shared queue (registered at its head if new), behind
+        its old per-writer queue while that still holds records (``legacy.py``)."""
+        if self._shared is None:
+            self._shared = open_shared_queue(data_dir,
+                                             max(s.max_backlog_bytes for s in specs))
+        reader = self._shared.reader(spec.name)
+        old = LegacyQueue.open_if_present(data_dir, spec.name, spec.max_backlog_bytes)
+        if old is None:
+            return reader
+        log.info("writer %s: delivering its old queue %s first (%d results)", spec.name,
+                 old.path, old.stats().backlog)
+        return DrainingQueue(old, reader)
+
+    def _close_queue(self, name: str) -> None:
+        queue = self._queues.pop(name, None)
+        if isinstance(queue, DrainingQueue):
+            queue.close()
 
     async def _stop(self, name: str) -> WriterRunner:
         _, runner, task = self._runners.pop(name)
@@ -129,9 +149,12 @@ class WritersProcess:
         for name in list(self._runners):
             final[name] = (await self._stop(name)).stats()
         self.send_stats(final)
-        for queue in self._queues.values():
-            queue.close()
         self._executor.shutdown(wait=True)
+        for name in list(self._queues):
+            self._close_queue(name)
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     async def check_tasks(self) -> None:
         """Restart a runner whose task died of a bug (logged), so one writer's crash

@@ -1,13 +1,15 @@
-"""The node's side of the writers: appending check results to the durable queues.
+"""The node's side of the writers: appending check results to the shared durable queue.
 
 ``ResultFeed.submit`` runs on the routing event loop for every consumed
 ``event::CheckResult`` and only appends the message's raw JSON to a deque (no parsing, no
-copy, no I/O). One thread commits everything waiting into every writer's LMDB queue, one
-transaction per queue per round (group commit, like ``replaylog.writer``): under load the
-fsync is shared by thousands of results, at low rates a result is durable a few
-milliseconds after it arrived. Memory is bounded: beyond ``max_pending_bytes`` waiting
-bytes ``submit`` drops the result and counts it (``router_writer_points_total
-{result="dropped"}``): the routing loop is never blocked by a slow disk.
+copy, no I/O). One thread commits everything waiting into the node's one writer queue
+(``queue.SharedQueue``), one transaction per round whatever the number of writers (group
+commit, like ``replaylog.writer``): under load the fsync is shared by thousands of
+results, at low rates a result is durable a few milliseconds after it arrived; each
+writer reads the queue from its own position. Memory is bounded: beyond
+``max_pending_bytes`` waiting bytes ``submit`` drops the result and counts it
+(``router_writer_points_total{result="dropped"}``): the routing loop is never blocked by a
+slow disk.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from collections.abc import Iterable
 
 from router.config import WriterSpec
 from router.features.writers.base import WriterBackendError
-from router.features.writers.queue import ResultQueue, encode_record, queue_path
+from router.features.writers.legacy import open_shared_queue
+from router.features.writers.queue import SharedQueue, encode_record
 
 __all__ = ["ResultFeed"]
 
@@ -32,7 +35,7 @@ MAX_BATCH = 2048
 
 
 class ResultFeed:
-    """Owns the node process's handles of the writer queues and the commit thread."""
+    """Owns the node process's handle of the shared writer queue and the commit thread."""
 
     def __init__(self, data_dir: str, specs: Iterable[WriterSpec], *,
                  max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
@@ -47,7 +50,9 @@ class ResultFeed:
         self._pending_bytes = 0
         self._busy = False
         self._stop = False
-        self._queues: dict[str, ResultQueue] = {}
+        self._queue: SharedQueue | None = None
+        #: Per configured writer: its ``max_backlog_bytes``.
+        self._bounds: dict[str, int] = {}
         self._reconfigure: list[WriterSpec] | None = None
         #: Per writer: results appended, evicted by the byte bound, failed appends.
         self.appended: dict[str, int] = {}
@@ -59,27 +64,27 @@ class ResultFeed:
         self._thread.start()
 
     def _open(self, specs: list[WriterSpec]) -> None:
-        """Open queues of new writers, close those of removed ones (writer thread or
-        before it starts)."""
-        wanted = {s.name: s for s in specs}
-        for name in list(self._queues):
-            if name not in wanted:
-                self._queues.pop(name).close()
-        for name, spec in wanted.items():
-            queue = self._queues.get(name)
-            if queue is not None:
-                queue.max_bytes = spec.max_backlog_bytes
-                continue
-            try:
-                self._queues[name] = ResultQueue(queue_path(self.data_dir, name),
-                                                 spec.max_backlog_bytes)
-            except WriterBackendError as e:
-                log.error("writer %s: cannot open its queue: %s", name, e)
+        """Register new writers (at the queue's head), forget removed ones, take the new
+        bounds (writer thread, or before it starts)."""
+        self._bounds = {s.name: s.max_backlog_bytes for s in specs}
+        if not specs and self._queue is None:
+            return                              # no writers: no queue to open
+        try:
+            if self._queue is None:
+                self._queue = open_shared_queue(self.data_dir, max(self._bounds.values()))
+            gone = self._queue.retain(frozenset(self._bounds))
+        except WriterBackendError as e:
+            log.error("writers: cannot open their queue: %s", e)
+            for name in self._bounds:
                 self.failed[name] = self.failed.get(name, 0) + 1
+            return
+        for name in gone:
+            log.info("writer %s: removed from the configuration, its queue position "
+                     "forgotten", name)
 
     @property
     def writers(self) -> tuple[str, ...]:
-        return tuple(self._queues)
+        return tuple(self._bounds)
 
     # -- event loop side -------------------------------------------------------------
 
@@ -121,9 +126,9 @@ class ResultFeed:
             self._stop = True
             self._wake.notify()
         self._thread.join(10)
-        for queue in self._queues.values():
-            queue.close()
-        self._queues.clear()
+        if self._queue is not None:
+            self._queue.close()
+            self._queue = None
 
     # -- commit thread -----------------------------------------------------------------
 
@@ -153,16 +158,25 @@ class ResultFeed:
                 self._idle.notify_all()
 
     def _commit(self, batch: list[tuple[float, bytes]]) -> None:
-        values = [encode_record(t, raw) for t, raw in batch]      # once for every writer
-        for name, queue in list(self._queues.items()):
-            try:
-                added, evicted = queue.append_encoded(values)
-            except WriterBackendError as e:
+        queue, bounds = self._queue, self._bounds
+        if not bounds:
+            return                              # no writer configured: nobody to keep it for
+        if queue is None:
+            for name in bounds:
                 self.failed[name] = self.failed.get(name, 0) + len(batch)
-                log.error("writer %s: %d check results not queued: %s", name, len(batch), e)
-                continue
+            return
+        try:
+            added, evicted = queue.append_encoded([encode_record(t, raw) for t, raw in batch],
+                                                  bounds)
+        except WriterBackendError as e:
+            for name in bounds:
+                self.failed[name] = self.failed.get(name, 0) + len(batch)
+            log.error("writers: %d check results not queued: %s", len(batch), e)
+            return
+        for name in bounds:
             self.appended[name] = self.appended.get(name, 0) + added
-            if evicted:
-                self.evicted[name] = self.evicted.get(name, 0) + evicted
+        for name, n in evicted.items():
+            if n:
+                self.evicted[name] = self.evicted.get(name, 0) + n
                 log.warning("writer %s: backlog above max_backlog_bytes, %d oldest results "
-                            "evicted", name, evicted)
+                            "evicted", name, n)

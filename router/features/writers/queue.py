@@ -1,47 +1,64 @@
-"""The durable result queue of one writer: an LMDB environment under
-``DATA_DIR/writers/<name>/``, shared by two processes.
+"""The durable result queue every writer of a node reads: one LMDB environment under
+``DATA_DIR/writers-queue/``, shared by the node (appends) and the writers' process (reads).
+
+Why one queue and not one per writer: the node appends each check result once, in one
+write transaction (one fsync) per group commit, whatever the number of writers; each
+writer only keeps its own read position. With a queue per writer the node paid a
+transaction and an fsync per writer per round (issue 19, perf/bench_writers.py).
 
 Why its own small store and not ``replaylog``: the replay log is keyed by endpoint and
-message timestamp and pruned by peers' confirmations; a writer needs one FIFO with one
-reader position, written by the node and read by the writers' process. LMDB gives both
-processes crash-safe transactions on the same files (its lock file serialises the write
-transactions of the two processes).
+message timestamp and pruned by peers' confirmations; the writers need one FIFO with a
+position per reader. LMDB gives both processes crash-safe transactions on the same files
+(its lock file serialises the write transactions of the two processes).
 
-Layout (two named databases):
+Layout (three named databases):
 
 * ``records``: key = position (8-byte big-endian, increasing from the queue's creation
-  time in microseconds, so a re-created queue never reuses an old queue's positions), value =
-  ``appended_at`` (8-byte float, Unix time) + the ``event::CheckResult`` message as
-  received (JSON bytes).
-* ``meta``: ``head`` (last position assigned), ``position`` (every record up to it is
-  delivered or evicted), ``bytes`` (sum of the value sizes held), ``evicted`` (records
-  thrown away by the bounds since the queue was created).
+  time in microseconds, so a re-created queue never reuses positions a backend may have
+  stored, PostgreSQL's ``writer_position``), value = ``appended_at`` (8-byte float, Unix
+  time) + the ``event::CheckResult`` message as received (JSON bytes).
+* ``meta``: ``head`` (last position assigned), ``bytes`` (sum of the value sizes held).
+* ``readers``: per writer name, its ``position`` (every record up to it is delivered to
+  that writer or evicted for it), its ``bytes`` (sizes of the records after its position:
+  its backlog) and ``evicted`` (records thrown away for it by the bounds).
 
-Who writes what: the node appends (``append_many``, one transaction per group commit,
-then evicts the oldest records beyond ``max_bytes``); the writers' process deletes what
-its backend confirmed (``confirm``) and evicts records older than ``max_age``
-(``evict_older``). ``position`` only ever grows (``max`` of both sides), so an eviction
-racing a confirmation loses nothing and delivers nothing twice.
+A writer that is registered starts at the head: a writer added by a reload does not
+replay what came before it. A writer that is removed loses its position. Records are
+deleted once every registered writer's position is past them, so the queue holds what
+the slowest writer has not confirmed, at most the largest ``max_backlog_bytes``.
+
+Who writes what: the node appends (``append_encoded``, then moves the position of each
+writer whose backlog is above its ``max_backlog_bytes`` past its oldest records, counted
+as evicted for that writer only); the writers' process confirms what a backend took
+(``confirm``) and evicts what is older than ``max_age`` (``evict_older``). A position
+only ever grows, so an eviction racing a confirmation loses nothing and delivers nothing
+twice.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import lmdb
 
 from router.features.writers.base import WriterBackendError
 
-__all__ = ["QueueStats", "ResultQueue", "encode_record", "queue_path"]
+__all__ = ["QueueReader", "QueueStats", "SharedQueue", "WriterQueue", "encode_record",
+           "shared_queue_path"]
 
 _KEY = struct.Struct(">Q")
 _TS = struct.Struct("<d")
-_META_KEYS = (b"head", b"position", b"bytes", b"evicted")
+_READER = struct.Struct(">QQQ")          # position, backlog bytes, evicted
 MiB = 1 << 20
+GiB = 1 << 30
+#: The map is address space, not disk (LMDB grows the file as it fills): generous, so
+#: that a reload raising a writer's bound does not need both processes to resize it.
+MIN_MAP_SIZE = 4 * GiB
 
 
 def encode_record(appended_at: float, raw: bytes) -> bytes:
@@ -49,13 +66,16 @@ def encode_record(appended_at: float, raw: bytes) -> bytes:
     return _TS.pack(appended_at) + raw
 
 
-def queue_path(data_dir: str, writer: str) -> Path:
-    """``DATA_DIR/writers/<name>/``."""
-    return Path(data_dir) / "writers" / writer
+def shared_queue_path(data_dir: str) -> Path:
+    """``DATA_DIR/writers-queue/`` (beside the old per-writer ``DATA_DIR/writers/<name>/``
+    queues, so no writer name can collide with it)."""
+    return Path(data_dir) / "writers-queue"
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
+    """One writer's view: the queue's head, its position, the bytes and records between."""
+
     head: int
     position: int
     bytes: int
@@ -67,37 +87,65 @@ class QueueStats:
         return self.head - self.position
 
 
-class ResultQueue:
-    """One writer's queue; each process opens it once (LMDB forbids opening an
+class QueueReader(Protocol):
+    """What a ``WriterRunner`` needs of its queue (``WriterQueue``, or
+    ``legacy.DrainingQueue`` while an old per-writer queue is emptied first)."""
+
+    def read(self, after: int, limit: int) -> list[tuple[int, float, bytes]]: ...
+
+    def confirm(self, upto: int) -> None: ...
+
+    def evict_older(self, cutoff: float) -> int: ...
+
+    def stats(self) -> QueueStats: ...
+
+
+@dataclass(slots=True)
+class _Reader:
+    position: int
+    backlog_bytes: int
+    evicted: int
+
+    def pack(self) -> bytes:
+        return _READER.pack(max(0, self.position), max(0, self.backlog_bytes), self.evicted)
+
+
+class SharedQueue:
+    """The node's writer queue; each process opens it once (LMDB forbids opening an
     environment twice in one process). Methods are blocking: call them from a thread."""
 
-    def __init__(self, path: Path | str, max_bytes: int) -> None:
+    def __init__(self, path: Path | str, max_bytes: int = 256 * MiB, *,
+                 origin_above: int = 0) -> None:
+        """``max_bytes``: the largest writer bound (sizes the map); ``origin_above``: a
+        position the new queue's positions must lie above (the heads of old per-writer
+        queues, ``legacy.py``), besides the clock."""
         self.path = Path(path)
-        self.max_bytes = max_bytes
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
-            # A fixed map: growing it would need both processes to agree. Three times
-            # the bound leaves room for LMDB's page overhead and free pages.
-            self._env = lmdb.open(str(self.path), subdir=True, max_dbs=2,
-                                  map_size=3 * max_bytes + 64 * MiB, readahead=False,
-                                  sync=True, metasync=True, max_readers=32)
+            self._env = lmdb.open(str(self.path), subdir=True, max_dbs=3,
+                                  map_size=max(MIN_MAP_SIZE, 3 * max_bytes + 64 * MiB),
+                                  readahead=False, sync=True, metasync=True, max_readers=64)
             self._records = self._env.open_db(b"records")
             self._meta = self._env.open_db(b"meta")
+            self._readers = self._env.open_db(b"readers")
             with self._env.begin(write=True) as txn:
                 if txn.get(b"head", db=self._meta) is None:
                     # A new queue starts at the clock in microseconds, not at 0: a
                     # backend that stores its position (PostgreSQL) may hold one from
-                    # an earlier queue of this writer (a wiped data directory), and
-                    # positions of the new queue must all lie above it, or the runner
-                    # would take the new records as written already.
-                    origin = time.time_ns() // 1000
-                    self._put(txn, b"head", origin)
-                    self._put(txn, b"position", origin)
+                    # an earlier queue (a wiped data directory, or the old per-writer
+                    # queue), and positions of the new queue must all lie above it, or
+                    # the runner would take the new records as written already.
+                    self._put(txn, b"head", max(time.time_ns() // 1000, origin_above + 1))
         except (OSError, lmdb.Error) as e:
             raise WriterBackendError("queue", f"writer queue {self.path}: {e}") from e
 
     def close(self) -> None:
         self._env.close()
+
+    def reader(self, name: str) -> WriterQueue:
+        """One writer's handle (registered at the head if it has no position yet)."""
+        self.register(name)
+        return WriterQueue(self, name)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -108,93 +156,158 @@ class ResultQueue:
     def _put(self, txn: lmdb.Transaction, key: bytes, value: int) -> None:
         txn.put(key, _KEY.pack(max(0, value)), db=self._meta)
 
-    def _drop_through(self, txn: lmdb.Transaction, upto: int) -> tuple[int, int]:
-        """Delete records with positions <= upto: (records, bytes) removed."""
-        n = size = 0
+    def _all_readers(self, txn: lmdb.Transaction) -> dict[str, _Reader]:
+        return {bytes(k).decode(): _Reader(*_READER.unpack(v))
+                for k, v in txn.cursor(db=self._readers)}
+
+    def _reader(self, txn: lmdb.Transaction, name: str) -> _Reader | None:
+        raw = txn.get(name.encode(), db=self._readers)
+        return _Reader(*_READER.unpack(raw)) if raw is not None else None
+
+    def _store(self, txn: lmdb.Transaction, name: str, reader: _Reader) -> None:
+        txn.put(name.encode(), reader.pack(), db=self._readers)
+
+    def _advance(self, txn: lmdb.Transaction, reader: _Reader, *, upto: int | None = None,
+                 max_bytes: int | None = None, older_than: float | None = None) -> int:
+        """Move ``reader`` past its oldest records: through ``upto``, while its backlog is
+        above ``max_bytes``, or while they were appended before ``older_than``. Returns
+        how many records it passed; its ``backlog_bytes`` drop by their sizes."""
+        cursor = txn.cursor(db=self._records)
+        if not cursor.set_range(_KEY.pack(reader.position + 1)):
+            return 0
+        n = 0
+        for key, value in cursor:
+            position = _KEY.unpack(key)[0]
+            if upto is not None and position > upto:
+                break
+            if max_bytes is not None and reader.backlog_bytes <= max_bytes:
+                break
+            if older_than is not None and _TS.unpack_from(value)[0] >= older_than:
+                break
+            reader.position = position
+            reader.backlog_bytes -= len(value)
+            n += 1
+        return n
+
+    def _prune(self, txn: lmdb.Transaction) -> None:
+        """Delete the records every writer is past (all of them when none is left)."""
+        readers = self._all_readers(txn)
+        upto = min((r.position for r in readers.values()), default=self._get(txn, b"head"))
         cursor = txn.cursor(db=self._records)
         if not cursor.first():
-            return 0, 0
+            return
+        size = 0
         while True:
             key = cursor.key()
-            if _KEY.unpack(key)[0] > upto:
+            if not key or _KEY.unpack(key)[0] > upto:
                 break
             size += len(cursor.value())
-            n += 1
-            if not cursor.delete() or not cursor.key():   # moved to the next, or none left
+            if not cursor.delete():
                 break
-        return n, size
+        if size:
+            self._put(txn, b"bytes", self._get(txn, b"bytes") - size)
+
+    # -- the writers' set --------------------------------------------------------------
+
+    def register(self, name: str) -> bool:
+        """Give ``name`` a position at the head unless it has one; True if it was new."""
+        try:
+            with self._env.begin(write=True) as txn:
+                if self._reader(txn, name) is not None:
+                    return False
+                self._store(txn, name, _Reader(self._get(txn, b"head"), 0, 0))
+                return True
+        except lmdb.Error as e:
+            raise WriterBackendError("queue", f"writer queue {self.path}: {e}") from e
+
+    def retain(self, names: set[str] | frozenset[str]) -> list[str]:
+        """Register ``names``; forget every other writer's position (removed from the
+        configuration) so it no longer holds records back. The forgotten names."""
+        try:
+            return self._retain(names)
+        except lmdb.Error as e:
+            raise WriterBackendError("queue", f"writer queue {self.path}: {e}") from e
+
+    def _retain(self, names: set[str] | frozenset[str]) -> list[str]:
+        with self._env.begin(write=True, buffers=True) as txn:
+            head = self._get(txn, b"head")
+            known = self._all_readers(txn)
+            gone = sorted(set(known) - set(names))
+            for name in gone:
+                txn.delete(name.encode(), db=self._readers)
+            for name in sorted(set(names) - set(known)):
+                self._store(txn, name, _Reader(head, 0, 0))
+            if gone:
+                self._prune(txn)
+            return gone
+
+    def writers(self) -> list[str]:
+        with self._env.begin() as txn:
+            return sorted(self._all_readers(txn))
 
     # -- node side -------------------------------------------------------------------
 
-    def append_many(self, records: Iterable[tuple[float, bytes]]) -> tuple[int, int]:
-        """Append records (``appended_at``, JSON) in one transaction, then evict the
-        oldest beyond ``max_bytes``; (appended, evicted)."""
-        return self.append_encoded([encode_record(t, raw) for t, raw in records])
-
-    def append_encoded(self, values: list[bytes]) -> tuple[int, int]:
-        """``append_many`` with the values already encoded (``encode_record``): the feed
-        encodes each result once for all writers."""
+    def append_encoded(self, values: list[bytes], max_bytes: Mapping[str, int]
+                       ) -> tuple[int, dict[str, int]]:
+        """Append values (``encode_record``) once for every writer, in one transaction;
+        then each writer whose backlog is above its bound in ``max_bytes`` passes its
+        oldest records. (appended, {writer: evicted})."""
         try:
-            with self._env.begin(write=True) as txn:
+            with self._env.begin(write=True, buffers=True) as txn:
                 head = self._get(txn, b"head")
                 first = head + 1
                 head += len(values)
-                total = self._get(txn, b"bytes") + sum(map(len, values))
+                size = sum(map(len, values))
                 items = list(zip(map(_KEY.pack, range(first, head + 1)), values))
-                added = len(items)
                 if items:
                     with txn.cursor(db=self._records) as cursor:
                         cursor.putmulti(items, append=True)
                 self._put(txn, b"head", head)
-                evicted = 0
-                if total > self.max_bytes:
-                    evicted, total = self._evict_bytes(txn, total)
-                self._put(txn, b"bytes", total)
-                return added, evicted
+                self._put(txn, b"bytes", self._get(txn, b"bytes") + size)
+                evicted: dict[str, int] = {}
+                for name, reader in self._all_readers(txn).items():
+                    reader.backlog_bytes += size
+                    bound = max_bytes.get(name)
+                    if bound is not None and reader.backlog_bytes > bound:
+                        n = self._advance(txn, reader, max_bytes=bound)
+                        reader.evicted += n
+                        evicted[name] = n
+                    self._store(txn, name, reader)
+                if evicted:
+                    self._prune(txn)
+                return len(items), evicted
         except lmdb.MapFullError as e:
-            # The bound is far below the map: only a much smaller max_bytes than the
-            # files were made with gets here. Make room for the next group.
-            self._emergency_evict()
+            # The map is far above the bounds: only a bound raised far beyond what the
+            # files were opened with gets here. Make room for the next group.
+            self._emergency_evict(max_bytes)
             raise WriterBackendError("queue_full", f"writer queue {self.path} full: {e}") from e
         except lmdb.Error as e:
             raise WriterBackendError("queue", f"writer queue {self.path}: {e}") from e
 
-    def _evict_bytes(self, txn: lmdb.Transaction, total: int) -> tuple[int, int]:
-        position = self._get(txn, b"position")
-        evicted = 0
-        cursor = txn.cursor(db=self._records)
-        cursor.first()
-        last = position
-        while total > self.max_bytes and cursor.key():
-            last = _KEY.unpack(cursor.key())[0]
-            total -= len(cursor.value())
-            evicted += 1
-            if not cursor.delete() or not cursor.key():
-                break
-        self._put(txn, b"position", max(position, last))
-        self._put(txn, b"evicted", self._get(txn, b"evicted") + evicted)
-        return evicted, total
+    def append_many(self, records: list[tuple[float, bytes]],
+                    max_bytes: Mapping[str, int]) -> tuple[int, dict[str, int]]:
+        """``append_encoded`` of (``appended_at``, JSON) pairs."""
+        return self.append_encoded([encode_record(t, raw) for t, raw in records], max_bytes)
 
-    def _emergency_evict(self) -> None:
-        with self._env.begin(write=True) as txn:
-            total = self._get(txn, b"bytes")
-            half = self.max_bytes // 2
-            old, self.max_bytes = self.max_bytes, half
-            try:
-                _, total = self._evict_bytes(txn, total)
-            finally:
-                self.max_bytes = old
-            self._put(txn, b"bytes", total)
+    def _emergency_evict(self, max_bytes: Mapping[str, int]) -> None:
+        with self._env.begin(write=True, buffers=True) as txn:
+            for name, reader in self._all_readers(txn).items():
+                half = max_bytes.get(name, reader.backlog_bytes) // 2
+                reader.evicted += self._advance(txn, reader, max_bytes=half)
+                self._store(txn, name, reader)
+            self._prune(txn)
 
     # -- writer side -----------------------------------------------------------------
 
-    def read(self, after: int, limit: int) -> list[tuple[int, float, bytes]]:
-        """Up to ``limit`` records with positions > max(after, stored position)."""
+    def read(self, name: str, after: int, limit: int) -> list[tuple[int, float, bytes]]:
+        """Up to ``limit`` records with positions > max(after, the writer's position)."""
         out: list[tuple[int, float, bytes]] = []
         with self._env.begin(buffers=False) as txn:
-            start = max(after, self._get(txn, b"position")) + 1
+            reader = self._reader(txn, name)
+            if reader is None:
+                return out
             cursor = txn.cursor(db=self._records)
-            if not cursor.set_range(_KEY.pack(start)):
+            if not cursor.set_range(_KEY.pack(max(after, reader.position) + 1)):
                 return out
             for key, value in cursor:
                 out.append((_KEY.unpack(key)[0], _TS.unpack_from(value)[0],
@@ -203,43 +316,67 @@ class ResultQueue:
                     break
         return out
 
-    def confirm(self, upto: int) -> None:
-        """Everything up to ``upto`` reached the backend: forget it."""
-        with self._env.begin(write=True) as txn:
-            position = self._get(txn, b"position")
-            upto = min(upto, self._get(txn, b"head"))
-            if upto <= position:
+    def confirm(self, name: str, upto: int) -> None:
+        """Everything up to ``upto`` reached ``name``'s backend: move its position, and
+        delete what no writer needs any more. A writer without a position (removed
+        meanwhile) is left alone."""
+        with self._env.begin(write=True, buffers=True) as txn:
+            reader = self._reader(txn, name)
+            if reader is None:
                 return
-            _, size = self._drop_through(txn, upto)
-            self._put(txn, b"position", upto)
-            self._put(txn, b"bytes", self._get(txn, b"bytes") - size)
+            upto = min(upto, self._get(txn, b"head"))
+            if upto <= reader.position:
+                return
+            self._advance(txn, reader, upto=upto)
+            reader.position = upto
+            self._store(txn, name, reader)
+            self._prune(txn)
 
-    def evict_older(self, cutoff: float) -> int:
-        """Evict records appended before ``cutoff`` (``max_backlog_age``); how many."""
-        with self._env.begin(write=True) as txn:
-            cursor = txn.cursor(db=self._records)
-            n = size = 0
-            last = 0
-            if cursor.first():
-                while True:
-                    value = cursor.value()
-                    if _TS.unpack_from(value)[0] >= cutoff:
-                        break
-                    last = _KEY.unpack(cursor.key())[0]
-                    size += len(value)
-                    n += 1
-                    if not cursor.delete() or not cursor.key():
-                        break
+    def evict_older(self, name: str, cutoff: float) -> int:
+        """Pass ``name``'s records appended before ``cutoff`` (``max_backlog_age``);
+        how many."""
+        with self._env.begin(write=True, buffers=True) as txn:
+            reader = self._reader(txn, name)
+            if reader is None:
+                return 0
+            n = self._advance(txn, reader, older_than=cutoff)
             if n:
-                self._put(txn, b"position", max(self._get(txn, b"position"), last))
-                self._put(txn, b"bytes", self._get(txn, b"bytes") - size)
-                self._put(txn, b"evicted", self._get(txn, b"evicted") + n)
+                reader.evicted += n
+                self._store(txn, name, reader)
+                self._prune(txn)
             return n
 
-    def stats(self) -> QueueStats:
+    def stats(self, name: str) -> QueueStats:
         with self._env.begin() as txn:
-            values = {k: self._get(txn, k) for k in _META_KEYS}
+            head = self._get(txn, b"head")
+            reader = self._reader(txn, name) or _Reader(head, 0, 0)
             cursor = txn.cursor(db=self._records)
-            oldest = _TS.unpack_from(cursor.value())[0] if cursor.first() else None
-        return QueueStats(values[b"head"], values[b"position"], values[b"bytes"],
-                          values[b"evicted"], oldest)
+            oldest = None
+            if reader.position < head and cursor.set_range(_KEY.pack(reader.position + 1)):
+                oldest = _TS.unpack_from(cursor.value())[0]
+        return QueueStats(head, reader.position, reader.backlog_bytes, reader.evicted, oldest)
+
+    def held(self) -> tuple[int, int]:
+        """(records, bytes) the queue holds for all writers together."""
+        with self._env.begin() as txn:
+            return int(txn.stat(self._records)["entries"]), self._get(txn, b"bytes")
+
+
+class WriterQueue:
+    """One writer's handle on the shared queue: what a ``WriterRunner`` reads and confirms."""
+
+    def __init__(self, queue: SharedQueue, name: str) -> None:
+        self.queue = queue
+        self.name = name
+
+    def read(self, after: int, limit: int) -> list[tuple[int, float, bytes]]:
+        return self.queue.read(self.name, after, limit)
+
+    def confirm(self, upto: int) -> None:
+        self.queue.confirm(self.name, upto)
+
+    def evict_older(self, cutoff: float) -> int:
+        return self.queue.evict_older(self.name, cutoff)
+
+    def stats(self) -> QueueStats:
+        return self.queue.stats(self.name)

@@ -1,11 +1,12 @@
 """One writer in the writers' process: queue -> backend, with batching, retries, timeouts.
 
-The runner reads its LMDB queue (``queue.ResultQueue``), turns each stored message back
-into its ``params`` dict, hands batches to its backend and confirms the queue position
-only after the backend said the batch is durable. So what a crash at any moment can cause
-is a batch sent twice, never one lost; the backends make sending twice harmless
-(docs/writers.md). Every backend call is bounded by ``spec.timeout``: a backend that
-accepts and never answers costs a timeout, counted, then a reconnect with backoff.
+The runner reads the node's LMDB queue from its own position (``queue.WriterQueue``),
+turns each stored message back into its ``params`` dict, hands batches to its backend and
+confirms its position only after the backend said the batch is durable. So what a crash
+at any moment can cause is a batch sent twice, never one lost; the backends make sending
+twice harmless (docs/writers.md). Every backend call is bounded by ``spec.timeout``: a
+backend that accepts and never answers costs a timeout, counted, then a reconnect with
+backoff.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import orjson
 
 from router.config import WriterSpec
 from router.features.writers.base import Batch, HAView, WriterBackend, WriterBackendError
-from router.features.writers.queue import ResultQueue
+from router.features.writers.queue import QueueReader
 from router.features.writers.registry import backend_class
 
 __all__ = ["WriterRunner", "ZoneView"]
@@ -74,7 +75,7 @@ def decode_record(raw: bytes) -> dict[str, Any] | None:
 class WriterRunner:
     """Drives one backend from one queue until cancelled."""
 
-    def __init__(self, spec: WriterSpec, queue: ResultQueue, node_name: str, ha: HAView,
+    def __init__(self, spec: WriterSpec, queue: QueueReader, node_name: str, ha: HAView,
                  executor: concurrent.futures.Executor,
                  factory: Callable[..., WriterBackend] | None = None) -> None:
         self.spec = spec

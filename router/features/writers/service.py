@@ -3,7 +3,8 @@
 ``WritersService`` is built by the app when the configuration has ``[[writers]]``. The
 node calls ``submit(raw)`` for every check result it consumes (``Node._consume`` and its
 own results); the rest runs off the routing loop: the feed's commit thread appends to
-the LMDB queues and the child process (``child.py``) writes to the backends. This object
+the node's one LMDB queue (every writer reads it from its own position) and the child
+process (``child.py``) writes to the backends. This object
 keeps the child running (restarted with backoff when it dies), sends it the
 configuration on reload and the node's connected set for HA, and keeps its latest
 statistics for ``/metrics``, ``/v1/status`` and ``router status``.
