@@ -491,16 +491,14 @@ class Node:
             # before we stamp anything new.
             position = receipt_position(params.get("log_position"),
                                         max(self._last_stamp, time.time()))
-            if conn.stats is None:
-                pass
-            elif position is None:
-                conn.stats.log_positions_ignored += 1
+            stats = conn.stats
+            if stats is not None and position is None:
+                stats.log_positions_ignored += 1
                 self.log_peer(conn, logging.DEBUG, "log position %r confirms nothing we sent "
                               "(a replay marker or a stamp we never made); ignored",
                               params.get("log_position"))
-            else:
-                conn.stats.confirmed_log_position = max(conn.stats.confirmed_log_position,
-                                                        position)
+            elif stats is not None and position is not None:
+                stats.confirmed_log_position = max(stats.confirmed_log_position, position)
                 if self.replay is not None and conn.endpoint is not None:
                     self.replay.confirm(conn.endpoint, position)
                 if conn.ledger is not None:

@@ -30,8 +30,8 @@ unless more than 32 MiB stays unconfirmed (``router_unconfirmed_overflow_total``
 
 Positions: a peer's ``log::SetLogPosition`` (the newest ``ts`` it received from us) is
 persisted and bounds the next replay, once ``receipt_position`` has told a receipt from
-the marker Icinga sends while it replays its own log; records every eligible endpoint has confirmed, or
-older than its ``log_duration``, are pruned every ``PRUNE_INTERVAL`` seconds.
+the marker Icinga sends while it replays its own log; records every eligible endpoint has
+confirmed, or older than its ``log_duration``, are pruned every ``PRUNE_INTERVAL`` seconds.
 """
 
 from __future__ import annotations
@@ -192,9 +192,10 @@ class ReplayManager:
         self.replaying[endpoint] = 0
         try:
             position = await loop.run_in_executor(None, store.position, endpoint)
-            log.debug("[%s] replay of zone %s starts after position %.6f (%d records in the "
-                      "zone, %d pending)", endpoint, zone, position, store.zone_records(zone),
-                      self.writer.pending)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("[%s] replay of zone %s starts after position %.6f (%d records "
+                          "in the zone, %d pending)", endpoint, zone, position,
+                          store.zone_records(zone), self.writer.pending)
             after_seq = 0
             while self._current(conn):
                 batch = await loop.run_in_executor(None, functools.partial(
@@ -278,9 +279,10 @@ def receipt_position(value: object, newest: float) -> float | None:
     receipt, that marker confirmed every frame we had written, so frames cut off by a
     reset at the same moment were neither kept nor replayed, and the peer never got
     them (issue 21: 5 of 24 results lost towards a real master). A whole number, or a
-    position newer than anything this node ever stamped, is therefore not a receipt;
-    ignoring a real one costs at most a replay of what the peer already has, which it
-    drops by ``ts``.
+    position newer than ``newest`` (the latest of our last stamp and now: after a
+    restart we replay the last run's stamps before making new ones), is therefore not a
+    receipt; ignoring a real one costs at most a replay of what the peer already has,
+    which it drops by ``ts``.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
