@@ -272,7 +272,15 @@ def test_status_clients_sending_headers_slowly(tmp_path, pki):
                                           "-n", "300", "--hold", "30")
             await wait_until(lambda: status.client_count >= 32, timeout=20,
                              what="slow status clients piling up")
-            await asyncio.sleep(1.0)           # the flooder's burst of connects is over
+            # The flooder's burst of connects is over once the listener has taken all 300
+            # (each is a client, over the limit, evicted, timed out or refused): while it lasts, a
+            # newcomer finds only clients younger than EVICT_AFTER and gets its 503, by
+            # design. A fixed 1 s was not enough on a loaded CI machine.
+            await wait_until(lambda: status.client_count + status.over_limit_count
+                             + status.evicted_total + status.timeouts_total
+                             + status.rejected_total >= 300,
+                             timeout=30, what="the flooder's 300 connects taken")
+            await asyncio.sleep(0.2)           # older than EVICT_AFTER: evictable
             for _ in range(5):                 # scrapes keep working during the flood
                 text = await metrics_text(master)
                 assert "router_connections" in text

@@ -457,6 +457,11 @@ class StatusServer:
     def client_count(self) -> int:
         return len(self._clients)
 
+    @property
+    def over_limit_count(self) -> int:
+        """Connections over ``max_clients`` waiting for their request head to get a 503."""
+        return len(self._rejected)
+
     def evict_for_newcomer(self, now: float, among: set[_Connection]) -> bool:
         """The listener is full: drop the connection of ``among`` (the served ones, or
         those waiting for their 503) that has waited longest (at least ``EVICT_AFTER``)
