@@ -51,6 +51,8 @@ IDENTIFY_TIMEOUT = 10.0
 HEARTBEAT_INTERVAL = 20.0
 HEARTBEAT = netstring(orjson.dumps({"jsonrpc": "2.0", "method": "event::Heartbeat",
                                     "params": {"timeout": 120.0}}))
+#: how often an agent confirms what it received (Icinga's ApiListener timer, 5 s)
+CONFIRM_INTERVAL = 5.0
 
 
 class _AgentProtocol(asyncio.Protocol):
@@ -63,8 +65,9 @@ class _AgentProtocol(asyncio.Protocol):
     use). It notes the node's first frame (the agent is identified) and does flow control.
     """
 
-    __slots__ = ("_drain", "_frame_rest", "_head", "_incoming", "_outgoing", "_paused",
-                 "_sslobj", "agent", "closed", "handshake", "heard", "transport")
+    __slots__ = ("_drain", "_frame", "_frame_rest", "_head", "_incoming", "_outgoing",
+                 "_paused", "_sslobj", "agent", "closed", "confirmed_ts", "handshake", "heard",
+                 "newest_ts", "transport")
 
     def __init__(self, agent: PerfAgent, handshake: asyncio.Future[None]) -> None:
         self.agent = agent
@@ -85,6 +88,12 @@ class _AgentProtocol(asyncio.Protocol):
         #: frame counting: bytes left of the current frame, an unfinished length prefix
         self._frame_rest = 0
         self._head = b""
+        #: the current frame's payload so far, to read its ``ts``
+        self._frame = bytearray()
+        #: the newest ``ts`` received from the node, and the one last confirmed to it
+        #: (``log::SetLogPosition``, as an Icinga agent does every 5 s)
+        self.newest_ts = 0.0
+        self.confirmed_ts = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # create_connection() hands a protocol a Transport; Protocol's signature says Base
@@ -148,15 +157,20 @@ class _AgentProtocol(asyncio.Protocol):
             self.agent.heard_from(self)
 
     def _count_frames(self, data: bytes) -> int:
-        """Complete netstring frames in the stream so far (payloads skipped, not kept)."""
+        """Complete netstring frames in the stream so far; each frame's top-level ``ts``
+        is noted in ``newest_ts`` (the node sends agents little: hello, heartbeats,
+        commands)."""
         pos, n, frames = 0, len(data), 0
         while pos < n:
             if self._frame_rest:
                 take = min(self._frame_rest, n - pos)
+                self._frame += data[pos:pos + take]
                 self._frame_rest -= take
                 pos += take
                 if not self._frame_rest:
                     frames += 1
+                    self._note_ts(bytes(self._frame[:-1]))      # without the ","
+                    self._frame.clear()
                 continue
             colon = data.find(b":", pos)
             if colon < 0:
@@ -166,6 +180,14 @@ class _AgentProtocol(asyncio.Protocol):
             self._head = b""
             pos = colon + 1
         return frames
+
+    def _note_ts(self, payload: bytes) -> None:
+        try:
+            ts = orjson.loads(payload).get("ts")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if isinstance(ts, (int, float)) and ts > self.newest_ts:
+            self.newest_ts = float(ts)
 
     def eof_received(self) -> bool:
         return False                        # close; connection_lost follows
@@ -264,6 +286,27 @@ class PerfAgent:
         if self.auto_reconnect:
             loop.call_later(IDENTIFY_TIMEOUT, self._check_identified, protocol)
         loop.call_later(HEARTBEAT_INTERVAL, self._heartbeat, protocol)
+        loop.call_later(CONFIRM_INTERVAL, self._confirm, protocol)
+
+    def _confirm(self, protocol: _AgentProtocol) -> None:
+        """``log::SetLogPosition`` with the newest ``ts`` received, every 5 s when it moved,
+        as Icinga's agents confirm what they got: without it the node keeps every logged
+        frame sent to the agent (the soak's commands) as unconfirmed, which no real agent
+        makes it do."""
+        if protocol is not self.protocol or self.closing:
+            return
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            return
+        if protocol.newest_ts > protocol.confirmed_ts:
+            protocol.confirmed_ts = protocol.newest_ts
+            try:
+                protocol.write(netstring(orjson.dumps({
+                    "jsonrpc": "2.0", "method": "log::SetLogPosition",
+                    "params": {"log_position": protocol.newest_ts}})))
+            except (OSError, ssl.SSLError):
+                return
+        asyncio.get_running_loop().call_later(CONFIRM_INTERVAL, self._confirm, protocol)
 
     def _heartbeat(self, protocol: _AgentProtocol) -> None:
         """``event::Heartbeat`` every 20 s, as an Icinga agent sends: a node closes a

@@ -17,9 +17,10 @@ P9, P20: memory and logs that grow until a restart):
 Each interval (``soak_interval``, 60 s) gives one row: the node's RSS and open fds (its
 process tree, from /proc), the bytes in its send queues and unconfirmed by the parent and
 the bytes in its replay log (our router's /metrics; Icinga has no such figures; the
-emulated agents never confirm what they receive, so the commands written to them stay
-in their unconfirmed ledgers, and a churned agent's go to its zone's log and come back
-on its return: those are reported, ``agents_unconfirmed_bytes``, not judged), the p50/p99
+emulated agents confirm what they receive every 5 s, as Icinga's do, so the commands
+written to them leave their unconfirmed ledgers; what they hold at a sample, and a
+churned agent's frames that went to its zone's log, are reported as
+``agents_unconfirmed_bytes``, not judged), the p50/p99
 of the results' latency (agent's ``execution_end`` to arrival at the parent) in that
 interval, results delivered per second, agents connected, reloads done.
 
@@ -100,9 +101,8 @@ def node_metrics(target: Any) -> dict[str, float]:
         if name == b"router_send_queue_bytes":
             out["queue_bytes"] += v
         elif name == b"router_unconfirmed_bytes":
-            # towards the parent; the emulated agents never send log::SetLogPosition, so
-            # what the node wrote to them (the commands) stays unconfirmed up to the
-            # ledger's 32 MiB cap: reported apart, not judged
+            # towards the parent; what the agents have not confirmed yet (they confirm
+            # every 5 s, as Icinga's agents do) is reported apart, not judged
             if MASTER.encode() in (labels or b"").split(b'"'):
                 out["unconfirmed_bytes"] += v
             else:
