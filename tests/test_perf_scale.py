@@ -71,13 +71,15 @@ def test_options_are_checked_before_anything_starts() -> None:
 def test_agents_count_the_frames_the_node_sends() -> None:
     """The agents' frame counter (commands down the chain) across arbitrary splits."""
     from perf.load import _AgentProtocol
-    frames = [b"5:hello,", b"0:,", b"12:ExecuteComma,", b"3:abc,"]
+    frames = [b"5:hello,", b"0:,", b"12:ExecuteComma,", b'11:{"ts": 7.5},', b"3:abc,"]
     stream = b"".join(frames)
     for cut in range(1, len(stream)):
         counter = _AgentProtocol.__new__(_AgentProtocol)
-        counter._frame_rest, counter._head = 0, b""
+        counter._frame_rest, counter._head, counter._frame = 0, b"", bytearray()
+        counter.newest_ts = 0.0
         got = counter._count_frames(stream[:cut]) + counter._count_frames(stream[cut:])
         assert got == len(frames), cut
+        assert counter.newest_ts == 7.5, cut      # what the agent confirms (Icinga's way)
 
 
 def test_flame_top_reads_self_and_inclusive_samples() -> None:
