@@ -11,29 +11,23 @@ same whisper slot.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 from router.config import WriterSpec
 from router.features.writers.base import Batch, HAView, WriterBackendError
-from router.features.writers.formats import NameCache, graphite_lines, result_view
-from router.features.writers.perfdata import PerfdataError
+from router.features.writers.formats import graphite_lines
+from router.features.writers.lines import LineBackendBase
 
 __all__ = ["GraphiteBackend"]
 
-log = logging.getLogger("router.writers")
 
-
-class GraphiteBackend:
+class GraphiteBackend(LineBackendBase):
     """``WriterBackend`` for carbon-cache / carbon-relay (plaintext line receiver)."""
 
     def __init__(self, spec: WriterSpec, node_name: str, ha: HAView,
                  count_error: Callable[[str], None]) -> None:
-        self.name = spec.name
-        self.spec = spec
+        super().__init__(spec, count_error)
         self.node_name = node_name
-        self._count_error = count_error
-        self._names = NameCache()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -46,19 +40,9 @@ class GraphiteBackend:
             raise WriterBackendError(
                 "connect", f"carbon {self.spec.host}:{self.spec.port}: {e}") from e
 
-    def _invalid_perfdata(self, e: PerfdataError) -> None:
-        self._count_error("perfdata")
-        log.debug("writer %s: ignoring invalid perfdata: %s", self.name, e)
-
     def lines(self, batch: Batch) -> bytes:
         out: list[str] = []
-        for position, record in batch:
-            view = result_view(record)
-            if view is None:
-                self._count_error("invalid_record")
-                log.warning("writer %s: skipping record %d: not a usable check result "
-                            "(host, cr, execution_end)", self.name, position)
-                continue
+        for view in self._views(batch):
             out += graphite_lines(view, self.spec.host_name_template,
                                   self.spec.service_name_template,
                                   thresholds=self.spec.enable_send_thresholds,

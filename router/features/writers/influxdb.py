@@ -20,23 +20,20 @@ import aiohttp
 
 from router.config import WriterSpec
 from router.features.writers.base import Batch, HAView, WriterBackendError
-from router.features.writers.formats import NameCache, influx_lines, result_view
-from router.features.writers.perfdata import PerfdataError
+from router.features.writers.formats import influx_lines
+from router.features.writers.lines import LineBackendBase
 
 __all__ = ["InfluxdbBackend"]
 
 log = logging.getLogger("router.writers")
 
 
-class InfluxdbBackend:
+class InfluxdbBackend(LineBackendBase):
     """``WriterBackend`` for the InfluxDB 1.x HTTP API."""
 
     def __init__(self, spec: WriterSpec, node_name: str, ha: HAView,
                  count_error: Callable[[str], None]) -> None:
-        self.name = spec.name
-        self.spec = spec
-        self._count_error = count_error
-        self._names = NameCache()
+        super().__init__(spec, count_error)
         self._session: aiohttp.ClientSession | None = None
         self._base = spec.url.rstrip("/")
         self._auth = (aiohttp.BasicAuth(spec.username, spec.password or "")
@@ -67,20 +64,10 @@ class InfluxdbBackend:
                 log.warning("writer %s: CREATE DATABASE answered HTTP %d", self.name,
                             resp.status)
 
-    def _invalid_perfdata(self, e: PerfdataError) -> None:
-        self._count_error("perfdata")
-        log.debug("writer %s: ignoring invalid perfdata: %s", self.name, e)
-
     def lines(self, batch: Batch) -> bytes:
         template_host, template_service = self.spec.host_template, self.spec.service_template
         out: list[str] = []
-        for position, record in batch:
-            view = result_view(record)
-            if view is None:
-                self._count_error("invalid_record")
-                log.warning("writer %s: skipping record %d: not a usable check result "
-                            "(host, cr, execution_end)", self.name, position)
-                continue
+        for view in self._views(batch):
             out += influx_lines(view, template_service if view.service else template_host,
                                 thresholds=self.spec.enable_send_thresholds,
                                 metadata=self.spec.enable_send_metadata,
