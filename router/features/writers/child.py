@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import os
 import sys
@@ -33,10 +34,11 @@ from router.config import WriterSpec
 from router.features.writers.base import WriterBackendError
 from router.features.writers.legacy import DrainingQueue, LegacyQueue, open_shared_queue
 from router.features.writers.queue import QueueReader, SharedQueue
+from router.features.writers.records import RecordCache
 from router.features.writers.runner import WriterRunner, ZoneView
 from router.features.writers.spec import spec_from_json
 
-__all__ = ["WritersProcess", "main"]
+__all__ = ["GC_THRESHOLDS", "WritersProcess", "main", "tune_gc"]
 
 log = logging.getLogger("router.writers")
 STATS_INTERVAL = 0.5
@@ -53,6 +55,9 @@ class WritersProcess:
         self._executor = concurrent.futures.ThreadPoolExecutor(4, "writers-io")
         self._view: ZoneView | None = None
         self._failed: dict[str, str] = {}
+        #: Decoded records shared by all runners: each record is decoded and its
+        #: perfdata parsed once, not once per writer (``records.py``).
+        self._records = RecordCache()
 
     async def configure(self, msg: dict[str, Any]) -> None:
         node_name = str(msg["node_name"])
@@ -62,6 +67,9 @@ class WritersProcess:
         else:
             self._view.update(zone, self._view.connected_peers())
         specs = {s.name: s for s in (spec_from_json(d) for d in msg.get("writers", ()))}
+        # Room for two batches of every writer: runners that keep up read the same
+        # records within a batch or two of each other.
+        self._records.limit = max(2048, 2 * sum(s.flush_threshold for s in specs.values()))
         for name in list(self._runners):
             old = self._runners[name][0]
             if specs.get(name) != old:
@@ -77,7 +85,8 @@ class WritersProcess:
                 if queue is None:
                     queue = self._open_queue(str(msg["data_dir"]), spec, specs.values())
                     self._queues[name] = queue
-                runner = WriterRunner(spec, queue, node_name, self._view, self._executor)
+                runner = WriterRunner(spec, queue, node_name, self._view, self._executor,
+                                      records=self._records)
             except (WriterBackendError, ImportError, KeyError) as e:
                 log.error("writer %s (%s) cannot start: %s", name, spec.type, e)
                 self._failed[name] = str(e)
@@ -235,6 +244,22 @@ async def _serve(proc: WritersProcess) -> None:
 WRITERS_NICE = 10
 
 
+#: The cyclic garbage collector's thresholds in the writers' process. Each result read
+#: allocates a few dozen containers (the decoded JSON, views, parsed perfdata) that plain
+#: reference counting frees; with the default young-generation threshold (700) the
+#: collector ran every few results and walked the records in ``RecordCache`` each time,
+#: a fifth of the process's CPU (perf/bench_writer_format.py). Cycles are rare here
+#: (asyncio's exceptions): collecting them after 50 000 allocations bounds what they hold.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated (modules, configuration: never garbage, no need to
+    walk it again) and make the young generation larger (``GC_THRESHOLDS``)."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def main() -> None:
     try:
         os.nice(WRITERS_NICE)
@@ -247,6 +272,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:                        # pragma: no cover - uvloop is a dependency
         pass
+    tune_gc()
     asyncio.run(_serve(WritersProcess(sys.stdout.buffer)))
 
 

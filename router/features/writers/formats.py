@@ -12,6 +12,7 @@ resolve to the plugin's base name from ``cr.command`` (``/usr/lib/nagios/plugins
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from router.features.writers.perfdata import PerfdataError, PerfdataValue, iter_perfdata
+from router.features.writers.records import RecordParams
 
 __all__ = ["NameCache", "ResultView", "check_command_name", "resolve_macros", "escape_graphite_metric",
            "escape_graphite_label", "graphite_lines", "escape_influx", "influx_lines",
@@ -28,15 +30,28 @@ __all__ = ["NameCache", "ResultView", "check_command_name", "resolve_macros", "e
 _MACRO_RE = re.compile(r"\$([^$]*)\$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class ResultView:
-    """The fields of one ``event::CheckResult`` the writers use, type-checked once."""
+    """The fields of one ``event::CheckResult`` the writers use, type-checked once. One
+    view serves every writer of the record (``records.RecordParams``): treat it as
+    read-only."""
 
     host: str
     service: str | None
     cr: Mapping[str, Any]
     check_command: str
     execution_end: float
+    parsed_perfdata: list[PerfdataValue | PerfdataError] | None = None
+    """``perfdata()`` once computed."""
+
+    def perfdata(self) -> list[PerfdataValue | PerfdataError]:
+        """The result's perfdata values, parsed once for all writers (``iter_perfdata``:
+        an invalid item is its ``PerfdataError``, in place)."""
+        parsed = self.parsed_perfdata
+        if parsed is None:
+            parsed = self.parsed_perfdata = list(
+                iter_perfdata(self.cr.get("performance_data")))
+        return parsed
 
     @property
     def state(self) -> int | None:
@@ -76,7 +91,17 @@ def check_command_name(cr: Mapping[str, Any]) -> str:
 
 def result_view(record: Mapping[str, Any]) -> ResultView | None:
     """The record as a ``ResultView``, or None when it is not a usable check result
-    (no host name, no ``cr`` object, no finite ``execution_end``)."""
+    (no host name, no ``cr`` object, no finite ``execution_end``). Computed once per
+    ``RecordParams`` (a record the writers' process decoded), for all its writers."""
+    if type(record) is RecordParams:
+        view = record.view
+        if view is False:
+            view = record.view = _make_view(record)
+        return view                                 # type: ignore[no-any-return]
+    return _make_view(record)
+
+
+def _make_view(record: Mapping[str, Any]) -> ResultView | None:
     host = record.get("host")
     cr = record.get("cr")
     if not isinstance(host, str) or not host or not isinstance(cr, dict):
@@ -136,6 +161,7 @@ def escape_graphite_metric(text: str) -> str:
             .replace("\n", "_"))
 
 
+@functools.lru_cache(maxsize=8192)
 def escape_graphite_label(text: str) -> str:
     """A perfdata label: dots kept (they make trees), ``::`` becomes a dot."""
     return (text.replace(" ", "_").replace("\\", "_").replace("/", "_").replace("::", ".")
@@ -212,7 +238,7 @@ def graphite_lines(view: ResultView, host_template: str, service_template: str, 
     if metadata:
         for name, value in _metadata(view):
             lines.append(f"{prefix}.metadata.{name} {_graphite_number(value)} {ts}\n")
-    for pdv in iter_perfdata(view.cr.get("performance_data")):
+    for pdv in view.perfdata():
         if isinstance(pdv, PerfdataError):
             on_invalid(pdv)
             continue
@@ -228,6 +254,7 @@ def graphite_lines(view: ResultView, host_template: str, service_template: str, 
 
 # -- InfluxDB ----------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=8192)
 def escape_influx(text: str) -> str:
     """Icinga's EscapeKeyOrTagValue: ``"`` ``=`` ``,`` and space backslashed; a trailing
     backslash (which would escape the separator) becomes ``_``."""
@@ -259,7 +286,7 @@ def influx_lines(view: ResultView, template: Mapping[str, Any], *, thresholds: b
               else compute())
     ts = round(view.execution_end * 1e9)
     lines: list[str] = []
-    for pdv in iter_perfdata(view.cr.get("performance_data")):
+    for pdv in view.perfdata():
         if isinstance(pdv, PerfdataError):
             on_invalid(pdv)
             continue

@@ -84,7 +84,7 @@ from router.features.writers.postgresql_schema import SchemaTooNew, migrate
 if TYPE_CHECKING:
     from router.config import WriterSpec
 
-__all__ = ["PostgresqlBackend", "StateRow", "state_row"]
+__all__ = ["CurrentState", "PostgresqlBackend", "StateRow", "state_changes", "state_row"]
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,39 @@ def _row_refused(exc: BaseException) -> bool:
 def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     """Rows to per-column lists, the arguments of an ``unnest(...)`` insert."""
     return [list(column) for column in zip(*rows, strict=True)]
+
+
+CurrentState = tuple[int, int | None, datetime]
+"""A checkable's stored ``(state, state_type, execution_end)``."""
+
+
+def state_changes(rows: Sequence[StateRow],
+                  current: dict[tuple[str, str], CurrentState]
+                  ) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The ``unnest`` arguments of the history insert and of the upsert for ``rows``, given
+    the stored state of their checkables (``current``, updated in place); either is empty
+    when there is nothing to send. Pure, so its cost can be measured without a database.
+
+    A row older than the stored one (``execution_end``) changes nothing: never backwards.
+    The upsert is in key order, as the rows were locked: concurrent writers
+    (``enable_ha = false``) inserting the same new checkables then mostly wait for each
+    other; a deadlock PostgreSQL detects is a "database" error and the batch is retried."""
+    history: list[tuple[Any, ...]] = []
+    latest: dict[tuple[str, str], StateRow] = {}
+    for row in rows:
+        before = current.get(row.key)
+        if before is not None and row.execution_end < before[2]:
+            continue  # older than what the database has: never backwards
+        if before is None or (row.state, row.state_type) != before[:2]:
+            history.append((row.host, row.service, row.state, row.state_type,
+                            None if before is None else before[0],
+                            None if before is None else before[1],
+                            row.output, row.check_source, row.execution_end))
+        current[row.key] = (row.state, row.state_type, row.execution_end)
+        latest[row.key] = row
+    upsert = [(r.host, r.service, r.state, r.state_type, r.output, r.perfdata,
+               r.check_source, r.execution_end) for _, r in sorted(latest.items())]
+    return (_columns(history) if history else [], _columns(upsert) if upsert else [])
 
 
 class PostgresqlBackend:
@@ -645,32 +678,15 @@ class PostgresqlBackend:
         """Upsert the newest state per checkable and insert one history row per change,
         comparing with the locked current rows (so concurrent writers serialise)."""
         keys = sorted({row.key for row in rows})
-        current: dict[tuple[str, str], tuple[int, int | None, datetime]] = {
+        current: dict[tuple[str, str], CurrentState] = {
             (r["host"], r["service"]): (r["state"], r["state_type"], r["execution_end"])
             for r in await conn.fetch(_LOCK_STATE_SQL, [k[0] for k in keys],
                                       [k[1] for k in keys])}
-        history: list[tuple[Any, ...]] = []
-        latest: dict[tuple[str, str], StateRow] = {}
-        for row in rows:
-            before = current.get(row.key)
-            if before is not None and row.execution_end < before[2]:
-                continue  # older than what the database has: never backwards
-            if before is None or (row.state, row.state_type) != before[:2]:
-                history.append((row.host, row.service, row.state, row.state_type,
-                                None if before is None else before[0],
-                                None if before is None else before[1],
-                                row.output, row.check_source, row.execution_end))
-            current[row.key] = (row.state, row.state_type, row.execution_end)
-            latest[row.key] = row
+        history, upsert = state_changes(rows, current)
         if history:
-            await conn.execute(_HISTORY_SQL, *_columns(history))
-        if latest:
-            # In key order, as the rows were locked: concurrent writers (enable_ha = false)
-            # inserting the same new checkables then mostly wait for each other; a deadlock
-            # PostgreSQL detects is a "database" error and the batch is retried.
-            await conn.execute(_UPSERT_SQL, *_columns([
-                (r.host, r.service, r.state, r.state_type, r.output, r.perfdata,
-                 r.check_source, r.execution_end) for _, r in sorted(latest.items())]))
+            await conn.execute(_HISTORY_SQL, *history)
+        if upsert:
+            await conn.execute(_UPSERT_SQL, *upsert)
 
     async def _rollback(self, conn: Any) -> None:
         try:

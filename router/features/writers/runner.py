@@ -20,11 +20,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import orjson
-
 from router.config import WriterSpec
 from router.features.writers.base import Batch, HAView, WriterBackend, WriterBackendError
 from router.features.writers.queue import QueueReader
+from router.features.writers.records import RecordCache
 from router.features.writers.registry import backend_class
 
 __all__ = ["WriterRunner", "ZoneView"]
@@ -62,24 +61,20 @@ class ZoneView:
         self._connected = connected & frozenset(self._zone_endpoints) - {self._node_name}
 
 
-def decode_record(raw: bytes) -> dict[str, Any] | None:
-    """The ``params`` of a stored ``event::CheckResult`` message, or None if unusable."""
-    try:
-        message = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    params = message.get("params") if isinstance(message, dict) else None
-    return params if isinstance(params, dict) else None
-
-
 class WriterRunner:
     """Drives one backend from one queue until cancelled."""
 
     def __init__(self, spec: WriterSpec, queue: QueueReader, node_name: str, ha: HAView,
                  executor: concurrent.futures.Executor,
-                 factory: Callable[..., WriterBackend] | None = None) -> None:
+                 factory: Callable[..., WriterBackend] | None = None,
+                 records: RecordCache | None = None) -> None:
+        """``records``: the process's decoded records, shared by its runners so that a
+        record is decoded (and its perfdata parsed) once for all writers; a runner of
+        its own gets a small cache of its own."""
         self.spec = spec
         self.queue = queue
+        self._records = records if records is not None else RecordCache(
+            2 * spec.flush_threshold)
         self._executor = executor
         self.errors: dict[str, int] = {}
         self.written = 0
@@ -190,8 +185,9 @@ class WriterRunner:
 
     async def _write(self, records: list[tuple[int, float, bytes]]) -> None:
         batch: list[tuple[int, dict[str, Any]]] = []
+        decode = self._records.decode
         for position, _, raw in records:
-            params = decode_record(raw)
+            params = decode(position, raw)
             if params is None:
                 self.invalid += 1
                 self.count_error("invalid_record")
