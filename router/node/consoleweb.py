@@ -163,6 +163,10 @@ class Console:
         event loop)."""
         self.sampler.add(time.time(), totals(self.node))
         caches = self.caches
+        # Prune here, not only when a console view is built: with nobody looking, the
+        # certificates parsed ahead would keep every closed connection (its TLS state
+        # and buffers, ~40 KB) for good, a leak of every reconnect.
+        caches.prune(self.node.all_connections)
         caches.warm(self.node.connections.values())
         caches.requests_in_background = True
         if self._requests_task is None and (
