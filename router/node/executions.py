@@ -62,6 +62,10 @@ class Executions:
         #: zones whose endpoints may answer it)
         self.pending: dict[str, tuple[str, float, frozenset[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: ``answer_zones`` by target zone, for ``_zones_topology`` (a reload makes a
+        #: new topology object, which empties it; at most one entry per zone)
+        self._zones_cache: dict[str | None, frozenset[str]] = {}
+        self._zones_topology: object = None
 
     def execute(self, conn: Connection, params: dict[str, Any]) -> None:
         """A parent asks us to run a check (command_endpoint) or an API execution."""
@@ -100,13 +104,27 @@ class Executions:
 
     def answer_zones(self, target_zone: str | None) -> frozenset[str]:
         """The zones an answer for a command relayed towards ``target_zone`` may come
-        from: that zone and its ancestors below our own zone (the path it went down)."""
+        from: that zone and its ancestors below our own zone (the path it went down).
+
+        One frozenset per target zone and topology, shared by all its pending
+        executions: each is kept ``EXECUTION_GRACE`` (11 minutes) after its deadline,
+        and at 10 API executions a second a set of its own per record was 1.3 MB of
+        the soak's growth (issue 21)."""
         topology = self.host.topology
+        if self._zones_topology is not topology:
+            self._zones_topology = topology
+            self._zones_cache = {}
+        cached = self._zones_cache.get(target_zone)
+        if cached is not None:
+            return cached
         local = topology.local_zone
         if target_zone is None or target_zone == local:
-            return frozenset((local,))
-        path = [target_zone, *topology.ancestors(target_zone)]
-        return frozenset(z for z in path if topology.is_ancestor(local, z))
+            zones = frozenset((local,))
+        else:
+            path = [target_zone, *topology.ancestors(target_zone)]
+            zones = frozenset(z for z in path if topology.is_ancestor(local, z))
+        self._zones_cache[target_zone] = zones
+        return zones
 
     def remember(self, requester: str, params: dict[str, Any],
                  target_zone: str | None = None) -> None:
