@@ -226,6 +226,62 @@ def test_peer_that_stops_reading_is_bounded_then_cut(tmp_path, pki, run, caplog)
     run(main(), timeout=90)
 
 
+def test_an_agent_held_back_by_a_slow_parent_is_not_timed_out(tmp_path, pki, run, caplog):
+    """Back-pressure from a parent that stops reading holds the agent's input unread for
+    longer than the liveness timeout: the agent is not closed as silent (it was: the
+    10 000-agent chain lost 1 254 agents that way, issue 22), and once the parent reads
+    again every result arrives."""
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("sat", ["sat1"], "master"),
+                                       ("agent1", ["agent1"], "sat")],
+                       timeouts="heartbeat_interval = 0.5\nliveness = 2.0\n"
+                                "slow_consumer = 60.0",
+                       limits="send_queue_high_bytes = 65536\nsend_queue_low_bytes = 16384")
+    count = 3000
+
+    async def main():
+        sat = await spec.start("sat1")
+        try:
+            # A parent with a tiny receive window that stops reading (but keeps
+            # sending heartbeats: it is alive).
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1",
+                                                                 spec.port("sat1")))
+            reader, writer = await asyncio.open_connection(
+                sock=sock, ssl=client_ssl_context(pki, "master"), server_hostname="sat1")
+            master = FakePeer(reader, writer)
+            master.send("icinga::Hello", {"capabilities": 1, "version": 21306})
+            node = sat.node
+            await wait_until(lambda: "master" in node.connections, what="parent session")
+            writer.transport.pause_reading()
+            agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
+                                           server_name="sat1")
+            payload = "x" * 900
+            for i in range(count):
+                agent.send("event::CheckResult",
+                           check_result("agent1", f"svc{i}", f"{i} {payload}"))
+            await wait_until(lambda: "agent1" in node.connections
+                             and node.connections["agent1"].reading_paused,
+                             what="the agent's reading held back")
+            for _ in range(8):                    # 4 s: twice the liveness timeout
+                master.send("event::Heartbeat", {"timeout": 120.0})
+                await asyncio.sleep(0.5)
+            assert "agent1" in node.connections, "the held-back agent was closed"
+            assert "liveness" not in caplog.text
+            writer.transport.resume_reading()
+            await wait_until(lambda: len(master.messages("event::CheckResult")) == count,
+                             timeout=60, what="every result at the parent")
+            assert not agent.closed
+            await agent.close()
+            await master.close()
+        finally:
+            await sat.stop()
+
+    run(main(), timeout=120)
+
+
 def test_flooding_peers_take_turns_and_a_quiet_one_gets_through(tmp_path, run):
     """Peers sending flat out are read round-robin within a per-turn byte budget (here
     shrunk to 4 KiB so every turn hits it): nothing is lost, a quiet agent's result and

@@ -136,6 +136,7 @@ class PeerProtocol:
         "_decoder", "_max_depth", "_hello_params", "_events", "_outgoing",
         "_heartbeat_interval", "_liveness_timeout", "_enrollment_timeout",
         "_next_heartbeat", "_first_byte_deadline", "_anonymous_deadline",
+        "_liveness_floor",
     )
 
     def __init__(self, role: Role, now: float, *, identity: str | None, authenticated: bool,
@@ -150,6 +151,8 @@ class PeerProtocol:
         self.started = now
         self.state = State.WAITING
         self.last_received = now
+        #: The liveness window starts no earlier than this (``reading_held``).
+        self._liveness_floor = now
         self.remote_version: int | None = None
         self.remote_capabilities: int | None = None
         self.enrolling = False
@@ -215,6 +218,18 @@ class PeerProtocol:
             self._dispatch(message)
         if failure is not None:
             self._fail(failure)
+
+    def reading_held(self, now: float) -> None:
+        """We are not reading the peer's input (back-pressure from a congested queue,
+        the input caps, waiting for a read turn): its silence meanwhile is ours, not a
+        sign that it is gone. The liveness window starts again at ``now``.
+
+        Without it a satellite whose parent is slow held its agents' reading back for
+        longer than the liveness timeout and then closed them as silent, although their
+        results sat unread in its own socket buffers (issue 22, the 10 000-agent chain).
+        """
+        if now > self._liveness_floor:
+            self._liveness_floor = now
 
     def receive_eof(self, now: float) -> None:
         """The peer closed its side: the connection is over.
@@ -341,7 +356,8 @@ class PeerProtocol:
 
     def _deadlines(self) -> list[tuple[float, str]]:
         """The close deadlines currently armed, each with its ``PeerTimedOut`` reason."""
-        deadlines = [(self.last_received + self._liveness_timeout, "liveness")]
+        silent_since = max(self.last_received, self._liveness_floor)
+        deadlines = [(silent_since + self._liveness_timeout, "liveness")]
         if self._anonymous_deadline is not None:
             deadlines.append((self._anonymous_deadline, "anonymous"))
         if self._first_byte_deadline is not None:

@@ -625,7 +625,11 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self._timer_when = None
         if self.peer is None or self.state != OPEN:
             return
-        self.peer.handle_timer(self.loop.time())
+        now = self.loop.time()
+        if self.reading_paused or self._parked:
+            # We hold its input back: what it sent waits unread, it is not silent.
+            self.peer.reading_held(now)
+        self.peer.handle_timer(now)
         self._after_protocol_step()
 
     # ------------------------------------------------------------------ writing
@@ -682,6 +686,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         """Back-pressure released: queue for a turn to read (see ``router.readsched``)."""
         if self._reading_paused:
             self._reading_paused = False
+            if self.peer is not None:
+                self.peer.reading_held(self.loop.time())   # its silence was ours
             self._park()
 
     @property

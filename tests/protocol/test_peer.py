@@ -201,6 +201,21 @@ def test_liveness_timeout_is_60s() -> None:
     assert peer.get_timer() is None
 
 
+def test_silence_while_we_hold_its_reading_is_not_a_timeout() -> None:
+    """Back-pressure holds the peer's input unread for longer than the liveness timeout:
+    the window starts again where we last held it, then runs out normally."""
+    peer = client()
+    peer.reading_held(T0 + 59)                      # the transport: still not reading
+    peer.handle_timer(T0 + 60)
+    peer.reading_held(T0 + 100)
+    peer.handle_timer(T0 + 118)
+    assert PeerTimedOut("liveness") not in peer.events_received()
+    assert peer.get_timer() is not None and peer.get_timer() <= T0 + 160
+    peer.reading_held(T0 + 90)                      # an older hold moves nothing back
+    peer.handle_timer(T0 + 160)
+    assert peer.events_received() == [PeerTimedOut("liveness")]
+
+
 def test_any_byte_resets_liveness() -> None:
     peer = client()
     peer.receive_data(b"5", T0 + 50)                # not even a whole frame
