@@ -23,12 +23,17 @@ opened, closed by the node).
 
 This is a measurement on a shared 2-core machine where the flooder, the agents and the
 node compete for the CPUs: the ratio is the figure, the absolute milliseconds are not.
+``--pin-node-cpu K`` puts every thread of the node on CPU K and this tool, its load
+processes and the flooders on the other CPUs, quiet and flood windows alike: a real flood
+comes from other machines, and on two shared cores the flooder's own CPU (most of a core)
+otherwise comes out of the node's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -82,6 +87,8 @@ async def floods_phase(session: Session) -> dict[str, Any]:
     rate = opts.rate or 1000.0
     t = session.tally
     t.parse_every = 1
+    if opts.pin_node_cpu is not None:
+        pin_apart(session, opts.pin_node_cpu)
     for _, pipe, _ in session.workers:
         pipe.send(("go", rate / opts.endpoints, 0.0, (0.5, 2.0)))
     deliv_go = t.check_results
@@ -137,6 +144,23 @@ async def floods_phase(session: Session) -> dict[str, Any]:
     return res
 
 
+def pin_apart(session: Session, cpu: int) -> None:
+    """Every thread of the node's processes on ``cpu``; this process (the flooders it
+    starts inherit it) and the load processes on the other CPUs."""
+    others = set(range(os.cpu_count() or 1)) - {cpu}
+    if not others:
+        raise SystemExit("--pin-node-cpu needs at least two CPUs")
+    session.refresh_node_procs()
+    for proc in session.node_procs:
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), {cpu})
+    for pid in [os.getpid(), *(p.pid for p, _, _ in session.workers)]:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), others)
+    session.say(f"node pinned to CPU {cpu}; this tool, its load processes and the "
+                f"flooders to {sorted(others)}")
+
+
 def _med(values: list[float | None]) -> float | None:
     real = [v for v in values if v is not None]
     return statistics.median(real) if real else None
@@ -168,9 +192,13 @@ def main() -> None:
     p.add_argument("--window", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--json", dest="json_path")
+    p.add_argument("--pin-node-cpu", type=int, default=None, metavar="K",
+                   help="the node on CPU K, this tool, its agents and the flooders on "
+                        "the others")
     a = p.parse_args()
     opts = Options(endpoints=a.endpoints, rate=a.rate, duration=a.window,
-                   scenarios=("floods",), json_path=a.json_path, flood_repeat=a.repeat)
+                   scenarios=("floods",), json_path=a.json_path, flood_repeat=a.repeat,
+                   pin_node_cpu=a.pin_node_cpu)
     result = run(opts)
     for s in result["sessions"]:
         if "floods" in s:

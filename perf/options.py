@@ -42,3 +42,4 @@ class Options:
     soak_interval: float = 60.0          # soak: seconds per row of its table (perf/soak.py)
     only_against: bool = False           # only the --against session (no router session)
     flood_repeat: int = 2                # floods: quiet/flood window pairs per flood kind
+    pin_node_cpu: int | None = None      # floods: the node on this CPU, the rest on the others
