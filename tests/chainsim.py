@@ -51,7 +51,8 @@ class SimConn:
         self.ledger: Any = None
         self.stats: Any = None
         self.peer: Any = None
-        self.blocked_sources: set[SimConn] = set()
+        self.blocked_sources: dict[SimConn, None] = {}
+        self.expected_read = 2048
         self.blocked_by = 0
         self.invalid_budget = None
         self.reading_paused = False

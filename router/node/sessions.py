@@ -417,7 +417,7 @@ class Sessions:
         if conn.blocked_by:
             for other in connections.values():
                 if other.blocked_sources:
-                    other.blocked_sources.discard(conn)
+                    other.blocked_sources.pop(conn, None)
             conn.blocked_by = 0
 
 

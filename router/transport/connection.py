@@ -139,7 +139,9 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         #: Congested queues this connection feeds; reading pauses while non-zero.
         self.blocked_by = 0
         #: Connections paused because *our* queue is congested (None: none so far).
-        self.blocked_sources: set[PeerConnection[StatsT]] | None = None
+        #: Connections paused because they fed our congested queue, oldest first
+        #: (released a batch at a time as it drains: ``Node.queue_drained``).
+        self.blocked_sources: dict[PeerConnection[StatsT], None] | None = None
         self.created = self.loop.time()
         self.opened_at: float | None = None
         self.last_write_progress = self.created
@@ -689,6 +691,12 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             if self.peer is not None:
                 self.peer.reading_held(self.loop.time())   # its silence was ours
             self._park()
+
+    @property
+    def expected_read(self) -> int:
+        """The bytes this connection's next read is expected to bring (its last read, at
+        least ``MIN_EXPECTED_READ``), as the read scheduler assumes."""
+        return max(self._last_read, MIN_EXPECTED_READ)
 
     @property
     def reading_paused(self) -> bool:
