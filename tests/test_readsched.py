@@ -91,3 +91,32 @@ def test_a_reader_that_will_not_read_costs_no_budget(run) -> None:
         # the 50 paused readers were dropped from the queue in one admission pass
         assert log == [(0, "x")] and sched.deferred_turns == 0
     run(main())
+
+
+def test_idle_readers_that_start_sending_big_are_admitted_by_the_typical_read(run) -> None:
+    """Readers whose own last read was small (idle agents' heartbeats) are expected to
+    bring at least the typical read of the node: once reads are big, a turn admits
+    budget / typical of them, not budget / 2 KiB (issue 22: thousands of idle agents
+    starting flat out at once)."""
+    async def main():
+        sched = ReadScheduler(asyncio.get_running_loop(), budget=1024 * 1024)
+        for _ in range(200):
+            sched.note_read(65536)
+        assert sched.typical_read > 60_000
+        log: list[tuple[int, str]] = []
+        turn = [0]
+        readers = [FakeReader(f"r{i}", sched, log, turn, size=2048, reads=1)
+                   for i in range(100)]
+        for r in readers:
+            sched.park(r)
+        await asyncio.sleep(0)                   # the first admission
+        assert sched.admitted <= 17              # 1 MiB / ~64 KiB, not 512 / 2 KiB
+        assert sched.waiting == 100 - sched.admitted
+        for _ in range(20):
+            sched.note_read(1000)                # small reads again: more per turn
+        for _ in range(100):
+            if len(log) == len(readers):
+                break
+            await asyncio.sleep(0)
+        assert sorted(n for _, n in log) == sorted(r.name for r in readers)
+    run(main())

@@ -239,6 +239,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._last_read = nbytes
+        self.node.reads.note_read(nbytes)
         self.last_read_at = self.loop.time()
         data = self.node.read_buffer[:nbytes]
         if self.state == HANDSHAKING:
