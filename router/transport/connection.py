@@ -138,9 +138,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self.stats: StatsT | None = None
         #: Congested queues this connection feeds; reading pauses while non-zero.
         self.blocked_by = 0
-        #: Connections paused because they fed our congested queue, oldest first
-        #: (None: none so far; released a batch at a time as it drains:
-        #: ``Node.queue_drained``).
+        #: Connections paused because they fed our congested queue, oldest first (None:
+        #: none so far; released a batch at a time as it drains: Node.queue_drained).
         self.blocked_sources: dict[PeerConnection[StatsT], None] | None = None
         self.created = self.loop.time()
         self.opened_at: float | None = None
