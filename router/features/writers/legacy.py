@@ -21,7 +21,7 @@ import lmdb
 
 from router.features.writers.base import WriterBackendError
 from router.features.writers.queue import (QueueStats, SharedQueue, WriterQueue,
-                                           shared_queue_path)
+                                           read_records, shared_queue_path)
 
 __all__ = ["DrainingQueue", "LegacyQueue", "legacy_heads", "legacy_queue_path",
            "open_shared_queue"]
@@ -118,18 +118,9 @@ class LegacyQueue:
             return self._get(txn, b"head")
 
     def read(self, after: int, limit: int) -> list[tuple[int, float, bytes]]:
-        out: list[tuple[int, float, bytes]] = []
         with self._env.begin(buffers=False) as txn:
-            start = max(after, self._get(txn, b"position")) + 1
-            cursor = txn.cursor(db=self._records)
-            if not cursor.set_range(_KEY.pack(start)):
-                return out
-            for key, value in cursor:
-                out.append((_KEY.unpack(key)[0], _TS.unpack_from(value)[0],
-                            bytes(value[_TS.size:])))
-                if len(out) >= limit:
-                    break
-        return out
+            return read_records(txn, self._records,
+                                max(after, self._get(txn, b"position")) + 1, limit)
 
     def _drop(self, txn: lmdb.Transaction, upto: int | None, before: float | None
               ) -> tuple[int, int, int]:

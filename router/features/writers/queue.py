@@ -49,10 +49,26 @@ import lmdb
 from router.features.writers.base import WriterBackendError
 
 __all__ = ["QueueReader", "QueueStats", "SharedQueue", "WriterQueue", "encode_record",
+           "read_records",
            "shared_queue_path"]
 
 _KEY = struct.Struct(">Q")
 _TS = struct.Struct("<d")
+
+
+def read_records(txn: lmdb.Transaction, records: lmdb._Database, start: int, limit: int
+                 ) -> list[tuple[int, float, bytes]]:
+    """Up to ``limit`` records from position ``start`` on, as (position, appended_at,
+    message bytes): the layout of ``records`` here and in the old per-writer queues."""
+    out: list[tuple[int, float, bytes]] = []
+    cursor = txn.cursor(db=records)
+    if not cursor.set_range(_KEY.pack(start)):
+        return out
+    for key, value in cursor:
+        out.append((_KEY.unpack(key)[0], _TS.unpack_from(value)[0], bytes(value[_TS.size:])))
+        if len(out) >= limit:
+            break
+    return out
 _READER = struct.Struct(">QQQ")          # position, backlog bytes, evicted
 MiB = 1 << 20
 GiB = 1 << 30
@@ -301,20 +317,11 @@ class SharedQueue:
 
     def read(self, name: str, after: int, limit: int) -> list[tuple[int, float, bytes]]:
         """Up to ``limit`` records with positions > max(after, the writer's position)."""
-        out: list[tuple[int, float, bytes]] = []
         with self._env.begin(buffers=False) as txn:
             reader = self._reader(txn, name)
             if reader is None:
-                return out
-            cursor = txn.cursor(db=self._records)
-            if not cursor.set_range(_KEY.pack(max(after, reader.position) + 1)):
-                return out
-            for key, value in cursor:
-                out.append((_KEY.unpack(key)[0], _TS.unpack_from(value)[0],
-                            bytes(value[_TS.size:])))
-                if len(out) >= limit:
-                    break
-        return out
+                return []
+            return read_records(txn, self._records, max(after, reader.position) + 1, limit)
 
     def confirm(self, name: str, upto: int) -> None:
         """Everything up to ``upto`` reached ``name``'s backend: move its position, and
