@@ -58,6 +58,8 @@ class SimConn:
         self.reading_paused = False
         self.write_buffer_size = 0
         self.input_rate = None
+        self.fed_targets: tuple[str, ...] = ()
+        self.transport = None                       # no socket in the simulation
         self.handshake_bytes_in = self.handshake_bytes_out = 0
         self._peer_name = endpoint
         loop = node.loop

@@ -105,3 +105,35 @@ def test_a_closed_target_releases_every_source(node):
     node.queue_drained(target)
     assert [s.paused for s in sources] == [True, False, False, False, False]
     assert sources[0].blocked_by == 1       # resumes when ``other`` drains
+
+
+def test_a_reader_whose_last_messages_went_to_a_congested_queue_waits_unread(node):
+    """Before its read turn, a reader is paused behind the first congested queue its
+    last routed message went to, instead of reading once more and being paused by what
+    it read: with 10 000 agents sending one checkable flat out through a satellite, each
+    such read brought ~60 versions of one result that the congested parent queue
+    coalesced to one (issue 22, the chain's max)."""
+    congested = Target(state="open", endpoint="master2", blocked_sources=None,
+                       queue=SimpleNamespace(congested=True, bytes=70 * 1024))
+    flowing = Target(state="open", endpoint="sat2", blocked_sources=None,
+                     queue=SimpleNamespace(congested=False, bytes=0))
+    node.connections.update({"master2": congested, "sat2": flowing})
+    held = Source("agent1", 8192)
+    held.fed_targets = ("sat2", "master2")
+    free = Source("agent2", 8192)
+    free.fed_targets = ("sat2",)
+    new = Source("agent3", 8192)
+    new.fed_targets = ()
+    gone = Source("agent4", 8192)
+    gone.fed_targets = ("no-such-endpoint",)
+    for source in (held, free, new, gone):
+        node.hold_if_congested(source)
+    assert held.paused and list(congested.blocked_sources) == [held]
+    assert not free.paused and not new.paused and not gone.paused
+    assert flowing.blocked_sources is None
+
+    async def main():
+        congested.queue.congested, congested.queue.bytes = False, 0
+        node.queue_drained(congested)
+        assert not held.paused                     # released with the queue's drain
+    node.loop.run_until_complete(main())

@@ -120,3 +120,69 @@ def test_idle_readers_that_start_sending_big_are_admitted_by_the_typical_read(ru
             await asyncio.sleep(0)
         assert sorted(n for _, n in log) == sorted(r.name for r in readers)
     run(main())
+
+
+def test_a_turn_past_its_budget_cuts_further_reads_short(run) -> None:
+    """The budget bounds readers coming back from their turn; readers that were idle
+    read whenever their socket is ready. Once a turn has read its budget, every further
+    read is cut to OVER_BUDGET_READ bytes, until the next admission: 10 000 idle agents
+    that start sending at once no longer bring 64 KiB each, ~400 000 results, in one
+    poll (issue 22, the chain's max)."""
+    async def main():
+        sched = ReadScheduler(asyncio.get_running_loop(), budget=100_000)
+        sched.note_read(60_000)
+        assert not sched.over_budget
+        sched.note_read(50_000)
+        assert sched.over_budget
+        log: list[tuple[int, str]] = []
+        sched.park(FakeReader("r", sched, log, [0], reads=1))
+        await asyncio.sleep(0)                  # the admission starts a new turn
+        assert not sched.over_budget and sched.turn_bytes == 0
+    run(main())
+
+
+def test_the_hold_can_keep_a_reader_back_before_its_turn(run) -> None:
+    """The node's hold runs before each reader's turn and may pause it (its last
+    messages went to a queue that is congested now): it does not read, and costs the
+    turn no budget."""
+    async def main():
+        held: list[str] = []
+
+        def hold(reader: FakeReader) -> None:
+            if reader.name == "r1":
+                reader.paused = True
+                held.append(reader.name)
+        sched = ReadScheduler(asyncio.get_running_loop(), budget=2500, hold=hold)
+        log: list[tuple[int, str]] = []
+        turn = [0]
+        readers = [FakeReader(f"r{i}", sched, log, turn, size=1000, reads=1)
+                   for i in range(3)]
+        await _drive(sched, readers)
+        assert held == ["r1"]
+        assert sorted(n for _, n in log) == ["r0", "r2"]
+        assert sched.admitted == 3
+    run(main())
+
+
+def test_an_open_session_reads_short_once_the_turn_is_over_budget(run) -> None:
+    """``PeerConnection.get_buffer`` hands out the node's whole read buffer, or only
+    OVER_BUDGET_READ bytes of it once this turn has read its budget; a handshake keeps
+    the whole buffer (its reads are small, and a client waits on them)."""
+    from types import SimpleNamespace
+
+    from router.transport.connection import OPEN, READ_BUFFER_SIZE, PeerConnection
+    from router.transport.readsched import OVER_BUDGET_READ
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        owner = SimpleNamespace(loop=loop, read_buffer=memoryview(bytearray(READ_BUFFER_SIZE)),
+                                reads=ReadScheduler(loop, budget=100_000))
+        conn = PeerConnection(owner, tls_library=None)  # type: ignore[arg-type]
+        assert len(conn.get_buffer(-1)) == READ_BUFFER_SIZE
+        owner.reads.note_read(100_000)
+        assert len(conn.get_buffer(-1)) == READ_BUFFER_SIZE      # still handshaking
+        conn.state = OPEN
+        assert len(conn.get_buffer(-1)) == OVER_BUDGET_READ
+        owner.reads.turn_bytes = 0
+        assert len(conn.get_buffer(-1)) == READ_BUFFER_SIZE
+    run(main())

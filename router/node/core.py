@@ -94,7 +94,7 @@ class Node:
         #: (BufferedProtocol): no idle connection holds a read buffer.
         self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
         #: Bounds what one loop turn reads from all peers together (router.readsched).
-        self.reads = ReadScheduler(self.loop)
+        self.reads = ReadScheduler(self.loop, hold=self.hold_if_congested)
         #: Threads for TLS handshake steps (None: in the loop thread); see transport.py.
         threads = config.limits.handshake_threads
         self.tls_pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
@@ -444,6 +444,8 @@ class Node:
         key = None
         if method == CHECK_RESULT and params is not None:
             key = (params.get("host"), params.get("service"))
+        if source is not None:
+            source.fed_targets = targets
         connections = self.connections
         for name in targets:
             target = connections.get(name)
@@ -572,6 +574,23 @@ class Node:
             if self._debug:
                 self.log_peer(source, logging.DEBUG, "reading paused: %s is congested",
                               target.endpoint)
+
+    def hold_if_congested(self, reader: Connection) -> None:
+        """Before ``reader``'s read turn: pause it behind the first congested queue its
+        last routed message went to (the read scheduler's ``hold``).
+
+        Without this a reader parked before the queue congested read once more when its
+        turn came, and only then was paused by what it read. With 10 000 agents each
+        sending one checkable flat out through a satellite, every such read brought ~60
+        versions of one result that the congested parent queue coalesced to one: the
+        satellite parsed five results for each it forwarded (issue 22, the chain's max).
+        Its messages are likely to go where its last one went; if not, it waits one
+        drain of that queue, as it would after reading."""
+        for name in reader.fed_targets:
+            target = self.connections.get(name)
+            if target is not None and target.queue is not None and target.queue.congested:
+                self._block(reader, target)
+                return
 
     def unblock(self, source: Connection) -> None:
         """One congested queue ``source`` fed drained (or closed): read again when it was

@@ -17,9 +17,8 @@ one shared 64 KiB buffer, so an idle connection holds no read buffer of its own)
    frame);
 3. hand the protocol's events to the node, write its control frames (Hello, Heartbeat)
    straight away, and re-arm the single protocol timer;
-4. park: stop reading until the node's ``ReadScheduler`` readmits the connection at the
-   end of the loop turn (at once under normal load, round-robin within a byte budget per
-   turn under overload; see ``router.readsched``).
+4. park until the node's ``ReadScheduler`` readmits it (at once under normal load,
+   round-robin within a byte budget per turn under overload; ``transport.readsched``).
 
 Write path: the node puts frames into ``self.queue`` and calls ``schedule_flush``; one
 ``call_soon`` per loop turn joins the waiting frames into one TLS ``write`` (fewer,
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from router.protocol.peer import PeerProtocol, State
 from router.transport.owner import ConnectionOwner, TrafficStats
-from router.transport.readsched import MIN_EXPECTED_READ
+from router.transport.readsched import MIN_EXPECTED_READ, OVER_BUDGET_READ
 from router.transport.sendqueue import Ledger, SendQueue
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,12 +94,10 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     peer's endpoint, of which the connection itself only counts bytes (``TrafficStats``).
     """
 
-    # Every attribute is listed here (a new one must be too: assigning an unlisted one
-    # raises AttributeError). With over 30 attributes an instance's dict would be a full
-    # 1.5 KB hash table; slots are 8 bytes each: 10 000 peers save about 14 MB
-    # (issue 22, memory per connection), and attribute access on the hot path is faster.
-    # For the same reason what most connections never use (the ``ready`` future of an
-    # inbound one, ``blocked_sources``, the handshake backlogs) is created on first use.
+    # Every attribute is listed here (assigning an unlisted one raises AttributeError):
+    # an instance dict would be a 1.5 KB hash table, slots are 8 bytes each (10 000 peers
+    # save ~14 MB, issue 22). For the same reason what most connections never use (an
+    # inbound ``ready`` future, ``blocked_sources``, handshake backlogs) is made on use.
     __slots__ = (
         "_admission", "_flush_scheduled", "_handshake_backlog", "_handshake_handle",
         "_handshake_step", "_handshake_timeout", "_has_handshake_slot", "_hold_output",
@@ -108,9 +105,9 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         "_throttle_handle", "_throttle_logged", "_timer", "_timer_when", "_tls", "_tls_library",
         "_transport_reading", "_writing_paused", "address", "blocked_by", "blocked_sources",
         "close_reason", "created", "direction", "endpoint", "events_received",
-        "expected_endpoint", "handshake_bytes_in", "handshake_bytes_out", "identity",
-        "input_rate", "invalid_budget", "last_read_at", "last_write_progress", "ledger",
-        "loop", "node", "opened_at", "peer", "queue", "state", "stats", "transport",
+        "expected_endpoint", "fed_targets", "handshake_bytes_in", "handshake_bytes_out",
+        "identity", "input_rate", "invalid_budget", "last_read_at", "last_write_progress",
+        "ledger", "loop", "node", "opened_at", "peer", "queue", "state", "stats", "transport",
     )
 
     def __init__(self, node: ConnectionOwner[PeerConnection[StatsT]],
@@ -141,6 +138,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         #: Connections paused because they fed our congested queue, oldest first (None:
         #: none so far; released a batch at a time as it drains: Node.queue_drained).
         self.blocked_sources: dict[PeerConnection[StatsT], None] | None = None
+        self.fed_targets: tuple[str, ...] = ()  # where its last message went (node's hold)
         self.created = self.loop.time()
         self.opened_at: float | None = None
         self.last_write_progress = self.created
@@ -234,6 +232,9 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self._do_handshake()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.state == OPEN and self.node.reads.over_budget:
+            # A short read, then our turn like every reader (transport.readsched).
+            return self.node.read_buffer[:OVER_BUDGET_READ]
         return self.node.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -414,9 +415,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     def _park(self) -> None:
         """Stop reading until the read scheduler gives us our next turn.
 
-        libuv keeps reading a socket (up to 32 reads in one go) as long as the protocol
-        does not pause it, and a loop turn reads every ready socket before anything is
-        written; see ``router.readsched`` for why and how turns are bounded.
+        libuv keeps reading a socket (up to 32 reads in one go) unless the protocol
+        pauses it, and a loop turn reads every ready socket before anything is written.
         """
         if self._parked or self.state != OPEN or self._throttle_handle is not None:
             return
@@ -685,7 +685,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self._set_transport_reading(False)
 
     def resume_reading(self) -> None:
-        """Back-pressure released: queue for a turn to read (see ``router.readsched``)."""
+        """Back-pressure released: queue for a turn to read (see ``transport.readsched``)."""
         if self._reading_paused:
             self._reading_paused = False
             if self.peer is not None:

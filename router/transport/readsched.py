@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Final, Protocol
+from typing import Any, Callable, Final, Protocol
 
 #: Bytes the readers admitted for one loop turn are expected to read, together.
 TURN_INPUT_BUDGET: Final = 1024 * 1024
 #: What a connection is assumed to read next when its last read was smaller.
 MIN_EXPECTED_READ: Final = 2048
+#: Largest read of an open session once this turn's reads reached the budget.
+OVER_BUDGET_READ: Final = 2048
 #: Weight of each read in the running size of a typical read (``note_read``).
 TYPICAL_READ_WEIGHT: Final = 1 / 16
 
@@ -44,13 +46,18 @@ class Parked(Protocol):
 class ReadScheduler:
     """The queue of parked readers of one event loop and the per-turn admission."""
 
-    __slots__ = ("_loop", "_scheduled", "_waiting", "admitted", "budget", "deferred_turns",
-                 "typical_read")
+    __slots__ = ("_hold", "_loop", "_scheduled", "_waiting", "admitted", "budget",
+                 "deferred_turns", "turn_bytes", "typical_read")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 budget: int = TURN_INPUT_BUDGET) -> None:
+                 budget: int = TURN_INPUT_BUDGET,
+                 hold: Callable[[Any], None] | None = None) -> None:
         self._loop = loop
         self.budget = budget
+        #: Called with each reader before its turn: back-pressure may pause it there
+        #: (the node pauses a reader whose last messages went to a queue that is
+        #: congested now), so that it does not read input that can only be coalesced.
+        self._hold = hold
         self._waiting: deque[Parked] = deque()
         self._scheduled = False
         #: Turns that ended with readers still waiting (the node was reading at its limit).
@@ -64,6 +71,12 @@ class ReadScheduler:
         #: twenty such turns in a row (10 000 agents) kept a satellite from writing to
         #: its parent for 17 s (issue 22, the chain's max).
         self.typical_read = float(MIN_EXPECTED_READ)
+        #: Bytes read since the last admission, i.e. in this loop turn's poll. Past the
+        #: budget every further read is cut to ``OVER_BUDGET_READ`` (``read_size``): the
+        #: budget only bounds readers coming back from their turn, and when 10 000 idle
+        #: agents all start sending at once, one poll read 64 KiB from each of them,
+        #: ~400 000 results before anything was written (issue 22, the chain's max).
+        self.turn_bytes = 0
 
     def park(self, reader: Parked) -> None:
         """Queue ``reader``; it is readmitted at the end of this turn or a later one."""
@@ -75,6 +88,12 @@ class ReadScheduler:
     def note_read(self, nbytes: int) -> None:
         """A connection read ``nbytes``: update the typical read."""
         self.typical_read += (nbytes - self.typical_read) * TYPICAL_READ_WEIGHT
+        self.turn_bytes += nbytes
+
+    @property
+    def over_budget(self) -> bool:
+        """This turn has read its budget: further reads get ``OVER_BUDGET_READ`` bytes."""
+        return self.turn_bytes >= self.budget
 
     @property
     def waiting(self) -> int:
@@ -83,13 +102,18 @@ class ReadScheduler:
 
     def _admit(self) -> None:
         self._scheduled = False
+        self.turn_bytes = 0
         waiting = self._waiting
         budget = self.budget
         expected = 0.0
         admitted = 0
         typical = self.typical_read
+        hold = self._hold
         while waiting and expected < budget:
-            bytes_next = waiting.popleft().unpark()
+            reader = waiting.popleft()
+            if hold is not None:
+                hold(reader)
+            bytes_next = reader.unpark()
             if bytes_next:
                 expected += bytes_next if bytes_next > typical else typical
             admitted += 1
