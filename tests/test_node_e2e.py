@@ -257,6 +257,40 @@ def test_sessions_send_without_nagle_delay(tmp_path, pki, run):
     run(main())
 
 
+def test_agent_sessions_get_a_small_kernel_receive_buffer(tmp_path, pki, run):
+    """An agent's session (a child zone without children) gets ``SO_RCVBUF`` =
+    ``limits.agent_receive_buffer``: a held-back agent's unread input waits in the kernel,
+    and at the 128 KiB default 10 000 of them pushed the host's TCP memory into pressure
+    (issue 22). A satellite's session (its zone has children) keeps the kernel's
+    autotuning, which its throughput needs on a long link."""
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("sat1", ["sat1"], "master"),
+                                       ("agent1", ["agent1"], "master"),
+                                       ("agent2", ["agent2"], "sat1")])
+
+    async def main():
+        master = await spec.start("master", listen=True,
+                                  extra="[limits]\nagent_receive_buffer = \"24KiB\"\n")
+        try:
+            agent = await agent_to_master(spec, pki)
+            sat = await FakePeer.connect(spec.port("master"), pki, "sat1", server_name="master")
+            connections = master.node.connections
+            await wait_until(lambda: "agent1" in connections and "sat1" in connections,
+                             what="agent1 and sat1 up")
+
+            def rcvbuf(name: str) -> int:
+                sock = connections[name].transport.get_extra_info("socket")
+                return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            assert rcvbuf("agent1") == 2 * 24 * 1024      # Linux doubles what is set
+            assert rcvbuf("sat1") != 2 * 24 * 1024
+            await agent.close()
+            await sat.close()
+        finally:
+            await master.stop()
+
+    run(main())
+
+
 def test_handshake_end_and_hello_leave_in_one_write(tmp_path, pki, run, monkeypatch):
     """The last handshake step's output (here the bundled library's session tickets) is
     not sent on its own: it goes out with our Hello, one send per handshake fewer."""

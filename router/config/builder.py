@@ -74,7 +74,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
 _SIZE_LIMITS = frozenset({"max_message_size_anonymous", "max_message_size_child",
                           "max_message_size_peer", "send_queue_high_bytes",
                           "send_queue_low_bytes", "max_config_update_bytes",
-                          "peer_bytes_per_second"})
+                          "peer_bytes_per_second", "agent_receive_buffer"})
 
 
 def _section_label(section: str) -> str:

@@ -205,6 +205,16 @@ class Limits:
     ``"16MiB"`` or bytes."""
     peer_messages_per_second: int = 0
     """Most messages a second the node takes from one session, the same way; 0: off."""
+    agent_receive_buffer: int = 32 * 1024
+    """Kernel receive buffer (``SO_RCVBUF``) of each session with an agent (an endpoint of
+    a child zone that has no child zones), set when the session starts; 0 leaves the
+    kernel's autotuned default. The kernel doubles it for its bookkeeping. While
+    back-pressure holds an agent's reading, its unread input waits in this buffer: with
+    Linux's default (128 KiB) 10 000 held agents pinned 1.25 GB of kernel memory and put
+    the host's TCP stack into memory pressure (``tcp_mem``), which drops packets on every
+    connection, the parent link included (issue 22). An agent sends a few results a
+    minute; 32 KiB still carries ~600 results/s over a 50 ms WAN link. A size:
+    ``"32KiB"`` or bytes. Sessions that start after a reload get the new value."""
     status_max_clients: int = 64
     """Most connections the status listener serves at once; when full, the one waiting
     longest for an incomplete request head is dropped for a newcomer, else the newcomer

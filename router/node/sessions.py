@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -272,6 +273,10 @@ class Sessions:
                 host.connected_names.add(endpoint)
             # Every configured endpoint has a relation (OTHER when not adjacent).
             relation = host.topology.relation(endpoint)
+            if relation is Relation.CHILD and host.config.limits.agent_receive_buffer:
+                zone = host.topology.zone_of(endpoint)
+                if zone is not None and not host.topology.children(zone):
+                    self._limit_receive_buffer(conn, host.config.limits.agent_receive_buffer)
             host.log_peer(conn, logging.INFO, "connected (%s, %s)%s", conn.direction,
                           relation.name.lower() if relation is not None else "other",
                           "; replaying its log first" if replaying else "")
@@ -288,6 +293,19 @@ class Sessions:
             assert replay is not None
             replay.start(conn)
         return True
+
+    def _limit_receive_buffer(self, conn: Connection, size: int) -> None:
+        """An agent's socket gets ``SO_RCVBUF`` = ``size`` (``limits.agent_receive_buffer``:
+        what its held-back input may pin in the kernel)."""
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError as exc:
+            self.host.log_peer(conn, logging.WARNING, "cannot set its receive buffer to %d "
+                               "bytes (limits.agent_receive_buffer): %s", size, exc)
 
     def replay_done(self, conn: Connection, count: int, seconds: float) -> None:
         """The replay caught up with the log: from now on the peer gets live traffic."""
