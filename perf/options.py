@@ -29,7 +29,7 @@ class Options:
     py_spy: str | None = None            # DIR: a py-spy flame graph per node and load window
     workers: int = 0                     # load processes (0: one per core)
     batch: int = 32
-    sndbuf: int = 65536
+    sndbuf: int = 0                      # SO_SNDBUF of each agent socket; 0: agent_sndbuf(N)
     replay_cut: float = 5.0
     churn_fraction: float = 0.1
     connect_timeout: float = 0.0         # 0: scaled with N
@@ -43,3 +43,22 @@ class Options:
     only_against: bool = False           # only the --against session (no router session)
     flood_repeat: int = 2                # floods: quiet/flood window pairs per flood kind
     pin_node_cpu: int | None = None      # floods: the node on this CPU, the rest on the others
+
+
+#: Kernel memory the emulated agents' send buffers may take together (see agent_sndbuf).
+AGENT_SNDBUF_BUDGET = 640 * 1024 * 1024
+
+
+def agent_sndbuf(endpoints: int) -> int:
+    """SO_SNDBUF of each emulated agent socket: 64 KiB up to 5 000 agents, less beyond.
+
+    The emulated agents share the node's kernel, where real ones would not: their send
+    buffers (the kernel doubles SO_SNDBUF) and the node's receive buffers together make
+    the host's TCP memory. At 10 000 agents flat out with 64 KiB each that went past
+    ``tcp_mem``'s pressure mark (1.5 GB on this machine): the kernel then drops packets
+    on every connection, and both the direct node and the chain fell to a few hundred
+    results/s for seconds at a time (issue 22). Bounded to ``AGENT_SNDBUF_BUDGET``
+    together, in whole KiB."""
+    per_agent = AGENT_SNDBUF_BUDGET // (2 * max(1, endpoints))
+    return max(4096, min(65536, per_agent // 1024 * 1024))
+

@@ -20,6 +20,7 @@ import psutil
 
 from perf.load import C_CLOSED_BY_PEER, C_IDENTIFIED, N_COUNTERS, load_worker
 from perf.measure import GEN_SATURATED, cpu_seconds, machine_busy, rss_bytes, wait_listening
+from perf.options import agent_sndbuf
 from perf.report import Progress
 from perf.report import fmt_or_dash as _fmt
 from perf.scale import ProfileRun, agentstorm_phase, cpu_split, down_phase
@@ -415,7 +416,7 @@ class Session(SessionBase):
                        "shared_key": str(self.bpki.out_dir / "agents.key")
                        if (self.bpki.out_dir / "agents.key").exists() else "",
                        "payload_bytes": opts.payload_bytes, "batch": opts.batch,
-                       "sndbuf": opts.sndbuf, "concurrency": 64}
+                       "sndbuf": opts.sndbuf or agent_sndbuf(n), "concurrency": 64}
                 proc = spawn.Process(target=load_worker, args=(cfg, there, counter),
                                      daemon=True)
                 proc.start()
