@@ -359,12 +359,14 @@ class Node:
             # Exactly-once between our nodes: dedup by where the message entered.
             raw_origin = msg.data.get(ORIGIN_KEY)
             receipts = self.receipts
+            receipts.moved_hops[endpoint] = ts
             if raw_origin is None:
                 origin = (endpoint, ts)
                 seen = receipts.seen
                 fresh = ts > seen.get(endpoint, 0.0)
                 if fresh:
                     seen[endpoint] = ts
+                    receipts.moved_origins[endpoint] = ts
             else:
                 origin = receipts.origin(endpoint, raw_origin, ts)
                 fresh = receipts.accept(endpoint, origin[0], origin[1])

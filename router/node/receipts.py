@@ -111,6 +111,12 @@ class Receipts:
         self.host = host
         #: origin endpoint -> newest origin ``ts`` processed (in memory, the hot path).
         self.seen: dict[str, float] = {}
+        #: Origins and peers whose position moved since the last checkpoint (the hot
+        #: path writes them beside ``seen`` and ``remote_log_position``): a checkpoint
+        #: every 250 ms that scanned every origin and every connection took 4-25 ms of
+        #: the loop at 10 000 agents, the p99 of paced results (issue 22).
+        self.moved_origins: dict[str, float] = {}
+        self.moved_hops: dict[str, float] = {}
         #: origin endpoint -> the peer that brought its newest message (relayed ones).
         self.seen_hop: dict[str, str] = {}
         #: (origin, ts) of the last RECENT relayed messages processed.
@@ -187,6 +193,7 @@ class Receipts:
         seen = self.seen
         if ts > seen.get(name, 0.0):
             seen[name] = ts
+            self.moved_origins[name] = ts
             self.seen_hop[name] = hop
             self._remember(name, ts)
             return True
@@ -245,24 +252,32 @@ class Receipts:
         """Take a checkpoint when positions moved, and save the newest ready one."""
         host = self.host
         if self.writer is not None:
-            origins = {name: ts for name, ts in self.seen.items()
-                       if ts > self._saved.get(name, 0.0)}
+            saved = self._saved
+            origins = {name: ts for name, ts in self.moved_origins.items()
+                       if ts > saved.get(name, 0.0)}
+            self.moved_origins = {}
             hops = {}
-            for name in host.connections:
-                position = host.endpoint_stats(name).remote_log_position
-                if position > self.confirmable.get(name, 0.0):
+            later: dict[str, float] = {}
+            connections, confirmable = host.connections, self.confirmable
+            for name, position in self.moved_hops.items():
+                if name not in connections:
+                    later[name] = position      # taken when it is connected again
+                elif position > confirmable.get(name, 0.0):
                     hops[name] = position
+            self.moved_hops = later
             if origins or hops:
                 point = _Checkpoint(self.checkpoints + 1, origins, hops)
                 last_stamp = host.last_stamp
+                waiting = point.waiting
                 for conn in host.connections.values():
-                    ledger, queue = conn.ledger, conn.queue
+                    ledger = conn.ledger
                     if ledger is None:
                         continue
+                    queue = conn.queue
                     if queue is not None and queue.messages:
-                        point.waiting[conn] = max(ledger.newest, last_stamp)
-                    elif len(ledger):
-                        point.waiting[conn] = ledger.newest
+                        waiting[conn] = max(ledger.newest, last_stamp)
+                    elif ledger.bytes:          # unconfirmed frames (len() is slower)
+                        waiting[conn] = ledger.newest
                 self._pending.append(point)
                 self.checkpoints += 1
                 if len(self._pending) > MAX_PENDING:
@@ -314,9 +329,10 @@ class Receipts:
         if self._saving or not self._pending or self.writer is None:
             return
         ready = -1
-        for index, point in enumerate(self._pending):
-            if self._ready(point):
+        for index in range(len(self._pending) - 1, -1, -1):   # the newest ready one
+            if self._ready(self._pending[index]):
                 ready = index
+                break
         if ready < 0:
             return
         taken, self._pending = self._pending[:ready + 1], self._pending[ready + 1:]
@@ -345,6 +361,11 @@ class Receipts:
         error = future.exception()
         if error is not None:
             self.save_failures += 1
+            # What this save carried moves again: the next checkpoint takes it.
+            for moved, taken in ((self.moved_origins, origins), (self.moved_hops, hops)):
+                for name, ts in taken.items():
+                    if ts > moved.get(name, 0.0):
+                        moved[name] = ts
             self.host.ratelog.log(("receipts", "save"), logging.ERROR,
                                   "receive positions not saved (peers will replay what "
                                   "this node processed since): %s", error)
