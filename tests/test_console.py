@@ -153,6 +153,7 @@ def test_document_from_a_node_with_endpoint_states(tmp_path, pki):
         for i in range(0, 50, 2):       # every second agent has traffic and refusals
             stats = node.endpoint_stats(f"agent{i}")
             stats.received["event::CheckResult"] = 10 + i
+            node.traffic.msgs_in += 10 + i      # the node counts its totals beside
             stats.rate_in.add(loop_now, 5)
             stats.bytes_received = 1000 * i
             stats.refused[("event::CheckResult", "not_allowed")] = 1

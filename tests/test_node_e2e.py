@@ -58,6 +58,8 @@ def test_agent_results_reach_master_view(tmp_path, pki, run):
             assert ep["agent1"]["messages_received"] == 2
             assert not ep["agent2"]["connected"]
             assert status["totals"]["check_results"] == 2
+            traffic = master.node.traffic    # the node's totals, counted beside the endpoints'
+            assert traffic.msgs_in >= 2 and traffic.bytes_in > 0 and traffic.bytes_out > 0
             assert status["node"]["role"] == "master"
             assert {z["name"]: z["relation"] for z in status["zones"]} == {
                 "master": "local", "agent1": "child", "agent2": "child"}

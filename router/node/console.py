@@ -226,19 +226,23 @@ def _duration(seconds: float) -> str:
 
 
 def totals(node: Node) -> Totals:
-    """The lifetime counters summed over every endpoint (the sampler's input)."""
-    out = Totals()
-    for stats in node.stats.values():
-        out.msgs_in += sum(stats.received.values())
-        out.msgs_out += sum(stats.sent.values())
-        out.bytes_in += stats.bytes_received
-        out.bytes_out += stats.bytes_sent
-    out.connected = len(node.connections)
+    """The node's lifetime counters and what waits to be written (the sampler's input)."""
+    traffic = node.traffic
+    out = Totals(traffic.msgs_in, traffic.msgs_out, traffic.bytes_in, traffic.bytes_out,
+                 len(node.connections))
+    queue_bytes = 0
     for conn in node.connections.values():
-        queue = conn.queue
+        queue, transport = conn.queue, conn.transport
         if queue is not None:
-            out.queue_bytes += queue.bytes + conn.write_buffer_size
+            queue_bytes += queue.bytes
+        if transport is not None:
+            queue_bytes += transport.get_write_buffer_size()
+    out.queue_bytes = queue_bytes
     return out
+
+
+#: What one sample may spend parsing new peers' certificates ahead (``Caches.warm``).
+WARM_SECONDS = 0.002
 
 
 @dataclass(slots=True)
@@ -274,13 +278,17 @@ class Caches:
             self.peer_expiry[conn] = value
         return self.peer_expiry[conn]
 
-    def warm(self, connections: Iterable[Connection], budget: int = 500) -> int:
-        """Parse the certificates of up to ``budget`` new connections ahead of a poll
-        (the sampler's timer calls it), so the first console view after a connection
-        storm does not parse thousands at once. Returns how many were parsed."""
+    def warm(self, connections: Iterable[Connection], budget: int = 500,
+             seconds: float = WARM_SECONDS) -> int:
+        """Parse the certificates of up to ``budget`` new connections, for at most about
+        ``seconds``, ahead of a poll (the sampler's timer calls it), so the first console
+        view after a connection storm does not parse thousands at once. Returns how many
+        were parsed. The time bound: 500 parses took 12 ms of the loop every 2 s for
+        40 s after 10 000 agents connected, the p99 of their results (issue 22)."""
         done = 0
+        deadline = time.perf_counter() + seconds
         for conn in connections:
-            if done >= budget:
+            if done >= budget or (done % 16 == 15 and time.perf_counter() > deadline):
                 break
             if conn not in self.peer_expiry:
                 self.expiry_of(conn)

@@ -52,7 +52,7 @@ from router.node.housekeeping import LOG_POSITION_INTERVAL, Housekeeping
 from router.node.receipts import ORIGIN_KEY, Receipts
 from router.node.replay import receipt_position
 from router.node.sessions import Sessions
-from router.node.stats import ANONYMOUS, Connection, EndpointStats
+from router.node.stats import ANONYMOUS, Connection, EndpointStats, TrafficTotals
 from router.node.texts import REFUSAL_TEXT, RateLimitedLog, method_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,6 +145,8 @@ class Node:
         #: Established sessions whose peer is not a known endpoint (max_anonymous_clients).
         self.anonymous: set[Connection] = set()
         self.stats: dict[str, EndpointStats] = {}
+        #: The whole node's traffic, counted beside the endpoints' (the console's totals).
+        self.traffic = TrafficTotals()
         self.handshake_failures = LabeledCounter(("reason",))
         #: Bytes per TLS handshake, both ways (a chain that grew too large shows here).
         self.handshake_received = Histogram(HANDSHAKE_BYTES_BUCKETS)
@@ -188,7 +190,7 @@ class Node:
     def endpoint_stats(self, name: str) -> EndpointStats:
         stats = self.stats.get(name)
         if stats is None:
-            stats = self.stats[name] = EndpointStats(name)
+            stats = self.stats[name] = EndpointStats(name, totals=self.traffic)
         return stats
 
     def log_peer(self, conn: Connection, level: int, msg: str, *args: Any) -> None:
@@ -326,6 +328,7 @@ class Node:
         if stats is not None:
             received = stats.received
             received[label] = received.get(label, 0) + 1
+            self.traffic.msgs_in += 1
             stats.rate_in.add(self.loop.time())
             stats.last_message_received = time.time()
         endpoint = conn.endpoint
@@ -609,6 +612,7 @@ class Node:
         sent = stats.sent
         for method in methods:
             sent[method] = sent.get(method, 0) + 1
+        self.traffic.msgs_out += len(methods)
         stats.rate_out.add(self.loop.time(), len(methods))
         stats.last_message_sent = time.time()
 

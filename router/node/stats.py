@@ -19,6 +19,18 @@ ANONYMOUS = "(anonymous)"
 
 
 @dataclass(slots=True)
+class TrafficTotals:
+    """Lifetime traffic of the whole node, counted beside every endpoint's counters:
+    the console's sampler read it by summing 10 000 endpoints' counters, ~10 ms of the
+    loop every 2 s (issue 22, paced p99 at 10 000 agents)."""
+
+    msgs_in: int = 0
+    msgs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(slots=True)
 class EndpointStats:
     """Counters of one endpoint; they survive reconnects so rates stay meaningful."""
 
@@ -59,16 +71,22 @@ class EndpointStats:
     #: ``peer_messages_per_second`` and its reading stopped, and for how long in total.
     throttled: int = 0
     throttled_seconds: float = 0.0
+    #: The node's totals, counted along (None: this endpoint's only).
+    totals: TrafficTotals | None = None
 
     def count_received(self, nbytes: int, now: float) -> None:
         """``nbytes`` of plaintext read at loop time ``now`` (transport.TrafficStats)."""
         self.bytes_received += nbytes
         self.byte_rate_in.add(now, nbytes)
+        if self.totals is not None:
+            self.totals.bytes_in += nbytes
 
     def count_sent(self, nbytes: int, now: float) -> None:
         """``nbytes`` of plaintext written at loop time ``now`` (transport.TrafficStats)."""
         self.bytes_sent += nbytes
         self.byte_rate_out.add(now, nbytes)
+        if self.totals is not None:
+            self.totals.bytes_out += nbytes
 
     def count_throttled(self, seconds: float) -> None:
         """Reading held back ``seconds`` by the input caps (transport.TrafficStats)."""
@@ -79,4 +97,4 @@ class EndpointStats:
 #: A peer connection as the node holds it: its stats are ``EndpointStats``.
 Connection: TypeAlias = "PeerConnection[EndpointStats]"
 
-__all__ = ["ANONYMOUS", "Connection", "EndpointStats"]
+__all__ = ["ANONYMOUS", "Connection", "EndpointStats", "TrafficTotals"]
