@@ -314,7 +314,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
                 if delay > 0:
                     self._throttle(delay)
                     return
-            self._park()
+            if self.node.reads.busy:    # else nobody waits for a turn: read on
+                self._park()
 
     def _throttle(self, delay: float) -> None:
         """Over the input caps: read nothing for ``delay`` s (TCP back-pressure), then
@@ -642,10 +643,9 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self.loop.call_soon(self._flush)
         queue = self.queue
         if queue is not None and queue.bytes >= FLUSH_CHUNK and not self._writing_paused:
-            # A full chunk is waiting: write it now instead of at the end of the loop
-            # turn, which may still bring megabytes of input from other peers. Waiting
-            # let the queue reach its high-water mark (and coalesce results) although the
-            # peer reads as fast as we write.
+            # A full chunk waits: write it now, not at the end of the turn, which may bring
+            # megabytes more input (the queue reached high water, coalescing, although
+            # the peer read as fast as we wrote).
             self._write_queued()
 
     def _flush(self) -> None:
