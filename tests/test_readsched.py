@@ -186,3 +186,21 @@ def test_an_open_session_reads_short_once_the_turn_is_over_budget(run) -> None:
         owner.reads.turn_bytes = 0
         assert len(conn.get_buffer(-1)) == READ_BUFFER_SIZE
     run(main())
+
+
+def test_readers_park_only_while_others_wait_or_the_turn_is_spent(run) -> None:
+    """``busy`` tells a connection that just read whether to park: under normal load
+    (nobody waits, the turn is under budget) it reads on, without the pause and resume
+    of its transport that parking costs per read."""
+    async def main():
+        sched = ReadScheduler(asyncio.get_running_loop(), budget=100_000)
+        assert not sched.busy
+        log: list[tuple[int, str]] = []
+        reader = FakeReader("r", sched, log, [0], reads=1)
+        sched.park(reader)
+        assert sched.busy                       # someone waits for a turn
+        await asyncio.sleep(0)                  # admitted
+        assert not sched.busy
+        sched.note_read(100_000)
+        assert sched.busy                       # the turn has read its budget
+    run(main())
