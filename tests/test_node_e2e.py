@@ -293,6 +293,35 @@ def test_agent_sessions_get_a_small_kernel_receive_buffer(tmp_path, pki, run):
     run(main())
 
 
+def test_an_inbound_connection_gets_its_tls_session_with_its_first_byte(tmp_path, pki, run):
+    """A TLS session costs 17 us and ~17 KB (pyOpenSSL): an inbound connection that has
+    sent nothing has none, so 10 000 connections that never send (issue 21's flood)
+    cost neither; the first byte makes it and the handshake goes on as usual."""
+    spec = master_with_agents(tmp_path, pki)
+
+    async def main():
+        master = await spec.start("master")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", spec.port("master"))
+            await wait_until(lambda: len(master.node.all_connections) == 1,
+                             what="the idle connection accepted")
+            [idle] = master.node.all_connections
+            assert idle.state == "handshaking" and idle._tls is None
+            agent = await agent_to_master(spec, pki)        # handshakes as before
+            agent.send("event::CheckResult", check_result("agent1", "disk", "DISK OK"),
+                       ts=1700000000.5)
+            await wait_until(lambda: master.node.traffic.msgs_in >= 1, what="the result")
+            assert idle._tls is None
+            writer.write(b"\x16\x03\x01")              # the start of a ClientHello
+            await wait_until(lambda: idle._tls is not None, what="its session")
+            writer.close()
+            await agent.close()
+        finally:
+            await master.stop()
+
+    run(main())
+
+
 def test_handshake_end_and_hello_leave_in_one_write(tmp_path, pki, run, monkeypatch):
     """The last handshake step's output (here the bundled library's session tickets) is
     not sent on its own: it goes out with our Hello, one send per handshake fewer."""

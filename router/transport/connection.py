@@ -173,17 +173,14 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         #: Pre-auth admission of the listener (inbound only): caps on unauthenticated
         #: connections and concurrent handshakes (router.transport.admission).
         self._admission = admission
-        #: Whether this connection holds one of the admission's handshake slots.
-        self._has_handshake_slot = admission is None
-        #: Handshake bytes that arrived while waiting for a slot.
-        self._slot_backlog: list[bytes] | None = None
+        self._has_handshake_slot = admission is None   # holds an admission handshake slot
+        self._slot_backlog: list[bytes] | None = None  # bytes that came while waiting for one
         #: The node's budget of malformed messages for this session (set on first use).
         self.invalid_budget: RefusalBudget | None = None
         #: Caps on this session's input, bytes and messages a second (set by the node when
         #: ``[limits] peer_bytes_per_second``/``peer_messages_per_second`` are on).
         self.input_rate: PeerRate | None = None
-        #: Messages handed to the node so far (what ``input_rate`` charges).
-        self.events_received = 0
+        self.events_received = 0        # messages handed to the node (``input_rate`` charges)
         #: Set while ``input_rate`` holds our reading back (the timer that ends it).
         self._throttle_handle: asyncio.TimerHandle | None = None
         self._throttle_logged = _NEVER_LOGGED
@@ -220,16 +217,17 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self.address = f"{peername[0]}:{peername[1]}"
         # TCP_NODELAY: uvloop and asyncio both set it on every TCP transport (a test checks).
         tcp.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
-        # SNI = endpoint name, as Icinga sends it (no Environment suffix in 2.13 defaults).
-        self._tls = self._tls_library.session(server_hostname=self.expected_endpoint)
+        if self.expected_endpoint is not None:  # inbound: made on the first byte (floods)
+            # SNI = endpoint name, as Icinga sends it (no Environment suffix in 2.13).
+            self._tls = self._tls_library.session(server_hostname=self.expected_endpoint)
         self._handshake_handle = self.loop.call_later(self._handshake_timeout,
                                                       self._on_handshake_timeout)
         if self._admission is not None:
             # Older unauthenticated connections over their caps are dropped for us.
             self._admission.admit(self)
         self.node.connection_made(self)
-        if self.state == HANDSHAKING:
-            self._do_handshake()
+        if self.state == HANDSHAKING and self._tls is not None:
+            self._do_handshake()                # our ClientHello
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.state == OPEN and self.node.reads.over_budget:
@@ -244,6 +242,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         data = self.node.read_buffer[:nbytes]
         if self.state == HANDSHAKING:
             self.handshake_bytes_in += nbytes
+            if self._tls is None:   # 17 us and a few KB no idle connection costs now
+                self._tls = self._tls_library.session(server_hostname=None)
         if self.state == HANDSHAKING and self._slot_backlog:
             self._slot_backlog.append(bytes(data))     # after the bytes that waited
             return
@@ -393,7 +393,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
 
     def _start_handshake_step(self) -> None:
         session = self._tls
-        assert session is not None          # created in connection_made
+        assert session is not None          # made by the first byte
         future = self.loop.run_in_executor(self.node.tls_pool, _handshake_step, session)
         self._handshake_step = future
         future.add_done_callback(self._handshake_step_done)
