@@ -17,8 +17,8 @@ one shared 64 KiB buffer, so an idle connection holds no read buffer of its own)
    frame);
 3. hand the protocol's events to the node, write its control frames (Hello, Heartbeat)
    straight away, and re-arm the single protocol timer;
-4. park until the node's ``ReadScheduler`` readmits it (at once under normal load,
-   round-robin within a byte budget per turn under overload; ``transport.readsched``).
+4. while others wait to read or the turn's budget is spent, park until the node's
+   ``ReadScheduler`` readmits it (round-robin, a byte budget a turn; transport.readsched).
 
 Write path: the node puts frames into ``self.queue`` and calls ``schedule_flush``; one
 ``call_soon`` per loop turn joins the waiting frames into one TLS ``write`` (fewer,

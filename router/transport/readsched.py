@@ -7,7 +7,8 @@ agents x up to 256 KiB is gigabytes of input before anything is written, so the 
 stopped delivering, its memory grew, heartbeats and status requests waited seconds.
 
 The rule here: after a read while others wait for a turn or this turn has read its
-budget (``busy``), a connection *parks* (its transport stops reading) and queues up. At the end of the turn the scheduler readmits parked connections in arrival
+budget (``busy``), a connection *parks* (its transport stops reading) and queues up. At
+the end of the turn the scheduler readmits parked connections in arrival
 order until the bytes they are expected to read next (each one's last read, at least
 :data:`MIN_EXPECTED_READ`) reach :attr:`ReadScheduler.budget`; the rest wait for the next
 turn, in order. Under normal load nobody parks (turns stay under budget, nobody waits)
@@ -71,11 +72,13 @@ class ReadScheduler:
         #: twenty such turns in a row (10 000 agents) kept a satellite from writing to
         #: its parent for 17 s (issue 22, the chain's max).
         self.typical_read = float(MIN_EXPECTED_READ)
-        #: Bytes read since the last admission, i.e. in this loop turn's poll. Past the
-        #: budget every further read is cut to ``OVER_BUDGET_READ`` (``read_size``): the
-        #: budget only bounds readers coming back from their turn, and when 10 000 idle
-        #: agents all start sending at once, one poll read 64 KiB from each of them,
-        #: ~400 000 results before anything was written (issue 22, the chain's max).
+        #: Bytes read since the last admission: under load, this loop turn's poll (under
+        #: light load nobody parks and it grows until a read parks and an admission
+        #: resets it). Past the budget every further read is cut to ``OVER_BUDGET_READ``
+        #: (``PeerConnection.get_buffer``): the budget only bounds readers coming back
+        #: from their turn, and when 10 000 idle agents all start sending at once, one
+        #: poll read 64 KiB from each, ~400 000 results before anything was written
+        #: (issue 22, the chain's max).
         self.turn_bytes = 0
 
     def park(self, reader: Parked) -> None:
