@@ -10,6 +10,10 @@ with pipes; the protocol is JSON lines:
   ``{"op": "peers", "connected": [...]}`` (the node's connected set, for HA).
 * child -> node (stdout): ``{"op": "stats", "writers": {name: runner stats}}`` twice a
   second.
+* child -> node (stderr): each log record as ``{"level", "logger", "message",
+  "exception"?}``; the node logs it again through its own logging, so the writers' lines
+  come out in the node's format (``[node] log_format``, text or JSON) with its repeat
+  filter, in one stream (``service.relay_log_line``).
 
 End of stdin (the node stopped, or was killed) stops the process: nothing here outlives
 the node, and the durable queues keep what was not written yet.
@@ -260,13 +264,28 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+class RecordLines(logging.Handler):
+    """Each log record as one JSON line on stderr, for the node to log again (module
+    doc): a JSON-logging node used to get the writers' lines as plain text in between."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            doc: dict[str, Any] = {"level": record.levelno, "logger": record.name,
+                                   "message": record.getMessage()}
+            if record.exc_info:
+                doc["exception"] = logging.Formatter().formatException(record.exc_info)
+            sys.stderr.buffer.write(orjson.dumps(doc) + b"\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
 def main() -> None:
     try:
         os.nice(WRITERS_NICE)
     except OSError:                            # pragma: no cover - not permitted: run as is
         pass
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s writers[{os.getpid()}]: %(message)s")
+    logging.basicConfig(level=logging.INFO, handlers=[RecordLines()])
     try:
         import uvloop
         uvloop.install()

@@ -40,6 +40,42 @@ def _zone_endpoints(config: RouterConfig) -> tuple[str, ...]:
     return tuple(sorted(zone.endpoints)) if zone is not None else (config.node.name,)
 
 
+def relay_log_line(line: bytes) -> None:
+    """Log one line of the writers' process's stderr here, in the node's format.
+
+    A record the child wrote (``child.RecordLines``) keeps its level and logger; any
+    other line (an interpreter error before logging was set up) is an error of
+    ``router.writers``."""
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        level, name = doc.get("level"), doc.get("logger")
+        text = doc["message"]
+        if isinstance(doc.get("exception"), str):
+            text = f"{text}\n{doc['exception']}"
+        logging.getLogger(name if isinstance(name, str) and name.startswith("router.")
+                          else "router.writers").log(
+            level if isinstance(level, int) else logging.ERROR, "%s", text)
+        return
+    text = line.decode("utf-8", "replace").rstrip()
+    if text:
+        log.error("writers process: %s", text)
+
+
+async def _relay_logs(stream: asyncio.StreamReader) -> None:
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:                      # a line over the stream's limit
+            log.error("writers process: a log line over 16 MiB, dropped")
+            continue
+        if not line:
+            return
+        relay_log_line(line)
+
+
 class WritersService:
     """Node side of the result writers."""
 
@@ -108,12 +144,14 @@ class WritersService:
         env = dict(os.environ)
         self._proc = proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "router.features.writers.child",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
-            limit=16 << 20)
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, limit=16 << 20)
         assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stderr is not None
         self._peers_sent = None
         proc.stdin.write(self._configure_message())
         peers = asyncio.create_task(self._push_peers(proc))
+        logs = asyncio.create_task(_relay_logs(proc.stderr))
         try:
             while True:
                 line = await proc.stdout.readline()
@@ -131,6 +169,10 @@ class WritersService:
         finally:
             peers.cancel()
             await proc.wait()
+            try:        # its last lines (a traceback when it crashed)
+                await asyncio.wait_for(logs, 2.0)
+            except TimeoutError:
+                pass
 
     async def _push_peers(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdin is not None
