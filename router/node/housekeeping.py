@@ -131,8 +131,7 @@ class Housekeeping:
         if self._stall_index >= len(self._stall_round):
             if now - self._stall_round_start < READ_STALL_CHECK_INTERVAL:
                 return
-            host = self.host
-            self._stall_round = list(host.connections.values()) + list(host.anonymous)
+            self._stall_round = self._sessions()
             self._stall_index = 0
             self._stall_round_start = now
             suspects = self._stall_suspects
@@ -155,8 +154,12 @@ class Housekeeping:
         agent's, is minutes old). So a session is only flagged when it is seen at two
         checks in a row with input waiting and no read in between: a reading transport is
         polled many times in READ_STALL_CHECK_INTERVAL seconds."""
+        self._check_stalls(self._sessions(), now)
+
+    def _sessions(self) -> list[Connection]:
+        """Every established session, authenticated or anonymous (the watchdog's round)."""
         host = self.host
-        self._check_stalls(list(host.connections.values()) + list(host.anonymous), now)
+        return list(host.connections.values()) + list(host.anonymous)
 
     def _check_stalls(self, connections: list[Connection], now: float) -> None:
         host = self.host

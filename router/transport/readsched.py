@@ -100,7 +100,7 @@ class ReadScheduler:
         parking after every read cost a pause and a resume of the transport (two
         ``epoll_ctl`` calls and a callback) per read, most of the time for nothing (10 000
         agents paced at one result a second each, issue 22)."""
-        return bool(self._waiting) or self.turn_bytes >= self.budget
+        return bool(self._waiting) or self.over_budget
 
     @property
     def over_budget(self) -> bool:
