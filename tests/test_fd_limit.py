@@ -7,11 +7,14 @@ connections takes every descriptor the node would give. The newcomers beyond the
 reserve are refused and counted (``router_disconnects_total{reason="out_of_fds"}``),
 the agent's session is untouched and still routes, the process keeps running, and once
 the flood is gone a new peer connects again.
+
+Also: the descriptor table the node sizes at start (``reserve_fd_table``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import socket
 import subprocess
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from router.app import reserve_fd_table
 from tests.interop.routerutil import metric_value
 from tests.nodeutil import ClusterSpec, FakePeer, check_result, free_port, http_get, wait_until
 from tests.pkiutil import make_test_pki
@@ -131,3 +135,32 @@ def test_out_of_file_descriptors_refuses_newcomers_and_keeps_sessions(tmp_path: 
                 proc.kill()
                 proc.wait(5)
     assert proc.returncode == 0, log_path.read_text()[-3000:]
+
+
+def _fd_table_size() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("FDSize:"):
+            return int(line.split()[1])
+    raise AssertionError("no FDSize in /proc/self/status")
+
+
+def test_reserve_fd_table_grows_the_kernel_table_once() -> None:
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    size = _fd_table_size()
+    target = min(soft, size * 4)
+    if target <= size:
+        pytest.skip(f"RLIMIT_NOFILE {soft} leaves no room above the table's {size}")
+    assert reserve_fd_table(target)
+    assert _fd_table_size() >= target
+    with pytest.raises(OSError):
+        os.fstat(target - 1)                    # the probe descriptor is closed again
+
+
+def test_reserve_fd_table_never_takes_a_descriptor_in_use() -> None:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        assert not reserve_fd_table(fd + 1)     # fd is the table's top: in use
+        os.fstat(fd)                            # still ours
+    finally:
+        os.close(fd)
