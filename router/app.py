@@ -23,6 +23,7 @@ from router import __version__
 from router.node import enrollment, report
 from router.config import RouterConfig
 from router.transport.connector import Backoff, Connector
+from router.transport.listener import Listener
 from router.node import Node, describe_topology, name_list
 from router.node.filemodes import check_key_modes, ensure_private_dirs
 from router.ops.http import StatusServer
@@ -59,7 +60,7 @@ class RouterService:
         self.reloader: Reloader | None = None
         self._node_kwargs = node_kwargs
         self.node: Node | None = None
-        self.server: asyncio.Server | None = None
+        self.server: Listener | None = None
         self.status: StatusServer | None = None
         #: The web console on the status listener (router.node.consoleweb).
         self.console: Console | None = None
@@ -115,8 +116,9 @@ class RouterService:
             self.learned.start()
         if config.listen is not None:
             host, port = config.listen
-            self.server = await loop.create_server(node.new_inbound, host, port,
-                                                   reuse_address=True, backlog=4096)
+            self.server = Listener(loop, node.new_inbound, backlog=4096)
+            await self.server.start(host, port)
+            node.listener = self.server
         if config.status_listen is not None:
             reloader = self.reloader
             console = self.console = Console(

@@ -63,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from router.node.replay import ReplayManager
     from router.protocol.events import Event
     from router.transport.connector import Connector
+    from router.transport.listener import Listener
 
 log = logging.getLogger("router.node")
 
@@ -166,6 +167,8 @@ class Node:
         self.closing = False
         #: Set by the service: the dialler, for connect counters on /metrics.
         self.connector: Connector | None = None
+        #: Set by the service: the cluster listener, for accept error counters.
+        self.listener: Listener | None = None
         #: Set by the service when accept_commands is on: runs ExecuteCommand requests.
         self.executor: CommandExecutor | None = None
         #: Set by the service: the replay log.

@@ -232,6 +232,10 @@ def metric_families(node: Node) -> list[MetricFamily]:
             ({"endpoint": k}, v) for k, v in sorted(connector.attempts.items())]))
         fams.append(family("router_connect_failures_total", [
             ({"endpoint": k}, v) for k, v in sorted(connector.failures.items())]))
+    listener = getattr(node, "listener", None)
+    if listener is not None:
+        fams.append(family("router_accept_errors_total", [
+            ({"reason": k}, v) for k, v in sorted(listener.errors.items())]))
     fams.append(family("router_disconnects_total", [
         ({"endpoint": "-", "reason": key[0]}, v) for key, v in node.disconnects.items()]))
 

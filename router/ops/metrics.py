@@ -104,6 +104,10 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("router_status_rejected_total", "counter",
                "Status connections refused with 503 or closed at once: the listener was "
                "full."),
+    MetricSpec("router_accept_errors_total", "counter",
+               "accept() failures on the cluster listener, by reason (emfile, enfile, "
+               "enobufs, enomem: it pauses accepting a moment; econnaborted: the peer "
+               "reset while it waited).", ("reason",)),
     MetricSpec("router_connect_attempts_total", "counter",
                "Outbound connection attempts, by endpoint.", ("endpoint",)),
     MetricSpec("router_connect_failures_total", "counter",
