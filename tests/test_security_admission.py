@@ -30,6 +30,9 @@ class FakeConn:
     def handshake_slot_granted(self) -> None:
         self.granted += 1
 
+    def unread_bytes(self) -> int:
+        return 0
+
 
 # -- pure ------------------------------------------------------------------------------------
 
@@ -386,6 +389,35 @@ def test_token_bucket_waits_behind_the_handshake_slots() -> None:
     assert b.granted == 0
     adm.release(a)                            # the slot and a token: b goes
     assert b.granted == 1 and adm.tokens == 0.0
+
+
+def test_stalled_slot_holders_are_closed_a_few_per_loop_turn() -> None:
+    """A flood of stalled ClientHellos: every slot holder stalls while as many wait.
+    One check closes at most PREEMPTIONS_PER_TURN of them (each hands its slot on);
+    the rest go on the next turns (a 0 s timer), not all 200 in one callback."""
+    from router.transport.admission import PREEMPTIONS_PER_TURN as PER_TURN
+    clock = FakeClock()
+    adm = Admission(1000, 1000, max_handshakes=50, clock=clock, call_later=clock.call_later,
+                    stall_after=2.0)
+    holders = [FakeConn(f"10.0.3.{i}:1") for i in range(50)]
+    waiting = [FakeConn(f"10.0.4.{i}:1") for i in range(50)]
+    for conn in holders + waiting:
+        adm.admit(conn)
+        adm.begin_handshake(conn)
+    assert adm.handshaking == 50 and adm.waiting == 50
+    clock.advance(1.0)                          # the first check: nobody stalled 2 s yet
+    assert not any(c.aborted for c in holders)
+    clock.advance(1.0)                          # the next one: all stalled, a few go
+    assert sum(1 for c in holders if c.aborted) == PER_TURN
+    assert sum(c.granted for c in waiting) == PER_TURN
+    turns = 1
+    while any(not c.aborted for c in holders):
+        clock.advance(0.0)                      # the next loop turn
+        turns += 1
+        assert sum(1 for c in holders if c.aborted) <= PER_TURN * turns
+    assert turns == -(-50 // PER_TURN)
+    assert all(c.granted == 1 for c in waiting) and adm.waiting == 0
+    assert adm.evicted["stalled_handshake"] == 50
 
 
 def test_new_connection_limits_are_validated_and_default_off() -> None:

@@ -60,6 +60,14 @@ log = logging.getLogger("router.transport")
 #: Seconds between two log lines about evictions for the same address and cap.
 LOG_INTERVAL = 10.0
 
+#: Stalled slot holders one stall check closes in one loop turn; more wait for the next
+#: turn. Each one closed starts a waiting handshake: under a flood of stalled
+#: ClientHellos a check that freed all 200 slots at once held the loop 15-20 ms.
+PREEMPTIONS_PER_TURN = 16
+
+#: Handshake deadlines acted on in one loop turn (``Admission.expire_soon``).
+EXPIRIES_PER_TURN = 32
+
 #: Most bytes of peer data in one log line about an unauthenticated peer.
 PEER_TEXT_LIMIT = 200
 
@@ -204,6 +212,9 @@ class Admission:
         self.rate_limited = 0
         #: (address, why) -> (monotonic time of the last line, evictions since)
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
+        #: Handshake deadlines that passed, acted on a few per loop turn (expire_soon).
+        self._expiring: deque[Callable[[], None]] = deque()
+        self._expiry_armed = False
 
     @property
     def pending(self) -> int:
@@ -378,11 +389,40 @@ class Admission:
         self._stall_check_armed = True
         self.call_later(self.stall_after / 2, self._on_stall_check)
 
+    def expire_soon(self, expire: Callable[[], None]) -> None:
+        """Run ``expire`` (a handshake deadline that passed) in a later loop turn, at
+        most ``EXPIRIES_PER_TURN`` a turn. Connections of a flood arrive within a second
+        and their deadlines pass together: closing 10 000 of them as their timers fired
+        (each handing its handshake slot on) kept honest agents' results waiting 5-10
+        ms. Without ``call_later`` (tests) it runs at once."""
+        if self.call_later is None:
+            expire()
+            return
+        self._expiring.append(expire)
+        if not self._expiry_armed:
+            self._expiry_armed = True
+            self.call_later(0.0, self._on_expiries)
+
+    def _on_expiries(self) -> None:
+        expiring = self._expiring
+        for _ in range(min(EXPIRIES_PER_TURN, len(expiring))):
+            expiring.popleft()()
+        if expiring and self.call_later is not None:
+            self.call_later(0.0, self._on_expiries)
+        else:
+            self._expiry_armed = False
+
     def _on_stall_check(self) -> None:
         self._stall_check_armed = False
-        while (self._waiting and len(self._handshaking) >= self.max_handshakes
-               and self._preempt_stalled()):
-            pass
+        for _ in range(PREEMPTIONS_PER_TURN):
+            if not (self._waiting and len(self._handshaking) >= self.max_handshakes
+                    and self._preempt_stalled()):
+                break
+        else:
+            if self._waiting and self.call_later is not None:
+                self._stall_check_armed = True      # more may be due: the next turn
+                self.call_later(0.0, self._on_stall_check)
+                return
         if self._waiting:
             self._arm_stall_check()
 

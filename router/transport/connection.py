@@ -8,21 +8,18 @@ ourselves (``router.tlslib``: pyOpenSSL or Python's ``ssl``) gives the node ever
 handshake failure with its reason (counted and logged with the address), the peer
 certificate, a hard handshake deadline, and small per-connection memory.
 
-Data path, per read (``BufferedProtocol``: the socket is read straight into the node's
-one shared 64 KiB buffer, so an idle connection holds no read buffer of its own):
+Data path, per read (``BufferedProtocol``: into the node's one shared 64 KiB buffer):
 
 1. feed the TCP bytes into the TLS session;
-2. while handshaking, drive ``do_handshake``; afterwards read all available plaintext
-   in one go and hand it to ``PeerProtocol.receive_data`` (one call per read, not per
-   frame);
+2. while handshaking, drive ``do_handshake``; afterwards hand all available plaintext
+   to ``PeerProtocol.receive_data`` (one call per read, not per frame);
 3. hand the protocol's events to the node, write its control frames (Hello, Heartbeat)
    straight away, and re-arm the single protocol timer;
 4. while others wait to read or the turn's budget is spent, park until the node's
    ``ReadScheduler`` readmits it (round-robin, a byte budget a turn; transport.readsched).
 
-Write path: the node puts frames into ``self.queue`` and calls ``schedule_flush``; one
-``call_soon`` per loop turn joins the waiting frames into one TLS ``write`` (fewer,
-fuller TLS records) until the transport asks us to pause writing.
+Write path: the node queues frames (``self.queue``, ``schedule_flush``); one ``call_soon``
+a loop turn joins them into one TLS ``write`` until the transport asks us to pause.
 """
 
 from __future__ import annotations
@@ -67,8 +64,6 @@ HANDSHAKING = "handshaking"
 OPEN = "open"
 CLOSING = "closing"
 CLOSED = "closed"
-
-
 #: The owner's per-endpoint stats type (the node's ``EndpointStats``).
 StatsT = TypeVar("StatsT", bound=TrafficStats)
 
@@ -513,7 +508,13 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
 
     def _on_handshake_timeout(self) -> None:
         self._handshake_handle = None
-        if self.state == HANDSHAKING:
+        if self._admission is None:
+            self._expire_handshake()
+        else:                               # inbound: a flood's deadlines pass together
+            self._admission.expire_soon(self._expire_handshake)
+
+    def _expire_handshake(self) -> None:
+        if self.state == HANDSHAKING:       # (it may have finished while it waited)
             self._fail_handshake(TimeoutError(
                 f"TLS handshake not finished within {self._handshake_timeout:g} s"))
             if self.transport is not None:
@@ -748,11 +749,9 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self.transport.close()
 
     def fileno(self) -> int:
-        """The socket's file descriptor, -1 when there is none (closed, or no socket).
-
-        The kernel hands out the lowest free descriptor, so an accepted socket's number
-        tells how many descriptors are in use: the node refuses newcomers near
-        RLIMIT_NOFILE with it (``Sessions.connection_made``)."""
+        """The socket's descriptor (-1: none). The kernel hands out the lowest free one,
+        so it tells how many are in use (``Sessions.connection_made`` refuses near the
+        limit)."""
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
         try:
             return int(sock.fileno()) if sock is not None else -1
