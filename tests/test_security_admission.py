@@ -420,6 +420,27 @@ def test_stalled_slot_holders_are_closed_a_few_per_loop_turn() -> None:
     assert adm.evicted["stalled_handshake"] == 50
 
 
+def test_passed_handshake_deadlines_are_acted_on_a_few_per_loop_turn() -> None:
+    from router.transport.admission import EXPIRIES_PER_TURN as PER_TURN
+    clock = FakeClock()
+    adm = Admission(1000, 1000, 1000, clock=clock, call_later=clock.call_later)
+    done: list[int] = []
+    for i in range(100):
+        adm.expire_soon(lambda i=i: done.append(i))
+    assert done == [] and len(clock.timers) == 1     # one timer for all of them
+    clock.advance(0.0)
+    assert done == list(range(PER_TURN))             # the oldest first, a turn's worth
+    while len(done) < 100:
+        clock.advance(0.0)
+    assert done == list(range(100)) and not clock.timers
+    adm.expire_soon(lambda: done.append(100))        # idle again: a new timer
+    clock.advance(0.0)
+    assert done[-1] == 100
+    at_once = Admission(10, 10, 10)                  # no call_later: at once
+    at_once.expire_soon(lambda: done.append(101))
+    assert done[-1] == 101
+
+
 def test_new_connection_limits_are_validated_and_default_off() -> None:
     from router.config import parse_config
     from router.config.emit import config_to_toml
