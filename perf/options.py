@@ -43,6 +43,7 @@ class Options:
     only_against: bool = False           # only the --against session (no router session)
     flood_repeat: int = 2                # floods: quiet/flood window pairs per flood kind
     pin_node_cpu: int | None = None      # floods: the node on this CPU, the rest on the others
+    flooder_nice: int = 19               # floods: the flooder's nice value (0: as the agents)
 
 
 #: Kernel memory the emulated agents' send buffers may take together (see agent_sndbuf).
