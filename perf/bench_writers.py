@@ -87,7 +87,8 @@ class MasterWatch:
         self._thread.join(5)
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far: the master, its writers' process, carbon, influxd."""
+        """CPU seconds so far: the master, its writers' process, carbon, influxd and (with
+        ``--postgresql-dsn`` to a server on this machine) PostgreSQL with its backends."""
         out: dict[str, float] = {}
         if self.pid is None:
             return out
@@ -100,10 +101,13 @@ class MasterWatch:
                 out["writers_process"] = out.get("writers_process", 0.0) + t.user + t.system
         except psutil.Error:
             pass
-        for name, proc in self.backends.items():
+        for name, pid in self.backends.items():
             try:
-                t = psutil.Process(proc).cpu_times()
-                out[name] = t.user + t.system
+                # with its children: PostgreSQL's work is in a backend per connection
+                # (and its checkpointer and WAL writer), not in the postmaster
+                proc = psutil.Process(pid)
+                out[name] = sum(sum(p.cpu_times()[:2])
+                                for p in [proc, *proc.children(recursive=True)])
             except psutil.Error:
                 pass
         return out
@@ -149,6 +153,26 @@ def _patch_chain(watch: MasterWatch) -> None:
     chain.ChainTarget.start = start  # type: ignore[method-assign]
 
 
+def postgresql_server_pid(dsn: str) -> int | None:
+    """The PostgreSQL server (postmaster) behind ``dsn`` when it runs on this machine: the
+    process listening on the DSN's port. None when it is elsewhere or cannot be told."""
+    from urllib.parse import urlsplit
+    try:
+        port = urlsplit(dsn).port if "://" in dsn else next(
+            (int(kv.split("=", 1)[1]) for kv in dsn.split() if kv.startswith("port=")), None)
+    except ValueError:
+        return None
+    port = port or 5432
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                pid: int | None = conn.pid
+                return pid
+    except psutil.Error:
+        return None
+    return None
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -171,6 +195,9 @@ def one_run(args: argparse.Namespace, writers: bool, base: Path) -> dict[str, An
         toml = writers_toml(carbon, influx, args.postgresql_dsn)
         assert carbon.proc is not None and influx.proc is not None
         watch.backends = {"carbon": carbon.proc.pid, "influxd": influx.proc.pid}
+        pg = postgresql_server_pid(args.postgresql_dsn) if args.postgresql_dsn else None
+        if pg is not None:
+            watch.backends["postgresql"] = pg
     watch.start()
     try:
         result = run(Options(endpoints=args.endpoints, rate=None, duration=args.duration,

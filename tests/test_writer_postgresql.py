@@ -511,3 +511,14 @@ def test_runner_retries_an_unreachable_database_then_writes_the_backlog(
         run(scenario())
     finally:
         shared.close()
+
+
+def test_bench_writers_finds_the_postgresql_server_behind_a_dsn(postgresql_server) -> None:
+    """perf.bench_writers reports PostgreSQL's CPU (its postmaster and backends) beside
+    the writers' process, carbon and influxd: it finds the server by the DSN's port."""
+    from perf.bench_writers import postgresql_server_pid
+    pid = postgresql_server.postmaster_pid()
+    assert pid is not None
+    assert postgresql_server_pid(postgresql_server.dsn("bench")) == pid
+    assert postgresql_server_pid(f"host=127.0.0.1 port={postgresql_server.port}") == pid
+    assert postgresql_server_pid("postgresql://u@127.0.0.1:1/x") is None   # nobody there
