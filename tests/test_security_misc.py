@@ -76,6 +76,26 @@ def test_executed_command_only_from_where_the_command_went(tmp_path, pki, run, c
     run(main())
 
 
+def test_who_may_answer_a_relayed_execution_is_decided_by_the_zone_tree() -> None:
+    """Kept per execution: only the target zone's name (``Executions.may_answer``)."""
+    from types import SimpleNamespace
+
+    from router.node.executions import Executions
+    from router.routing import EndpointSpec, Topology, ZoneSpec
+    zones = [ZoneSpec("master", ("m1",)), ZoneSpec("sat", ("s1",), parent="master"),
+             ZoneSpec("sub", ("u1",), parent="sat"), ZoneSpec("agent", ("a1",), parent="sub"),
+             ZoneSpec("other", ("o1",), parent="sat")]
+    topology = Topology(zones, [EndpointSpec(n) for n in ("m1", "s1", "u1", "a1", "o1")],
+                        "s1")                                # we are the satellite
+    executions = Executions(SimpleNamespace(topology=topology))  # type: ignore[arg-type]
+    may = executions.may_answer
+    assert may("agent", "agent") and may("sub", "agent")     # the target and the path to it
+    assert not may("other", "agent") and not may("sat", "agent") \
+        and not may("master", "agent") and not may(None, "agent")
+    assert may("sat", None) and may("sat", "sat") and not may("sub", "sat")
+    assert executions.answer_zones("agent") == ["agent", "sub"]
+
+
 # -- S5 ------------------------------------------------------------------------------------------
 
 def test_private_dirs_are_0700_under_umask_000(tmp_path, pki, run):

@@ -59,13 +59,9 @@ class Executions:
     def __init__(self, host: ExecutionHost) -> None:
         self.host = host
         #: execution id (the request's ``source``) -> (requester, expiry wall-clock time,
-        #: zones whose endpoints may answer it)
-        self.pending: dict[str, tuple[str, float, frozenset[str]]] = {}
+        #: the zone it was relayed towards: ``may_answer`` tells who may answer it)
+        self.pending: dict[str, tuple[str, float, str | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        #: ``answer_zones`` by target zone, for ``_zones_topology`` (a reload makes a
-        #: new topology object, which empties it; at most one entry per zone)
-        self._zones_cache: dict[str | None, frozenset[str]] = {}
-        self._zones_topology: object = None
 
     def execute(self, conn: Connection, params: dict[str, Any]) -> None:
         """A parent asks us to run a check (command_endpoint) or an API execution."""
@@ -102,29 +98,33 @@ class Executions:
             log.warning("[%s] result of %r dropped: the requester is no longer connected",
                         requester, params.get("command"))
 
-    def answer_zones(self, target_zone: str | None) -> frozenset[str]:
+    def answer_zones(self, target_zone: str | None) -> list[str]:
         """The zones an answer for a command relayed towards ``target_zone`` may come
         from: that zone and its ancestors below our own zone (the path it went down).
-
-        One frozenset per target zone and topology, shared by all its pending
-        executions: each is kept ``EXECUTION_GRACE`` (11 minutes) after its deadline,
-        and at 10 API executions a second a set of its own per record was 1.3 MB of
-        the soak's growth (issue 21)."""
+        For the refusal's log line; the check itself is ``may_answer``."""
         topology = self.host.topology
-        if self._zones_topology is not topology:
-            self._zones_topology = topology
-            self._zones_cache = {}
-        cached = self._zones_cache.get(target_zone)
-        if cached is not None:
-            return cached
         local = topology.local_zone
         if target_zone is None or target_zone == local:
-            zones = frozenset((local,))
-        else:
-            path = [target_zone, *topology.ancestors(target_zone)]
-            zones = frozenset(z for z in path if topology.is_ancestor(local, z))
-        self._zones_cache[target_zone] = zones
-        return zones
+            return [local]
+        return [z for z in (target_zone, *topology.ancestors(target_zone))
+                if topology.is_ancestor(local, z)]
+
+    def may_answer(self, sender_zone: str | None, target_zone: str | None) -> bool:
+        """Whether an endpoint of ``sender_zone`` may answer a command relayed towards
+        ``target_zone``: ``sender_zone`` is on ``answer_zones(target_zone)``.
+
+        Asked when the answer comes, with nothing kept per execution or zone but the
+        target zone's name: each execution is kept ``EXECUTION_GRACE`` (11 minutes)
+        after its deadline, and a set per record, then a cached one per target zone
+        (5 000 agent zones), were the soak's growth (issue 21)."""
+        topology = self.host.topology
+        local = topology.local_zone
+        if target_zone is None or target_zone == local:
+            return sender_zone == local
+        if sender_zone is None:
+            return False
+        return ((sender_zone == target_zone or topology.is_ancestor(sender_zone, target_zone))
+                and topology.is_ancestor(local, sender_zone))
 
     def remember(self, requester: str, params: dict[str, Any],
                  target_zone: str | None = None) -> None:
@@ -139,7 +139,7 @@ class Executions:
         deadline = params.get("deadline")
         expires = (float(deadline) if isinstance(deadline, (int, float)) else time.time()) \
             + EXECUTION_GRACE
-        self.pending[source] = (requester, expires, self.answer_zones(target_zone))
+        self.pending[source] = (requester, expires, target_zone)
 
     def executed(self, conn: Connection, msg: jsonrpc.Message) -> None:
         """The answer of a relayed execution: to its requester, or refused."""
@@ -152,12 +152,12 @@ class Executions:
                              "no relayed execute-command request with this execution id", msg)
             return
         sender_zone = self.host.topology.zone_of(conn.endpoint or "")
-        if sender_zone not in pending[2]:
+        if not self.may_answer(sender_zone, pending[2]):
             # Not where the command went: a guessed or leaked id (issue 16 S4).
             self.host.refuse(conn, EXECUTED_COMMAND, "wrong_endpoint",
                              f"execution {execution[:64]!r} was sent towards zone(s) "
-                             f"{', '.join(sorted(pending[2]))}, not to zone {sender_zone}",
-                             msg)
+                             f"{', '.join(sorted(self.answer_zones(pending[2])))}, not to "
+                             f"zone {sender_zone}", msg)
             return
         del self.pending[execution]
         # Sent directly to the requester, like Icinga (no ts: SyncSendMessage).
