@@ -199,6 +199,13 @@ class Harness:
                                                         self.conns.items()}
 
     def close(self) -> None:
+        # The loop never ran: tasks the node made (a certificate request's worker) are
+        # cancelled and run to their end, not left as never-awaited coroutines.
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
 
 
