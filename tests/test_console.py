@@ -18,6 +18,7 @@ from router.cli import main as cli_main
 from router.config import parse_config
 from router.errors import ConfigError
 from router.node import Node
+from router.node.stats import MSGS_IN
 from router.node.console import (
     ENDPOINT_COLUMNS,
     Caches,
@@ -154,7 +155,7 @@ def test_document_from_a_node_with_endpoint_states(tmp_path, pki):
             stats = node.endpoint_stats(f"agent{i}")
             stats.received["event::CheckResult"] = 10 + i
             node.traffic.msgs_in += 10 + i      # the node counts its totals beside
-            stats.rate_in.add(loop_now, 5)
+            stats.rates.add(MSGS_IN, loop_now, 5)
             stats.bytes_received = 1000 * i
             stats.refused[("event::CheckResult", "not_allowed")] = 1
             stats.icinga_version = 21306

@@ -24,7 +24,7 @@ from router.ops.metrics import (
     CATALOG,
     LabeledCounter,
     MetricFamily,
-    RateMeter,
+    RateSeries,
     family,
     process_families,
     process_info,
@@ -198,6 +198,39 @@ def test_labeled_counter() -> None:
 # --------------------------------------------------------------------------- rate meter
 
 
+class RateMeter:
+    """One series of a RateSeries, the shape the tests below were written for."""
+
+    def __init__(self) -> None:
+        self.series = RateSeries(1)
+
+    def add(self, now: float, n: int = 1) -> None:
+        self.series.add(0, now, n)
+
+    def count(self, now: float) -> int:
+        return self.series.count(0, now)
+
+    def rate(self, now: float) -> float:
+        return self.series.rate(0, now)
+
+    @property
+    def total(self) -> int:
+        return self.series.total(0)
+
+
+def test_rate_series_are_independent_and_share_the_window() -> None:
+    r = RateSeries(4)
+    assert r.total(2) == 0 and r.count(3, 100.0) == 0 and r._buckets is None
+    r.add(0, 100.0)
+    r.add(2, 100.5, 1000)
+    r.add(2, 130.0, 24)
+    assert [r.count(i, 130.0) for i in range(4)] == [1, 0, 1024, 0]
+    assert r.count(2, 159.9) == 1024                  # second 100 still in (100..159)
+    assert [r.count(i, 160.0) for i in range(4)] == [0, 0, 24, 0]
+    assert [r.total(i) for i in range(4)] == [1, 0, 1024, 0]
+    assert r.rate(2, 160.0) == pytest.approx(24 / 60)
+
+
 def test_rate_meter_empty() -> None:
     m = RateMeter()
     assert m.rate(1000.0) == 0.0
@@ -294,6 +327,30 @@ def test_rate_meter_matches_naive_model() -> None:
         head = max(head, int(now))
         expected = sum(k for s, k in events if head - 60 < s <= head)
         assert m.count(now) == expected
+
+
+def test_rate_series_match_the_naive_model_each() -> None:
+    """Four series written in random order: each equals its own naive window."""
+    import random
+
+    rng = random.Random(7)
+    r = RateSeries(4)
+    events: list[tuple[int, int, int]] = []
+    head = 0
+    t = 5_000.0
+    for _ in range(3000):
+        t += rng.choice([0.0, 0.0, 0.3, 1.0, 2.5, 59.0, 61.0, 140.0])
+        series, n = rng.randrange(4), rng.randint(1, 9)
+        r.add(series, t, n)
+        head = max(head, int(t))
+        events.append((series, head, n))
+        now = t + rng.choice([0.0, 0.5, 30.0])
+        head = max(head, int(now))
+        for i in range(4):
+            expected = sum(k for s, sec, k in events if s == i and head - 60 < sec <= head)
+            assert r.count(i, now) == expected
+    assert [r.total(i) for i in range(4)] == [sum(k for s, _, k in events if s == i)
+                                              for i in range(4)]
 
 
 # --------------------------------------------------------------------------- process

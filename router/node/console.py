@@ -27,7 +27,8 @@ from cryptography import x509
 
 from router import __version__, pki
 from router.node import report
-from router.ops.metrics import RateMeter
+from router.node.stats import BYTES_IN, BYTES_OUT, MSGS_IN, MSGS_OUT
+from router.ops.metrics import RateSeries
 from router.routing import Relation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -407,9 +408,9 @@ def _counts(pairs: Iterable[tuple[Any, int | float]]) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def _count(meter: RateMeter, now: float) -> int:
-    """Events of a meter in the last minute; a meter that never counted costs nothing."""
-    return meter.count(now) if meter.total else 0
+def _count(rates: RateSeries, series: int, now: float) -> int:
+    """Events of a series in the last minute; one that never counted costs nothing."""
+    return rates.count(series, now) if rates.total(series) else 0
 
 
 def _static_parts(node: Node, caches: Caches) -> tuple[list[tuple[str, str | None, str, int]],
@@ -472,9 +473,10 @@ def endpoint_rows(node: Node, caches: Caches, replay: dict[str, dict[str, Any]],
             direction = _DIRECTION.get(conn.direction, conn.direction)
             address = conn.address
         if stats is not None:
-            m_in, m_out = _count(stats.rate_in, loop_now), _count(stats.rate_out, loop_now)
-            b_in = _count(stats.byte_rate_in, loop_now)
-            b_out = _count(stats.byte_rate_out, loop_now)
+            rates = stats.rates
+            m_in, m_out = _count(rates, MSGS_IN, loop_now), _count(rates, MSGS_OUT, loop_now)
+            b_in = _count(rates, BYTES_IN, loop_now)
+            b_out = _count(rates, BYTES_OUT, loop_now)
             sums[0] += m_in
             sums[1] += m_out
             sums[2] += b_in
@@ -575,10 +577,8 @@ def console_document(node: Node, *, caches: Caches, sampler: Sampler | None = No
         loop_now = node.loop.time()
         rates = [0, 0, 0, 0]
         for stats in node.stats.values():
-            rates[0] += _count(stats.rate_in, loop_now)
-            rates[1] += _count(stats.rate_out, loop_now)
-            rates[2] += _count(stats.byte_rate_in, loop_now)
-            rates[3] += _count(stats.byte_rate_out, loop_now)
+            for series in (MSGS_IN, MSGS_OUT, BYTES_IN, BYTES_OUT):
+                rates[series] += _count(stats.rates, series, loop_now)
     own_expiry = caches.own_certificate_expiry(config.tls.cert)
     reload = reload_status() if reload_status is not None else None
     now_totals = totals(node)

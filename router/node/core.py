@@ -52,7 +52,8 @@ from router.node.housekeeping import LOG_POSITION_INTERVAL, Housekeeping
 from router.node.receipts import ORIGIN_KEY, Receipts
 from router.node.replay import receipt_position
 from router.node.sessions import Sessions
-from router.node.stats import ANONYMOUS, Connection, EndpointStats, TrafficTotals
+from router.node.stats import (ANONYMOUS, MSGS_IN, MSGS_OUT, Connection, EndpointStats,
+                               TrafficTotals)
 from router.node.texts import REFUSAL_TEXT, RateLimitedLog, method_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -332,7 +333,7 @@ class Node:
             received = stats.received
             received[label] = received.get(label, 0) + 1
             self.traffic.msgs_in += 1
-            stats.rate_in.add(self.loop.time())
+            stats.rates.add(MSGS_IN, self.loop.time())
             stats.last_message_received = time.time()
         endpoint = conn.endpoint
         if endpoint is None:
@@ -616,7 +617,7 @@ class Node:
         for method in methods:
             sent[method] = sent.get(method, 0) + 1
         self.traffic.msgs_out += len(methods)
-        stats.rate_out.add(self.loop.time(), len(methods))
+        stats.rates.add(MSGS_OUT, self.loop.time(), len(methods))
         stats.last_message_sent = time.time()
 
     def queue_drained(self, conn: Connection) -> None:

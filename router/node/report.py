@@ -14,6 +14,7 @@ from router import __version__
 from router.ops.exposition import metrics_route
 from router.ops.http import Route, json_response, text_response
 from router.ops.metrics import MetricFamily, family, process_families, process_info
+from router.node.stats import BYTES_IN, BYTES_OUT, MSGS_IN, MSGS_OUT
 from router.node.writerstats import writer_families
 from router.routing import Relation
 
@@ -108,10 +109,10 @@ def endpoints(node: Node, only: str | None = None) -> list[dict[str, Any]]:
             "messages_sent": sum(stats.sent.values()) if stats else 0,
             "bytes_received": stats.bytes_received if stats else 0,
             "bytes_sent": stats.bytes_sent if stats else 0,
-            "messages_received_per_second": stats.rate_in.rate(now) if stats else 0.0,
-            "messages_sent_per_second": stats.rate_out.rate(now) if stats else 0.0,
-            "bytes_received_per_second": stats.byte_rate_in.rate(now) if stats else 0.0,
-            "bytes_sent_per_second": stats.byte_rate_out.rate(now) if stats else 0.0,
+            "messages_received_per_second": stats.rates.rate(MSGS_IN, now) if stats else 0.0,
+            "messages_sent_per_second": stats.rates.rate(MSGS_OUT, now) if stats else 0.0,
+            "bytes_received_per_second": stats.rates.rate(BYTES_IN, now) if stats else 0.0,
+            "bytes_sent_per_second": stats.rates.rate(BYTES_OUT, now) if stats else 0.0,
             # "is not None": an empty SendQueue is falsy (__len__).
             "send_queue_bytes": (queue.bytes + conn.write_buffer_size  # type: ignore[union-attr]
                                  if queue is not None else 0),
@@ -253,8 +254,8 @@ def metric_families(node: Node) -> list[MetricFamily]:
             refused.append(({"endpoint": label, "method": method, "reason": reason}, n))
         bytes_in.append(({"endpoint": label}, stats.bytes_received))
         bytes_out.append(({"endpoint": label}, stats.bytes_sent))
-        rate_in.append(({"endpoint": label}, stats.rate_in.rate(now)))
-        rate_out.append(({"endpoint": label}, stats.rate_out.rate(now)))
+        rate_in.append(({"endpoint": label}, stats.rates.rate(MSGS_IN, now)))
+        rate_out.append(({"endpoint": label}, stats.rates.rate(MSGS_OUT, now)))
         coalesced.append(({"endpoint": label}, stats.coalesced))
         conn = node.connections.get(name)
         queue = conn.queue if conn is not None else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
-from router.ops.metrics import RateMeter
+from router.ops.metrics import RateSeries
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.transport import PeerConnection
@@ -30,6 +30,10 @@ class TrafficTotals:
     bytes_out: int = 0
 
 
+#: The series of ``EndpointStats.rates``.
+MSGS_IN, MSGS_OUT, BYTES_IN, BYTES_OUT = range(4)
+
+
 @dataclass(slots=True)
 class EndpointStats:
     """Counters of one endpoint; they survive reconnects so rates stay meaningful."""
@@ -41,11 +45,9 @@ class EndpointStats:
     refused: dict[tuple[str, str], int] = field(default_factory=dict)
     bytes_received: int = 0
     bytes_sent: int = 0
-    rate_in: RateMeter = field(default_factory=RateMeter)
-    rate_out: RateMeter = field(default_factory=RateMeter)
-    #: Plaintext bytes per second, for the cluster-zone check's byte-rate perfdata.
-    byte_rate_in: RateMeter = field(default_factory=RateMeter)
-    byte_rate_out: RateMeter = field(default_factory=RateMeter)
+    #: Messages and plaintext bytes per second, in and out (``MSGS_IN``, ``MSGS_OUT``,
+    #: ``BYTES_IN``, ``BYTES_OUT``); bytes for the cluster-zone check's perfdata.
+    rates: RateSeries = field(default_factory=lambda: RateSeries(4))
     last_message_received: float | None = None
     last_message_sent: float | None = None
     connected_since: float | None = None
@@ -77,14 +79,14 @@ class EndpointStats:
     def count_received(self, nbytes: int, now: float) -> None:
         """``nbytes`` of plaintext read at loop time ``now`` (transport.TrafficStats)."""
         self.bytes_received += nbytes
-        self.byte_rate_in.add(now, nbytes)
+        self.rates.add(BYTES_IN, now, nbytes)
         if self.totals is not None:
             self.totals.bytes_in += nbytes
 
     def count_sent(self, nbytes: int, now: float) -> None:
         """``nbytes`` of plaintext written at loop time ``now`` (transport.TrafficStats)."""
         self.bytes_sent += nbytes
-        self.byte_rate_out.add(now, nbytes)
+        self.rates.add(BYTES_OUT, now, nbytes)
         if self.totals is not None:
             self.totals.bytes_out += nbytes
 
@@ -97,4 +99,5 @@ class EndpointStats:
 #: A peer connection as the node holds it: its stats are ``EndpointStats``.
 Connection: TypeAlias = "PeerConnection[EndpointStats]"
 
-__all__ = ["ANONYMOUS", "Connection", "EndpointStats", "TrafficTotals"]
+__all__ = ["ANONYMOUS", "BYTES_IN", "BYTES_OUT", "MSGS_IN", "MSGS_OUT", "Connection",
+           "EndpointStats", "TrafficTotals"]

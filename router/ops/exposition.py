@@ -1,7 +1,7 @@
 """The ``/metrics`` exposition through prometheus_client.
 
 The node keeps its own plain counters (ints, :class:`~router.ops.metrics.LabeledCounter`,
-:class:`~router.ops.metrics.RateMeter`); nothing on the hot path touches prometheus_client.
+:class:`~router.ops.metrics.RateSeries`); nothing on the hot path touches prometheus_client.
 Only when ``/metrics`` is scraped, :class:`FamilyCollector` calls its source (for a node
 ``router.node.report.metric_families``) and turns the :class:`MetricFamily` list into
 prometheus_client metric families; prometheus_client then renders them in the Prometheus
