@@ -167,6 +167,7 @@ def test_close_stops_accepting_and_keeps_established_connections(run) -> None:
         await _until(lambda: len(Counting.made) == 1)
         lst.close()
         await lst.wait_closed()
+        assert lst.sockets == []                 # as asyncio.Server: none after close
         with pytest.raises(ConnectionRefusedError):
             await asyncio.to_thread(_connect, port, 1)
         transport = Counting.made[0].transport

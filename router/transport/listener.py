@@ -169,6 +169,7 @@ class Listener:
             if sock not in self._paused:
                 self.loop.remove_reader(sock.fileno())
             sock.close()
+        self.sockets = []       # as Server.close: no sockets (listen_port is None then)
         self._paused.clear()
 
     async def wait_closed(self) -> None:
