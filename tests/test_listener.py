@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 
 import pytest
 
 from router.transport import listener as listener_mod
-from router.transport.listener import Listener
+from router.node.texts import RateLimitedLog
+from router.transport.listener import Listener as _Listener
+
+
+def Listener(loop, factory, **kwargs) -> _Listener:  # noqa: N802 - reads as the class
+    """The listener with a rate-limited log as the node gives it."""
+    ratelog = RateLimitedLog(logging.getLogger("router.transport"))
+    return _Listener(loop, factory, ratelog=ratelog, **kwargs)
 
 
 class Counting(asyncio.Protocol):

@@ -12,9 +12,10 @@ connect/close loops): 92 and 54 ms against 106 and 85 ms; no difference for bare
 connect/close loops. A modest gain, not the cure of the flood latencies (issue 21).
 
 Out of descriptors (``EMFILE``/``ENFILE``) or kernel memory, ``accept`` fails while the
-backlog stays readable: the listener stops polling for ``ERROR_PAUSE`` seconds (counted
-and logged, existing sessions untouched) instead of spinning on it. The node refuses
-newcomers before it gets there (``Sessions.fd_ceiling``); this is the last line.
+backlog stays readable: the listener stops polling for ``ERROR_PAUSE`` seconds instead
+of spinning on it (counted, logged through the node's rate-limited log, established
+sessions untouched). The node refuses newcomers before it gets there
+(``Sessions.fd_ceiling``); this is the last line.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import asyncio
 import errno
 import logging
 import socket
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.transport.owner import RateLimitedLogger
 
 log = logging.getLogger("router.transport")
 
@@ -48,9 +51,13 @@ class Listener:
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  protocol_factory: Callable[[], asyncio.BaseProtocol], *,
-                 backlog: int = 4096, per_turn: int = ACCEPTS_PER_TURN) -> None:
+                 ratelog: RateLimitedLogger, backlog: int = 4096,
+                 per_turn: int = ACCEPTS_PER_TURN) -> None:
         self.loop = loop
         self.protocol_factory = protocol_factory
+        #: The node's log of at most one line per key and interval: a flood of accept
+        #: failures must not flood the log.
+        self.ratelog = ratelog
         self.backlog = backlog
         self.per_turn = max(1, per_turn)
         self.sockets: list[socket.socket] = []
@@ -61,7 +68,6 @@ class Listener:
         self._paused: set[socket.socket] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self._next_log = 0.0
 
     async def start(self, host: str | None, port: int) -> None:
         """Bind and listen on every address ``host`` resolves to (all when None)."""
@@ -127,7 +133,8 @@ class Listener:
         except Exception as exc:  # noqa: BLE001 - the peer's problem, not the listener's
             self.attach_failures += 1
             conn.close()
-            self._log(logging.WARNING, "could not set up an accepted connection: %r", exc)
+            self.ratelog.log(("listener", "attach"), logging.WARNING,
+                             "could not set up an accepted connection: %r", exc)
 
     def _failed(self, sock: socket.socket, exc: OSError) -> None:
         """An accept error other than "nothing waits": count it; for a shortage of
@@ -140,9 +147,10 @@ class Listener:
         self._paused.add(sock)
         self.loop.remove_reader(sock.fileno())
         self.loop.call_later(ERROR_PAUSE, self._resume, sock)
-        self._log(logging.ERROR, "cannot accept connections on %s (%s); new connections "
-                  "wait in the backlog, pausing %.1f s (established sessions are not "
-                  "affected)", _address(sock), exc, ERROR_PAUSE)
+        self.ratelog.log(("listener", reason), logging.ERROR,
+                         "cannot accept connections on %s (%s); new connections wait in "
+                         "the backlog, pausing %.1f s (established sessions are not "
+                         "affected)", _address(sock), exc, ERROR_PAUSE)
 
     def _resume(self, sock: socket.socket) -> None:
         self._paused.discard(sock)
@@ -151,14 +159,6 @@ class Listener:
 
     def _count(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
-
-    def _log(self, level: int, msg: str, *args: object) -> None:
-        """At most one line a second: a flood of failures must not flood the log."""
-        now = time.monotonic()
-        if now < self._next_log:
-            return
-        self._next_log = now + 1.0
-        log.log(level, msg, *args)
 
     def close(self) -> None:
         """Stop accepting (established sessions stay, as with ``Server.close``)."""
