@@ -246,28 +246,31 @@ def metric_families(node: Node) -> list[MetricFamily]:
     unprotected: list[tuple[dict[str, str], float]] = []
     for name, stats in sorted(node.stats.items()):
         label = "-" if name.startswith("(") else name
+        # one label set shared by this endpoint's samples: a scrape at 5 000 endpoints
+        # builds some 70 000 samples, and a dict each was ten dicts per endpoint
+        ep = {"endpoint": label}
         for method, n in sorted(stats.received.items()):
             received.append(({"endpoint": label, "method": method}, n))
         for method, n in sorted(stats.sent.items()):
             sent.append(({"endpoint": label, "method": method}, n))
         for (method, reason), n in sorted(stats.refused.items()):
             refused.append(({"endpoint": label, "method": method, "reason": reason}, n))
-        bytes_in.append(({"endpoint": label}, stats.bytes_received))
-        bytes_out.append(({"endpoint": label}, stats.bytes_sent))
-        rate_in.append(({"endpoint": label}, stats.rates.rate(MSGS_IN, now)))
-        rate_out.append(({"endpoint": label}, stats.rates.rate(MSGS_OUT, now)))
-        coalesced.append(({"endpoint": label}, stats.coalesced))
+        bytes_in.append((ep, stats.bytes_received))
+        bytes_out.append((ep, stats.bytes_sent))
+        rate_in.append((ep, stats.rates.rate(MSGS_IN, now)))
+        rate_out.append((ep, stats.rates.rate(MSGS_OUT, now)))
+        coalesced.append((ep, stats.coalesced))
         conn = node.connections.get(name)
         queue = conn.queue if conn is not None else None
         has_queue = queue is not None      # an empty SendQueue is falsy (__len__)
-        q_bytes.append(({"endpoint": label},
+        q_bytes.append((ep,
                         (queue.bytes + conn.write_buffer_size) if has_queue else 0))  # type: ignore[union-attr]
-        q_msgs.append(({"endpoint": label}, len(queue) if has_queue else 0))  # type: ignore[arg-type]
-        congested.append(({"endpoint": label},
+        q_msgs.append((ep, len(queue) if has_queue else 0))  # type: ignore[arg-type]
+        congested.append((ep,
                           queue.high_water_events if has_queue else 0))  # type: ignore[union-attr]
         ledger = conn.ledger if conn is not None else None
-        unconfirmed.append(({"endpoint": label}, ledger.bytes if ledger is not None else 0))
-        unprotected.append(({"endpoint": label}, stats.unconfirmed_overflow
+        unconfirmed.append((ep, ledger.bytes if ledger is not None else 0))
+        unprotected.append((ep, stats.unconfirmed_overflow
                             + (ledger.overflowed if ledger is not None else 0)))
     fams += [
         family("router_messages_received_total", received),
