@@ -90,6 +90,50 @@ def test_a_slow_writer_is_evicted_alone_by_its_bound(tmp_path: Path):
     q.close()
 
 
+def test_writers_behind_together_pass_the_same_records_in_one_walk(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Writers over one bound from one position are moved past their oldest records by
+    one walk of the queue per append, not one each; a writer with another bound, or
+    another position, is walked on its own. Each ends where its own walk would put it."""
+    q = SharedQueue(tmp_path / "q")
+    names = ("a", "b", "c", "ahead", "roomy")
+    for name in names:
+        q.register(name)
+    bounds = {**dict.fromkeys(("a", "b", "c", "ahead"), 1 * MiB), "roomy": 3 * MiB // 2}
+    walks: list[int] = []
+    real = SharedQueue._advance
+
+    def counting(self, txn, reader, **kw):
+        walks.append(reader.position)
+        return real(self, txn, reader, **kw)
+    monkeypatch.setattr(SharedQueue, "_advance", counting)
+    big = b"x" * 100_000                       # 10 records fit 1 MiB, 15 fit 1.5 MiB
+    ahead = q.reader("ahead")
+    for i in range(10):
+        q.append_many([(time.time(), big + b"%02d" % i)], bounds)
+    [(position, _, _)] = ahead.read(0, 1)
+    ahead.confirm(position)                    # "ahead" confirmed its first record
+    walks.clear()
+    evicted_total: dict[str, int] = {}
+    for i in range(10, 25):
+        _, evicted = q.append_many([(time.time(), big + b"%02d" % i)], bounds)
+        for name, n in evicted.items():
+            evicted_total[name] = evicted_total.get(name, 0) + n
+    # 11th record: a, b and c over 1 MiB (one walk), "ahead" not; from then on all four
+    # at one position (one walk a round); "roomy" over 1.5 MiB from the 16th (its own)
+    assert len(walks) == 15 + 10
+    assert evicted_total == {"a": 15, "b": 15, "c": 15, "ahead": 14, "roomy": 10}
+    stats = {n: q.stats(n) for n in names}
+    assert len({(s.position, s.bytes) for n, s in stats.items() if n != "roomy"}) == 1
+    assert stats["a"].bytes <= 1 * MiB and stats["a"].backlog == 10
+    assert stats["roomy"].bytes <= 3 * MiB // 2 and stats["roomy"].backlog == 15
+    for name in ("a", "b", "c", "ahead"):
+        assert [raw[-2:] for raw in drain(q, name)] == [b"%02d" % i for i in range(15, 25)]
+    assert [raw[-2:] for raw in drain(q, "roomy")] == [b"%02d" % i for i in range(10, 25)]
+    assert q.held() == (0, 0)
+    q.close()
+
+
 def test_a_writer_removed_at_reload_stops_holding_back_pruning(tmp_path: Path):
     both = [WriterSpec("a", "graphite"), WriterSpec("gone", "graphite")]
     feed = ResultFeed(str(tmp_path), both)

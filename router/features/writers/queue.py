@@ -281,11 +281,21 @@ class SharedQueue:
                 self._put(txn, b"head", head)
                 self._put(txn, b"bytes", self._get(txn, b"bytes") + size)
                 evicted: dict[str, int] = {}
+                # Writers over the same bound from the same position (the usual case
+                # when the backends all fall behind) pass the same records: walk them
+                # once, not once per writer.
+                walked: dict[tuple[int, int, int], tuple[int, int, int]] = {}
                 for name, reader in self._all_readers(txn).items():
                     reader.backlog_bytes += size
                     bound = max_bytes.get(name)
                     if bound is not None and reader.backlog_bytes > bound:
-                        n = self._advance(txn, reader, max_bytes=bound)
+                        start = (reader.position, reader.backlog_bytes, bound)
+                        done = walked.get(start)
+                        if done is None:
+                            n = self._advance(txn, reader, max_bytes=bound)
+                            walked[start] = (reader.position, reader.backlog_bytes, n)
+                        else:
+                            reader.position, reader.backlog_bytes, n = done
                         reader.evicted += n
                         evicted[name] = n
                     self._store(txn, name, reader)
