@@ -293,10 +293,12 @@ def test_agent_sessions_get_a_small_kernel_receive_buffer(tmp_path, pki, run):
     run(main())
 
 
-def test_an_inbound_connection_gets_its_tls_session_with_its_first_byte(tmp_path, pki, run):
-    """A TLS session costs 17 us and ~17 KB (pyOpenSSL): an inbound connection that has
-    sent nothing has none, so 10 000 connections that never send (issue 21's flood)
-    cost neither; the first byte makes it and the handshake goes on as usual."""
+def test_an_inbound_connection_gets_its_tls_session_with_its_first_whole_record(
+        tmp_path, pki, run):
+    """A TLS session costs 17 us and ~17 KB (pyOpenSSL): an inbound connection has none
+    until its first TLS record is whole, so 10 000 connections that never send, or send
+    a record header and stall (issue 21's floods), cost neither, nor a handshake slot
+    or step; the whole record makes it and the handshake goes on as usual."""
     spec = master_with_agents(tmp_path, pki)
 
     async def main():
@@ -312,8 +314,15 @@ def test_an_inbound_connection_gets_its_tls_session_with_its_first_byte(tmp_path
                        ts=1700000000.5)
             await wait_until(lambda: master.node.traffic.msgs_in >= 1, what="the result")
             assert idle._tls is None
-            writer.write(b"\x16\x03\x01")              # the start of a ClientHello
-            await wait_until(lambda: idle._tls is not None, what="its session")
+            writer.write(b"\x16\x03\x01\x02")          # a record header begun
+            await wait_until(lambda: idle.handshake_bytes_in == 4, what="the bytes read")
+            writer.write(b"\x00" + b"\x01" * 100)     # a 512-byte record, 100 bytes of it
+            await wait_until(lambda: idle.handshake_bytes_in == 105, what="the bytes read")
+            assert idle._tls is None and master.node.admission.handshaking == 0
+            assert idle.state == "handshaking"
+            writer.write(b"\x01" * 412)                # whole: a session, then OpenSSL's
+            await wait_until(lambda: idle.state == "closed", what="the garbage refused")
+            assert master.node.handshake_failures.total() == 1
             writer.close()
             await agent.close()
         finally:

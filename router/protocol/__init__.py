@@ -15,11 +15,13 @@ Modules:
 * :mod:`~router.protocol.peer` -- :class:`~router.protocol.peer.PeerProtocol`, the
   per-connection state machine (Hello, heartbeat, close deadlines);
 * :mod:`~router.protocol.events` -- the events that state machine emits;
-* :mod:`~router.protocol.answers` -- the messages a node originates in answer to a peer.
+* :mod:`~router.protocol.answers` -- the messages a node originates in answer to a peer;
+* :mod:`~router.protocol.tlsrecord` -- whether a connection's first bytes hold its first
+  TLS record whole (the transport waits for it before making a TLS session).
 
 This module imports none of them (import them by name: ``from router.protocol import
 jsonrpc``); ``__all__`` lists the submodules, so ``from router.protocol import *`` loads
 them on demand.
 """
 
-__all__ = ["answers", "events", "jsonrpc", "netstring", "peer"]
+__all__ = ["answers", "events", "jsonrpc", "netstring", "peer", "tlsrecord"]

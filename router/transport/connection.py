@@ -33,9 +33,11 @@ import termios
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from router.protocol.peer import PeerProtocol, State
+from router.protocol.tlsrecord import first_record_complete
 from router.transport.owner import ConnectionOwner, TrafficStats
 from router.transport.readsched import MIN_EXPECTED_READ, OVER_BUDGET_READ
 from router.transport.sendqueue import Ledger, SendQueue
+from router.transport.tlslib import handshake_step
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.routing.fields import RefusalBudget
@@ -73,15 +75,6 @@ def _consume_result(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def _handshake_step(session: TLSSession) -> BaseException | bool:
-    """One handshake step: True when complete, False when it needs more bytes, or the
-    exception it failed with. Runs in a TLS thread or inline."""
-    try:
-        return session.handshake()
-    except (ssl.SSLError, ssl.CertificateError) as exc:
-        return exc
-
-
 class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     """One TCP connection to a cluster peer (inbound or outbound).
 
@@ -94,7 +87,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     # save ~14 MB, issue 22). For the same reason what most connections never use (an
     # inbound ``ready`` future, ``blocked_sources``, handshake backlogs) is made on use.
     __slots__ = (
-        "_admission", "_flush_scheduled", "_handshake_backlog", "_handshake_handle",
+        "_admission", "_first_bytes", "_flush_scheduled", "_handshake_backlog", "_handshake_handle",
         "_handshake_step", "_handshake_timeout", "_has_handshake_slot", "_hold_output",
         "_last_read", "_parked", "_reading_paused", "_ready", "_slot_backlog",
         "_throttle_handle", "_throttle_logged", "_timer", "_timer_when", "_tls", "_tls_library",
@@ -170,6 +163,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self._admission = admission
         self._has_handshake_slot = admission is None   # holds an admission handshake slot
         self._slot_backlog: list[bytes] | None = None  # bytes that came while waiting for one
+        self._first_bytes: bytes | None = None  # inbound: a first TLS record not yet whole
         #: The node's budget of malformed messages for this session (set on first use).
         self.invalid_budget: RefusalBudget | None = None
         #: Caps on this session's input, bytes and messages a second (set by the node when
@@ -237,7 +231,13 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         data = self.node.read_buffer[:nbytes]
         if self.state == HANDSHAKING:
             self.handshake_bytes_in += nbytes
-            if self._tls is None:   # 17 us and a few KB no idle connection costs now
+            if self._tls is None:   # 17 us and ~17 KB: not before the first record is whole
+                if self._first_bytes is not None:
+                    data = memoryview(self._first_bytes + data)
+                if not first_record_complete(data):
+                    self._first_bytes = bytes(data)     # a stalled hello keeps only these
+                    return
+                self._first_bytes = None
                 self._tls = self._tls_library.session(server_hostname=None)
         if self.state == HANDSHAKING and self._slot_backlog:
             self._slot_backlog.append(bytes(data))     # after the bytes that waited
@@ -389,7 +389,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     def _start_handshake_step(self) -> None:
         session = self._tls
         assert session is not None          # made by the first byte
-        future = self.loop.run_in_executor(self.node.tls_pool, _handshake_step, session)
+        future = self.loop.run_in_executor(self.node.tls_pool, handshake_step, session)
         self._handshake_step = future
         future.add_done_callback(self._handshake_step_done)
 
@@ -471,7 +471,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     def _do_handshake(self) -> bool:
         """Drive the handshake here; True once it is complete and the session is open."""
         assert self._tls is not None
-        return self._handshake_outcome(_handshake_step(self._tls))
+        return self._handshake_outcome(handshake_step(self._tls))
 
     def _handshake_outcome(self, outcome: BaseException | bool) -> bool:
         """After a handshake step (here or in a TLS thread): send what it produced; on

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     import OpenSSL.crypto
 
 __all__ = ["CRL_WARN_DAYS", "LIBRARIES", "TLSLibrary", "TLSSession", "check_chain_size",
-           "check_crl_age", "contexts"]
+           "check_crl_age", "contexts", "handshake_step"]
 
 log = logging.getLogger("router.tls")
 
@@ -110,6 +110,15 @@ class TLSSession(Protocol):
 
     def peer_identity(self) -> str | None:
         """Subject CN of the verified peer certificate (the first CN), None without one."""
+
+
+def handshake_step(session: TLSSession) -> BaseException | bool:
+    """One handshake step: True when complete, False when it needs more bytes, or the
+    exception it failed with. Runs in a TLS thread or inline (transport.connection)."""
+    try:
+        return session.handshake()
+    except (ssl.SSLError, ssl.CertificateError) as exc:
+        return exc
 
 
 class TLSLibrary(Protocol):
