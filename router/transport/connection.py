@@ -70,11 +70,6 @@ CLOSED = "closed"
 StatsT = TypeVar("StatsT", bound=TrafficStats)
 
 
-def _consume_result(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     """One TCP connection to a cluster peer (inbound or outbound).
 
@@ -163,7 +158,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self._admission = admission
         self._has_handshake_slot = admission is None   # holds an admission handshake slot
         self._slot_backlog: list[bytes] | None = None  # bytes that came while waiting for one
-        self._first_bytes: bytes | None = None  # inbound: a first TLS record not yet whole
+        self._first_bytes: bytearray | None = None  # inbound: a first TLS record not yet whole
         #: The node's budget of malformed messages for this session (set on first use).
         self.invalid_budget: RefusalBudget | None = None
         #: Caps on this session's input, bytes and messages a second (set by the node when
@@ -181,7 +176,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         future = self._ready
         if future is None:
             future = self._ready = self.loop.create_future()
-            future.add_done_callback(_consume_result)   # unawaited: no asyncio warning
+            # unawaited: retrieve the outcome, or asyncio warns of an unretrieved exception
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
             if self.peer is not None:
                 future.set_result(None)
             elif self.state in (CLOSING, CLOSED):
@@ -206,7 +202,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self.address = f"{peername[0]}:{peername[1]}"
         # TCP_NODELAY: uvloop and asyncio both set it on every TCP transport (a test checks).
         tcp.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
-        if self.expected_endpoint is not None:  # inbound: made on the first byte (floods)
+        if self.expected_endpoint is not None:  # inbound: made on its first whole record
             # SNI = endpoint name, as Icinga sends it (no Environment suffix in 2.13).
             self._tls = self._tls_library.session(server_hostname=self.expected_endpoint)
         self._handshake_handle = self.loop.call_later(self._handshake_timeout,
@@ -232,10 +228,13 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         if self.state == HANDSHAKING:
             self.handshake_bytes_in += nbytes
             if self._tls is None:   # 17 us and ~17 KB: not before the first record is whole
-                if self._first_bytes is not None:
-                    data = memoryview(self._first_bytes + data)
+                first = self._first_bytes
+                if first is not None:
+                    first += data                       # (a bytearray: no copy per read)
+                    data = memoryview(first)
                 if not first_record_complete(data):
-                    self._first_bytes = bytes(data)     # a stalled hello keeps only these
+                    if first is None:                   # a stalled hello keeps only these
+                        self._first_bytes = bytearray(data)
                     return
                 self._first_bytes = None
                 self._tls = self._tls_library.session(server_hostname=None)
@@ -388,7 +387,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
 
     def _start_handshake_step(self) -> None:
         session = self._tls
-        assert session is not None          # made by the first byte
+        assert session is not None          # made by the first whole record
         future = self.loop.run_in_executor(self.node.tls_pool, handshake_step, session)
         self._handshake_step = future
         future.add_done_callback(self._handshake_step_done)
