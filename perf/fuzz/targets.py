@@ -95,6 +95,32 @@ def netstring(data: bytes) -> None:
     assert decoder.buffered <= len(stream)
 
 
+# -- the first TLS record of an inbound connection ---------------------------------------
+
+def tls_first_record(data: bytes) -> None:
+    """What the transport does with an inbound connection's first bytes: gather reads
+    (split by a control byte) until ``first_record_complete``; nothing may be raised, and
+    a "not yet" must be a handshake record really not whole."""
+    from router.protocol.tlsrecord import (HANDSHAKE, HEADER_SIZE, MAX_CIPHERTEXT,
+                                           first_record_complete)
+
+    (split_byte,), stream = control(data, 1)
+    pending = b""
+    for piece in split_reads(stream, split_byte):
+        if not piece:
+            continue
+        pending += piece
+        view = memoryview(pending)              # the transport hands a memoryview
+        if first_record_complete(view):
+            assert first_record_complete(pending)
+            return
+        assert pending[0] == HANDSHAKE
+        if len(pending) >= HEADER_SIZE:
+            length = int.from_bytes(pending[3:HEADER_SIZE], "big")
+            assert length <= MAX_CIPHERTEXT and len(pending) < HEADER_SIZE + length
+    assert len(pending) <= HEADER_SIZE + MAX_CIPHERTEXT
+
+
 # -- JSON-RPC --------------------------------------------------------------------------
 
 def jsonrpc(data: bytes) -> None:
@@ -365,6 +391,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("netstring", netstring,
            "FramingError, MessageTooLarge (router/protocol/netstring.py NetstringDecoder."
            "feed, router/errors.py)", ("router.protocol.netstring",)),
+    Target("tls_first_record", tls_first_record,
+           "none (router/protocol/tlsrecord.py first_record_complete)",
+           ("router.protocol.tlsrecord",)),
     Target("jsonrpc", jsonrpc,
            "InvalidMessage (router/protocol/jsonrpc.py parse_message)",
            ("router.protocol.jsonrpc",)),
