@@ -117,14 +117,7 @@ class Executions:
         target zone's name: each execution is kept ``EXECUTION_GRACE`` (11 minutes)
         after its deadline, and a set per record, then a cached one per target zone
         (5 000 agent zones), were the soak's growth (issue 21)."""
-        topology = self.host.topology
-        local = topology.local_zone
-        if target_zone is None or target_zone == local:
-            return sender_zone == local
-        if sender_zone is None:
-            return False
-        return ((sender_zone == target_zone or topology.is_ancestor(sender_zone, target_zone))
-                and topology.is_ancestor(local, sender_zone))
+        return sender_zone is not None and sender_zone in self.answer_zones(target_zone)
 
     def remember(self, requester: str, params: dict[str, Any],
                  target_zone: str | None = None) -> None:
