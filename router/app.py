@@ -116,7 +116,8 @@ class RouterService:
             self.learned.start()
         if config.listen is not None:
             host, port = config.listen
-            self.server = Listener(loop, node.new_inbound, ratelog=node.ratelog, backlog=4096)
+            self.server = Listener(loop, node.new_inbound, ratelog=node.ratelog, backlog=4096,
+                                   budget=node.turn_budget)
             await self.server.start(host, port)
             node.listener = self.server
         if config.status_listen is not None:

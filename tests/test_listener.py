@@ -13,6 +13,7 @@ import pytest
 from router.transport import listener as listener_mod
 from router.node.texts import RateLimitedLog
 from router.transport.listener import Listener as _Listener
+from router.transport.turnbudget import TurnBudget
 
 
 def Listener(loop, factory, **kwargs) -> _Listener:  # noqa: N802 - reads as the class
@@ -66,6 +67,33 @@ def test_accepts_at_most_per_turn_then_the_rest_on_later_turns(run) -> None:
             lst.serve([sock])                       # back under the loop: the rest come
             await _until(lambda: len(Counting.made) == 10)
             assert lst.errors == {}
+        finally:
+            for c in clients:
+                c.close()
+            lst.close()
+            await lst.wait_closed()
+
+    run(body())
+
+
+def test_a_turn_whose_admission_budget_is_spent_accepts_one_connection(run) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        budget = TurnBudget(loop, budget=0.001)
+        lst = Listener(loop, Counting, per_turn=16, budget=budget)
+        await lst.start("127.0.0.1", 0)
+        sock = lst.sockets[0]
+        loop.remove_reader(sock.fileno())          # drive it by hand
+        clients = await asyncio.to_thread(_connect, sock.getsockname()[1], 6)
+        try:
+            budget.charge(0.002)                    # this turn already spent its budget
+            lst._on_readable(sock)
+            assert len(lst._tasks) == 1             # one, so accepting never starves
+            await asyncio.sleep(0)                  # the next turn: the budget is back
+            await asyncio.sleep(0)
+            assert not budget.exhausted
+            lst._on_readable(sock)                  # the other five in one turn
+            await _until(lambda: len(Counting.made) == 6)
         finally:
             for c in clients:
                 c.close()

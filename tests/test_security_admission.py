@@ -263,6 +263,37 @@ def test_stalled_handshake_holds_the_only_slot_until_its_deadline(tmp_path, pki,
     run(main())
 
 
+def test_hellos_past_the_turns_admission_budget_wait_for_later_turns(tmp_path, pki, run):
+    # 1 µs: the first piece of admission work in a turn spends the turn's budget.
+    spec = spec_for(tmp_path, pki, "admission_us_per_turn = 1")
+
+    async def main():
+        master = await spec.start("master")
+        node = master.node
+        idle = []
+        try:
+            idle = await idle_connections(spec.port("master"), 8)
+            await wait_until(lambda: node.admission.pending == 8, what="8 pending")
+            hello = client_hello()
+            for _, writer in idle:          # eight hellos, read in one poll of the node
+                writer.write(hello)
+            await wait_until(lambda: node.admission.handshaking == 8, what="8 handshakes")
+            assert node.turn_budget.deferred >= 7    # one a turn, the others after it
+            # an agent still gets through (its handshake steps wait their turns too)
+            agent = await FakePeer.connect(spec.port("master"), pki, "agent1",
+                                           server_name="master")
+            await wait_until(lambda: agent.messages("icinga::Hello"), what="the agent's hello")
+            text = await metrics_text(master)
+            assert f"router_admission_deferred_total {node.turn_budget.deferred}" in text
+            await agent.close()
+        finally:
+            for _, w in idle:
+                w.close()
+            await master.stop()
+
+    run(main())
+
+
 def test_60000_byte_http_request_gives_a_short_log_line(tmp_path, pki, run, caplog):
     spec = spec_for(tmp_path, pki, "")
     request = b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"A" * 60_000 + b"\r\n\r\n"

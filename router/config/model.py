@@ -184,6 +184,12 @@ class Limits:
     max_concurrent_handshakes: int = 200
     """Most TLS handshakes in progress at once (their bytes received, not yet done);
     handshakes beyond wait, their deadline still running."""
+    admission_us_per_turn: int = 150
+    """Most event-loop time (µs) one loop turn spends on inbound connections that are not
+    sessions yet: accepting them, setting them up, their TLS handshake steps. Past it,
+    handshake input waits unread for the next turn and further connections wait in the
+    listen backlog, so established sessions get a turn between every slice of a
+    connection flood; 0 turns it off (``router.transport.turnbudget``)."""
     new_connections_per_second: int = 0
     """Token bucket for new inbound handshakes: at most this many start a second, with
     bursts of ``new_connections_burst``; 0 (the default) turns it off. A handshake over

@@ -278,7 +278,8 @@ def validate_at(cfg: RouterConfig, where: Where) -> None:
     for f in dataclasses.fields(Limits):
         value = getattr(cfg.limits, f.name)
         if f.name in ("new_connections_per_second", "peer_bytes_per_second",
-                      "peer_messages_per_second", "agent_receive_buffer"):
+                      "peer_messages_per_second", "agent_receive_buffer",
+                      "admission_us_per_turn"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise where.error(f"must be an integer >= 0 (0: off), got {value!r}",
                                   f"limits.{f.name}")

@@ -44,6 +44,7 @@ from router.routing.fields import FieldProblem, RefusalBudget, check_params
 from router.transport import READ_BUFFER_SIZE, PeerConnection, tlslib
 from router.transport.admission import Admission
 from router.transport.readsched import ReadScheduler
+from router.transport.turnbudget import TurnBudget
 from router.transport.tls import FailureStreak
 from router.transport.sendqueue import QueueLimits
 from router.node.executions import Executions
@@ -97,6 +98,8 @@ class Node:
         self.read_buffer = memoryview(bytearray(READ_BUFFER_SIZE))
         #: Bounds what one loop turn reads from all peers together (router.readsched).
         self.reads = ReadScheduler(self.loop, hold=self.hold_if_congested)
+        #: Bounds the loop time a turn spends on connections that are not sessions yet.
+        self.turn_budget = TurnBudget(self.loop, config.limits.admission_us_per_turn / 1e6)
         #: Threads for TLS handshake steps (None: in the loop thread); see transport.py.
         threads = config.limits.handshake_threads
         self.tls_pool: ThreadPoolExecutor | None = ThreadPoolExecutor(

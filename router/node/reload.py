@@ -331,6 +331,7 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
     admission.max_handshakes = config.limits.max_concurrent_handshakes
     admission.set_rate(config.limits.new_connections_per_second,
                        config.limits.new_connections_burst)
+    node.turn_budget.budget = config.limits.admission_us_per_turn / 1e6
     if node.results is not None:
         node.results.max_results = config.limits.max_results
         node.results.max_per_zone = config.limits.max_results_per_zone

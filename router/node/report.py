@@ -226,6 +226,8 @@ def metric_families(node: Node) -> list[MetricFamily]:
         family("router_handshakes_waiting", [({}, admission.waiting)]),
         family("router_handshake_waits_total", [({}, admission.handshake_waits)]),
         family("router_handshakes_rate_limited_total", [({}, admission.rate_limited)]),
+        family("router_admission_deferred_total", [({}, node.turn_budget.deferred)]),
+        family("router_admission_deferred_turns_total", [({}, node.turn_budget.deferred_turns)]),
     ]
     connector = getattr(node, "connector", None)
     if connector is not None:

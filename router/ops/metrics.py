@@ -123,6 +123,12 @@ CATALOG: tuple[MetricSpec, ...] = (
                "Inbound TLS handshakes waiting for a free handshake slot."),
     MetricSpec("router_handshake_waits_total", "counter",
                "Inbound TLS handshakes that had to wait for a free handshake slot."),
+    MetricSpec("router_admission_deferred_total", "counter",
+               "Pieces of work on inbound connections not yet sessions (a handshake step, "
+               "a slot handed over) put off to a later loop turn by "
+               "limits.admission_us_per_turn."),
+    MetricSpec("router_admission_deferred_turns_total", "counter",
+               "Loop turns that ended with such work still waiting."),
     MetricSpec("router_handshakes_rate_limited_total", "counter",
                "Inbound TLS handshakes that waited for a token of "
                "limits.new_connections_per_second."),

@@ -12,7 +12,8 @@ refuses it as it always did.
 
 from __future__ import annotations
 
-__all__ = ["HANDSHAKE", "HEADER_SIZE", "MAX_CIPHERTEXT", "first_record_complete"]
+__all__ = ["HANDSHAKE", "HEADER_SIZE", "MAX_CIPHERTEXT", "first_record_complete",
+           "gather_first_record"]
 
 #: ContentType handshake (RFC 8446 section 5.1; the same in TLS 1.0-1.2).
 HANDSHAKE = 22
@@ -33,3 +34,16 @@ def first_record_complete(data: bytes | memoryview) -> bool:
         return False
     length = int.from_bytes(data[3:HEADER_SIZE], "big")
     return length > MAX_CIPHERTEXT or len(data) >= HEADER_SIZE + length
+
+
+def gather_first_record(held: bytearray | None, data: memoryview
+                        ) -> tuple[bytearray | None, memoryview | None]:
+    """Add ``data`` (a read) to ``held`` (the connection's first bytes so far, None before
+    any): ``(None, all the bytes)`` once :func:`first_record_complete`, else ``(what to
+    hold, None)``. A stalled hello costs its connection only these bytes."""
+    if held is not None:
+        held += data                    # a bytearray: no copy of what came before
+        data = memoryview(held)
+    if first_record_complete(data):
+        return None, data
+    return (bytearray(data) if held is None else held), None

@@ -25,18 +25,16 @@ a loop turn joins them into one TLS ``write`` until the transport asks us to pau
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import ssl
-import sys
-import termios
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from router.protocol.peer import PeerProtocol, State
-from router.protocol.tlsrecord import first_record_complete
+from router.protocol.tlsrecord import gather_first_record
 from router.transport.owner import ConnectionOwner, TrafficStats
 from router.transport.readsched import MIN_EXPECTED_READ, OVER_BUDGET_READ
 from router.transport.sendqueue import Ledger, SendQueue
+from router.transport.sockinfo import transport_fileno, unread_bytes
 from router.transport.tlslib import handshake_step
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -196,6 +194,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     # ------------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        started = self.node.turn_budget.clock()
         self.transport = tcp = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if peername:
@@ -213,6 +212,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self.node.connection_made(self)
         if self.state == HANDSHAKING and self._tls is not None:
             self._do_handshake()                # our ClientHello
+        elif self._admission is not None:       # inbound: admission work (transport.turnbudget)
+            self.node.turn_budget.charge(self.node.turn_budget.clock() - started)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.state == OPEN and self.node.reads.over_budget:
@@ -226,22 +227,34 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self.last_read_at = self.loop.time()
         data = self.node.read_buffer[:nbytes]
         if self.state == HANDSHAKING:
-            self.handshake_bytes_in += nbytes
-            if self._tls is None:   # 17 us and ~17 KB: not before the first record is whole
-                first = self._first_bytes
-                if first is not None:
-                    first += data                       # (a bytearray: no copy per read)
-                    data = memoryview(first)
-                if not first_record_complete(data):
-                    if first is None:                   # a stalled hello keeps only these
-                        self._first_bytes = bytearray(data)
-                    return
-                self._first_bytes = None
-                self._tls = self._tls_library.session(server_hostname=None)
-        if self.state == HANDSHAKING and self._slot_backlog:
+            budget = self.node.turn_budget
+            started = budget.clock()
+            self._handshake_read(data)
+            budget.charge(budget.clock() - started)
+        elif self.state == OPEN:
+            self._receive(data)
+
+    def _handshake_read(self, data: memoryview) -> None:
+        self.handshake_bytes_in += len(data)
+        if self._tls is None:   # 17 us and ~17 KB: not before the first record is whole
+            self._first_bytes, whole = gather_first_record(self._first_bytes, data)
+            if whole is None:
+                return
+            data = whole
+            self._tls = self._tls_library.session(server_hostname=None)
+        if self._slot_backlog:
             self._slot_backlog.append(bytes(data))     # after the bytes that waited
             return
-        if self.state == HANDSHAKING and not self._has_handshake_slot:
+        if self._admission is not None and self.node.turn_budget.exhausted:
+            # This turn's admission work is done (transport.turnbudget): wait, unread.
+            self._slot_backlog = [bytes(data)]
+            self._set_transport_reading(False)
+            self.node.turn_budget.defer(self._resume_after_slot)
+            return
+        self._handshake_bytes(data)
+
+    def _handshake_bytes(self, data: memoryview) -> None:
+        if not self._has_handshake_slot:
             assert self._admission is not None
             if not self._admission.begin_handshake(self):
                 # All handshake slots are busy: keep the bytes, read no more, wait.
@@ -249,11 +262,11 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
                 self._set_transport_reading(False)
                 return
             self._has_handshake_slot = True
-        elif self.state == HANDSHAKING and self._admission is not None:
+        elif self._admission is not None:
             self._admission.progress(self)      # a slot holder that is not stalling
-        if self.state == HANDSHAKING and self.node.tls_pool is not None:
+        if self.node.tls_pool is not None:
             self._handshake_input(data)
-        elif self.state in (HANDSHAKING, OPEN):
+        else:
             self._receive(data)
 
     def _receive(self, data: memoryview) -> None:
@@ -346,18 +359,14 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     def handshake_slot_granted(self) -> None:
         """Admission gave us a handshake slot we waited for (``Admitted`` protocol)."""
         self._has_handshake_slot = True
-        self.loop.call_soon(self._resume_after_slot)
+        self.node.turn_budget.defer(self._resume_after_slot)
 
     def _resume_after_slot(self) -> None:
         if self.state != HANDSHAKING:
             return
         backlog, self._slot_backlog = self._slot_backlog, None
         self._set_transport_reading(True)
-        data = memoryview(b"".join(backlog) if backlog else b"")
-        if self.node.tls_pool is not None:
-            self._handshake_input(data)
-        else:
-            self._receive(data)
+        self._handshake_bytes(memoryview(b"".join(backlog) if backlog else b""))
 
     def _leave_admission(self) -> None:
         """Authenticated or gone: no longer an unauthenticated connection."""
@@ -369,14 +378,10 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     # ------------------------------------------------------------------ handshake in a thread
 
     def _handshake_input(self, data: memoryview) -> None:
-        """Handshake bytes while the node runs handshakes in its TLS threads.
-
-        Both TLS libraries release the GIL while OpenSSL computes (key exchange,
-        signature, the peer's certificate chain: about 0.8 ms of a core per handshake),
-        so a reconnect storm of thousands of agents uses every core instead of stalling
-        the event loop. While a step runs, the SSL object and its BIOs belong to that
-        thread: new bytes wait here and go in after it.
-        """
+        """Handshake bytes while the node runs handshakes in its TLS threads: OpenSSL
+        computes there without the GIL (~0.8 ms of a core per handshake), so a storm uses
+        every core. While a step runs, the SSL object and its BIOs belong to that thread:
+        new bytes wait here and go in after it."""
         if self._handshake_step is not None:
             if self._handshake_backlog is None:
                 self._handshake_backlog = []
@@ -709,17 +714,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
 
     def unread_bytes(self) -> int:
         """Input waiting in the kernel's receive buffer (FIONREAD; 0 when unknown)."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return 0
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return 0
-        try:
-            raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-        except (OSError, ValueError):
-            return 0
-        return int.from_bytes(raw, sys.byteorder, signed=True)
+        return unread_bytes(self.transport)
 
     def restart_reading(self) -> None:
         """Read again although our bookkeeping says we already should (the node's
@@ -748,14 +743,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self.transport.close()
 
     def fileno(self) -> int:
-        """The socket's descriptor (-1: none). The kernel hands out the lowest free one,
-        so it tells how many are in use (``Sessions.connection_made`` refuses near the
-        limit)."""
-        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
-        try:
-            return int(sock.fileno()) if sock is not None else -1
-        except (OSError, ValueError):
-            return -1
+        """The socket's descriptor (-1: none; ``router.transport.sockinfo``)."""
+        return transport_fileno(self.transport)
 
     def abort(self, reason: str) -> None:
         """Hard close: drop whatever is buffered."""

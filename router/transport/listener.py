@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from router.transport.turnbudget import TurnBudget
     from router.transport.owner import RateLimitedLogger
 
 log = logging.getLogger("router.transport")
@@ -52,7 +53,7 @@ class Listener:
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  protocol_factory: Callable[[], asyncio.BaseProtocol], *,
                  ratelog: RateLimitedLogger, backlog: int = 4096,
-                 per_turn: int = ACCEPTS_PER_TURN) -> None:
+                 per_turn: int = ACCEPTS_PER_TURN, budget: TurnBudget | None = None) -> None:
         self.loop = loop
         self.protocol_factory = protocol_factory
         #: The node's log of at most one line per key and interval: a flood of accept
@@ -60,6 +61,8 @@ class Listener:
         self.ratelog = ratelog
         self.backlog = backlog
         self.per_turn = max(1, per_turn)
+        #: The node's bound on admission work per loop turn (None: only ``per_turn``).
+        self.budget = budget
         self.sockets: list[socket.socket] = []
         #: accept() failures by reason ("emfile", "econnaborted", ...)
         self.errors: dict[str, int] = {}
@@ -107,7 +110,18 @@ class Listener:
             self.loop.add_reader(sock.fileno(), self._on_readable, sock)
 
     def _on_readable(self, sock: socket.socket) -> None:
-        for _ in range(self.per_turn):
+        budget = self.budget
+        started = budget.clock() if budget is not None else 0.0
+        try:
+            self._accept(sock, budget)
+        finally:
+            if budget is not None:
+                budget.charge(budget.clock() - started)
+
+    def _accept(self, sock: socket.socket, budget: TurnBudget | None) -> None:
+        for i in range(self.per_turn):
+            if i and budget is not None and budget.exhausted:
+                return      # the rest wait in the backlog for a turn with budget left
             try:
                 conn, _ = sock.accept()
             except (BlockingIOError, InterruptedError):

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from router.protocol.events import Event
 from router.transport.readsched import ReadScheduler
+from router.transport.turnbudget import TurnBudget
 
 ConnT_contra = TypeVar("ConnT_contra", contravariant=True)
 ConnT_co = TypeVar("ConnT_co", covariant=True)
@@ -59,6 +60,10 @@ class ConnectionOwner(Protocol[ConnT_contra]):
 
     @property
     def reads(self) -> ReadScheduler: ...
+
+    @property
+    def turn_budget(self) -> TurnBudget:
+        """Bounds the loop time one turn spends on connections not yet sessions."""
 
     def connection_made(self, conn: ConnT_contra) -> None: ...
 

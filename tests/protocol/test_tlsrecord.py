@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.protocol.tlsrecord import MAX_CIPHERTEXT, first_record_complete
+from router.protocol.tlsrecord import (MAX_CIPHERTEXT, first_record_complete,
+                                       gather_first_record)
 
 
 def record(length: int, payload: bytes = b"") -> bytes:
@@ -47,3 +48,17 @@ def test_a_real_client_hello_is_one_whole_record() -> None:
     assert first_record_complete(hello)
     assert not first_record_complete(hello[:-1])
     assert not first_record_complete(hello[:5])
+
+
+def test_reads_are_gathered_until_the_first_record_is_whole() -> None:
+    whole = record(8, b"12345678")
+    held, out = gather_first_record(None, memoryview(whole[:3]))
+    assert out is None and held == whole[:3]
+    held, out = gather_first_record(held, memoryview(whole[3:9]))
+    assert out is None and held == whole[:9]
+    held, out = gather_first_record(held, memoryview(whole[9:] + b"next"))
+    assert held is None and out is not None and bytes(out) == whole + b"next"
+    # one read with the whole record: nothing held, the read itself handed on
+    read = memoryview(whole)
+    held, out = gather_first_record(None, read)
+    assert held is None and out is read
