@@ -2,7 +2,7 @@
 
 ```sh
 python perf/bench_floods.py [--endpoints 100] [--rate 1000] [--window 10] [--repeat 2]
-                            [--pin-node-cpu K] [--flooder-nice N] [--json F]
+                            [--pin-node-cpu K] [--flooder-nice N] [--decoy] [--json F]
 ```
 
 (``perf.tool.run`` with ``scenarios=("floods",)``: a scenario of ``router perf``'s
@@ -31,7 +31,11 @@ otherwise comes out of the node's. For the same reason the flooder runs at nice 
 parent are the measuring instrument (they stamp a result's send and its arrival), and a
 flooder that takes their CPU away delays the stamps, not the node. With both on CPU 1 at
 the same priority the idle flood's p99 read 5.4 ms, with the flooder niced 1.9 ms, the
-same node (issue 21, 2026-12-06).
+same node (issue 21, 2026-12-06). ``--decoy`` measures what is left of that: after the
+node's windows, each flood runs again aimed at :mod:`perf.decoy` (a TLS and a plain
+listener in a process of their own, on the flooder's CPUs) while the honest agents keep
+sending through the node; the "decoy x" column is the p99 ratio a flood causes on this
+machine without touching the node.
 """
 
 from __future__ import annotations
@@ -98,48 +102,28 @@ async def floods_phase(session: Session) -> dict[str, Any]:
         pipe.send(("go", rate / opts.endpoints, 0.0, (0.5, 2.0)))
     deliv_go = t.check_results
     await asyncio.sleep(opts.warmup)
+    decoy = await _start_decoy(opts.flooder_nice) if opts.flood_decoy else None
     rows = []
-    for name, (port_kind, args) in FLOODS.items():
-        if port_kind == "status" and not isinstance(target, RouterTarget):
-            continue
-        port = target.status_port if port_kind == "status" else target.port  # type: ignore[attr-defined]
-        quiet: list[tuple[float | None, float | None]] = []
-        flood: list[tuple[float | None, float | None]] = []
-        seen: list[dict[str, Any]] = []
-        for _ in range(repeat):
-            lat = await _window(session, window)
-            quiet.append((_pct(lat, 0.5), _pct(lat, 0.99)))
-            cmd = [*(["nice", "-n", str(opts.flooder_nice)] if opts.flooder_nice else []),
-                   sys.executable, "-m", "perf.floods",
-                   *(a.format(window=window + 1.5) for a in args), "--port", str(port)]
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, cwd=str(REPO), stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL)
-            await asyncio.sleep(1.0)
-            lat = await _window(session, window)
-            flood.append((_pct(lat, 0.5), _pct(lat, 0.99)))
-            try:
-                out, _ = await asyncio.wait_for(proc.communicate(), 90)
-                seen.append(json.loads(out.decode().strip().splitlines()[-1]))
-            except (TimeoutError, ValueError, IndexError):
-                proc.kill()
-                await proc.wait()
-                seen.append({"error": "flooder did not report"})
-            await asyncio.sleep(2.0)               # what the flood left behind settles
-        q99, f99 = _med([q[1] for q in quiet]), _med([f[1] for f in flood])
-        row: dict[str, Any] = {
-            "flood": name,
-            "quiet_p50_ms": _med([q[0] for q in quiet]),
-            "quiet_p99_ms": q99,
-            "flood_p50_ms": _med([f[0] for f in flood]),
-            "flood_p99_ms": f99,
-            "quiet_p99_runs": [q[1] for q in quiet], "flood_p99_runs": [f[1] for f in flood],
-            "flooder": seen[-1],
-        }
-        row["p99_ratio"] = (f99 / q99) if q99 and f99 is not None else None
-        rows.append(row)
-        session.say(f"{name}: p99 quiet {_fmt(q99)} ms, flood {_fmt(f99)} ms, ratio "
-                    f"{_fmt(row['p99_ratio'], '.2f')}; flooder {seen[-1]}")
+    try:
+        for name, (port_kind, args) in FLOODS.items():
+            if port_kind == "status" and not isinstance(target, RouterTarget):
+                continue
+            port = getattr(target, "status_port" if port_kind == "status" else "port")
+            row = await _measure(session, name, args, port, "flooder")
+            if decoy is not None:
+                # The same flood at the decoy: what it costs this machine's instrument.
+                aside = await _measure(session, name, args, decoy[1][port_kind], "decoy")
+                for key in ("quiet_p99_ms", "flood_p99_ms", "p99_ratio", "flooder"):
+                    row[f"decoy_{key}"] = aside[key]
+            rows.append(row)
+            session.say(f"{name}: p99 quiet {_fmt(row['quiet_p99_ms'])} ms, flood "
+                        f"{_fmt(row['flood_p99_ms'])} ms, ratio {_fmt(row['p99_ratio'], '.2f')}"
+                        + (f"; at the decoy {_fmt(row['decoy_p99_ratio'], '.2f')}"
+                           if decoy is not None else "") + f"; flooder {row['flooder']}")
+    finally:
+        if decoy is not None:
+            decoy[0].stdin.close()      # type: ignore[union-attr]
+            await decoy[0].wait()
     stopped = [r[1] for r in await session.ask_all(("stop",), 60)]
     sent = sum(s["sent"] for s in stopped)
     await session.drain(deliv_go + sent)
@@ -148,6 +132,58 @@ async def floods_phase(session: Session) -> dict[str, Any]:
            "missing": max(0, sent - (t.check_results - deliv_go))}
     session.say("floods:\n" + format_floods(res))
     return res
+
+
+async def _measure(session: Session, name: str, args: list[str], port: int,
+                   label: str) -> dict[str, Any]:
+    """``--repeat`` pairs of a quiet window and a window with flood ``name`` aimed at
+    ``port``; medians and the flooder's own report."""
+    opts = session.opts
+    window = opts.duration
+    quiet: list[tuple[float | None, float | None]] = []
+    flood: list[tuple[float | None, float | None]] = []
+    seen: list[dict[str, Any]] = []
+    for _ in range(max(1, opts.flood_repeat)):
+        lat = await _window(session, window)
+        quiet.append((_pct(lat, 0.5), _pct(lat, 0.99)))
+        cmd = [*(["nice", "-n", str(opts.flooder_nice)] if opts.flooder_nice else []),
+               sys.executable, "-m", "perf.floods",
+               *(a.format(window=window + 1.5) for a in args), "--port", str(port)]
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, cwd=str(REPO), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        await asyncio.sleep(1.0)
+        lat = await _window(session, window)
+        flood.append((_pct(lat, 0.5), _pct(lat, 0.99)))
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 90)
+            seen.append(json.loads(out.decode().strip().splitlines()[-1]))
+        except (TimeoutError, ValueError, IndexError):
+            proc.kill()
+            await proc.wait()
+            seen.append({"error": f"{label} did not report"})
+        await asyncio.sleep(2.0)               # what the flood left behind settles
+    q99, f99 = _med([q[1] for q in quiet]), _med([f[1] for f in flood])
+    return {
+        "flood": name,
+        "quiet_p50_ms": _med([q[0] for q in quiet]),
+        "quiet_p99_ms": q99,
+        "flood_p50_ms": _med([f[0] for f in flood]),
+        "flood_p99_ms": f99,
+        "quiet_p99_runs": [q[1] for q in quiet], "flood_p99_runs": [f[1] for f in flood],
+        "flooder": seen[-1],
+        "p99_ratio": (f99 / q99) if q99 and f99 is not None else None,
+    }
+
+
+async def _start_decoy(nice: int) -> tuple[asyncio.subprocess.Process, dict[str, int]]:
+    """``perf.decoy`` on this process's CPUs (the flooders'), at the flooders' nice."""
+    proc = await asyncio.create_subprocess_exec(
+        *(["nice", "-n", str(nice)] if nice else []), sys.executable, "-m", "perf.decoy",
+        cwd=str(REPO), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    return proc, json.loads(line)
 
 
 def pin_apart(session: Session, cpu: int) -> None:
@@ -173,14 +209,17 @@ def _med(values: list[float | None]) -> float | None:
 
 
 def format_floods(res: dict[str, Any]) -> str:
+    decoy = any("decoy_p99_ratio" in r for r in res["rows"])
     lines = [f"{'flood':22} {'quiet p50':>10} {'quiet p99':>10} {'flood p50':>10} "
-             f"{'flood p99':>10} {'p99 x':>6}  flooder: opened / closed by node"]
+             f"{'flood p99':>10} {'p99 x':>6}" + (f" {'decoy x':>8}" if decoy else "")
+             + "  flooder: opened / closed by node"]
     for r in res["rows"]:
         f = r["flooder"]
         lines.append(f"{r['flood']:22} {_fmt(r['quiet_p50_ms']):>10} "
                      f"{_fmt(r['quiet_p99_ms']):>10} {_fmt(r['flood_p50_ms']):>10} "
-                     f"{_fmt(r['flood_p99_ms']):>10} {_fmt(r['p99_ratio'], '.2f'):>6}  "
-                     f"{f.get('opened', '-')} / {f.get('closed_by_node', '-')}")
+                     f"{_fmt(r['flood_p99_ms']):>10} {_fmt(r['p99_ratio'], '.2f'):>6}"
+                     + (f" {_fmt(r.get('decoy_p99_ratio'), '.2f'):>8}" if decoy else "")
+                     + f"  {f.get('opened', '-')} / {f.get('closed_by_node', '-')}")
     lines.append(f"results sent {res['sent']}, missing {res['missing']} "
                  f"({res['offered_per_s']:g}/s offered, {res['window_s']:g} s windows, "
                  f"median of {res['repeat']})")
@@ -203,10 +242,14 @@ def main() -> None:
                         "the others")
     p.add_argument("--flooder-nice", type=int, default=19, metavar="N",
                    help="the flooder's nice value (default 19; 0: the same as the agents)")
+    p.add_argument("--decoy", action="store_true",
+                   help="also aim each flood at perf.decoy instead of the node: the p99 "
+                        "ratio the flood causes on this machine without the node")
     a = p.parse_args()
     opts = Options(endpoints=a.endpoints, rate=a.rate, duration=a.window,
                    scenarios=("floods",), json_path=a.json_path, flood_repeat=a.repeat,
-                   pin_node_cpu=a.pin_node_cpu, flooder_nice=a.flooder_nice)
+                   pin_node_cpu=a.pin_node_cpu, flooder_nice=a.flooder_nice,
+                   flood_decoy=a.decoy)
     result = run(opts)
     for s in result["sessions"]:
         if "floods" in s:

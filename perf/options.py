@@ -44,6 +44,7 @@ class Options:
     flood_repeat: int = 2                # floods: quiet/flood window pairs per flood kind
     pin_node_cpu: int | None = None      # floods: the node on this CPU, the rest on the others
     flooder_nice: int = 19               # floods: the flooder's nice value (0: as the agents)
+    flood_decoy: bool = False            # floods: also aim each flood at perf.decoy
 
 
 #: Kernel memory the emulated agents' send buffers may take together (see agent_sndbuf).

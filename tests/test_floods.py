@@ -499,3 +499,40 @@ def test_full_status_listener_drops_the_oldest_incomplete_head(run) -> None:
             await server.close()
 
     run(main(), 30)
+
+
+def test_the_decoy_takes_a_flood_and_closes_what_stays_silent() -> None:
+    """``bench_floods --decoy`` aims floods at perf.decoy: it must take each kind the
+    node takes (TLS churn, silent sockets) and close silent ones itself, or the
+    bench would measure a flood that never ran or a flooder waiting for its hold."""
+    import subprocess
+
+    from perf.bench_floods import format_floods
+
+    decoy = subprocess.Popen([sys.executable, "-m", "perf.decoy", "--idle", "1"], cwd=REPO,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert decoy.stdout is not None
+        ports = json.loads(decoy.stdout.readline())
+
+        def flood(*args: str) -> dict:
+            out = subprocess.run([sys.executable, "-m", "perf.floods", *args],
+                                 cwd=REPO, capture_output=True, text=True, timeout=60)
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        churn = flood("churn", "--tls", "--duration", "1", "--workers", "4",
+                      "--port", str(ports["cluster"]))
+        assert churn["opened"] > 10 and churn["errors"] == 0
+        idle = flood("idle", "-n", "50", "--sources", "2", "--hold", "20",
+                     "--port", str(ports["cluster"]))
+        assert idle["closed_by_node"] == 50 and idle["closed_after_s_max"] < 10
+    finally:
+        assert decoy.stdin is not None
+        decoy.stdin.close()
+        assert decoy.wait(10) == 0
+    row = {"flood": "churn-tls", "quiet_p50_ms": 0.3, "quiet_p99_ms": 1.0,
+           "flood_p50_ms": 0.4, "flood_p99_ms": 3.0, "p99_ratio": 3.0,
+           "decoy_p99_ratio": 1.5, "flooder": {"opened": 5}}
+    text = format_floods({"rows": [row], "sent": 1, "missing": 0, "offered_per_s": 1000,
+                          "window_s": 10, "repeat": 2})
+    assert "decoy x" in text.splitlines()[0] and "1.50" in text.splitlines()[1]
