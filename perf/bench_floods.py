@@ -35,7 +35,8 @@ same node (issue 21, 2026-12-06). ``--decoy`` measures what is left of that: aft
 node's windows, each flood runs again aimed at :mod:`perf.decoy` (a TLS and a plain
 listener in a process of their own, on the flooder's CPUs) while the honest agents keep
 sending through the node; the "decoy x" column is the p99 ratio a flood causes on this
-machine without touching the node.
+machine without touching the node (the decoy's own work on the measuring CPU included:
+an upper bound on the machine's share).
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 On the 2-core reference machine the flooder shares a CPU with the bench's emulated
 agents and parent, which stamp each result's send and arrival: a flood delays the stamps
 as well as the node. To tell the two apart, the bench aims each flood at this process
-instead of the node, while the honest agents keep sending through the node: whatever
-their p99 still rises is the machine's, not the node's.
+instead of the node, while the honest agents keep sending through the node. The decoy's
+own work lands on the measuring CPU too, so the rise it shows is an upper bound on what
+is the machine's rather than the node's; a flood that barely moves it (a bare
+connect/close loop: 1.07x) and moves the node's row a lot is the node's to fix.
 
 It serves what the flooders expect, with the node's deadline: a TLS port (anonymous
 clients welcome; a handshake or a session silent for ``--idle`` seconds is closed) and a

@@ -103,6 +103,37 @@ def test_a_turn_whose_admission_budget_is_spent_accepts_one_connection(run) -> N
     run(body())
 
 
+def test_a_peer_gone_before_sending_is_closed_at_accept_and_counted(run, caplog) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        lst = Listener(loop, Counting)
+        await lst.start("127.0.0.1", 0)
+        sock = lst.sockets[0]
+        loop.remove_reader(sock.fileno())          # drive it by hand
+        port = sock.getsockname()[1]
+        gone = await asyncio.to_thread(_connect, port, 3)
+        for c in gone:
+            c.close()                               # connect and close: a churn flood's
+        waiting = await asyncio.to_thread(_connect, port, 1)
+        talking = await asyncio.to_thread(_connect, port, 1)
+        talking[0].sendall(b"\x16\x03\x01")
+        await asyncio.sleep(0.1)                    # (the FINs and bytes have arrived)
+        try:
+            with caplog.at_level(logging.WARNING, logger="router.transport"):
+                lst._on_readable(sock)
+            assert lst.rejected == {"closed_before_data": 3}
+            await _until(lambda: len(Counting.made) == 2)   # the silent one and the talker
+            assert len([r for r in caplog.records
+                        if "closed without sending a byte" in r.getMessage()]) == 1
+        finally:
+            for c in waiting + talking:
+                c.close()
+            lst.close()
+            await lst.wait_closed()
+
+    run(body())
+
+
 class FailingSocket(socket.socket):
     """A real listening socket whose next ``failures`` accepts fail with ``err``."""
 

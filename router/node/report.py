@@ -239,6 +239,8 @@ def metric_families(node: Node) -> list[MetricFamily]:
     if listener is not None:
         fams.append(family("router_accept_errors_total", [
             ({"reason": k}, v) for k, v in sorted(listener.errors.items())]))
+        fams.append(family("router_connections_rejected_total", [
+            ({"reason": k}, v) for k, v in sorted(listener.rejected.items())]))
     fams.append(family("router_disconnects_total", [
         ({"endpoint": "-", "reason": key[0]}, v) for key, v in node.disconnects.items()]))
 

@@ -91,7 +91,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("router_connections_accepted_total", "counter",
                "Inbound TCP connections accepted on the cluster listener."),
     MetricSpec("router_connections_rejected_total", "counter",
-               "Inbound connections closed before the handshake, by reason.",
+               "Inbound connections closed at accept, by reason (closed_before_data: the "
+               "peer had closed or reset it before sending a byte).",
                ("reason",)),
     MetricSpec("router_status_clients", "gauge",
                "Connections the status listener serves now."),

@@ -11,6 +11,13 @@ changes otherwise (a 1 ms timer's delays over 2 ms, summed over a 5 s flood of T
 connect/close loops): 92 and 54 ms against 106 and 85 ms; no difference for bare TCP
 connect/close loops. A modest gain, not the cure of the flood latencies (issue 21).
 
+A connection whose peer has already closed or reset it without sending a byte (a
+connect/close flood) is closed right after ``accept``: one ``recv(MSG_PEEK)`` tells, and
+it costs no transport, protocol, handshake deadline or teardown (counted in
+``rejected``). Against bare connect/close loops (node pinned to a core) that was 5 936
+of 51 231 connections, the others still connected when accepted, and the node's CPU per
+churned connection went from 68-81 to 62-63 µs (two runs each).
+
 Out of descriptors (``EMFILE``/``ENFILE``) or kernel memory, ``accept`` fails while the
 backlog stays readable: the listener stops polling for ``ERROR_PAUSE`` seconds instead
 of spinning on it (counted, logged through the node's rate-limited log, established
@@ -66,6 +73,9 @@ class Listener:
         self.sockets: list[socket.socket] = []
         #: accept() failures by reason ("emfile", "econnaborted", ...)
         self.errors: dict[str, int] = {}
+        #: connections closed at accept, by reason ("closed_before_data": the peer had
+        #: closed or reset it before sending a byte)
+        self.rejected: dict[str, int] = {}
         #: connections whose transport could not be set up (closed at once)
         self.attach_failures = 0
         self._paused: set[socket.socket] = set()
@@ -111,35 +121,43 @@ class Listener:
 
     def _on_readable(self, sock: socket.socket) -> None:
         budget = self.budget
-        started = budget.clock() if budget is not None else 0.0
-        try:
-            self._accept(sock, budget)
-        finally:
-            if budget is not None:
-                budget.charge(budget.clock() - started)
-
-    def _accept(self, sock: socket.socket, budget: TurnBudget | None) -> None:
         for i in range(self.per_turn):
-            if i and budget is not None and budget.exhausted:
-                return      # the rest wait in the backlog for a turn with budget left
-            try:
-                conn, _ = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:   # reset while it waited in the backlog
-                self._count("econnaborted")
+            if budget is None:
+                if not self._accept_one(sock):
+                    return
                 continue
-            except OSError as exc:
-                self._failed(sock, exc)
+            if i and budget.exhausted:
+                return      # the rest wait in the backlog for a turn with budget left
+            started = budget.clock()
+            more = self._accept_one(sock)
+            budget.charge(budget.clock() - started)
+            if not more:
                 return
-            try:
-                conn.setblocking(False)
-                task = self.loop.create_task(self._attach(conn))
-            except Exception:
-                conn.close()
-                raise
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+
+    def _accept_one(self, sock: socket.socket) -> bool:
+        """Accept one connection; False when none waits or accepting had to stop."""
+        try:
+            conn, address = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return False
+        except ConnectionAbortedError:   # reset while it waited in the backlog
+            self._count("econnaborted")
+            return True
+        except OSError as exc:
+            self._failed(sock, exc)
+            return False
+        try:
+            conn.setblocking(False)
+            if _closed_before_sending(conn):
+                self._gone_at_accept(conn, address)
+                return True
+            task = self.loop.create_task(self._attach(conn))
+        except Exception:
+            conn.close()
+            raise
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
 
     async def _attach(self, conn: socket.socket) -> None:
         try:
@@ -149,6 +167,17 @@ class Listener:
             conn.close()
             self.ratelog.log(("listener", "attach"), logging.WARNING,
                              "could not set up an accepted connection: %r", exc)
+
+    def _gone_at_accept(self, conn: socket.socket, address: Any) -> None:
+        """The peer closed (or reset) before sending a byte: no transport, no protocol,
+        no deadline for it, only the count and a rate-limited line per source address."""
+        conn.close()
+        self.rejected["closed_before_data"] = self.rejected.get("closed_before_data", 0) + 1
+        host = address[0] if isinstance(address, tuple) else str(address)
+        self.ratelog.log(("listener", "gone", host), logging.WARNING,
+                         "[%s] connected and closed without sending a byte; closed at "
+                         "accept (router_connections_rejected_total"
+                         "{reason=\"closed_before_data\"})", host)
 
     def _failed(self, sock: socket.socket, exc: OSError) -> None:
         """An accept error other than "nothing waits": count it; for a shortage of
@@ -190,6 +219,20 @@ class Listener:
         """Until the connections accepted before ``close`` have their transports."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _closed_before_sending(conn: socket.socket) -> bool:
+    """True when the peer of a just-accepted (non-blocking) socket has already closed or
+    reset it without sending anything: a connect/close flood's connections, which cost
+    an accept, a peek and a close here instead of a transport, a protocol, a handshake
+    deadline and their teardown. One ``recv`` with ``MSG_PEEK`` for everyone else (it
+    leaves the bytes where they are)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False                    # connected, nothing sent yet
+    except OSError:
+        return True                     # reset already
 
 
 def _address(sock: socket.socket) -> str:
