@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -51,85 +52,81 @@ def _reset() -> None:
     Counting.made = []
 
 
+@contextlib.asynccontextmanager
+async def _driven_by_hand(**kwargs):
+    """A listener on 127.0.0.1 whose accepts the test drives (``_on_readable``); yields
+    it, its socket and its port; closes it after."""
+    loop = asyncio.get_running_loop()
+    lst = Listener(loop, Counting, **kwargs)
+    await lst.start("127.0.0.1", 0)
+    sock = lst.sockets[0]
+    loop.remove_reader(sock.fileno())
+    try:
+        yield lst, sock, sock.getsockname()[1]
+    finally:
+        lst.close()
+        await lst.wait_closed()
+
+
 def test_accepts_at_most_per_turn_then_the_rest_on_later_turns(run) -> None:
     async def body() -> None:
-        loop = asyncio.get_running_loop()
-        lst = Listener(loop, Counting, per_turn=4)
-        await lst.start("127.0.0.1", 0)
-        sock = lst.sockets[0]
-        loop.remove_reader(sock.fileno())          # drive it by hand first
-        port = sock.getsockname()[1]
-        clients = await asyncio.to_thread(_connect, port, 10)
-        try:
-            lst._on_readable(sock)                  # one readiness: four, not ten
-            assert len(lst._tasks) == 4
-            await _until(lambda: len(Counting.made) == 4)
-            lst.serve([sock])                       # back under the loop: the rest come
-            await _until(lambda: len(Counting.made) == 10)
-            assert lst.errors == {}
-        finally:
-            for c in clients:
-                c.close()
-            lst.close()
-            await lst.wait_closed()
+        async with _driven_by_hand(per_turn=4) as (lst, sock, port):
+            clients = await asyncio.to_thread(_connect, port, 10)
+            try:
+                lst._on_readable(sock)              # one readiness: four, not ten
+                assert len(lst._tasks) == 4
+                await _until(lambda: len(Counting.made) == 4)
+                lst.serve([sock])                   # back under the loop: the rest come
+                await _until(lambda: len(Counting.made) == 10)
+                assert lst.errors == {}
+            finally:
+                for c in clients:
+                    c.close()
 
     run(body())
 
 
 def test_a_turn_whose_admission_budget_is_spent_accepts_one_connection(run) -> None:
     async def body() -> None:
-        loop = asyncio.get_running_loop()
-        budget = TurnBudget(loop, budget=0.001)
-        lst = Listener(loop, Counting, per_turn=16, budget=budget)
-        await lst.start("127.0.0.1", 0)
-        sock = lst.sockets[0]
-        loop.remove_reader(sock.fileno())          # drive it by hand
-        clients = await asyncio.to_thread(_connect, sock.getsockname()[1], 6)
-        try:
-            budget.charge(0.002)                    # this turn already spent its budget
-            lst._on_readable(sock)
-            assert len(lst._tasks) == 1             # one, so accepting never starves
-            await asyncio.sleep(0)                  # the next turn: the budget is back
-            await asyncio.sleep(0)
-            assert not budget.exhausted
-            lst._on_readable(sock)                  # the other five in one turn
-            await _until(lambda: len(Counting.made) == 6)
-        finally:
-            for c in clients:
-                c.close()
-            lst.close()
-            await lst.wait_closed()
+        budget = TurnBudget(asyncio.get_running_loop(), budget=0.001)
+        async with _driven_by_hand(per_turn=16, budget=budget) as (lst, sock, port):
+            clients = await asyncio.to_thread(_connect, port, 6)
+            try:
+                budget.charge(0.002)                # this turn already spent its budget
+                lst._on_readable(sock)
+                assert len(lst._tasks) == 1         # one, so accepting never starves
+                await asyncio.sleep(0)              # the next turn: the budget is back
+                await asyncio.sleep(0)
+                assert not budget.exhausted
+                lst._on_readable(sock)              # the other five in one turn
+                await _until(lambda: len(Counting.made) == 6)
+            finally:
+                for c in clients:
+                    c.close()
 
     run(body())
 
 
 def test_a_peer_gone_before_sending_is_closed_at_accept_and_counted(run, caplog) -> None:
     async def body() -> None:
-        loop = asyncio.get_running_loop()
-        lst = Listener(loop, Counting)
-        await lst.start("127.0.0.1", 0)
-        sock = lst.sockets[0]
-        loop.remove_reader(sock.fileno())          # drive it by hand
-        port = sock.getsockname()[1]
-        gone = await asyncio.to_thread(_connect, port, 3)
-        for c in gone:
-            c.close()                               # connect and close: a churn flood's
-        waiting = await asyncio.to_thread(_connect, port, 1)
-        talking = await asyncio.to_thread(_connect, port, 1)
-        talking[0].sendall(b"\x16\x03\x01")
-        await asyncio.sleep(0.1)                    # (the FINs and bytes have arrived)
-        try:
-            with caplog.at_level(logging.WARNING, logger="router.transport"):
-                lst._on_readable(sock)
-            assert lst.rejected == {"closed_before_data": 3}
-            await _until(lambda: len(Counting.made) == 2)   # the silent one and the talker
-            assert len([r for r in caplog.records
-                        if "closed without sending a byte" in r.getMessage()]) == 1
-        finally:
-            for c in waiting + talking:
-                c.close()
-            lst.close()
-            await lst.wait_closed()
+        async with _driven_by_hand() as (lst, sock, port):
+            gone = await asyncio.to_thread(_connect, port, 3)
+            for c in gone:
+                c.close()                           # connect and close: a churn flood's
+            waiting = await asyncio.to_thread(_connect, port, 1)
+            talking = await asyncio.to_thread(_connect, port, 1)
+            talking[0].sendall(b"\x16\x03\x01")
+            await asyncio.sleep(0.1)                # (the FINs and bytes have arrived)
+            try:
+                with caplog.at_level(logging.WARNING, logger="router.transport"):
+                    lst._on_readable(sock)
+                assert lst.rejected == {"closed_before_data": 3}
+                await _until(lambda: len(Counting.made) == 2)   # the silent one, the talker
+                assert len([r for r in caplog.records
+                            if "closed without sending a byte" in r.getMessage()]) == 1
+            finally:
+                for c in waiting + talking:
+                    c.close()
 
     run(body())
 

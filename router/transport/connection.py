@@ -249,7 +249,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             # This turn's admission work is done (transport.turnbudget): wait, unread.
             self._slot_backlog = [bytes(data)]
             self._set_transport_reading(False)
-            self.node.turn_budget.defer(self._resume_after_slot)
+            self.node.turn_budget.defer(self._resume_handshake)
             return
         self._handshake_bytes(data)
 
@@ -359,9 +359,10 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     def handshake_slot_granted(self) -> None:
         """Admission gave us a handshake slot we waited for (``Admitted`` protocol)."""
         self._has_handshake_slot = True
-        self.node.turn_budget.defer(self._resume_after_slot)
+        self.node.turn_budget.defer(self._resume_handshake)
 
-    def _resume_after_slot(self) -> None:
+    def _resume_handshake(self) -> None:
+        """Our turn after waiting for a handshake slot or for the turn budget."""
         if self.state != HANDSHAKING:
             return
         backlog, self._slot_backlog = self._slot_backlog, None
