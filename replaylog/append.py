@@ -139,17 +139,29 @@ class AppendOps(RetentionOps):
                     disk_retry = False
                     target = self._total_bytes * 3 // 4
                     self._soft_cap = target
-                    try:
-                        self._evict_and_tick(target)
-                    except lmdb.Error as evict_error:
-                        if not (isinstance(evict_error, lmdb.MapFullError)
-                                or is_disk_full(self.path, evict_error)):
-                            raise ReplayLogError(f"replay log {self.path}: "
-                                                 f"{describe(evict_error)}") from e
-                    else:
+                    if self._evict_on_full_disk(target, e):
                         continue
                 raise ReplayLogDiskFull(f"replay log {self.path}: disk full, "
                                         f"{len(records)} record(s) not stored") from e
+
+    def _evict_on_full_disk(self, target: int, cause: lmdb.Error) -> bool:
+        """Evict down to ``target`` on a full disk; False when even that cannot commit.
+
+        Deleting copies pages too, so on a disk without a free block (before any earlier
+        eviction left free pages inside the file) the delete fails like the append did:
+        then the disk reserve is given up for it, once per start.
+        """
+        while True:
+            try:
+                self._evict_and_tick(target)
+                return True
+            except lmdb.Error as evict_error:
+                if not (isinstance(evict_error, lmdb.MapFullError)
+                        or is_disk_full(self.path, evict_error)):
+                    raise ReplayLogError(f"replay log {self.path}: "
+                                         f"{describe(evict_error)}") from cause
+                if not self._release_disk_reserve():
+                    return False
 
     def _append(self, w: WriteTxn, records: Sequence[tuple[str, float, bytes, str | None]]
                 ) -> int:

@@ -35,6 +35,13 @@ GiB = 1 << 30
 DEFAULT_MAP_SIZE = 256 * MiB
 #: Name of the file whose ``flock`` marks the one process allowed to write.
 LOCK_FILE = "writer.lock"
+#: Disk space set aside beside ``data.mdb`` (``DISK_RESERVE_FILE``) for the one commit a
+#: full disk would otherwise forbid: the eviction that frees room. LMDB copies every page
+#: it changes, and a page freed by a commit is reused only two commits later, so deleting
+#: records on a disk with no free block fails like the append did, and the log would
+#: refuse every write from then on. 256 KiB is 64 pages: a delete touches a handful.
+DISK_RESERVE_BYTES = 256 * KiB
+DISK_RESERVE_FILE = "disk.reserve"
 
 _T = TypeVar("_T")
 
@@ -122,6 +129,7 @@ class EnvBase:
     sync_commits: bool
     max_map_size: int
     map_grown: int                      # MapFullError resolved by growing the map
+    disk_reserve_used: int              # times the disk reserve was released to evict
     _pid: int                           # the process that opened it (the fork guard)
     _closed: bool
     _write_lock: threading.RLock        # serialises the write methods
@@ -177,6 +185,41 @@ class EnvBase:
             stale = env.reader_check()  # reader slots of killed processes
             if stale:
                 log.info("replay log %s: cleared %d stale reader slot(s)", self.path, stale)
+            self._reserve_disk()
+
+    def _reserve_disk(self) -> None:
+        """Allocate ``DISK_RESERVE_FILE`` (best effort: a full disk leaves it smaller)."""
+        reserve = self.path / DISK_RESERVE_FILE
+        try:
+            fd = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as e:
+            log.warning("replay log %s: no disk reserve (%s): a full disk may stop the "
+                        "log until space is freed", self.path, e.strerror)
+            return
+        try:
+            os.posix_fallocate(fd, 0, DISK_RESERVE_BYTES)
+        except OSError as e:
+            log.warning("replay log %s: could not reserve %d bytes of disk (%s): a full "
+                        "disk may stop the log until space is freed", self.path,
+                        DISK_RESERVE_BYTES, e.strerror)
+        finally:
+            os.close(fd)
+
+    def _release_disk_reserve(self) -> bool:
+        """Delete the reserve so one commit can evict; False when there is none left."""
+        try:
+            (self.path / DISK_RESERVE_FILE).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            log.error("replay log %s: cannot release the disk reserve: %s", self.path,
+                      e.strerror)
+            return False
+        self.disk_reserve_used += 1
+        log.warning("replay log %s: disk full and no page free to evict with: released "
+                    "the %d-byte disk reserve (it is set aside again at the next start)",
+                    self.path, DISK_RESERVE_BYTES)
+        return True
 
     def _release(self) -> None:
         if self._env is not None:

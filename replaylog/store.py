@@ -142,6 +142,7 @@ class ReplayStore(AppendOps, PositionOps, ReadOps):
         self.map_grown = 0           # ... resolved by growing the map
         self.dropped = 0             # records that fit in no map at all (bigger than it)
         self.disk_full = 0           # ENOSPC seen on a write
+        self.disk_reserve_used = 0   # ... where eviction needed the disk reserve
         self.clamped_positions = 0   # confirmed positions clamped from the future
         self._evicted_total = 0      # evicted by this process (the file keeps the totals)
         self._warned_evicted = set()
@@ -177,7 +178,8 @@ class ReplayStore(AppendOps, PositionOps, ReadOps):
         Keys: ``path``, ``records``, ``bytes`` (key + value bytes stored), ``max_bytes``,
         ``map_size``, ``max_map_size``, ``used_bytes`` (LMDB pages in use),
         ``file_bytes`` (size of ``data.mdb``), ``evicted`` (all time, from the file),
-        ``map_full``, ``map_grown``, ``dropped``, ``disk_full``, ``clamped_positions``
+        ``map_full``, ``map_grown``, ``dropped``, ``disk_full``, ``disk_reserve_used``,
+        ``clamped_positions``
         (this process), and ``zones``: ``{zone: {records, bytes, oldest_ts, newest_ts,
         last_seq, evicted}}`` for every zone that ever held a record (``oldest_ts`` and
         ``newest_ts`` are None when it is empty).
@@ -220,7 +222,8 @@ class ReplayStore(AppendOps, PositionOps, ReadOps):
             "map_size": info["map_size"], "max_map_size": self.max_map_size,
             "used_bytes": (info["last_pgno"] + 1) * self._psize, "file_bytes": file_bytes,
             "map_full": self.map_full, "map_grown": self.map_grown, "dropped": self.dropped,
-            "disk_full": self.disk_full, "clamped_positions": self.clamped_positions,
+            "disk_full": self.disk_full, "disk_reserve_used": self.disk_reserve_used,
+            "clamped_positions": self.clamped_positions,
         })
         return out
 

@@ -26,6 +26,7 @@ from replaylog import (
     reset,
 )
 from replaylog import keys as K
+from replaylog.env import DISK_RESERVE_BYTES, DISK_RESERVE_FILE
 from replaylog.errors import InvalidState
 from router.cli import OPERATOR_ERRORS
 
@@ -449,6 +450,51 @@ def test_disk_full_evicts_once_then_reports(store: ReplayStore, monkeypatch) -> 
         store.append_many([("z", 101.0, frame(101), None)])
     assert isinstance(info.value, ReplayLogError) and isinstance(info.value, OPERATOR_ERRORS)
     assert ts_of(store, "z")[-1] == 100.0
+
+
+def test_the_disk_reserve_is_given_up_for_an_eviction_that_cannot_commit(
+        store: ReplayStore, monkeypatch) -> None:
+    reserve = store.path / DISK_RESERVE_FILE
+    assert reserve.stat().st_blocks * 512 >= DISK_RESERVE_BYTES
+    fill(store, "z", range(100))
+    real_append, real_evict = store._append, store._evict_and_tick
+    appends = iter([True, False])
+
+    def full_once(w, records):
+        if next(appends, False):
+            raise lmdb.DiskError("mdb_txn_commit", 28)
+        return real_append(w, records)
+
+    def evict_needs_the_reserve(target):
+        if reserve.exists():
+            raise lmdb.DiskError("mdb_txn_commit", 28)
+        return real_evict(target)
+    monkeypatch.setattr(store, "_append", full_once)
+    monkeypatch.setattr(store, "_evict_and_tick", evict_needs_the_reserve)
+    assert store.append_many([("z", 100.0, frame(100), None)]) == 101
+    stats = store.stats()
+    assert stats["disk_reserve_used"] == 1 and stats["evicted"] > 0
+    # No reserve left: the next eviction that cannot commit is reported, not retried.
+    appends = iter([True])
+    evictions = []
+
+    def never_commits(target):
+        evictions.append(target)
+        raise lmdb.DiskError("mdb_txn_commit", 28)
+    monkeypatch.setattr(store, "_evict_and_tick", never_commits)
+    with pytest.raises(ReplayLogDiskFull):
+        store.append_many([("z", 101.0, frame(101), None)])
+    assert len(evictions) == 1 and store.disk_reserve_used == 1
+
+
+def test_the_disk_reserve_is_set_aside_again_at_the_next_start(tmp_path: Path) -> None:
+    path = tmp_path / "rl"
+    ReplayStore(path).close()
+    (path / DISK_RESERVE_FILE).unlink()
+    with ReplayStore(path, readonly=True):
+        assert not (path / DISK_RESERVE_FILE).exists()      # a reader never writes
+    with ReplayStore(path):
+        assert (path / DISK_RESERVE_FILE).stat().st_size == DISK_RESERVE_BYTES
 
 
 # -- confirmed positions -----------------------------------------------------------------

@@ -6,7 +6,8 @@ Each test puts the replay log on a real file system in the failing state (issue 
 - **disk full**: the node's data directory is a 2 MiB tmpfs. The satellite logs check
   results for its absent parent until the disk is full: retention drops the oldest
   records (counted), the HA partner keeps receiving every result live, the node never
-  stops, and the parent, once back, gets the newest records in order.
+  stops, and the parent, once back, gets the newest records in order. A disk full to its
+  last block (another program filled it) still lets the log evict, through its reserve.
 - **corrupt or truncated log at start**: ``router serve`` exits non-zero with one line
   naming ``data.mdb`` and ``router replaylog reset --data-dir``; the library raises
   ``ReplayLogCorrupt``; the file is left exactly as it was.
@@ -37,6 +38,7 @@ import pytest
 import uvloop
 
 from replaylog import ReplayLogCorrupt, ReplayStore
+from replaylog.env import DISK_RESERVE_BYTES, DISK_RESERVE_FILE
 from router.app import RouterService
 from router.errors import DataDirError
 from tests.nodeutil import (ClusterSpec, FakePeer, check_result, metrics_text, status_json,
@@ -188,6 +190,35 @@ def test_a_full_disk_drops_the_oldest_records_and_live_traffic_keeps_flowing(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR
               and "replay log" in r.getMessage()]
     assert len(errors) < 50, f"{len(errors)} error lines: the log must not flood"
+
+
+def test_a_disk_full_to_the_last_block_still_lets_the_log_evict(tmp_path):
+    """Found by CI: once a disk had no free block, the eviction meant to make room could
+    not commit either (LMDB copies the pages it changes), and every later append failed.
+    The disk reserve beside data.mdb is given up for that one eviction."""
+    with tmpfs(tmp_path / "fs", "1m") as fs:
+        store = ReplayStore(fs / "rl")
+        assert (fs / "rl" / DISK_RESERVE_FILE).stat().st_blocks * 512 >= DISK_RESERVE_BYTES
+        try:
+            for i in range(20):
+                store.append_many([("master", float(20 * i + j), b"x" * 500, None)
+                                   for j in range(20)])
+            fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                while os.write(fd, bytes(4096)):     # the disk's last free block
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            store.append_many([("master", 400.0 + j, b"y" * 500, None) for j in range(200)])
+            stats = store.stats()
+            assert stats["disk_full"] == 1 and stats["disk_reserve_used"] == 1
+            assert stats["evicted"] > 0 and not (fs / "rl" / DISK_RESERVE_FILE).exists()
+            newest = [r.ts for r in store.iter_from("master")][-200:]
+            assert newest == [400.0 + j for j in range(200)]
+        finally:
+            store.close()
 
 
 # -- a corrupt or truncated log at start ------------------------------------------------
