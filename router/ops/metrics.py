@@ -525,6 +525,12 @@ def _own_process() -> Any:
     return _PROCESS
 
 
+def _fresh_start_time() -> float:
+    import psutil
+
+    return float(psutil.Process().create_time())
+
+
 def _safe(call: Callable[[], _T]) -> _T | None:
     try:
         return call()
@@ -536,6 +542,10 @@ def process_info(process: Any = None) -> dict[str, Any]:
     """Process numbers for ``/v1/status``: ``rss_bytes``, ``cpu_seconds``, ``open_fds``,
     ``threads``, ``start_time``; a value is ``None`` when the OS does not provide it."""
     proc = process if process is not None else _own_process()
+    # psutil computes a Process's start time (boot time + ticks) once, when the object is
+    # made; the cached object of this process would keep a value from before a step of
+    # the wall clock (NTP), and time() - start_time would be off by the step.
+    start_time = proc.create_time if process is not None else _fresh_start_time
     mem = _safe(proc.memory_info)
     cpu = _safe(proc.cpu_times)
     return {
@@ -543,7 +553,7 @@ def process_info(process: Any = None) -> dict[str, Any]:
         "cpu_seconds": (cpu.user + cpu.system) if cpu is not None else None,
         "open_fds": _safe(proc.num_fds) if hasattr(proc, "num_fds") else None,
         "threads": _safe(proc.num_threads),
-        "start_time": _safe(proc.create_time),
+        "start_time": _safe(start_time),
     }
 
 
