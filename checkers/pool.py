@@ -302,7 +302,8 @@ class CheckerPool:
             if self._queue or self._running:
                 assert self._idle is not None
                 try:
-                    await asyncio.wait_for(self._idle.wait(), max(drain_timeout, 0))
+                    async with asyncio.timeout(max(drain_timeout, 0)):
+                        await self._idle.wait()
                 except TimeoutError:
                     logger.warning("check pool: %d running and %d queued checks did not "
                                    "finish within %s s", self._running, len(self._queue),

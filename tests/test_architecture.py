@@ -165,6 +165,22 @@ def test_no_private_names_imported_across_modules() -> None:
     assert offenders == []
 
 
+def test_no_asyncio_wait_for_in_production_code() -> None:
+    """On Python 3.11 ``asyncio.wait_for`` swallows a cancellation that arrives in the
+    turn its awaitable completes (fixed in 3.12): a writer runner cancelled on reload
+    or stop then looped on forever (CI hung in test_runner_skips_a_record_that_makes_
+    the_backend_crash). ``async with asyncio.timeout(...)`` does not. The node's packages
+    only: perf's load tools are cancelled once, when a run ends."""
+    offenders = []
+    for path in source_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "wait_for" \
+                    and isinstance(node.value, ast.Name) and node.value.id == "asyncio":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
 def test_router_subpackages_declare_their_public_surface() -> None:
     missing = []
     for init in sorted((ROOT / "router").glob("*/__init__.py")):

@@ -272,6 +272,40 @@ def test_reload_diff_names_writers_added_removed_changed():
     assert "writers" not in diff.other and not diff.restart_required
 
 
+def test_runner_stops_when_cancelled_as_a_backend_call_completes(tmp_path: Path):
+    """Python 3.11's wait_for swallowed a cancellation that came in the turn its call
+    completed: the runner went on and stopping it hung (CI, 120 s timeout)."""
+    answered: list[asyncio.Future[bool]] = []
+
+    class Gated(ScriptedBackend):
+        async def holds_role(self, now: float) -> bool:
+            answered.append(asyncio.get_running_loop().create_future())
+            return await answered[-1]
+
+    spec = WriterSpec("s", "graphite", flush_interval=0.01, flush_threshold=10, timeout=5)
+    shared = SharedQueue(tmp_path / "q")
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    runner = WriterRunner(spec, shared.reader("s"), "n", ZoneView("n", ("n",)), pool,
+                          factory=Gated)
+
+    async def main() -> None:
+        task = asyncio.create_task(runner.run())
+        deadline = time.monotonic() + 10
+        while not answered:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        answered[-1].set_result(False)      # the call completes ...
+        task.cancel()                       # ... and the stop comes in the same turn
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done and task.cancelled(), "the runner went on after it was cancelled"
+        assert len(answered) == 1
+    try:
+        asyncio.run(main())
+    finally:
+        pool.shutdown()
+        shared.close()
+
+
 def test_runner_skips_a_record_that_makes_the_backend_crash(tmp_path: Path):
     class Crashy(ScriptedBackend):
         async def write(self, batch) -> None:

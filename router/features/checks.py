@@ -98,7 +98,8 @@ class LocalChecks:
             deadline = scheduler.next_deadline()
             delay = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.time()))
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
@@ -179,7 +180,8 @@ class LocalChecks:
         self.remote_sent += 1
         timeout = 60.0 + REMOTE_GRACE
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except asyncio.TimeoutError:
             self.remote_unanswered += 1
             return _unknown_cr(f"Remote Icinga instance '{endpoint}' did not answer within "

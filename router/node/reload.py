@@ -441,7 +441,8 @@ class Reloader:
             return record         # the running reload stays the "last" one
         self.phase = ReloadPhase.LOADING
         try:
-            await asyncio.wait_for(self._run(record), self.deadline)
+            async with asyncio.timeout(self.deadline):
+                await self._run(record)
         except asyncio.TimeoutError:
             record.result = "failed"
             record.error = (f"reload did not finish within {self.deadline:g} s "

@@ -112,8 +112,8 @@ class Connector:
             self.attempts[spec.name] = self.attempts.get(spec.name, 0) + 1
             async with self._semaphore:
                 try:
-                    await asyncio.wait_for(self._connect(spec.name, host, port),
-                                           self.connect_timeout)
+                    async with asyncio.timeout(self.connect_timeout):
+                        await self._connect(spec.name, host, port)
                     return True
                 except asyncio.CancelledError:
                     raise

@@ -78,6 +78,7 @@ class GraphiteBackend(LineBackendBase):
         if writer is not None:
             writer.close()
             try:
-                await asyncio.wait_for(writer.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await writer.wait_closed()
             except (OSError, TimeoutError):
                 pass

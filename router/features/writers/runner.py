@@ -99,7 +99,8 @@ class WriterRunner:
 
     async def _bounded(self, what: str, call: Awaitable[T]) -> T:
         try:
-            return await asyncio.wait_for(call, self.spec.timeout)
+            async with asyncio.timeout(self.spec.timeout):
+                return await call
         except TimeoutError:
             raise WriterBackendError("timeout", f"{what} took longer than "
                                      f"{self.spec.timeout:g}s") from None
@@ -134,7 +135,8 @@ class WriterRunner:
         finally:
             self.active = False
             try:
-                await asyncio.wait_for(self.backend.close(), 5)
+                async with asyncio.timeout(5):
+                    await self.backend.close()
             except (TimeoutError, Exception):     # noqa: BLE001 - shutting down anyway
                 pass
 

@@ -110,7 +110,8 @@ class WritersService:
 
     async def wait_ready(self, timeout: float = 10.0) -> bool:
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
             return True
         except TimeoutError:
             return False
@@ -170,7 +171,8 @@ class WritersService:
             peers.cancel()
             await proc.wait()
             try:        # its last lines (a traceback when it crashed)
-                await asyncio.wait_for(logs, 2.0)
+                async with asyncio.timeout(2.0):
+                    await logs
             except TimeoutError:
                 pass
 
@@ -202,7 +204,8 @@ class WritersService:
             if proc.stdin is not None:
                 proc.stdin.close()
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await proc.wait()
             except TimeoutError:
                 log.warning("writers: process did not stop within %.0fs; killing it", timeout)
                 proc.kill()
