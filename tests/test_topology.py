@@ -61,6 +61,14 @@ def test_global_zones_are_never_children() -> None:
         assert t.children("master") == ("sat", "sat-b")
 
 
+def test_peers_and_parents_are_exactly_the_peer_and_parent_relations() -> None:
+    for local, expected in (("s1", ("s2", "m1", "m2")), ("m1", ("m2",)), ("a1", ("s1", "s2"))):
+        t = topo(local)
+        assert t.peers_and_parents() == expected
+        assert set(expected) == {e for e in t.endpoint_names
+                                 if t.relation(e) in (Relation.PEER, Relation.PARENT)}
+
+
 def test_lookups() -> None:
     t = topo()
     assert t.zone("sat") == ZoneSpec("sat", ("s1", "s2"), "master")

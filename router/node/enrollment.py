@@ -688,8 +688,8 @@ class Enrollment:
         self.refresh()
         host = self.host
         topology = host.topology
-        parents = {name for name in host.connected_names
-                   if topology.relation(name) in SIGNERS}
+        connected = host.connected_names
+        parents = {name for name in topology.peers_and_parents() if name in connected}
         new_parents = parents - self._parents_seen
         if new_parents and not self.is_signer():
             for request in self.store.list().requests:

@@ -249,6 +249,15 @@ class Topology:
                     out.append(ep)
         return tuple(out)
 
+    def peers_and_parents(self) -> tuple[str, ...]:
+        """The endpoints related to us as PEER or PARENT: our zone's others, then the
+        parent zone's. A few names, where scanning every connected endpoint for its
+        relation would be 10 000 look-ups a second on a satellite of agents."""
+        out = [ep for ep in self._zones[self.local_zone].endpoints if ep != self.local_endpoint]
+        if self.parent_zone is not None:
+            out.extend(self._zones[self.parent_zone].endpoints)
+        return tuple(out)
+
     def __repr__(self) -> str:
         return (f"Topology(local_endpoint={self.local_endpoint!r}, local_zone={self.local_zone!r}, "
                 f"zones={len(self._zones)}, endpoints={len(self._endpoints)})")
