@@ -10,6 +10,7 @@ import pytest
 
 from router.node import core
 from router.node.core import Node
+from router.node.housekeeping import LOG_POSITION_INTERVAL, LOG_POSITIONS_PER_SECOND, Housekeeping
 from router.node.replay import receipt_position
 
 LAST = 1_796_546_894.324318
@@ -40,3 +41,40 @@ def test_stamps_are_never_whole_seconds(monkeypatch):
     assert stamps == sorted(stamps) and len(set(stamps)) == 4
     assert stamps[-1] == 1_796_546_901.5
     assert all(receipt_position(s, stamps[-1]) == s for s in stamps)
+
+
+class _Loop:
+    """Time moves only when the test says; call_later keeps the one pending timer."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pending: tuple[float, object] | None = None
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback):
+        self.pending = (delay, callback)
+        return types.SimpleNamespace(cancel=lambda: None)
+
+
+@pytest.mark.parametrize("peers, per_peer", [(100, 8), (10_000, 2)])
+def test_log_positions_go_to_each_peer_every_5_s_but_500_a_second_at_most(peers, per_peer):
+    loop = _Loop()
+    sent: list[str] = []
+    host = types.SimpleNamespace(
+        loop=loop, connections={f"agent{i}": object() for i in range(peers)},
+        log_position_interval=LOG_POSITION_INTERVAL,
+        receipts=types.SimpleNamespace(confirm_position=lambda endpoint, received: received),
+        # every peer's position moves all the time: each round confirms it anew
+        endpoint_stats=lambda name: types.SimpleNamespace(remote_log_position=loop.now + 1),
+        send_to=lambda endpoint, frame, method: sent.append(endpoint))
+    housekeeping = Housekeeping(host)          # type: ignore[arg-type]
+    housekeeping.start()
+    while loop.now < 40.0:
+        delay, callback = loop.pending
+        loop.now += delay
+        callback()
+    assert len(sent) / 40.0 <= LOG_POSITIONS_PER_SECOND * 1.05
+    assert abs(sent.count("agent0") - per_peer) <= 1
+    assert set(sent) == set(host.connections)

@@ -32,6 +32,12 @@ LOG_POSITION_INTERVAL = 5.0
 #: ticks, so 5 000 agents cost 100 small writes every 0.1 s instead of a 5 000-write loop
 #: turn every 5 s (which delayed every message behind it by a few hundred ms).
 LOG_POSITION_SLICES = 50
+#: ... and send at most this many a second: with more peers than 5 s allows, a round
+#: takes longer (10 000 agents: 20 s). Each is a TLS record and a write of its own; at
+#: 10 000 agents sending results the 2 000 a second cost the node 8 % of its CPU
+#: (perf/RESULTS.md). A peer that reconnects replays at most one round of what we had
+#: already processed, and we drop those as duplicates.
+LOG_POSITIONS_PER_SECOND = 500
 #: The read-stall watchdog runs this often and flags sessions with unread input and no
 #: read for this long (see Housekeeping.check_read_stalls).
 READ_STALL_CHECK_INTERVAL = 5.0
@@ -195,12 +201,14 @@ class Housekeeping:
         peer would replay every earlier outage again on each reconnect. Icinga sends it to
         every peer every 5 s; we send it to each peer at most every
         ``log_position_interval``, only when it moved since the last one on this session,
-        and a round over all peers is cut into ``LOG_POSITION_SLICES`` ticks.
+        and no more than ``LOG_POSITIONS_PER_SECOND`` in all; a round over all peers is
+        cut into ``LOG_POSITION_SLICES`` ticks.
         """
         host = self.host
         now = host.loop.time()
-        interval = host.log_position_interval
         connections = host.connections
+        interval = max(host.log_position_interval,
+                       len(connections) / LOG_POSITIONS_PER_SECOND)
         if self._log_position_index >= len(self._log_position_round) \
                 and now - self._log_position_round_start >= interval:
             self._log_position_round = list(connections)
@@ -226,4 +234,5 @@ class Housekeeping:
 
 
 __all__ = ["Housekeeping", "HousekeepingHost", "LOG_POSITION_INTERVAL", "LOG_POSITION_SLICES",
+           "LOG_POSITIONS_PER_SECOND",
            "READ_STALL_AFTER", "READ_STALL_CHECK_INTERVAL"]
