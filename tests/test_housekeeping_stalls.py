@@ -1,16 +1,19 @@
-"""The read-stall watchdog looks at a slice of the sessions each second (sans sockets).
+"""The read-stall watchdog looks at a slice of the sessions each tick (sans sockets).
 
 With 10 000 idle agents every session qualified for the FIONREAD look at once, and the
-whole check held the loop 30-50 ms every 5 s (issue 22, measured inside router serve).
-Each session is still looked at once per READ_STALL_CHECK_INTERVAL, and still needs two
-sightings with no read in between before it is flagged.
+whole check held the loop 30-50 ms every 5 s (issue 22, measured inside router serve);
+a fifth of them each second still 7-28 ms, so a round is cut into READ_STALL_SLICES
+ticks. Each session is still looked at once per READ_STALL_CHECK_INTERVAL, and still
+needs two sightings with no read in between before it is flagged.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from router.node.housekeeping import READ_STALL_CHECK_INTERVAL, Housekeeping
+from router.node.housekeeping import READ_STALL_CHECK_INTERVAL, READ_STALL_SLICES, Housekeeping
+
+TICK = READ_STALL_CHECK_INTERVAL / READ_STALL_SLICES
 
 
 class Session:
@@ -41,26 +44,27 @@ def _housekeeping(sessions: list[Session]) -> Housekeeping:
     return Housekeeping(host)  # type: ignore[arg-type]
 
 
-def test_each_second_checks_a_fifth_and_each_session_once_a_round() -> None:
-    sessions = [Session(f"agent{i}") for i in range(10)]
+def test_each_tick_checks_a_slice_and_each_session_once_a_round() -> None:
+    per_tick = 3
+    sessions = [Session(f"agent{i}") for i in range(per_tick * READ_STALL_SLICES)]
     hk = _housekeeping(sessions)
     now = 100.0
-    for second in range(int(READ_STALL_CHECK_INTERVAL)):
-        hk._check_stall_slice(now + second)
-        assert sum(s.looked_at for s in sessions) == 2 * (second + 1)   # ceil(10 / 5)
+    for tick in range(READ_STALL_SLICES):
+        hk._check_stall_slice(now + tick * TICK)
+        assert sum(s.looked_at for s in sessions) == per_tick * (tick + 1)
     assert all(s.looked_at == 1 for s in sessions)
-    hk._check_stall_slice(now + 4.5)        # the round is done, the next not due yet
+    hk._check_stall_slice(now + READ_STALL_CHECK_INTERVAL - TICK / 2)   # next round not due
     assert all(s.looked_at == 1 for s in sessions)
     hk._check_stall_slice(now + READ_STALL_CHECK_INTERVAL)      # the next round starts
-    assert sum(s.looked_at for s in sessions) == 12
+    assert sum(s.looked_at for s in sessions) == per_tick * READ_STALL_SLICES + per_tick
 
 
 def test_a_stuck_session_is_flagged_at_its_second_look_across_rounds() -> None:
     stuck = Session("stuck", unread=100)
     others = [Session(f"agent{i}") for i in range(9)]
     hk = _housekeeping([stuck, *others])
-    for second in range(2 * int(READ_STALL_CHECK_INTERVAL)):
-        hk._check_stall_slice(100.0 + second)
+    for tick in range(2 * READ_STALL_SLICES):
+        hk._check_stall_slice(100.0 + tick * TICK)
     assert stuck.looked_at == 2 and stuck.restarted == 1 and hk.read_stalls == 1
     assert stuck not in hk._stall_suspects
     stuck.state = "closed"                  # a closed suspect is not kept

@@ -44,17 +44,18 @@ def test_stamps_are_never_whole_seconds(monkeypatch):
 
 
 class _Loop:
-    """Time moves only when the test says; call_later keeps the one pending timer."""
+    """Time moves only when the test says; call_later keeps each timer's latest arming,
+    by the name of its callback."""
 
     def __init__(self) -> None:
         self.now = 0.0
-        self.pending: tuple[float, object] | None = None
+        self.pending: dict[str, tuple[float, object]] = {}
 
     def time(self) -> float:
         return self.now
 
     def call_later(self, delay: float, callback):
-        self.pending = (delay, callback)
+        self.pending[callback.__name__] = (delay, callback)
         return types.SimpleNamespace(cancel=lambda: None)
 
 
@@ -72,7 +73,7 @@ def test_log_positions_go_to_each_peer_every_5_s_but_500_a_second_at_most(peers,
     housekeeping = Housekeeping(host)          # type: ignore[arg-type]
     housekeeping.start()
     while loop.now < 40.0:
-        delay, callback = loop.pending
+        delay, callback = loop.pending["_on_log_position_tick"]
         loop.now += delay
         callback()
     assert len(sent) / 40.0 <= LOG_POSITIONS_PER_SECOND * 1.05
