@@ -2,7 +2,7 @@
 
 With 10 000 idle agents every session qualified for the FIONREAD look at once, and the
 whole check held the loop 30-50 ms every 5 s (issue 22, measured inside router serve);
-a fifth of them each second still 7-28 ms, so a round is cut into READ_STALL_SLICES
+a fifth of them each second still up to 31 ms, so a round is cut into READ_STALL_SLICES
 ticks. Each session is still looked at once per READ_STALL_CHECK_INTERVAL, and still
 needs two sightings with no read in between before it is flagged.
 """

@@ -45,7 +45,7 @@ READ_STALL_AFTER = 5.0
 #: ... each round cut into this many ticks of its own timer (0.1 s): a tick looks at a
 #: fiftieth of the sessions. Idle agents (a result a minute, a heartbeat every 20 s) all
 #: qualify for the FIONREAD look, 3.5 us each; at 10 000 agents a slice a second held
-#: the loop 7-28 ms.
+#: the loop up to 31 ms.
 READ_STALL_SLICES = 50
 
 
@@ -147,7 +147,7 @@ class Housekeeping:
         once per READ_STALL_CHECK_INTERVAL, but not all in one loop turn. With 10 000
         idle agents (a result a minute each) every one of them qualified for the
         ``FIONREAD`` look, and the whole check held the loop 30-50 ms every 5 s; a fifth
-        of it each second still 7-28 ms."""
+        of it each second still up to 31 ms."""
         if self._stall_index >= len(self._stall_round):
             if now - self._stall_round_start < READ_STALL_CHECK_INTERVAL:
                 return
