@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from router.features.checks import LocalChecks
     from router.features.configsync import ConfigSync
     from router.features.writers import WritersService
+    from router.features.writers.feed import ResultFeed
     from router.features.commands import CommandExecutor
     from router.node.replay import ReplayManager
     from router.protocol.events import Event
@@ -226,6 +227,11 @@ class Node:
     def last_stamp(self) -> float:
         """The newest ``ts`` this node stamped on a message."""
         return self._last_stamp
+
+    def feature_barrier(self) -> ResultFeed | None:
+        """What a checkpoint of processed positions waits for (``router.node.receipts``):
+        the writers' feed, which commits the results it is handed a few ms later."""
+        return self.writers.feed if self.writers is not None else None
 
     def max_message_size(self, endpoint: str | None) -> int:
         """Receive limit by trust (users.md P16): children are bounded tighter than parents."""

@@ -34,7 +34,9 @@ satellite). Three rules make it exactly-once between our nodes:
    every record submitted before (``ReplayWriter.call``), so they never cover a message
    that is not yet in the log. Only then are they confirmed to the peers. (A next hop
    that never confirms holds the checkpoints back until its connection drops; Icinga
-   and our nodes confirm every 5 s.)
+   and our nodes confirm every 5 s.) Handed to a feature that keeps results on disk
+   itself (the writers' queue, ``FeatureBarrier``) means committed there: a checkpoint
+   also waits until that feature has committed everything it was handed before it.
 
 3. **Restored at start.** The positions on disk (``replaylog.ReceivedPositions``, beside
    the replay log) are loaded before any connection is accepted: a peer's replay of what
@@ -82,8 +84,22 @@ RECENT = 50_000
 MAX_TRUST_CACHE = 65536
 
 
+class FeatureBarrier(Protocol):
+    """A feature that commits what it is handed later, off the loop (the writers' feed):
+    a checkpoint covers a message only once the feature has committed it."""
+
+    def mark(self) -> int:
+        """A mark for everything handed over so far."""
+
+    def reached(self, mark: int) -> bool:
+        """Is everything handed over before ``mark`` committed?"""
+
+
 class ReceiptsHost(NodeContext, Protocol):
     """What the receipts need from the node."""
+
+    def feature_barrier(self) -> FeatureBarrier | None:
+        """The feature a checkpoint must wait for, if any."""
 
     @property
     def connections(self) -> Mapping[str, Connection]: ...
@@ -102,6 +118,9 @@ class _Checkpoint:
     hops: dict[str, float]
     #: connection -> the stamp it must confirm (its unconfirmed frames at the checkpoint)
     waiting: dict[Connection, float] = field(default_factory=dict)
+    #: The feature that must commit what it was handed before the checkpoint, and its mark.
+    barrier: FeatureBarrier | None = None
+    mark: int = 0
 
 
 class Receipts:
@@ -267,6 +286,9 @@ class Receipts:
             self.moved_hops = later
             if origins or hops:
                 point = _Checkpoint(self.checkpoints + 1, origins, hops)
+                barrier = host.feature_barrier()
+                if barrier is not None:
+                    point.barrier, point.mark = barrier, barrier.mark()
                 last_stamp = host.last_stamp
                 waiting = point.waiting
                 for conn in host.connections.values():
@@ -307,9 +329,13 @@ class Receipts:
         for conn, ts in first.waiting.items():
             if ts > second.waiting.get(conn, 0.0):
                 second.waiting[conn] = ts
+        if second.barrier is None:      # (marks only grow: the second's covers the first's)
+            second.barrier, second.mark = first.barrier, first.mark
         del self._pending[0]
 
     def _ready(self, point: _Checkpoint) -> bool:
+        if point.barrier is not None and not point.barrier.reached(point.mark):
+            return False    # the writers' feed has not committed all it was handed yet
         connections = self.host.connections
         for conn, stamp in point.waiting.items():
             if conn.endpoint is None or connections.get(conn.endpoint) is not conn:

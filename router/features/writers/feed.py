@@ -10,6 +10,11 @@ writer reads the queue from its own position. Memory is bounded: beyond
 ``max_pending_bytes`` waiting bytes ``submit`` drops the result and counts it
 (``router_writer_points_total{result="dropped"}``): the routing loop is never blocked by a
 slow disk.
+
+A result is *safe* here once committed (or counted as failed): ``mark`` and ``reached``
+let the node's checkpoint of processed positions (``router.node.receipts``) wait until
+every result it covers is, so a ``kill -9`` between the checkpoint and the commit cannot
+lose results the senders will not send again (issue 21).
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ class ResultFeed:
         self.evicted: dict[str, int] = {}
         self.failed: dict[str, int] = {}
         self.dropped = 0
+        #: Results taken by ``submit`` (not dropped), and how many of those a commit
+        #: round has settled (committed or counted as failed), in order: ``mark``.
+        self._accepted = 0
+        self._settled = 0
         self._open(list(specs))
         self._thread = threading.Thread(target=self._run, name="writers-feed", daemon=True)
         self._thread.start()
@@ -101,7 +110,17 @@ class ResultFeed:
                 self._wake.notify()
             self._pending.append((time.time(), raw))
             self._pending_bytes += len(raw)
+            self._accepted += 1
         return True
+
+    def mark(self) -> int:
+        """A mark for everything submitted so far (``reached`` says when it is safe)."""
+        return self._accepted
+
+    def reached(self, mark: int) -> bool:
+        """Is every result submitted before ``mark`` committed to the queue (or counted
+        as failed)? Rounds commit in submission order, so a count tells."""
+        return self._settled >= mark
 
     def reconfigure(self, specs: Iterable[WriterSpec]) -> None:
         """Writers added/removed/changed (reload); applied by the thread between commits."""
@@ -152,8 +171,14 @@ class ResultFeed:
                 batch = [self._pending.popleft() for _ in range(take)]
                 self._pending_bytes -= sum(len(raw) for _, raw in batch)
             if batch:
-                self._commit(batch)
+                try:
+                    self._commit(batch)
+                except Exception:   # noqa: BLE001 - the thread must live: checkpoints wait on it
+                    log.exception("writers: %d check results not queued", len(batch))
+                    for name in self._bounds:
+                        self.failed[name] = self.failed.get(name, 0) + len(batch)
             with self._lock:
+                self._settled += len(batch)
                 self._busy = False
                 self._idle.notify_all()
 
