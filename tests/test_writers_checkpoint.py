@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from router.config import WriterSpec
 from router.features.writers import WritersService
 from router.features.writers.feed import ResultFeed
+from router.node.report import replay_families
 from tests.chainsim import SimLink, SimNode
 from tests.nodeutil import ClusterSpec, check_result
 from tests.pkiutil import make_test_pki
@@ -115,7 +117,16 @@ def chain(tmp_path: Path):
     loop.close()
 
 
-def test_no_checkpoint_covers_results_the_writers_feed_has_not_committed(chain) -> None:
+def _unsaved_metric(node) -> float:
+    fams = {f.name: f for f in replay_families(node)}
+    saves = dict((labels["result"], v)
+                 for labels, v in fams["router_processed_positions_saves_total"].samples)
+    assert set(saves) == {"ok", "failed"}
+    return fams["router_processed_positions_unsaved_seconds"].samples[0][1]
+
+
+def test_no_checkpoint_covers_results_the_writers_feed_has_not_committed(chain, caplog
+                                                                          ) -> None:
     master, agent, link = chain
     node = master.node
     feed = node.writers.feed
@@ -130,6 +141,15 @@ def test_no_checkpoint_covers_results_the_writers_feed_has_not_committed(chain) 
     assert receipts.saved_through == 0, "a checkpoint was saved over uncommitted results"
     assert receipts.confirm_position("agent1", 1e18) == 0.0
     assert receipts._pending                         # noqa: SLF001 - it waits
+    # An operator sees it: the gauge, and after 30 s a warning that says why.
+    assert _unsaved_metric(node) > 0
+    later = node.loop.time() + 31
+    assert receipts.unsaved_seconds(later) >= 31
+    with caplog.at_level(logging.WARNING, logger="router.receipts"):
+        receipts._check_stuck(later)                 # noqa: SLF001 - the 1 s tick's check
+        receipts._check_stuck(later + 1)             # noqa: SLF001 - not again so soon
+    stuck = [r.getMessage() for r in caplog.records if "not saved for" in r.getMessage()]
+    assert len(stuck) == 1 and "result writers' queue" in stuck[0], stuck
 
     blocked.release.set()
     assert feed.flush(10)
@@ -137,3 +157,43 @@ def test_no_checkpoint_covers_results_the_writers_feed_has_not_committed(chain) 
     assert receipts.saved_through >= 1
     assert receipts.confirm_position("agent1", 1e18) == agent.node.last_stamp
     assert feed.appended == {"w1": 5}
+    assert _unsaved_metric(node) == 0
+
+
+def test_a_checkpoint_held_by_a_peer_that_does_not_confirm_names_it(tmp_path: Path,
+                                                                     caplog) -> None:
+    pki = make_test_pki(tmp_path / "pki", ["master", "sat1", "agent1"])
+    spec = ClusterSpec(tmp_path / "nodes", pki, [("master", ["master"], None),
+                                                 ("sat", ["sat1"], "master"),
+                                                 ("agent1", ["agent1"], "sat")])
+    loop = asyncio.new_event_loop()
+    sims = {name: SimNode(spec, name, loop) for name in ("master", "sat1", "agent1")}
+    try:
+        for sim in sims.values():
+            sim.start()
+        down = SimLink(sims["agent1"], sims["sat1"])
+        up = SimLink(sims["sat1"], sims["master"])
+        down.connect()
+        up.connect()
+        assert sims["agent1"].node.originate("event::CheckResult",
+                                             check_result("agent1", "s1", "OK"))
+        assert down.deliver(True, 10) == 1
+        assert up.deliver(True, 10) == 1     # the master has it, and confirms nothing
+        sat = sims["sat1"]
+        sat.checkpoint()
+        receipts = sat.node.receipts
+        assert receipts.saved_through == 0
+        with caplog.at_level(logging.WARNING, logger="router.receipts"):
+            receipts._check_stuck(sat.node.loop.time() + 40)   # noqa: SLF001
+        stuck = [r.getMessage() for r in caplog.records if "not saved for" in r.getMessage()]
+        assert len(stuck) == 1 and "[master] to confirm" in stuck[0], stuck
+        sims["master"].checkpoint()          # the master's own positions on disk,
+        sims["master"].confirm()             # then its log::SetLogPosition ...
+        up.deliver(False, 10)                # ... reaches sat1
+        sat.checkpoint()
+        assert receipts.saved_through >= 1
+        assert receipts.unsaved_seconds(sat.node.loop.time()) == 0
+    finally:
+        for sim in sims.values():
+            sim.stop()
+        loop.close()

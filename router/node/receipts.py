@@ -82,6 +82,10 @@ ORIGIN_KEY = "routerOrigin"
 RECENT = 50_000
 #: Cached trust decisions (hop, origin) at most; the cache is cleared when full.
 MAX_TRUST_CACHE = 65536
+#: A checkpoint not saved after this many seconds is logged with what it waits for,
+#: then every ``STUCK_REPEAT`` seconds while it still waits.
+STUCK_AFTER = 30.0
+STUCK_REPEAT = 60.0
 
 
 class FeatureBarrier(Protocol):
@@ -121,6 +125,8 @@ class _Checkpoint:
     #: The feature that must commit what it was handed before the checkpoint, and its mark.
     barrier: FeatureBarrier | None = None
     mark: int = 0
+    #: Loop time it was taken (of the oldest one merged into it).
+    taken_at: float = 0.0
 
 
 class Receipts:
@@ -155,6 +161,9 @@ class Receipts:
         self.saved_through = 0
         self.saves = 0
         self.save_failures = 0
+        self._stuck_logged_at: float | None = None
+        #: Loop time of the oldest checkpoint whose positions are not on disk yet.
+        self._unsaved_since: float | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -263,6 +272,7 @@ class Receipts:
     def _tick(self) -> None:
         try:
             self.checkpoint()
+            self._check_stuck(self.host.loop.time())
         except Exception:  # the timer must keep running
             log.exception("receive positions: checkpoint failed")
         self._timer = self.host.loop.call_later(CHECKPOINT_INTERVAL, self._tick)
@@ -285,7 +295,10 @@ class Receipts:
                     hops[name] = position
             self.moved_hops = later
             if origins or hops:
-                point = _Checkpoint(self.checkpoints + 1, origins, hops)
+                point = _Checkpoint(self.checkpoints + 1, origins, hops,
+                                    taken_at=host.loop.time())
+                if self._unsaved_since is None:
+                    self._unsaved_since = point.taken_at
                 barrier = host.feature_barrier()
                 if barrier is not None:
                     point.barrier, point.mark = barrier, barrier.mark()
@@ -331,7 +344,48 @@ class Receipts:
                 second.waiting[conn] = ts
         if second.barrier is None:      # (marks only grow: the second's covers the first's)
             second.barrier, second.mark = first.barrier, first.mark
+        second.taken_at = min(first.taken_at, second.taken_at)
         del self._pending[0]
+
+    def unsaved_seconds(self, now: float) -> float:
+        """How long the oldest checkpoint not on disk yet has waited (0: none waits), a
+        failed save included (its positions go into the next checkpoint)."""
+        since = self._unsaved_since
+        return max(0.0, now - since) if since is not None else 0.0
+
+    def _check_stuck(self, now: float) -> None:
+        """Log, once in a while, a checkpoint that cannot be saved, and why: meanwhile
+        this node confirms nothing new to its peers, whose replay logs grow."""
+        waited = self.unsaved_seconds(now)
+        if waited < STUCK_AFTER:
+            self._stuck_logged_at = None
+            return
+        if self._stuck_logged_at is not None and now - self._stuck_logged_at < STUCK_REPEAT:
+            return
+        self._stuck_logged_at = now
+        log.warning("processed positions not saved for %.0f s, so nothing new is confirmed "
+                    "to the peers (they keep what they sent since): %s", waited,
+                    self._blocker(self._pending[0] if self._pending else None))
+
+    def _blocker(self, point: _Checkpoint | None) -> str:
+        """What keeps ``point`` (the oldest checkpoint waiting) from being saved, in words."""
+        if point is None:
+            return "the last save failed (logged above); the next checkpoint retries it"
+        if point.barrier is not None and not point.barrier.reached(point.mark):
+            return ("waiting for the result writers' queue to commit the results handed "
+                    "to it (a slow or full disk under DATA_DIR/writers-queue?)")
+        connections = self.host.connections
+        for conn, stamp in point.waiting.items():
+            if conn.endpoint is None or connections.get(conn.endpoint) is not conn:
+                continue
+            stats = conn.stats
+            if stats is not None and stats.confirmed_log_position < stamp:
+                return (f"waiting for [{conn.endpoint}] to confirm what it was sent "
+                        f"(log::SetLogPosition up to {stamp:.6f}; it confirmed "
+                        f"{stats.confirmed_log_position:.6f})")
+        if self._saving:
+            return "the save under DATA_DIR/received is still running (a slow disk?)"
+        return "a save of an earlier checkpoint is running or failed; retrying"
 
     def _ready(self, point: _Checkpoint) -> bool:
         if point.barrier is not None and not point.barrier.reached(point.mark):
@@ -398,6 +452,7 @@ class Receipts:
             return
         self.saves += 1
         self.saved_through = max(self.saved_through, number)
+        self._unsaved_since = self._pending[0].taken_at if self._pending else None
         for name, ts in origins.items():
             if ts > self._saved.get(name, 0.0):
                 self._saved[name] = ts

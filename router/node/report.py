@@ -377,6 +377,7 @@ def replay_families(node: Node) -> list[MetricFamily]:
     stats = replay.store.stats()
     positions = replay.store.positions()
     zones = stats["zones"]
+    receipts = node.receipts
     lag = []
     for zone, endpoints in sorted(replay.zones.items()):
         newest = zones.get(zone, {}).get("newest_ts")
@@ -405,6 +406,10 @@ def replay_families(node: Node) -> list[MetricFamily]:
         family("router_replay_duplicates_dropped_total", [
             ({"peer": n}, s.duplicates_dropped) for n, s in sorted(node.stats.items())
             if s.duplicates_dropped]),
+        family("router_processed_positions_saves_total", [
+            ({"result": "ok"}, receipts.saves), ({"result": "failed"}, receipts.save_failures)]),
+        family("router_processed_positions_unsaved_seconds", [
+            ({}, receipts.unsaved_seconds(node.loop.time()))]),
     ]
 
 

@@ -256,6 +256,14 @@ CATALOG: tuple[MetricSpec, ...] = (
                "after a reconnect or a restart: their ts, or the ts where they entered our "
                "chain of nodes, is not newer than what it processed), by the peer that "
                "sent them.", ("peer",)),
+    MetricSpec("router_processed_positions_saves_total", "counter",
+               "Checkpoints of the positions this node processed, per origin, saved to "
+               "disk (result ok) or not (failed: retried with the next checkpoint).",
+               ("result",)),
+    MetricSpec("router_processed_positions_unsaved_seconds", "gauge",
+               "How long the oldest checkpoint of processed positions has waited to be "
+               "saved (0: none waits). Meanwhile nothing new is confirmed to the peers; "
+               "logged with its cause after 30 s."),
     MetricSpec("router_replay_in_progress", "gauge",
                "Messages replayed so far to an endpoint whose replay is running (absent "
                "when none runs).", ("endpoint",)),
