@@ -25,6 +25,7 @@ import functools
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -120,6 +121,17 @@ class ChainMachine(RuleBasedStateMachine):
             receiver.confirm()
         if back:
             session.deliver(False, 10_000)
+
+    @rule(sender=st.sampled_from(["master", "sat1"]))
+    @_traced
+    def command_down(self, sender: str) -> None:
+        """A logged message the other way (a next-check update for agent1's host): the
+        master's is relayed by sat1, sat1's is its own. Each node then has logged frames
+        unconfirmed at the other while it waits for confirmations itself."""
+        sim = self.nodes[sender]
+        if sim.node is not None:
+            assert sim.node.originate("event::SetNextCheck", {
+                "host": "agent1", "service": "s0", "next_check": time.time() + 60})
 
     @rule(name=st.sampled_from(NAMES))
     @_traced

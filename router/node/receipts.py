@@ -28,9 +28,9 @@ satellite). Three rules make it exactly-once between our nodes:
    disk only cover messages that can no longer be lost here: handed to local features,
    or, for what it relayed, committed to its own replay log or confirmed by every next
    hop that keeps a log. A checkpoint (every ``CHECKPOINT_INTERVAL``) takes the newest
-   ``ts`` per origin and per peer and waits until every connection with unconfirmed
-   logged frames has confirmed what it had at that moment (or dropped: its frames then
-   went to the replay log); the replay log's writer then commits the positions after
+   ``ts`` per origin and per peer and waits until every connection with logged frames
+   this node relayed for others (``Ledger.relayed``; its own messages are nobody's
+   position) has confirmed them (or dropped: its frames then went to the replay log); the replay log's writer then commits the positions after
    every record submitted before (``ReplayWriter.call``), so they never cover a message
    that is not yet in the log. Only then are they confirmed to the peers. (A next hop
    that never confirms holds the checkpoints back until its connection drops; Icinga
@@ -107,10 +107,6 @@ class ReceiptsHost(NodeContext, Protocol):
 
     @property
     def connections(self) -> Mapping[str, Connection]: ...
-
-    @property
-    def last_stamp(self) -> float:
-        """The newest ``ts`` this node stamped on a message."""
 
     def endpoint_stats(self, name: str) -> EndpointStats: ...
 
@@ -302,17 +298,19 @@ class Receipts:
                 barrier = host.feature_barrier()
                 if barrier is not None:
                     point.barrier, point.mark = barrier, barrier.mark()
-                last_stamp = host.last_stamp
                 waiting = point.waiting
+                # Only what this node relayed for others: its own messages are no
+                # position of anyone's. Waiting for those too deadlocked two of our nodes
+                # that each had a message of its own unconfirmed at the other (results
+                # up, commands down): each confirms only after its checkpoint.
                 for conn in host.connections.values():
                     ledger = conn.ledger
                     if ledger is None:
                         continue
-                    queue = conn.queue
-                    if queue is not None and queue.messages:
-                        waiting[conn] = max(ledger.newest, last_stamp)
-                    elif ledger.bytes:          # unconfirmed frames (len() is slower)
-                        waiting[conn] = ledger.newest
+                    relayed = ledger.relayed
+                    stats = conn.stats
+                    if relayed and (stats is None or stats.confirmed_log_position < relayed):
+                        waiting[conn] = relayed
                 self._pending.append(point)
                 self.checkpoints += 1
                 if len(self._pending) > MAX_PENDING:
