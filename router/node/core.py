@@ -383,6 +383,10 @@ class Node:
                 if fresh:
                     seen[endpoint] = ts
                     receipts.moved_origins[endpoint] = ts
+                    if self.topology.local_zone_ha:
+                        # Our HA partner may relay an older message of the peer's, one
+                        # we never had: accept() must know it came directly.
+                        receipts.came_directly(endpoint, ts)
             else:
                 origin = receipts.origin(endpoint, raw_origin, ts)
                 fresh = receipts.accept(endpoint, origin[0], origin[1])

@@ -228,6 +228,15 @@ class Receipts:
         self._remember(name, ts)
         return True
 
+    def came_directly(self, name: str, ts: float) -> None:
+        """``name``'s own message with ``ts``, newer than any before, came from ``name``
+        itself (no ``routerOrigin``) and was processed. Only in an HA zone, where the
+        partner may relay its older ones to us: without the hop and the stamp recorded,
+        ``accept`` took such a message for a replay and dropped it (lost: the peer
+        never sends it to us again, our partner confirmed it)."""
+        self.seen_hop[name] = name
+        self._remember(name, ts)
+
     def _remember(self, name: str, ts: float) -> None:
         key = (name, ts)
         recent = self._recent

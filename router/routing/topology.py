@@ -65,8 +65,8 @@ class Topology:
     """
 
     __slots__ = (
-        "local_endpoint", "local_zone", "parent_zone", "child_zones", "global_zones",
-        "zone_names", "endpoint_names", "_zones", "_endpoints", "_zone_of", "_ancestors", "_children",
+        "local_endpoint", "local_zone", "local_zone_ha", "parent_zone", "child_zones",
+        "global_zones", "zone_names", "endpoint_names", "_zones", "_endpoints", "_zone_of", "_ancestors", "_children",
         "_relations", "_adjacent_zones", "_zone_relations",
     )
 
@@ -157,6 +157,9 @@ class Topology:
         self.local_endpoint: str = local_endpoint
         self.local_zone: str = zone_of[local_endpoint]
         self.parent_zone: str | None = zmap[self.local_zone].parent
+        #: Our zone has other endpoints (HA): a peer's message may reach us twice, from
+        #: the peer and relayed by our partner (router.node.receipts).
+        self.local_zone_ha: bool = len(zmap[self.local_zone].endpoints) > 1
         self.child_zones: tuple[str, ...] = self._children[self.local_zone]
         self.global_zones: tuple[str, ...] = tuple(n for n, z in zmap.items() if z.global_)
 
