@@ -19,6 +19,10 @@ a real writer does within its 5 ms window, made explicit.
 from __future__ import annotations
 
 import asyncio
+import functools
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,6 +34,7 @@ from router.node.core import Node
 from router.node.replay import ReplayManager
 from router.protocol import jsonrpc
 from tests.nodeutil import ClusterSpec
+from tests.pkiutil import make_test_pki
 
 #: The writer never commits on its own: only flush() and queued operations make it.
 NEVER = 10 ** 9
@@ -306,3 +311,81 @@ def frame_service(frame: bytes) -> str | None:
 
 
 __all__ = ["SimConn", "SimLink", "SimNode", "frame_service"]
+
+
+def rounds(nodes: Iterable[SimNode], links: Iterable[SimLink], n: int) -> None:
+    """``n`` rounds of traffic and periodic work: every link that is up delivers both
+    ways, then every node commits, takes a checkpoint and confirms."""
+    nodes, links = list(nodes), list(links)
+    for _ in range(n):
+        for link in links:
+            if link.up:
+                link.deliver(True, 1000)
+                link.deliver(False, 1000)
+        for sim in nodes:
+            sim.commit()
+            sim.checkpoint()
+            sim.confirm()
+
+
+def kill_node(sim: SimNode, links: Iterable[SimLink]) -> None:
+    """``kill -9`` of ``sim``: the peer of each of its links sees the connection drop
+    (what was in flight is gone), then the node dies."""
+    if sim.node is None:
+        return
+    for session in links:
+        if sim in (session.a, session.b):
+            other = session.b if session.a is sim else session.a
+            conn = session.conn_b if session.a is sim else session.conn_a
+            if conn is not None and other.node is not None:
+                conn.state = "closed"
+                other.node.connection_lost(conn, None)  # type: ignore[arg-type]
+            session.conn_a = session.conn_b = None
+    sim.kill()
+
+
+_PKIS: dict[tuple[str, ...], object] = {}
+
+
+def shared_pki(names: Iterable[str]) -> object:
+    """One test PKI per set of names for a whole test session (simulated nodes never
+    read it: no TLS here), so that property tests do not make one per example."""
+    key = tuple(names)
+    if key not in _PKIS:
+        _PKIS[key] = make_test_pki(Path(tempfile.mkdtemp(prefix="chain-pki-")), list(key))
+    return _PKIS[key]
+
+
+def traced(function: Callable[..., None]) -> Callable[..., None]:
+    """A state machine rule that writes its step into ``self.trace`` first: a failing
+    example then prints its whole trace."""
+    @functools.wraps(function)
+    def step(self: Any, **kwargs: object) -> None:
+        self.trace.append(f"{function.__name__}({kwargs})")
+        function(self, **kwargs)
+    return step
+
+
+def heal(nodes: Iterable[SimNode], links: Iterable[SimLink], max_rounds: int = 80) -> None:
+    """Every node up, every link up, then rounds of traffic and periodic work until
+    nothing moves and no checkpoint waits; AssertionError if that never happens."""
+    nodes, links = list(nodes), list(links)
+    for sim in nodes:
+        if sim.node is None:
+            sim.start()
+    for session in links:
+        if not session.up:
+            session.connect()
+    for _ in range(max_rounds):
+        moved = 0
+        for session in links:
+            moved += session.deliver(True, 10_000) + session.deliver(False, 10_000)
+        for sim in nodes:
+            sim.commit()
+            sim.checkpoint()
+            sim.confirm()
+        if not moved and all(not s.pending() for s in links) and not any(
+                sim.node.receipts.stats()["pending_checkpoints"]
+                for sim in nodes if sim.node is not None):
+            return
+    raise AssertionError("the nodes did not settle")

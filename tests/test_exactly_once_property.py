@@ -21,13 +21,11 @@ What is checked after the chain heals (every node up, every link up, traffic set
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,37 +33,17 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from tests.chainsim import SimLink, SimNode, frame_service
+from tests.chainsim import SimLink, SimNode, frame_service, heal, kill_node, shared_pki, traced
 from tests.nodeutil import ClusterSpec, check_result
-from tests.pkiutil import make_test_pki
 
 NAMES = ("agent1", "sat1", "master")
-_PKI: list[object] = []
-
-
-def _pki() -> object:
-    """One test PKI for every example (the nodes never read it: no TLS here)."""
-    if not _PKI:
-        _PKI.append(make_test_pki(Path(tempfile.mkdtemp(prefix="chain-pki-")), list(NAMES)))
-    return _PKI[0]
-
-
-def _traced(function: Callable[..., None]) -> Callable[..., None]:
-    """Write the step down: a failing example prints its whole trace."""
-    @functools.wraps(function)
-    def step(self: ChainMachine, **kwargs: object) -> None:
-        self.trace.append(f"{function.__name__}({kwargs})")
-        function(self, **kwargs)
-    return step
-
-
 class ChainMachine(RuleBasedStateMachine):
     """agent1 -> sat1 -> master, every fault at any step."""
 
     def __init__(self) -> None:
         super().__init__()
         self.directory = Path(tempfile.mkdtemp(prefix="chain-"))
-        pki = _pki()
+        pki = shared_pki(NAMES)
         self.spec = ClusterSpec(self.directory, pki, [("master", ["master"], None),
                                                       ("sat", ["sat1"], "master"),
                                                       ("agent1", ["agent1"], "sat")])
@@ -91,7 +69,7 @@ class ChainMachine(RuleBasedStateMachine):
         self.produce(count=count)
 
     @rule(count=st.integers(1, 6))
-    @_traced
+    @traced
     def produce(self, count: int) -> None:
         agent = self.nodes["agent1"]
         if agent.node is None:
@@ -105,7 +83,7 @@ class ChainMachine(RuleBasedStateMachine):
 
     @rule(link=st.sampled_from(["agent1", "sat1"]), count=st.sampled_from([1, 3, 1000]),
           ack=st.sampled_from(["none", "confirm", "checkpoint"]), back=st.booleans())
-    @_traced
+    @traced
     def deliver(self, link: str, count: int, ack: str, back: bool) -> None:
         """(Re)connect when both ends are up, frames towards the master; then the
         receiver may confirm (with a checkpoint
@@ -123,7 +101,7 @@ class ChainMachine(RuleBasedStateMachine):
             session.deliver(False, 10_000)
 
     @rule(sender=st.sampled_from(["master", "sat1"]))
-    @_traced
+    @traced
     def command_down(self, sender: str) -> None:
         """A logged message the other way (a next-check update for agent1's host): the
         master's is relayed by sat1, sat1's is its own. Each node then has logged frames
@@ -134,7 +112,7 @@ class ChainMachine(RuleBasedStateMachine):
                 "host": "agent1", "service": "s0", "next_check": time.time() + 60})
 
     @rule(name=st.sampled_from(NAMES))
-    @_traced
+    @traced
     def checkpoint(self, name: str) -> None:
         """The node's checkpoint timer; its replay log commits what came before."""
         self.nodes[name].checkpoint()
@@ -142,27 +120,19 @@ class ChainMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ faults
 
     @rule(link=st.sampled_from(["agent1", "sat1"]))
-    @_traced
+    @traced
     def drop(self, link: str) -> None:
         self.links[link].drop()
 
     @rule(name=st.sampled_from(NAMES))
-    @_traced
+    @traced
     def kill(self, name: str) -> None:
         sim = self.nodes[name]
         if sim.node is None:
             return
         if name == "agent1":
             self._agent_losses(sim)
-        for session in self.links.values():
-            if sim in (session.a, session.b):
-                other = session.b if session.a is sim else session.a
-                conn = session.conn_b if session.a is sim else session.conn_a
-                if conn is not None and other.node is not None:
-                    conn.state = "closed"
-                    other.node.connection_lost(conn, None)  # type: ignore[arg-type]
-                session.conn_a = session.conn_b = None
-        sim.kill()
+        kill_node(sim, self.links.values())
 
     def _agent_losses(self, agent: SimNode) -> None:
         """What dies with the agent: results neither in its committed log nor confirmed
@@ -177,7 +147,7 @@ class ChainMachine(RuleBasedStateMachine):
                 self.maybe_lost.add(service)
 
     @rule(name=st.sampled_from(NAMES), reconnect=st.booleans())
-    @_traced
+    @traced
     def restart(self, name: str, reconnect: bool) -> None:
         """Start a killed node again; it (or its peers) may dial at once."""
         sim = self.nodes[name]
@@ -198,28 +168,7 @@ class ChainMachine(RuleBasedStateMachine):
 
     def heal(self) -> None:
         """Every node up, every link up, until nothing moves any more."""
-        for sim in self.nodes.values():
-            if sim.node is None:
-                sim.start()
-        for session in self.links.values():
-            if not session.up:
-                session.connect()
-        for _ in range(60):
-            moved = 0
-            for session in self.links.values():
-                moved += session.deliver(True, 10_000) + session.deliver(False, 10_000)
-            for sim in self.nodes.values():
-                sim.commit()
-                sim.checkpoint()
-                sim.confirm()
-            if not moved and all(not s.pending() for s in self.links.values()):
-                for sim in self.nodes.values():
-                    assert sim.node is not None
-                    if sim.node.receipts.stats()["pending_checkpoints"]:
-                        break
-                else:
-                    return
-        raise AssertionError("the chain did not settle")
+        heal(self.nodes.values(), self.links.values(), 60)
 
     def teardown(self) -> None:
         try:
@@ -292,7 +241,7 @@ def test_ha_partner_gets_older_results_by_another_path() -> None:
     master1 returns and replays the older ones: master2 must take them, once each."""
     directory = Path(tempfile.mkdtemp(prefix="chain-ha-"))
     names = ["agent1", "sat1", "master1", "master2"]
-    pki = make_test_pki(directory / "pki", names)
+    pki = shared_pki(names)
     spec = ClusterSpec(directory, pki, [("master", ["master1", "master2"], None),
                                         ("sat", ["sat1"], "master"),
                                         ("agent1", ["agent1"], "sat")])

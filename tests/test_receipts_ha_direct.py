@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chainsim import SimLink, SimNode
+from tests.chainsim import SimLink, SimNode, kill_node, rounds
 from tests.nodeutil import ClusterSpec, check_result
 from tests.pkiutil import make_test_pki
 
@@ -40,26 +40,6 @@ def ha(tmp_path: Path):
     loop.close()
 
 
-def _rounds(sims, links, n: int) -> None:
-    for _ in range(n):
-        for sim in sims.values():
-            sim.commit()
-            sim.checkpoint()
-            sim.confirm()
-        for link in links.values():
-            if link.up:
-                link.deliver(True, 1000)
-                link.deliver(False, 1000)
-
-
-def _drop_for(link: SimLink, dead: SimNode) -> None:
-    """The other end sees the link to ``dead`` go (``dead`` is about to be killed)."""
-    conn, other = (link.conn_b, link.b) if link.a is dead else (link.conn_a, link.a)
-    conn.state = "closed"
-    other.node.connection_lost(conn, None)
-    link.conn_a = link.conn_b = None
-
-
 def test_an_older_result_relayed_by_the_partner_after_newer_direct_ones_is_kept(ha) -> None:
     sims, links = ha
     sat, m1, m2 = sims["sat1"], sims["master1"], sims["master2"]
@@ -67,16 +47,14 @@ def test_an_older_result_relayed_by_the_partner_after_newer_direct_ones_is_kept(
         link.connect()
     assert sat.node.originate("event::CheckResult", check_result("sat1", "r3", "r3"))
     assert links["s-m1"].deliver(True, 1000) == 1   # master1 consumes r3, queues it for master2
-    _drop_for(links["s-m1"], m1)               # kill -9 of master1 before it passes r3 on
-    _drop_for(links["m1-m2"], m1)
-    m1.kill()
+    kill_node(m1, links.values())                   # before it passes r3 on
     for service in ("r4", "r5"):                     # now straight to master2
         assert sat.node.originate("event::CheckResult", check_result("sat1", service, service))
-    _rounds(sims, links, 3)
+    rounds(sims.values(), links.values(), 3)
     m1.start()
     links["s-m1"].connect()
     links["m1-m2"].connect()
-    _rounds(sims, links, 10)
+    rounds(sims.values(), links.values(), 10)
     got = Counter(service for _, service in m2.durable_deliveries())
     assert got == Counter({"r3": 1, "r4": 1, "r5": 1}), got
 
@@ -90,7 +68,7 @@ def test_a_result_master2_had_directly_is_dropped_when_the_partner_relays_it(ha)
     assert links["s-m2"].deliver(True, 1000) == 1    # master2 processes r1, confirms nothing
     links["s-m2"].drop()                             # sat1 fails over to master1 ...
     links["s-m1"].connect()                          # ... and replays r1 there
-    _rounds(sims, links, 10)
+    rounds(sims.values(), links.values(), 10)
     got = Counter(service for _, service in m2.durable_deliveries())
     assert got == Counter({"r1": 1}), got
     assert Counter(s for _, s in sims["master1"].durable_deliveries()) == Counter({"r1": 1})

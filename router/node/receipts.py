@@ -30,7 +30,9 @@ satellite). Three rules make it exactly-once between our nodes:
    hop that keeps a log. A checkpoint (every ``CHECKPOINT_INTERVAL``) takes the newest
    ``ts`` per origin and per peer and waits until every connection with logged frames
    this node relayed for others (``Ledger.relayed``; its own messages are nobody's
-   position) has confirmed them (or dropped: its frames then went to the replay log); the replay log's writer then commits the positions after
+   position) has confirmed them (or dropped: its frames then went to the replay log),
+   or, when only one connection is left, saves the part that does not depend on it
+   (``_save_part``); the replay log's writer then commits the positions after
    every record submitted before (``ReplayWriter.call``), so they never cover a message
    that is not yet in the log. Only then are they confirmed to the peers. (A next hop
    that never confirms holds the checkpoints back until its connection drops; Icinga
@@ -123,6 +125,8 @@ class _Checkpoint:
     mark: int = 0
     #: Loop time it was taken (of the oldest one merged into it).
     taken_at: float = 0.0
+    #: origin -> the one hop its messages came by (None: several; absent: itself).
+    via: dict[str, str | None] = field(default_factory=dict)
 
 
 class Receipts:
@@ -138,6 +142,9 @@ class Receipts:
         #: the loop at 10 000 agents, the p99 of paced results (issue 22).
         self.moved_origins: dict[str, float] = {}
         self.moved_hops: dict[str, float] = {}
+        #: Origins (of moved_origins) that came relayed: the one hop that brought them
+        #: since the last checkpoint, None for more than one (absent: the origin itself).
+        self.moved_via: dict[str, str | None] = {}
         #: origin endpoint -> the peer that brought its newest message (relayed ones).
         self.seen_hop: dict[str, str] = {}
         #: (origin, ts) of the last RECENT relayed messages processed.
@@ -218,6 +225,8 @@ class Receipts:
         if ts > seen.get(name, 0.0):
             seen[name] = ts
             self.moved_origins[name] = ts
+            via = self.moved_via
+            via[name] = hop if via.get(name, hop) == hop else None
             self.seen_hop[name] = hop
             self._remember(name, ts)
             return True
@@ -235,6 +244,9 @@ class Receipts:
         ``accept`` took such a message for a replay and dropped it (lost: the peer
         never sends it to us again, our partner confirmed it)."""
         self.seen_hop[name] = name
+        via = self.moved_via
+        if via.get(name, name) != name:
+            via[name] = None        # by the partner and directly: wait for every hop
         self._remember(name, ts)
 
     def _remember(self, name: str, ts: float) -> None:
@@ -290,6 +302,7 @@ class Receipts:
             origins = {name: ts for name, ts in self.moved_origins.items()
                        if ts > saved.get(name, 0.0)}
             self.moved_origins = {}
+            via, self.moved_via = self.moved_via, {}
             hops = {}
             later: dict[str, float] = {}
             connections, confirmable = host.connections, self.confirmable
@@ -301,7 +314,8 @@ class Receipts:
             self.moved_hops = later
             if origins or hops:
                 point = _Checkpoint(self.checkpoints + 1, origins, hops,
-                                    taken_at=host.loop.time())
+                                    taken_at=host.loop.time(),
+                                    via={name: via[name] for name in origins if name in via})
                 if self._unsaved_since is None:
                     self._unsaved_since = point.taken_at
                 barrier = host.feature_barrier()
@@ -339,6 +353,12 @@ class Receipts:
     def _merge_oldest(self) -> None:
         """Fold the oldest pending checkpoint into the next one (it waits longer)."""
         first, second = self._pending[0], self._pending[1]
+        for name in first.origins:              # the hops each origin came by, merged
+            hop = first.via.get(name, name)
+            if name in second.origins and second.via.get(name, name) != hop:
+                second.via[name] = None
+            elif name not in second.origins and hop != name:
+                second.via[name] = hop
         # second.number stays: a save of it covers both.
         for name, ts in first.origins.items():
             if ts > second.origins.get(name, 0.0):
@@ -394,10 +414,13 @@ class Receipts:
             return "the save under DATA_DIR/received is still running (a slow disk?)"
         return "a save of an earlier checkpoint is running or failed; retrying"
 
-    def _ready(self, point: _Checkpoint) -> bool:
+    def _unconfirmed(self, point: _Checkpoint) -> list[Connection] | None:
+        """The connections ``point`` still waits for; None while the writers' feed has
+        not committed everything it was handed before ``point``."""
         if point.barrier is not None and not point.barrier.reached(point.mark):
-            return False    # the writers' feed has not committed all it was handed yet
+            return None
         connections = self.host.connections
+        out = []
         for conn, stamp in point.waiting.items():
             if conn.endpoint is None or connections.get(conn.endpoint) is not conn:
                 continue    # dropped: its unconfirmed frames went to the replay log
@@ -407,20 +430,29 @@ class Receipts:
                 continue    # everything it was given is confirmed
             stats = conn.stats
             if stats is None or stats.confirmed_log_position < stamp:
-                return False
-        return True
+                out.append(conn)
+        return out
 
     def _save_ready(self) -> None:
         """Save the newest checkpoint whose connections all confirmed (and the older
-        ones with it), unless a save is still running."""
+        ones with it), unless a save is still running; else the part of one that waits
+        for a single connection only (``_save_part``)."""
         if self._saving or not self._pending or self.writer is None:
             return
         ready = -1
+        part: tuple[int, str] | None = None
         for index in range(len(self._pending) - 1, -1, -1):   # the newest ready one
-            if self._ready(self._pending[index]):
+            unconfirmed = self._unconfirmed(self._pending[index])
+            if unconfirmed is None:
+                continue
+            if not unconfirmed:
                 ready = index
                 break
+            if part is None and len(unconfirmed) == 1 and unconfirmed[0].endpoint:
+                part = (index, unconfirmed[0].endpoint)
         if ready < 0:
+            if part is not None:
+                self._save_part(*part)
             return
         taken, self._pending = self._pending[:ready + 1], self._pending[ready + 1:]
         origins: dict[str, float] = {}
@@ -429,11 +461,17 @@ class Receipts:
         for point in taken:
             origins.update(point.origins)
             hops.update(point.hops)
-        store = self.store
-        assert store is not None
+        self._save(number, origins, hops)
+
+    def _save(self, number: int | None, origins: dict[str, float],
+              hops: dict[str, float]) -> None:
+        """Commit ``origins`` through the replay log's writer; then ``hops`` may be
+        confirmed (``_saved_done``). ``number``: the checkpoint saved whole, if one."""
+        store, writer = self.store, self.writer
+        assert store is not None and writer is not None
         self._saving = True
         try:
-            future = self.writer.call(store.save, origins)
+            future = writer.call(store.save, origins)
         except Exception as e:   # the writer is closing
             self._saving = False
             log.debug("receive positions not saved: %s", e)
@@ -442,7 +480,30 @@ class Receipts:
         future.add_done_callback(
             lambda f: loop.call_soon_threadsafe(self._saved_done, f, number, origins, hops))
 
-    def _saved_done(self, future: concurrent.futures.Future[Any], number: int,
+    def _save_part(self, index: int, endpoint: str) -> None:
+        """Save, of the checkpoints up to ``index``, the positions that do not depend on
+        ``endpoint``'s connection, the one ``index`` still waits for: ``endpoint``'s own
+        position and those of the origins that came only by it (nothing of theirs was
+        relayed back to it). That breaks the wait of two of our nodes that each relay
+        messages of others to the other (HA masters with satellites on either side): each
+        confirms the other only after a checkpoint, and each checkpoint waited for the
+        other's confirmation."""
+        origins: dict[str, float] = {}
+        hops: dict[str, float] = {}
+        for point in self._pending[:index + 1]:
+            ts = point.hops.pop(endpoint, None)
+            if ts is not None and ts > hops.get(endpoint, 0.0):
+                hops[endpoint] = ts
+            for name in [n for n in point.origins if point.via.get(n, n) == endpoint]:
+                ts = point.origins.pop(name)
+                point.via.pop(name, None)
+                if ts > origins.get(name, 0.0):
+                    origins[name] = ts
+        if not origins and not hops:
+            return
+        self._save(None, origins, hops)
+
+    def _saved_done(self, future: concurrent.futures.Future[Any], number: int | None,
                     origins: dict[str, float], hops: dict[str, float]) -> None:
         self._saving = False
         error = future.exception()
@@ -458,7 +519,16 @@ class Receipts:
                                   "this node processed since): %s", error)
             return
         self.saves += 1
-        self.saved_through = max(self.saved_through, number)
+        if number is None:      # a part: drop the checkpoints it left empty
+            kept = []
+            for point in self._pending:
+                if point.origins or point.hops:
+                    kept.append(point)
+                elif not kept:      # the oldest ones, all saved now
+                    number = point.number
+            self._pending = kept
+        if number is not None:
+            self.saved_through = max(self.saved_through, number)
         self._unsaved_since = self._pending[0].taken_at if self._pending else None
         for name, ts in origins.items():
             if ts > self._saved.get(name, 0.0):
