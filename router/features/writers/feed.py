@@ -97,6 +97,17 @@ class ResultFeed:
         for name in gone:
             log.info("writer %s: removed from the configuration, its queue position "
                      "forgotten", name)
+        limit = self._queue.max_bound
+        for name, bound in self._bounds.items():
+            if bound > limit:
+                # The map was sized at start for the bounds of then; a reload raised
+                # this one beyond it. Enforced as configured, the queue would fill its
+                # map, and then no append and no eviction could commit: every writer
+                # would lose every result until a restart.
+                log.warning("writer %s: max_backlog_bytes %d is more than the writers' "
+                            "queue opened at start can hold; %d until the node restarts",
+                            name, bound, limit)
+                self._bounds[name] = limit
 
     @property
     def writers(self) -> tuple[str, ...]:

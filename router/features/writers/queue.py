@@ -141,6 +141,11 @@ class SharedQueue:
             self._env = lmdb.open(str(self.path), subdir=True, max_dbs=3,
                                   map_size=max(MIN_MAP_SIZE, 3 * max_bytes + 64 * MiB),
                                   readahead=False, sync=True, metasync=True, max_readers=64)
+            # Reader slots of processes killed inside a read transaction (the writers'
+            # process, kill -9 or OOM) pin the pages freed after it for as long as any
+            # process keeps the environment open: the file then grows with every append
+            # until the map is full and every append fails (replaylog.env does the same).
+            self._env.reader_check()
             self._records = self._env.open_db(b"records")
             self._meta = self._env.open_db(b"meta")
             self._readers = self._env.open_db(b"readers")
@@ -154,6 +159,13 @@ class SharedQueue:
                     self._put(txn, b"head", max(time.time_ns() // 1000, origin_above + 1))
         except (OSError, lmdb.Error) as e:
             raise WriterBackendError("queue", f"writer queue {self.path}: {e}") from e
+
+    @property
+    def max_bound(self) -> int:
+        """The largest per-writer byte bound this queue's map can enforce: appends and
+        evictions need room beyond the records held (LMDB copies the pages it changes),
+        which is why the map is three bounds and 64 MiB."""
+        return max(MiB, (self._env.info()["map_size"] - 64 * MiB) // 3)
 
     def close(self) -> None:
         self._env.close()
@@ -303,9 +315,15 @@ class SharedQueue:
                     self._prune(txn)
                 return len(items), evicted
         except lmdb.MapFullError as e:
-            # The map is far above the bounds: only a bound raised far beyond what the
-            # files were opened with gets here. Make room for the next group.
-            self._emergency_evict(max_bytes)
+            # The map is far above the bounds: a bound raised far beyond what the files
+            # were opened with, or pages pinned by a dead reader. Make room for the next
+            # group.
+            try:
+                self._env.reader_check()
+                self._emergency_evict(max_bytes)
+            except lmdb.Error as again:
+                raise WriterBackendError("queue_full", f"writer queue {self.path} full, "
+                                         f"and no room made: {again}") from e
             raise WriterBackendError("queue_full", f"writer queue {self.path} full: {e}") from e
         except lmdb.Error as e:
             raise WriterBackendError("queue", f"writer queue {self.path}: {e}") from e
@@ -316,9 +334,13 @@ class SharedQueue:
         return self.append_encoded([encode_record(t, raw) for t, raw in records], max_bytes)
 
     def _emergency_evict(self, max_bytes: Mapping[str, int]) -> None:
+        """Each writer passes its oldest records down to half of what it holds or of
+        its bound, whichever is less: a bound above what the map can hold (raised by a
+        reload) must not leave the queue full for good."""
         with self._env.begin(write=True, buffers=True) as txn:
             for name, reader in self._all_readers(txn).items():
-                half = max_bytes.get(name, reader.backlog_bytes) // 2
+                half = min(max_bytes.get(name, reader.backlog_bytes),
+                           reader.backlog_bytes) // 2
                 reader.evicted += self._advance(txn, reader, max_bytes=half)
                 self._store(txn, name, reader)
             self._prune(txn)

@@ -120,8 +120,19 @@ class WriterRunner:
         await self._bounded("connect", self.backend.open())
         stored = await self._bounded("committed_position", self.backend.committed_position())
         if stored is not None and stored > self._position:
-            await self._io(self.queue.confirm, stored)
-            self._position = stored
+            head = (await self._io(self.queue.stats)).head
+            if stored > head:
+                # A position from another queue (the data directory restored from a
+                # backup or snapshot): taken as ours, it passed every record up to it
+                # unwritten and uncounted. Write from our own position instead.
+                log.warning("writer %s (%s): the backend holds queue position %d, beyond "
+                            "this queue's newest %d (data directory restored or "
+                            "re-created?): writing from the queue's own position; the "
+                            "backend may get some results it has again", self.spec.name,
+                            self.spec.type, stored, head)
+            else:
+                await self._io(self.queue.confirm, stored)
+                self._position = stored
         self.connected = True
         self._backoff = BACKOFF_MIN
         if self.last_error:

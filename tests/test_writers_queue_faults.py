@@ -1,0 +1,130 @@
+"""The writers' queue after faults found by review: a writers' process killed inside a
+read transaction, a bound raised by a reload beyond the map, a PostgreSQL position from
+another queue (a restored data directory)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+
+from router.config import WriterSpec
+from router.features.writers import queue as queue_module
+from router.features.writers.feed import ResultFeed
+from router.features.writers.queue import SharedQueue
+from router.features.writers.runner import WriterRunner, ZoneView
+from tests.test_writers_queue import ScriptedBackend
+
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _open_in_a_process(path: Path, then: str) -> int:
+    """Open the queue in another process (as the writers' process does), then ``then``."""
+    code = textwrap.dedent(f"""
+        import os, signal
+        from router.features.writers.queue import SharedQueue
+        q = SharedQueue({str(path)!r})
+        {then}
+        """)
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode
+
+
+def test_a_reader_killed_inside_a_read_does_not_pin_the_queue_for_good(tmp_path: Path) -> None:
+    path = tmp_path / "q"
+    node = SharedQueue(path)                      # the node keeps it open throughout
+    node.register("w")
+    # The writers' process, killed (-9) while it is inside a read transaction ...
+    rc = _open_in_a_process(path, "t = q._env.begin(); t.get(b'head', db=q._meta); "
+                                  "os.kill(os.getpid(), signal.SIGKILL)")
+    assert rc == -9
+    # ... and started again (its open clears the dead reader's slot).
+    assert _open_in_a_process(path, "q.close()") == 0
+    record = b"x" * 50_000
+    for _ in range(800):                          # 40 MB through a 1 MiB bound
+        node.append_many([(time.time(), record)], {"w": MiB})
+    size = (path / "data.mdb").stat().st_size
+    node.close()
+    # With the dead reader's snapshot pinned, no freed page is reused: ~40 MB.
+    assert size < 8 * MiB, f"data.mdb grew to {size / MiB:.0f} MiB"
+
+
+def test_a_bound_raised_beyond_the_map_is_capped_until_a_restart(tmp_path: Path, monkeypatch,
+                                                                 caplog) -> None:
+    monkeypatch.setattr(queue_module, "MIN_MAP_SIZE", 0)     # a 67 MiB map for 1 MiB bounds
+    feed = ResultFeed(str(tmp_path), [WriterSpec("w", "graphite", max_backlog_bytes=MiB)],
+                      batch_seconds=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="router.writers"):
+            feed.reconfigure([WriterSpec("w", "graphite", max_backlog_bytes=200 * MiB)])
+            assert feed.flush(10)
+        assert any("until the node restarts" in r.getMessage() for r in caplog.records)
+        for _ in range(1500):                     # 150 MB: twice what the map holds
+            while not feed.submit(b"x" * 100_000):
+                feed.flush(10)
+        assert feed.flush(30)
+        assert feed.failed == {}, feed.failed     # every append committed ...
+        assert feed.evicted["w"] > 0              # ... the oldest evicted, counted
+    finally:
+        feed.close()
+
+
+def test_a_stored_position_beyond_the_queue_is_not_taken(tmp_path: Path, caplog) -> None:
+    class StoresPosition(ScriptedBackend):
+        stored: int | None = None
+
+        async def write(self, batch) -> None:
+            await super().write(batch)
+            StoresPosition.stored = batch[-1][0]
+
+        async def committed_position(self):
+            return StoresPosition.stored
+
+    spec = WriterSpec("pg", "postgresql", flush_interval=0.01, flush_threshold=10, timeout=2)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    message = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
+
+    def drain(queue: SharedQueue, seconds: float) -> WriterRunner:
+        runner = WriterRunner(spec, queue.reader("pg"), "n", ZoneView("n", ("n",)), pool,
+                              factory=StoresPosition)
+
+        async def main() -> None:
+            task = asyncio.create_task(runner.run())
+            deadline = time.monotonic() + seconds
+            while queue.stats("pg").backlog and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        asyncio.run(main())
+        return runner
+
+    q = SharedQueue(tmp_path / "q")
+    q.register("pg")
+    q.append_many([(time.time(), message)] * 5, {})
+    q.close()
+    shutil.copytree(tmp_path / "q", tmp_path / "backup")       # DATA_DIR backed up here
+    q = SharedQueue(tmp_path / "q")
+    q.append_many([(time.time(), message)] * 45, {})
+    assert len(drain(q, 10).backend.written) == 50              # the database has 50 ...
+    q.close()
+    shutil.rmtree(tmp_path / "q")                               # ... the backup comes back
+    shutil.copytree(tmp_path / "backup", tmp_path / "q")
+    q = SharedQueue(tmp_path / "q")
+    q.append_many([(time.time(), message)] * 30, {})
+    with caplog.at_level(logging.WARNING, logger="router.writers"):
+        runner = drain(q, 10)
+    # Every record of the restored queue is written (its 5 and the 30 new ones), none
+    # passed unwritten and uncounted because the database held a position beyond it.
+    assert len(runner.backend.written) == 35
+    assert q.stats("pg").backlog == 0
+    assert any("beyond this queue's newest" in r.getMessage() for r in caplog.records)
+    q.close()
