@@ -228,6 +228,12 @@ class Node:
         """The newest ``ts`` this node stamped on a message."""
         return self._last_stamp
 
+    def stamp_above(self, ts: float) -> None:
+        """Stamp every later message above ``ts`` (``Receipts.attach``: the last stamp
+        of the previous run, whatever the clock says now)."""
+        if ts > self._last_stamp:
+            self._last_stamp = ts
+
     def feature_barrier(self) -> ResultFeed | None:
         """What a checkpoint of processed positions waits for (``router.node.receipts``):
         the writers' feed, which commits the results it is handed a few ms later."""

@@ -88,6 +88,10 @@ MAX_TRUST_CACHE = 65536
 #: then every ``STUCK_REPEAT`` seconds while it still waits.
 STUCK_AFTER = 30.0
 STUCK_REPEAT = 60.0
+#: Seconds added to our own last stamp on disk at start: it is saved with every
+#: checkpoint, so a stamp made before a crash is at most about a checkpoint interval
+#: newer (the wall clock moving forward meanwhile), unless the save failed.
+OWN_STAMP_MARGIN = 1.0
 
 
 class FeatureBarrier(Protocol):
@@ -106,6 +110,13 @@ class ReceiptsHost(NodeContext, Protocol):
 
     def feature_barrier(self) -> FeatureBarrier | None:
         """The feature a checkpoint must wait for, if any."""
+
+    @property
+    def last_stamp(self) -> float:
+        """The newest ``ts`` this node stamped on a message."""
+
+    def stamp_above(self, ts: float) -> None:
+        """Stamp every later message above ``ts`` (at start: see ``attach``)."""
 
     @property
     def connections(self) -> Mapping[str, Connection]: ...
@@ -165,6 +176,9 @@ class Receipts:
         self.saves = 0
         self.save_failures = 0
         self._stuck_logged_at: float | None = None
+        #: Our own newest stamp: on disk, and in the save running (``_save``).
+        self._stamp_saved = 0.0
+        self._stamp_saving = 0.0
         #: Loop time of the oldest checkpoint whose positions are not on disk yet.
         self._unsaved_since: float | None = None
 
@@ -176,6 +190,14 @@ class Receipts:
         self.writer = writer
         self.store = store
         restored = store.load()
+        own = restored.pop(self.host.name, None)
+        if own is not None:
+            # Our peers keep the newest stamp they saw from us and drop anything older
+            # as a replay: after a restart with the clock behind (an NTP step, a VM
+            # restored) our new messages would all be dropped, silently, until the
+            # clock caught up. Stamps go on above the last one saved (a checkpoint
+            # saves it, 4 a second), plus the interval it may have moved since.
+            self.host.stamp_above(own + OWN_STAMP_MARGIN)
         self._saved = dict(restored)
         for name, ts in restored.items():
             if ts > self.seen.get(name, 0.0):
@@ -338,6 +360,9 @@ class Receipts:
                 self.checkpoints += 1
                 if len(self._pending) > MAX_PENDING:
                     self._merge_oldest()
+            elif (host.last_stamp > self._stamp_saved and not self._pending
+                  and not self._saving):
+                self._save(None, {}, {})    # only our own stamp moved (an agent's results)
         self._save_ready()
 
     def connection_closed(self, conn: Connection) -> None:
@@ -470,8 +495,12 @@ class Receipts:
         store, writer = self.store, self.writer
         assert store is not None and writer is not None
         self._saving = True
+        # Our own newest stamp too, under our name (never one of the origins: nobody
+        # sends us our own messages), read back by attach().
+        on_disk = dict(origins)
+        on_disk[self.host.name] = self._stamp_saving = self.host.last_stamp
         try:
-            future = writer.call(store.save, origins)
+            future = writer.call(store.save, on_disk)
         except Exception as e:   # the writer is closing
             self._saving = False
             log.debug("receive positions not saved: %s", e)
@@ -519,6 +548,7 @@ class Receipts:
                                   "this node processed since): %s", error)
             return
         self.saves += 1
+        self._stamp_saved = max(self._stamp_saved, self._stamp_saving)
         if number is None:      # a part: drop the checkpoints it left empty
             kept = []
             for point in self._pending:
