@@ -389,3 +389,12 @@ def heal(nodes: Iterable[SimNode], links: Iterable[SimLink], max_rounds: int = 8
                 for sim in nodes if sim.node is not None):
             return
     raise AssertionError("the nodes did not settle")
+
+
+def chain_spec(directory: Path) -> ClusterSpec:
+    """agent1 -> sat1 -> master: zones ``agent1`` below ``sat`` below ``master``, with a
+    test PKI under ``directory``."""
+    names = ("agent1", "sat1", "master")
+    return ClusterSpec(directory / "nodes", make_test_pki(directory / "pki", list(names)),
+                       [("master", ["master"], None), ("sat", ["sat1"], "master"),
+                        ("agent1", ["agent1"], "sat")])

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 import router.node.core as core
-from tests.chainsim import SimLink, SimNode, kill_node, rounds
-from tests.nodeutil import ClusterSpec, check_result
-from tests.pkiutil import make_test_pki
+from tests.chainsim import SimLink, SimNode, chain_spec, kill_node, rounds
+from tests.nodeutil import check_result
 
 
 class SteppedClock:
@@ -40,10 +39,7 @@ def test_a_node_killed_and_restarted_with_its_clock_behind_is_not_dropped(
     clock = SteppedClock()
     monkeypatch.setattr(core, "time", clock)
     names = ("agent1", "sat1", "master")
-    pki = make_test_pki(tmp_path / "pki", list(names))
-    spec = ClusterSpec(tmp_path / "nodes", pki, [("master", ["master"], None),
-                                                 ("sat", ["sat1"], "master"),
-                                                 ("agent1", ["agent1"], "sat")])
+    spec = chain_spec(tmp_path)
     loop = asyncio.new_event_loop()
     sims = {name: SimNode(spec, name, loop) for name in names}
     links = [SimLink(sims["agent1"], sims["sat1"]), SimLink(sims["sat1"], sims["master"])]

@@ -15,17 +15,13 @@ import asyncio
 import time
 from pathlib import Path
 
-from tests.chainsim import SimLink, SimNode
-from tests.nodeutil import ClusterSpec, check_result
-from tests.pkiutil import make_test_pki
+from tests.chainsim import SimLink, SimNode, chain_spec
+from tests.nodeutil import check_result
 
 
 def test_logged_messages_both_ways_do_not_hold_the_checkpoints(tmp_path: Path) -> None:
     names = ("agent1", "sat1", "master")
-    pki = make_test_pki(tmp_path / "pki", list(names))
-    spec = ClusterSpec(tmp_path / "nodes", pki, [("master", ["master"], None),
-                                                 ("sat", ["sat1"], "master"),
-                                                 ("agent1", ["agent1"], "sat")])
+    spec = chain_spec(tmp_path)
     loop = asyncio.new_event_loop()
     agent, sat, master = (SimNode(spec, name, loop) for name in names)
     try:

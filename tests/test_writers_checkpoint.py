@@ -23,7 +23,7 @@ from router.config import WriterSpec
 from router.features.writers import WritersService
 from router.features.writers.feed import ResultFeed
 from router.node.report import replay_families
-from tests.chainsim import SimLink, SimNode
+from tests.chainsim import SimLink, SimNode, chain_spec
 from tests.nodeutil import ClusterSpec, check_result
 from tests.pkiutil import make_test_pki
 
@@ -162,10 +162,7 @@ def test_no_checkpoint_covers_results_the_writers_feed_has_not_committed(chain, 
 
 def test_a_checkpoint_held_by_a_peer_that_does_not_confirm_names_it(tmp_path: Path,
                                                                      caplog) -> None:
-    pki = make_test_pki(tmp_path / "pki", ["master", "sat1", "agent1"])
-    spec = ClusterSpec(tmp_path / "nodes", pki, [("master", ["master"], None),
-                                                 ("sat", ["sat1"], "master"),
-                                                 ("agent1", ["agent1"], "sat")])
+    spec = chain_spec(tmp_path)
     loop = asyncio.new_event_loop()
     sims = {name: SimNode(spec, name, loop) for name in ("master", "sat1", "agent1")}
     try:
