@@ -166,6 +166,8 @@ class Receipts:
         self.writer: ReplayWriter | None = None
         self.store: ReceivedPositions | None = None
         self._trust: dict[tuple[str, str], bool] = {}
+        #: The zone tree the trust decisions were made in (cleared when it changes).
+        self._trust_topology: object = None
         self._pending: list[_Checkpoint] = []
         self._saved: dict[str, float] = {}
         self._saving = False
@@ -225,6 +227,9 @@ class Receipts:
         if type(value) is list and len(value) == 2:
             name, origin_ts = value
             if type(name) is str and (type(origin_ts) is float or type(origin_ts) is int):
+                if self._trust_topology is not self.host.topology:    # a reload
+                    self._trust.clear()
+                    self._trust_topology = self.host.topology
                 trusted = self._trust.get((hop, name))
                 if trusted is None:
                     trusted = self._trusts(hop, name)

@@ -54,7 +54,7 @@ from router.ops.http import Response, Route, WithHeaders, json_response
 from router.ops.metrics import LabeledCounter, MetricFamily
 from router.routing import ObjectZones, Router, Topology, UnknownObjects
 from router.transport import tlslib
-from router.transport.sendqueue import QueueLimits
+from router.transport.sendqueue import Ledger, QueueLimits
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.node.core import Node
@@ -342,6 +342,13 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
             conn.peer.max_message_size = node.max_message_size(endpoint)
     if node.replay is not None:
         node.replay.zones = replay_zones(topology, config.endpoint_log_duration)
+        # A zone whose log was turned on: its sessions keep what they are written
+        # until confirmed from now on, as a new session would (else a relay confirmed
+        # upstream what was only in their sockets; found by review).
+        for endpoint, conn in node.connections.items():
+            if conn.ledger is None and endpoint not in closing \
+                    and node.replay.keeps_log(endpoint):
+                conn.ledger = Ledger()
     if prepared.contexts is not None:
         node.server_context, node.client_context = prepared.contexts
     if prepared.diff.log_level:
