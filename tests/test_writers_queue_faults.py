@@ -1,6 +1,7 @@
 """The writers' queue after faults found by review: a writers' process killed inside a
 read transaction, a bound raised by a reload beyond the map, a PostgreSQL position from
-another queue (a restored data directory)."""
+another queue (a restored data directory), a runner restarted after a crash between a
+backend's commit and the queue's confirmation."""
 
 from __future__ import annotations
 
@@ -25,6 +26,20 @@ from tests.test_writers_queue import ScriptedBackend
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent
+
+
+class StoresPosition(ScriptedBackend):
+    """Keeps the position of the last batch it took, as PostgreSQL does (each test resets
+    ``stored`` first)."""
+
+    stored: int | None = None
+
+    async def write(self, batch) -> None:
+        await super().write(batch)
+        StoresPosition.stored = batch[-1][0]
+
+    async def committed_position(self):
+        return StoresPosition.stored
 
 
 def _open_in_a_process(path: Path, then: str) -> int:
@@ -78,16 +93,7 @@ def test_a_bound_raised_beyond_the_map_is_capped_until_a_restart(tmp_path: Path,
 
 
 def test_a_stored_position_beyond_the_queue_is_not_taken(tmp_path: Path, caplog) -> None:
-    class StoresPosition(ScriptedBackend):
-        stored: int | None = None
-
-        async def write(self, batch) -> None:
-            await super().write(batch)
-            StoresPosition.stored = batch[-1][0]
-
-        async def committed_position(self):
-            return StoresPosition.stored
-
+    StoresPosition.stored = None
     spec = WriterSpec("pg", "postgresql", flush_interval=0.01, flush_threshold=10, timeout=2)
     pool = concurrent.futures.ThreadPoolExecutor(2)
     message = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
@@ -128,3 +134,41 @@ def test_a_stored_position_beyond_the_queue_is_not_taken(tmp_path: Path, caplog)
     assert q.stats("pg").backlog == 0
     assert any("beyond this queue's newest" in r.getMessage() for r in caplog.records)
     q.close()
+
+
+def test_a_runner_restarted_after_a_crash_resumes_at_the_stored_position(tmp_path: Path
+                                                                          ) -> None:
+    StoresPosition.stored = None
+    spec = WriterSpec("pg", "postgresql", flush_interval=0.01, flush_threshold=10, timeout=2)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    shared = SharedQueue(tmp_path / "q")
+    reader = shared.reader("pg")
+    message = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
+    shared.append_many([(time.time(), message)] * 10, {})
+    confirm = reader.confirm
+    crashes = []
+
+    def confirm_once_broken(upto: int) -> None:
+        if not crashes:
+            crashes.append(upto)
+            raise RuntimeError("the queue's disk went away")   # after the backend took it
+        confirm(upto)
+    reader.confirm = confirm_once_broken                        # type: ignore[method-assign]
+    runner = WriterRunner(spec, reader, "n", ZoneView("n", ("n",)), pool,
+                          factory=StoresPosition)
+
+    async def main() -> None:
+        first = asyncio.create_task(runner.run())
+        await asyncio.wait_for(asyncio.shield(asyncio.gather(first, return_exceptions=True)),
+                               10)
+        second = asyncio.create_task(runner.run())              # as check_tasks does
+        deadline = time.monotonic() + 10
+        while shared.stats("pg").backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)
+    asyncio.run(main())
+    assert crashes
+    assert len(runner.backend.written) == 10, runner.backend.written   # each once
+    assert shared.stats("pg").backlog == 0
+    shared.close()

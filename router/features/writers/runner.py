@@ -145,6 +145,11 @@ class WriterRunner:
                 await self._step()
         finally:
             self.active = False
+            # Run again after a crash (WritersProcess.check_tasks), connect again: a
+            # backend that stores its position (PostgreSQL) tells where to resume. Kept
+            # connected, the runner re-sent a batch it had written but not confirmed in
+            # the queue (found by review: history rows twice).
+            self.connected = False
             try:
                 async with asyncio.timeout(5):
                     await self.backend.close()
