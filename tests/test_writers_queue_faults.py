@@ -172,3 +172,26 @@ def test_a_runner_restarted_after_a_crash_resumes_at_the_stored_position(tmp_pat
     assert len(runner.backend.written) == 10, runner.backend.written   # each once
     assert shared.stats("pg").backlog == 0
     shared.close()
+
+
+def test_results_appended_before_a_clock_step_back_are_not_held(tmp_path: Path) -> None:
+    spec = WriterSpec("g", "graphite", flush_interval=0.2, flush_threshold=100, timeout=2)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    shared = SharedQueue(tmp_path / "q")
+    reader = shared.reader("g")
+    message = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
+    # appended an hour "ahead": the clock stepped back an hour since
+    shared.append_many([(time.time() + 3600, message)] * 5, {})
+    runner = WriterRunner(spec, reader, "n", ZoneView("n", ("n",)), pool,
+                          factory=ScriptedBackend)
+
+    async def main() -> None:
+        task = asyncio.create_task(runner.run())
+        deadline = time.monotonic() + 5
+        while shared.stats("g").backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(main())
+    assert len(runner.backend.written) == 5     # a partial batch, flushed after flush_interval
+    shared.close()

@@ -158,7 +158,7 @@ class WriterRunner:
 
     async def _step(self) -> None:
         now = time.time()
-        if now - self._last_evict >= EVICT_EVERY:
+        if now - self._last_evict >= EVICT_EVERY or now < self._last_evict:   # (a step back)
             self._last_evict = now
             evicted = await self._io(self.queue.evict_older, now - self.spec.max_backlog_age)
             if evicted:
@@ -192,10 +192,13 @@ class WriterRunner:
         if not records:
             await asyncio.sleep(IDLE_POLL)
             return
-        wait = records[0][1] + self.spec.flush_interval - now
+        # Appended "later than now": the clock stepped back since. Waiting for the
+        # stamp would hold a partial batch back as long as the step (found by review).
+        oldest = min(records[0][1], now)
+        wait = oldest + self.spec.flush_interval - now
         if len(records) < self.spec.flush_threshold and wait > 0:
             await asyncio.sleep(min(wait, IDLE_POLL * 4))
-            if time.time() < records[0][1] + self.spec.flush_interval:
+            if time.time() < oldest + self.spec.flush_interval:
                 return
             records = await self._io(self.queue.read, self._position,
                                      self.spec.flush_threshold)
