@@ -42,6 +42,20 @@ class StoresPosition(ScriptedBackend):
         return StoresPosition.stored
 
 
+def _run_until_drained(runner: WriterRunner, queue: SharedQueue, name: str,
+                       seconds: float) -> None:
+    """Run ``runner`` until ``name``'s backlog is empty (at most ``seconds``), then stop it."""
+    async def main() -> None:
+        task = asyncio.create_task(runner.run())
+        deadline = time.monotonic() + seconds
+        while queue.stats(name).backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(main())
+
+
 def _open_in_a_process(path: Path, then: str) -> int:
     """Open the queue in another process (as the writers' process does), then ``then``."""
     code = textwrap.dedent(f"""
@@ -101,16 +115,7 @@ def test_a_stored_position_beyond_the_queue_is_not_taken(tmp_path: Path, caplog)
     def drain(queue: SharedQueue, seconds: float) -> WriterRunner:
         runner = WriterRunner(spec, queue.reader("pg"), "n", ZoneView("n", ("n",)), pool,
                               factory=StoresPosition)
-
-        async def main() -> None:
-            task = asyncio.create_task(runner.run())
-            deadline = time.monotonic() + seconds
-            while queue.stats("pg").backlog and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.1)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        asyncio.run(main())
+        _run_until_drained(runner, queue, "pg", seconds)
         return runner
 
     q = SharedQueue(tmp_path / "q")
@@ -184,14 +189,6 @@ def test_results_appended_before_a_clock_step_back_are_not_held(tmp_path: Path) 
     shared.append_many([(time.time() + 3600, message)] * 5, {})
     runner = WriterRunner(spec, reader, "n", ZoneView("n", ("n",)), pool,
                           factory=ScriptedBackend)
-
-    async def main() -> None:
-        task = asyncio.create_task(runner.run())
-        deadline = time.monotonic() + 5
-        while shared.stats("g").backlog and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    asyncio.run(main())
+    _run_until_drained(runner, shared, "g", 5)
     assert len(runner.backend.written) == 5     # a partial batch, flushed after flush_interval
     shared.close()
