@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import tempfile
+import time as _real_time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -398,3 +399,29 @@ def chain_spec(directory: Path) -> ClusterSpec:
     return ClusterSpec(directory / "nodes", make_test_pki(directory / "pki", list(names)),
                        [("master", ["master"], None), ("sat", ["sat1"], "master"),
                         ("agent1", ["agent1"], "sat")])
+
+
+class SteppedClock:
+    """A ``time`` module whose wall clock is ``offset`` seconds off (monkeypatch it into
+    ``router.node.core`` to step the node's clock)."""
+
+    offset = 0.0
+
+    def time(self) -> float:
+        return _real_time.time() + self.offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_real_time, name)
+
+
+def start_chain(directory: Path, loop: asyncio.AbstractEventLoop
+                ) -> tuple[dict[str, SimNode], list[SimLink]]:
+    """agent1 -> sat1 -> master (``chain_spec``) started, both links up."""
+    spec = chain_spec(directory)
+    sims = {name: SimNode(spec, name, loop) for name in ("agent1", "sat1", "master")}
+    links = [SimLink(sims["agent1"], sims["sat1"]), SimLink(sims["sat1"], sims["master"])]
+    for sim in sims.values():
+        sim.start()
+    for link in links:
+        link.connect()
+    return sims, links

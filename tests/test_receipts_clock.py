@@ -11,26 +11,13 @@ its processed positions and stamps above it after a restart.
 from __future__ import annotations
 
 import asyncio
-import time as real_time
 from pathlib import Path
 
 import pytest
 
 import router.node.core as core
-from tests.chainsim import SimLink, SimNode, chain_spec, kill_node, rounds
+from tests.chainsim import SimLink, SimNode, SteppedClock, chain_spec, kill_node, rounds
 from tests.nodeutil import check_result
-
-
-class SteppedClock:
-    """``time`` for router.node.core, with the wall clock moved by ``offset``."""
-
-    offset = 0.0
-
-    def time(self) -> float:
-        return real_time.time() + self.offset
-
-    def __getattr__(self, name: str):
-        return getattr(real_time, name)
 
 
 @pytest.mark.parametrize("victim", ["agent1", "sat1"])

@@ -4,9 +4,8 @@ sat1 sends to master1, sat2 to master2, and each master relays what it got to it
 partner. A node confirms a peer only positions of a saved checkpoint, and a checkpoint
 waited for every connection with relayed frames unconfirmed: master1's waited for
 master2 to confirm sat1's results, master2's for master1 to confirm sat2's, and neither
-ever did (found by review, with real nodes). A checkpoint now saves, on its own, the part
-that does not depend on the one connection it still waits for (``Receipts._save_part``):
-the partner's position and the origins that came only by it.
+ever did (found by review, with real nodes). While a checkpoint waits for one connection
+only, that peer's own position is now confirmed already (``Receipts._save_part``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ every connection with unconfirmed logged frames. With results going up and a nex
 update (or a command) coming down at the same time, each end waited for the other's
 confirmation of its own message: no checkpoint was ever saved, nothing was confirmed,
 the ledgers and the senders' logs grew, and a ``kill -9`` handed everything processed
-since to the restarted node's features again. A checkpoint now waits only for the frames
-a node relayed for others (``Ledger.relayed``).
+since to the restarted node's features again. While a checkpoint waits for one
+connection only, that peer's own position is now confirmed already
+(``Receipts._save_part``).
 """
 
 from __future__ import annotations

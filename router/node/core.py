@@ -482,10 +482,6 @@ class Node:
             queue = target.queue
             coalesced = queue.coalesced
             queue.put(frame, method, key, ts)
-            if ts and source is not None:
-                ledger = target.ledger
-                if ledger is not None and ts > ledger.relayed:
-                    ledger.relayed = ts     # what a checkpoint waits for (receipts)
             if queue.coalesced != coalesced and target.stats is not None:
                 target.stats.coalesced += 1
             if queue.congested:

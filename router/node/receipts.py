@@ -28,11 +28,12 @@ satellite). Three rules make it exactly-once between our nodes:
    disk only cover messages that can no longer be lost here: handed to local features,
    or, for what it relayed, committed to its own replay log or confirmed by every next
    hop that keeps a log. A checkpoint (every ``CHECKPOINT_INTERVAL``) takes the newest
-   ``ts`` per origin and per peer and waits until every connection with logged frames
-   this node relayed for others (``Ledger.relayed``; its own messages are nobody's
-   position) has confirmed them (or dropped: its frames then went to the replay log),
-   or, when only one connection is left, saves the part that does not depend on it
-   (``_save_part``); the replay log's writer then commits the positions after
+   ``ts`` per origin and per peer and waits until every connection with unconfirmed
+   logged frames has confirmed what it had at that moment (or dropped: its frames then
+   went to the replay log); while it waits for one connection only, that peer's own
+   position is confirmed already (``_save_part``: two of our nodes with frames
+   unconfirmed at each other wait for each other otherwise). The replay log's writer
+   commits the positions after
    every record submitted before (``ReplayWriter.call``), so they never cover a message
    that is not yet in the log. Only then are they confirmed to the peers. (A next hop
    that never confirms holds the checkpoints back until its connection drops; Icinga
@@ -136,8 +137,6 @@ class _Checkpoint:
     mark: int = 0
     #: Loop time it was taken (of the oldest one merged into it).
     taken_at: float = 0.0
-    #: origin -> the one hop its messages came by (None: several; absent: itself).
-    via: dict[str, str | None] = field(default_factory=dict)
 
 
 class Receipts:
@@ -153,9 +152,6 @@ class Receipts:
         #: the loop at 10 000 agents, the p99 of paced results (issue 22).
         self.moved_origins: dict[str, float] = {}
         self.moved_hops: dict[str, float] = {}
-        #: Origins (of moved_origins) that came relayed: the one hop that brought them
-        #: since the last checkpoint, None for more than one (absent: the origin itself).
-        self.moved_via: dict[str, str | None] = {}
         #: origin endpoint -> the peer that brought its newest message (relayed ones).
         self.seen_hop: dict[str, str] = {}
         #: (origin, ts) of the last RECENT relayed messages processed.
@@ -252,8 +248,6 @@ class Receipts:
         if ts > seen.get(name, 0.0):
             seen[name] = ts
             self.moved_origins[name] = ts
-            via = self.moved_via
-            via[name] = hop if via.get(name, hop) == hop else None
             self.seen_hop[name] = hop
             self._remember(name, ts)
             return True
@@ -271,9 +265,6 @@ class Receipts:
         ``accept`` took such a message for a replay and dropped it (lost: the peer
         never sends it to us again, our partner confirmed it)."""
         self.seen_hop[name] = name
-        via = self.moved_via
-        if via.get(name, name) != name:
-            via[name] = None        # by the partner and directly: wait for every hop
         self._remember(name, ts)
 
     def _remember(self, name: str, ts: float) -> None:
@@ -329,7 +320,6 @@ class Receipts:
             origins = {name: ts for name, ts in self.moved_origins.items()
                        if ts > saved.get(name, 0.0)}
             self.moved_origins = {}
-            via, self.moved_via = self.moved_via, {}
             hops = {}
             later: dict[str, float] = {}
             connections, confirmable = host.connections, self.confirmable
@@ -341,34 +331,33 @@ class Receipts:
             self.moved_hops = later
             if origins or hops:
                 point = _Checkpoint(self.checkpoints + 1, origins, hops,
-                                    taken_at=host.loop.time(),
-                                    via={name: via[name] for name in origins if name in via})
+                                    taken_at=host.loop.time())
                 if self._unsaved_since is None:
                     self._unsaved_since = point.taken_at
                 barrier = host.feature_barrier()
                 if barrier is not None:
                     point.barrier, point.mark = barrier, barrier.mark()
+                last_stamp = host.last_stamp
                 waiting = point.waiting
-                # Only what this node relayed for others: its own messages are no
-                # position of anyone's. Waiting for those too deadlocked two of our nodes
-                # that each had a message of its own unconfirmed at the other (results
-                # up, commands down): each confirms only after its checkpoint.
                 for conn in host.connections.values():
                     ledger = conn.ledger
                     if ledger is None:
                         continue
-                    relayed = ledger.relayed
-                    stats = conn.stats
-                    if relayed and (stats is None or stats.confirmed_log_position < relayed):
-                        waiting[conn] = relayed
+                    queue = conn.queue
+                    if queue is not None and queue.messages:
+                        waiting[conn] = max(ledger.newest, last_stamp)
+                    elif ledger.bytes:          # unconfirmed frames (len() is slower)
+                        waiting[conn] = ledger.newest
                 self._pending.append(point)
                 self.checkpoints += 1
                 if len(self._pending) > MAX_PENDING:
                     self._merge_oldest()
-            elif (host.last_stamp > self._stamp_saved and not self._pending
-                  and not self._saving):
-                self._save(None, {}, {})    # only our own stamp moved (an agent's results)
         self._save_ready()
+        if self.writer is not None and not self._saving \
+                and host.last_stamp > self._stamp_saved:
+            # Our own stamp moved and no save carries it (an agent's results, a relay
+            # whose checkpoints wait seconds for the next hop): save it alone.
+            self._save(None, {}, {})
 
     def connection_closed(self, conn: Connection) -> None:
         """Forget ``conn`` in the pending checkpoints: its unconfirmed frames went to the
@@ -383,12 +372,6 @@ class Receipts:
     def _merge_oldest(self) -> None:
         """Fold the oldest pending checkpoint into the next one (it waits longer)."""
         first, second = self._pending[0], self._pending[1]
-        for name in first.origins:              # the hops each origin came by, merged
-            hop = first.via.get(name, name)
-            if name in second.origins and second.via.get(name, name) != hop:
-                second.via[name] = None
-            elif name not in second.origins and hop != name:
-                second.via[name] = hop
         # second.number stays: a save of it covers both.
         for name, ts in first.origins.items():
             if ts > second.origins.get(name, 0.0):
@@ -515,27 +498,25 @@ class Receipts:
             lambda f: loop.call_soon_threadsafe(self._saved_done, f, number, origins, hops))
 
     def _save_part(self, index: int, endpoint: str) -> None:
-        """Save, of the checkpoints up to ``index``, the positions that do not depend on
-        ``endpoint``'s connection, the one ``index`` still waits for: ``endpoint``'s own
-        position and those of the origins that came only by it (nothing of theirs was
-        relayed back to it). That breaks the wait of two of our nodes that each relay
-        messages of others to the other (HA masters with satellites on either side): each
-        confirms the other only after a checkpoint, and each checkpoint waited for the
-        other's confirmation."""
-        origins: dict[str, float] = {}
+        """Confirm ``endpoint`` its position from the checkpoints up to ``index``, the
+        newest of which waits for ``endpoint``'s connection only. The messages that
+        position covers came from ``endpoint`` and none was relayed back to it, so all
+        of them are safe here already. That breaks the wait of two of our nodes that
+        each have frames unconfirmed at the other (results up while commands come down;
+        HA masters relaying their satellites' results to each other): each confirms the
+        other only after a checkpoint, and each checkpoint waited for the other.
+
+        Origins' positions are not saved here: one covers every older message of that
+        origin, whichever hop brought it, and one of those may have been relayed to
+        ``endpoint`` and be unconfirmed there still (found by review). They wait for the
+        whole checkpoint."""
         hops: dict[str, float] = {}
         for point in self._pending[:index + 1]:
             ts = point.hops.pop(endpoint, None)
             if ts is not None and ts > hops.get(endpoint, 0.0):
                 hops[endpoint] = ts
-            for name in [n for n in point.origins if point.via.get(n, n) == endpoint]:
-                ts = point.origins.pop(name)
-                point.via.pop(name, None)
-                if ts > origins.get(name, 0.0):
-                    origins[name] = ts
-        if not origins and not hops:
-            return
-        self._save(None, origins, hops)
+        if hops:
+            self._save(None, {}, hops)     # through the writer: after what came before
 
     def _saved_done(self, future: concurrent.futures.Future[Any], number: int | None,
                     origins: dict[str, float], hops: dict[str, float]) -> None:

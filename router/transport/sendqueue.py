@@ -71,13 +71,9 @@ class Ledger:
     frames leave unprotected and are counted in ``overflowed``.
     """
 
-    __slots__ = ("_entries", "bytes", "max_bytes", "overflowed", "relayed")
+    __slots__ = ("_entries", "bytes", "max_bytes", "overflowed")
 
     def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
-        #: Stamp of the newest logged frame queued for this peer that the node relayed
-        #: for another peer (not one it originated): what a checkpoint of the positions
-        #: it processed must see confirmed (``router.node.receipts``).
-        self.relayed = 0.0
         # Made on the first frame and dropped when confirmed empty: an empty deque is
         # 600 bytes, and most of 10 000 agents are sent nothing logged (issue 22).
         self._entries: deque[tuple[float, bytes, str]] | None = None
