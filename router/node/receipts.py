@@ -89,9 +89,9 @@ MAX_TRUST_CACHE = 65536
 #: then every ``STUCK_REPEAT`` seconds while it still waits.
 STUCK_AFTER = 30.0
 STUCK_REPEAT = 60.0
-#: Seconds added to our own last stamp on disk at start: it is saved with every
-#: checkpoint, so a stamp made before a crash is at most about a checkpoint interval
-#: newer (the wall clock moving forward meanwhile), unless the save failed.
+#: Seconds added to our own last stamp on disk at start: it is saved every checkpoint
+#: interval while it moves, so a stamp made before a crash is at most about an interval
+#: newer (the wall clock moving forward meanwhile), unless saves failed or stalled.
 OWN_STAMP_MARGIN = 1.0
 
 
