@@ -66,8 +66,8 @@ class Topology:
 
     __slots__ = (
         "local_endpoint", "local_zone", "local_zone_ha", "parent_zone", "child_zones",
-        "global_zones", "zone_names", "endpoint_names", "_zones", "_endpoints", "_zone_of", "_ancestors", "_children",
-        "_relations", "_adjacent_zones", "_zone_relations",
+        "global_zones", "zone_names", "endpoint_names", "_zones", "_endpoints", "_zone_of",
+        "_ancestors", "_children", "_relations", "_adjacent_zones", "_zone_relations",
     )
 
     def __init__(self, zones: Iterable[ZoneSpec], endpoints: Iterable[EndpointSpec],
