@@ -311,7 +311,6 @@ def frame_service(frame: bytes) -> str | None:
     return service if isinstance(service, str) else None
 
 
-__all__ = ["SimConn", "SimLink", "SimNode", "frame_service"]
 
 
 def rounds(nodes: Iterable[SimNode], links: Iterable[SimLink], n: int) -> None:
@@ -425,3 +424,7 @@ def start_chain(directory: Path, loop: asyncio.AbstractEventLoop
     for link in links:
         link.connect()
     return sims, links
+
+
+__all__ = ["SimConn", "SimLink", "SimNode", "SteppedClock", "chain_spec", "frame_service",
+           "heal", "kill_node", "rounds", "shared_pki", "start_chain", "traced"]
