@@ -20,6 +20,10 @@ from pathlib import Path
 import pytest
 
 import router.node.core as core
+from router.config import CheckSpec
+from router.features.checks import LocalChecks
+from router.features.scheduler import Scheduler
+from router.protocol import jsonrpc
 from tests.chainsim import SimLink, SimNode, SteppedClock, kill_node, rounds, start_chain
 from tests.nodeutil import ClusterSpec, check_result
 from tests.pkiutil import make_test_pki
@@ -163,6 +167,72 @@ def test_a_relay_saves_its_stamp_while_its_checkpoints_wait(tmp_path: Path,
         rounds(sims.values(), links, 5)
         got = [service for _, service in master.durable_deliveries()]
         assert got == ["r1", "r2", "r3", "r4"], got
+    finally:
+        for sim in sims.values():
+            sim.stop()
+        loop.close()
+
+
+def _move_one(src, dst, dst_node) -> None:
+    frames, _ = src.queue.take(1, src.ledger)
+    for frame in frames:
+        dst_node.on_message(dst, jsonrpc.parse_message(frame[frame.index(b":") + 1:-1]))
+
+
+@pytest.mark.parametrize("part", [False, True], ids=["full", "part"])
+@pytest.mark.parametrize("window", [False, True], ids=["settled", "window"])
+def test_a_command_endpoint_answer_is_sent_on_in_the_step_that_read_it(
+        tmp_path: Path, window: bool, part: bool) -> None:
+    """The real LocalChecks: a checkpoint right after the answer was read (the 250 ms
+    timer due in the same loop iteration) must find it queued for the master."""
+    loop = asyncio.new_event_loop()
+    sims, links = start_chain(tmp_path, loop)
+    agent, sat, master = sims.values()
+    a_s, s_m = links
+    try:
+        spec = CheckSpec(host="agent1", service="disk", command="dummy",
+                         command_endpoint="agent1")
+        sched = Scheduler([spec], local_endpoint="sat1", zone_endpoints=("sat1",),
+                          started=0.0)
+        checks = LocalChecks(sat.node, sched, None)
+        sat.node.checks = checks
+        task = loop.create_task(checks._run(spec))
+        sat.settle()
+        sat.run(asyncio.sleep(0.01))
+        assert a_s.conn_b.queue.messages == 1            # ExecuteCommand to agent1
+        a_s.conn_b.queue.take(1, a_s.conn_b.ledger)     # (the agent's executor is faked)
+        if part:
+            # a logged frame from sat1 to agent1, unconfirmed: the checkpoint waits for
+            # agent1 only, so _save_part confirms agent1's position
+            assert master.node.originate("event::SetNextCheck",
+                                         {"host": "agent1", "next_check": 1.5e9})
+            s_m.deliver(False, 10)
+            assert a_s.conn_b.queue.messages == 1
+            a_s.deliver(False, 10)                       # written to agent1, not confirmed
+            sat.commit()
+            sat.checkpoint()
+            assert sat.node.receipts._pending          # waits for agent1
+        # agent1 answers
+        assert agent.node.originate("event::CheckResult",
+                                    check_result("agent1", "disk", "answer"))
+        _move_one(a_s.conn_a, a_s.conn_b, sat.node)      # sat1 reads the answer ...
+        if not window:
+            sat.settle()                                 # ... and its task originates
+        sat.commit()
+        sat.checkpoint()                                 # the 250 ms timer, same iteration
+        assert task.done()
+        if window:      # the answer is on its way to the master already
+            assert s_m.conn_a.queue.messages or len(s_m.conn_a.ledger)
+        sat.confirm()
+        a_s.deliver(False, 10)                           # agent1 gets the confirmation
+        agent.commit()
+        kill_node(sat, links)                            # the result is in sat1's queue only
+        sat.start()
+        for link in links:
+            link.connect()
+        rounds(sims.values(), links, 10)
+        got = Counter(s for _, s in master.durable_deliveries())
+        assert got == Counter({"disk": 1}), got
     finally:
         for sim in sims.values():
             sim.stop()

@@ -58,8 +58,9 @@ class LocalChecks:
         #: ``cluster-zone``, which read the node's own state): ``builtins(command,
         #: macros)`` gives the outcome, or None when ``command`` is not one of them.
         self.builtins = builtins
+        #: (host, service) -> the endpoint asked, the future its answer completes, the check
         self._pending: dict[tuple[str, str | None],
-                            tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+                            tuple[str, asyncio.Future[None], CheckSpec]] = {}
         self._task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -116,7 +117,10 @@ class LocalChecks:
         schedule_start = time.time()
         try:
             if spec.command_endpoint and spec.command_endpoint != self.node.name:
-                cr = await self._run_remote(spec)
+                answer = await self._run_remote(spec)
+                if answer is None:
+                    return      # answered, and sent on when it arrived (accept_result)
+                cr = answer
             else:
                 outcome = await self._run_local(spec)
                 cr = outcome_to_cr(outcome, check_source=self.node.name,
@@ -128,6 +132,10 @@ class LocalChecks:
             log.exception("check %s failed to run", spec.name)
             self.scheduler.abandon(spec.name, time.time())
             return
+        self._finish(spec, cr)
+
+    def _finish(self, spec: CheckSpec, cr: dict[str, Any]) -> None:
+        """Record the outcome and send the result on as ours (and into the result view)."""
         raw_state = cr.get("state")
         state = raw_state if isinstance(raw_state, int) else STATE_UNKNOWN
         before, after = self.scheduler.record(spec.name, state, time.time())
@@ -157,7 +165,9 @@ class LocalChecks:
             return CheckOutcome.unknown("no check executors", error="no pool", now=time.time())
         return await self.pool.run(request)
 
-    async def _run_remote(self, spec: CheckSpec) -> dict[str, Any]:
+    async def _run_remote(self, spec: CheckSpec) -> dict[str, Any] | None:
+        """The endpoint's answer is sent on by ``accept_result`` (then None); an unknown
+        result when it is not connected or does not answer in time."""
         node = self.node
         endpoint = spec.command_endpoint or ""
         now = time.time()
@@ -169,8 +179,8 @@ class LocalChecks:
         except UnknownCommand:
             macros = dict(spec.macros)  # the child may know it even if we do not
         key = (spec.host, spec.service)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[key] = (endpoint, future)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending[key] = (endpoint, future, spec)
         params: dict[str, Any] = {"command": spec.command, "command_type": "check_command",
                                   "host": spec.host, "macros": macros}
         if spec.service is not None:
@@ -181,13 +191,15 @@ class LocalChecks:
         timeout = 60.0 + REMOTE_GRACE
         try:
             async with asyncio.timeout(timeout):
-                return await future
+                await future
+                return None
         except asyncio.TimeoutError:
             self.remote_unanswered += 1
             return _unknown_cr(f"Remote Icinga instance '{endpoint}' did not answer within "
                                f"{timeout:g} s", node.name, time.time())
         finally:
-            if self._pending.get(key, (None, None))[1] is future:
+            waiting = self._pending.get(key)
+            if waiting is not None and waiting[1] is future:
                 del self._pending[key]
 
     def accept_result(self, endpoint: str, params: dict[str, Any] | None) -> bool:
@@ -200,8 +212,14 @@ class LocalChecks:
         cr = params.get("cr")
         if pending is None or pending[0] != endpoint or not isinstance(cr, dict):
             return False
-        if not pending[1].done():
-            pending[1].set_result(cr)
+        _, future, spec = pending
+        if not future.done():
+            # Sent on now, in the step that read it: the node has recorded the answer's
+            # position already, and a checkpoint between this step and a later one
+            # would confirm it to the endpoint with no copy of it anywhere (found by
+            # review; a kill -9 then lost it).
+            self._finish(spec, cr)
+            future.set_result(None)
         return True
 
     def stats(self) -> dict[str, Any]:
