@@ -111,12 +111,14 @@ class SimConn:
 class RecordingResults(ResultStore):
     """The result view, writing down every result handed to it (a feature's view)."""
 
-    def __init__(self, record: list[tuple[str, str]], *args: Any) -> None:
+    def __init__(self, record: list[tuple[str, str]], hops: list[str], *args: Any) -> None:
         super().__init__(*args)
         self.record = record
+        self.hops = hops
 
     def update(self, host: str, service: str | None, *args: Any, **kwargs: Any) -> Any:
         self.record.append((host, service or ""))
+        self.hops.append(args[1] if len(args) > 1 else "")   # the peer it came from
         return super().update(host, service, *args, **kwargs)
 
 
@@ -136,6 +138,10 @@ class SimNode:
         self.marks: list[dict[int, int]] = []
         #: Per life: the number of the newest checkpoint saved (updated at a kill).
         self.saved_through: list[int] = []
+        #: Per life: the peer each delivery came from; and the parts saved: (peer, the
+        #: checkpoint number up to which its position was confirmed, Receipts._save_part).
+        self.delivered_hops: list[list[str]] = []
+        self.parts: list[list[tuple[str, int]]] = []
 
     def start(self) -> Node:
         config_text = self.spec.toml(self.name)
@@ -151,11 +157,15 @@ class SimNode:
         self.node, self.writer = node, writer
         self.lives += 1
         life: list[tuple[str, str]] = []
+        hops: list[str] = []
+        parts: list[tuple[str, int]] = []
         self.delivered.append(life)
+        self.delivered_hops.append(hops)
+        self.parts.append(parts)
         self.saved_through.append(0)
         if node.results is not None:
             limits = node.config.limits
-            node.results = RecordingResults(life, limits.max_results,
+            node.results = RecordingResults(life, hops, limits.max_results,
                                             limits.max_results_per_zone)
         # A checkpoint covers the deliveries made before it was taken.
         receipts = node.receipts
@@ -169,6 +179,24 @@ class SimNode:
                 marks[receipts.checkpoints] = len(life)
         receipts.checkpoint = checkpoint  # type: ignore[method-assign]
         self.marks.append(marks)
+        # A part confirms one peer's position up to a checkpoint: what came from that peer
+        # before it stays reached too (the peer never sends it again).
+        save_part, saved_done = receipts._save_part, receipts._saved_done
+        running: list[tuple[str, int]] = []
+
+        def part(index: int, endpoint: str) -> None:
+            number = receipts._pending[index].number      # noqa: SLF001
+            save_part(index, endpoint)
+            if receipts._saving:                           # noqa: SLF001
+                running[:] = [(endpoint, number)]
+
+        def done(future: Any, number: int | None, origins: Any, hops_: Any) -> None:
+            saved_done(future, number, origins, hops_)
+            if running and number is None and hops_ and future.exception() is None:
+                parts.append(running[0])
+            running.clear()
+        receipts._save_part = part  # type: ignore[method-assign]
+        receipts._saved_done = done  # type: ignore[method-assign]
         return node
 
     @property
@@ -190,13 +218,22 @@ class SimNode:
 
     def durable_deliveries(self) -> list[tuple[str, str]]:
         """What reached this node's result view and stays reached: in a killed life,
-        what its last saved checkpoint covers; in the current life, everything."""
+        what its last saved checkpoint covers, and what came from a peer whose position
+        a part confirmed; in the current life, everything."""
         out: list[tuple[str, str]] = []
         for index, life in enumerate(self.delivered):
             if index == len(self.delivered) - 1 and self.node is not None:
                 out += life
-            else:
-                out += life[:self.marks[index].get(self.saved_through[index], 0)]
+                continue
+            marks = self.marks[index]
+            saved = marks.get(self.saved_through[index], 0)
+            out += life[:saved]
+            hops = self.delivered_hops[index]
+            covered = set()
+            for peer, number in self.parts[index]:
+                covered.update(i for i in range(saved, marks.get(number, 0))
+                               if hops[i] == peer)
+            out += [life[i] for i in sorted(covered)]
         return out
 
     def stop(self) -> None:
