@@ -450,6 +450,30 @@ class SteppedClock:
         return getattr(_real_time, name)
 
 
+def start_cluster(directory: Path, loop: asyncio.AbstractEventLoop,
+                  zones: list[tuple[str, list[str], str | None]],
+                  links: dict[str, tuple[str, str]], *, connect: bool = True
+                  ) -> tuple[dict[str, SimNode], dict[str, SimLink]]:
+    """Every endpoint of ``zones`` started (a test PKI under ``directory``), and the
+    ``links`` (name -> (dialler, listener)), connected unless ``connect`` is False."""
+    names = sorted({name for _, endpoints, _ in zones for name in endpoints})
+    spec = ClusterSpec(directory / "nodes", make_test_pki(directory / "pki", names), zones)
+    sims = {name: SimNode(spec, name, loop) for name in names}
+    for sim in sims.values():
+        sim.start()
+    made = {key: SimLink(sims[a], sims[b]) for key, (a, b) in links.items()}
+    if connect:
+        for link in made.values():
+            link.connect()
+    return sims, made
+
+
+def stop_all(sims: dict[str, SimNode], loop: asyncio.AbstractEventLoop) -> None:
+    for sim in sims.values():
+        sim.stop()
+    loop.close()
+
+
 def start_chain(directory: Path, loop: asyncio.AbstractEventLoop
                 ) -> tuple[dict[str, SimNode], list[SimLink]]:
     """agent1 -> sat1 -> master (``chain_spec``) started, both links up."""
@@ -464,4 +488,5 @@ def start_chain(directory: Path, loop: asyncio.AbstractEventLoop
 
 
 __all__ = ["SimConn", "SimLink", "SimNode", "SteppedClock", "chain_spec", "frame_service",
-           "heal", "kill_node", "rounds", "shared_pki", "start_chain", "traced"]
+           "heal", "kill_node", "rounds", "shared_pki", "start_chain", "start_cluster",
+           "stop_all", "traced"]

@@ -16,32 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.chainsim import SimLink, SimNode, kill_node, rounds
-from tests.nodeutil import ClusterSpec, check_result
-from tests.pkiutil import make_test_pki
+from tests.chainsim import kill_node, rounds, start_cluster, stop_all
+from tests.nodeutil import check_result
 
 NAMES = ("sat1", "sat2", "master1", "master2")
 
 
 @pytest.fixture
 def ha(tmp_path: Path):
-    pki = make_test_pki(tmp_path / "pki", list(NAMES))
-    spec = ClusterSpec(tmp_path / "nodes", pki, [("master", ["master1", "master2"], None),
-                                                 ("sat", ["sat1"], "master"),
-                                                 ("sat2", ["sat2"], "master")])
     loop = asyncio.new_event_loop()
-    sims = {name: SimNode(spec, name, loop) for name in NAMES}
-    for sim in sims.values():
-        sim.start()
-    links = {"sat1": SimLink(sims["sat1"], sims["master1"]),
-             "sat2": SimLink(sims["sat2"], sims["master2"]),
-             "ha": SimLink(sims["master1"], sims["master2"])}
-    for link in links.values():
-        link.connect()
+    sims, links = start_cluster(
+        tmp_path, loop, [("master", ["master1", "master2"], None),
+                         ("sat", ["sat1"], "master"), ("sat2", ["sat2"], "master")],
+        {"sat1": ("sat1", "master1"), "sat2": ("sat2", "master2"),
+         "ha": ("master1", "master2")})
     yield sims, links
-    for sim in sims.values():
-        sim.stop()
-    loop.close()
+    stop_all(sims, loop)
 
 
 def _produce(sims, i: int) -> list[str]:

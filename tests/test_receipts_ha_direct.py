@@ -16,28 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.chainsim import SimLink, SimNode, kill_node, rounds
-from tests.nodeutil import ClusterSpec, check_result
-from tests.pkiutil import make_test_pki
+from tests.chainsim import kill_node, rounds, start_cluster, stop_all
+from tests.nodeutil import check_result
 
 
 @pytest.fixture
 def ha(tmp_path: Path):
-    names = ("sat1", "master1", "master2")
-    pki = make_test_pki(tmp_path / "pki", list(names))
-    spec = ClusterSpec(tmp_path / "nodes", pki, [("master", ["master1", "master2"], None),
-                                                 ("sat", ["sat1"], "master")])
     loop = asyncio.new_event_loop()
-    sims = {name: SimNode(spec, name, loop) for name in names}
-    for sim in sims.values():
-        sim.start()
-    links = {"s-m1": SimLink(sims["sat1"], sims["master1"]),
-             "s-m2": SimLink(sims["sat1"], sims["master2"]),
-             "m1-m2": SimLink(sims["master1"], sims["master2"])}
+    sims, links = start_cluster(
+        tmp_path, loop, [("master", ["master1", "master2"], None), ("sat", ["sat1"], "master")],
+        {"s-m1": ("sat1", "master1"), "s-m2": ("sat1", "master2"),
+         "m1-m2": ("master1", "master2")}, connect=False)
     yield sims, links
-    for sim in sims.values():
-        sim.stop()
-    loop.close()
+    stop_all(sims, loop)
 
 
 def test_an_older_result_relayed_by_the_partner_after_newer_direct_ones_is_kept(ha) -> None:

@@ -24,9 +24,8 @@ from router.config import CheckSpec
 from router.features.checks import LocalChecks
 from router.features.scheduler import Scheduler
 from router.protocol import jsonrpc
-from tests.chainsim import SimLink, SimNode, SteppedClock, kill_node, rounds, start_chain
-from tests.nodeutil import ClusterSpec, check_result
-from tests.pkiutil import make_test_pki
+from tests.chainsim import SteppedClock, kill_node, rounds, start_chain, start_cluster, stop_all
+from tests.nodeutil import check_result
 
 NAMES = ("agent1", "sat1", "master1", "master2")
 
@@ -34,24 +33,14 @@ NAMES = ("agent1", "sat1", "master1", "master2")
 @pytest.fixture
 def ha(tmp_path: Path):
     """agent1 -> sat1 -> the HA pair master1 and master2, every link up."""
-    pki = make_test_pki(tmp_path / "pki", list(NAMES))
-    spec = ClusterSpec(tmp_path / "nodes", pki, [("master", ["master1", "master2"], None),
-                                                 ("sat", ["sat1"], "master"),
-                                                 ("agent1", ["agent1"], "sat")])
     loop = asyncio.new_event_loop()
-    sims = {name: SimNode(spec, name, loop) for name in NAMES}
-    for sim in sims.values():
-        sim.start()
-    links = {"a-s": SimLink(sims["agent1"], sims["sat1"]),
-             "s-m1": SimLink(sims["sat1"], sims["master1"]),
-             "s-m2": SimLink(sims["sat1"], sims["master2"]),
-             "m1-m2": SimLink(sims["master1"], sims["master2"])}
-    for link in links.values():
-        link.connect()
+    sims, links = start_cluster(
+        tmp_path, loop, [("master", ["master1", "master2"], None),
+                         ("sat", ["sat1"], "master"), ("agent1", ["agent1"], "sat")],
+        {"a-s": ("agent1", "sat1"), "s-m1": ("sat1", "master1"),
+         "s-m2": ("sat1", "master2"), "m1-m2": ("master1", "master2")})
     yield sims, links
-    for sim in sims.values():
-        sim.stop()
-    loop.close()
+    stop_all(sims, loop)
 
 
 def _restart_and_heal(sims, links, master: str) -> None:
