@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
 import tempfile
 import time as _real_time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -487,6 +489,29 @@ def start_chain(directory: Path, loop: asyncio.AbstractEventLoop
     return sims, links
 
 
-__all__ = ["SimConn", "SimLink", "SimNode", "SteppedClock", "chain_spec", "frame_service",
-           "heal", "kill_node", "rounds", "shared_pki", "start_chain", "start_cluster",
+def delivery_faults(sim: SimNode, produced: list[str], may_be_missing: set[str] = frozenset()
+                    ) -> tuple[list[str], list[str], Counter[str]]:
+    """(services delivered more than once, services never delivered, the counts) among
+    ``sim``'s durable deliveries, for the results ``produced``."""
+    counts = Counter(service for _, service in sim.durable_deliveries())
+    twice = sorted(s for s, n in counts.items() if n > 1)
+    lost = [s for s in produced if s not in counts and s not in may_be_missing]
+    return twice, lost, counts
+
+
+def shut_down(nodes: Iterable[SimNode], loop: asyncio.AbstractEventLoop,
+              directory: Path) -> None:
+    """End of a state machine's example: stop what runs, whatever state it is in."""
+    for sim in nodes:
+        try:
+            sim.stop()
+        except Exception:
+            pass
+    loop.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+__all__ = ["SimConn", "SimLink", "SimNode", "SteppedClock", "chain_spec", "delivery_faults",
+           "frame_service",
+           "heal", "kill_node", "rounds", "shared_pki", "shut_down", "start_chain", "start_cluster",
            "stop_all", "traced"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -22,7 +21,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from tests.chainsim import SimLink, SimNode, heal, kill_node, shared_pki, traced
+from tests.chainsim import (SimLink, SimNode, delivery_faults, heal, kill_node, shared_pki,
+                            shut_down, traced)
 from tests.nodeutil import ClusterSpec, check_result
 
 NAMES = ("sat1", "sat2", "master1", "master2")
@@ -106,21 +106,13 @@ class HAMachine(RuleBasedStateMachine):
         try:
             self.heal()
             for master in MASTERS:
-                counts = Counter(s for _, s in self.nodes[master].durable_deliveries())
-                twice = sorted(s for s, n in counts.items() if n > 1)
-                lost = [s for s in self.produced if s not in counts]
+                twice, lost, _ = delivery_faults(self.nodes[master], self.produced)
                 if os.environ.get("ROUTER_CHAIN_TRACE"):
                     print("\n".join(self.trace), "\n---")
                 assert not twice, f"{master}: more than once: {twice[:10]}; {self.trace}"
                 assert not lost, f"{master}: never delivered: {lost[:10]}; {self.trace}"
         finally:
-            for sim in self.nodes.values():
-                try:
-                    sim.stop()
-                except Exception:
-                    pass
-            self.loop.close()
-            shutil.rmtree(self.directory, ignore_errors=True)
+            shut_down(self.nodes.values(), self.loop, self.directory)
 
 
 HAMachine.TestCase.settings = settings(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -33,7 +32,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from tests.chainsim import SimLink, SimNode, frame_service, heal, kill_node, shared_pki, traced
+from tests.chainsim import (SimLink, SimNode, delivery_faults, frame_service, heal, kill_node,
+                            shared_pki, shut_down, traced)
 from tests.nodeutil import ClusterSpec, check_result
 
 NAMES = ("agent1", "sat1", "master")
@@ -173,23 +173,15 @@ class ChainMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self.heal()
-            durable = self.nodes["master"].durable_deliveries()
-            counts = Counter(service for _, service in durable)
-            twice = sorted(s for s, n in counts.items() if n > 1)
-            lost = [s for s in self.produced if s not in counts and s not in self.maybe_lost]
+            twice, lost, counts = delivery_faults(self.nodes["master"], self.produced,
+                                                  self.maybe_lost)
             if os.environ.get("ROUTER_CHAIN_TRACE"):
                 print("\n".join(self.trace), "\n---")
             assert not twice, f"delivered more than once: {twice[:10]}; {self.trace}"
             assert not lost, f"never delivered: {lost[:10]}; {self.trace}"
             assert set(counts) <= set(self.produced)
         finally:
-            for sim in self.nodes.values():
-                try:
-                    sim.stop()
-                except Exception:
-                    pass
-            self.loop.close()
-            shutil.rmtree(self.directory, ignore_errors=True)
+            shut_down(self.nodes.values(), self.loop, self.directory)
 
 
 ChainMachine.TestCase.settings = settings(
@@ -294,13 +286,7 @@ def test_ha_partner_gets_older_results_by_another_path() -> None:
         got1 = Counter(service for _, service in m1.durable_deliveries())
         assert all(n == 1 for n in got1.values()), got1
     finally:
-        for sim in (agent, sat, m1, m2):
-            try:
-                sim.stop()
-            except Exception:
-                pass
-        loop.close()
-        shutil.rmtree(directory, ignore_errors=True)
+        shut_down((agent, sat, m1, m2), loop, directory)
 
 
 def test_master_killed_after_confirming_sat1_by_a_part_of_a_checkpoint() -> None:

@@ -411,18 +411,16 @@ class Receipts:
         """What keeps ``point`` (the oldest checkpoint waiting) from being saved, in words."""
         if point is None:
             return "the last save failed (logged above); the next checkpoint retries it"
-        if point.barrier is not None and not point.barrier.reached(point.mark):
+        unconfirmed = self._unconfirmed(point)
+        if unconfirmed is None:
             return ("waiting for the result writers' queue to commit the results handed "
                     "to it (a slow or full disk under DATA_DIR/writers-queue?)")
-        connections = self.host.connections
-        for conn, stamp in point.waiting.items():
-            if conn.endpoint is None or connections.get(conn.endpoint) is not conn:
-                continue
-            stats = conn.stats
-            if stats is not None and stats.confirmed_log_position < stamp:
-                return (f"waiting for [{conn.endpoint}] to confirm what it was sent "
-                        f"(log::SetLogPosition up to {stamp:.6f}; it confirmed "
-                        f"{stats.confirmed_log_position:.6f})")
+        if unconfirmed:
+            conn = unconfirmed[0]
+            confirmed = conn.stats.confirmed_log_position if conn.stats is not None else 0.0
+            return (f"waiting for [{conn.endpoint}] to confirm what it was sent "
+                    f"(log::SetLogPosition up to {point.waiting[conn]:.6f}; it confirmed "
+                    f"{confirmed:.6f})")
         if self._saving:
             return "the save under DATA_DIR/received is still running (a slow disk?)"
         return "a save of an earlier checkpoint is running or failed; retrying"

@@ -91,8 +91,7 @@ class ResultFeed:
             gone = self._queue.retain(frozenset(self._bounds))
         except WriterBackendError as e:
             log.error("writers: cannot open their queue: %s", e)
-            for name in self._bounds:
-                self.failed[name] = self.failed.get(name, 0) + 1
+            self._count_failed(1)
             return
         for name in gone:
             log.info("writer %s: removed from the configuration, its queue position "
@@ -193,27 +192,29 @@ class ResultFeed:
                     self._commit(batch)
                 except Exception:   # noqa: BLE001 - the thread must live: checkpoints wait on it
                     log.exception("writers: %d check results not queued", len(batch))
-                    for name in self._bounds:
-                        self.failed[name] = self.failed.get(name, 0) + len(batch)
+                    self._count_failed(len(batch))
             with self._lock:
                 self._settled += len(batch)
                 self._busy = False
                 self._idle.notify_all()
+
+    def _count_failed(self, n: int) -> None:
+        """``n`` results not queued, for every configured writer."""
+        for name in self._bounds:
+            self.failed[name] = self.failed.get(name, 0) + n
 
     def _commit(self, batch: list[tuple[float, bytes]]) -> None:
         queue, bounds = self._queue, self._bounds
         if not bounds:
             return                              # no writer configured: nobody to keep it for
         if queue is None:
-            for name in bounds:
-                self.failed[name] = self.failed.get(name, 0) + len(batch)
+            self._count_failed(len(batch))
             return
         try:
             added, evicted = queue.append_encoded([encode_record(t, raw) for t, raw in batch],
                                                   bounds)
         except WriterBackendError as e:
-            for name in bounds:
-                self.failed[name] = self.failed.get(name, 0) + len(batch)
+            self._count_failed(len(batch))
             log.error("writers: %d check results not queued: %s", len(batch), e)
             return
         for name in bounds:

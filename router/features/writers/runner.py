@@ -120,7 +120,7 @@ class WriterRunner:
         await self._bounded("connect", self.backend.open())
         stored = await self._bounded("committed_position", self.backend.committed_position())
         if stored is not None and stored > self._position:
-            head = (await self._io(self.queue.stats)).head
+            head = self.queue_stats.head   # read this step: a position of ours is never above it
             if stored > head:
                 # A position from another queue (the data directory restored from a
                 # backup or snapshot): taken as ours, it passed every record up to it
