@@ -19,6 +19,7 @@ a real writer does within its 5 ms window, made explicit.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import shutil
 import tempfile
@@ -391,7 +392,9 @@ def shared_pki(names: Iterable[str]) -> object:
     read it: no TLS here), so that property tests do not make one per example."""
     key = tuple(names)
     if key not in _PKIS:
-        _PKIS[key] = make_test_pki(Path(tempfile.mkdtemp(prefix="chain-pki-")), list(key))
+        directory = Path(tempfile.mkdtemp(prefix="chain-pki-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        _PKIS[key] = make_test_pki(directory, list(key))
     return _PKIS[key]
 
 
