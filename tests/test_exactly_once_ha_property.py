@@ -28,6 +28,8 @@ from tests.nodeutil import ClusterSpec, check_result
 NAMES = ("sat1", "sat2", "master1", "master2")
 MASTERS = ("master1", "master2")
 LINKS = ("sat1", "sat2", "ha")
+
+
 class HAMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import lmdb
 import orjson
 
 from router.config import WriterSpec
@@ -153,11 +154,11 @@ def test_a_runner_restarted_after_a_crash_resumes_at_the_stored_position(tmp_pat
     confirm = reader.confirm
     crashes = []
 
-    def confirm_once_broken(upto: int) -> None:
+    def confirm_once_broken(upto: int) -> int:
         if not crashes:
             crashes.append(upto)
             raise RuntimeError("the queue's disk went away")   # after the backend took it
-        confirm(upto)
+        return confirm(upto)
     reader.confirm = confirm_once_broken                        # type: ignore[method-assign]
     runner = WriterRunner(spec, reader, "n", ZoneView("n", ("n",)), pool,
                           factory=StoresPosition)
@@ -191,4 +192,84 @@ def test_results_appended_before_a_clock_step_back_are_not_held(tmp_path: Path) 
                           factory=ScriptedBackend)
     _run_until_drained(runner, shared, "g", 5)
     assert len(runner.backend.written) == 5     # a partial batch, flushed after flush_interval
+    shared.close()
+
+
+class HeldOnce(ScriptedBackend):
+    """Holds its first batch until the test releases it (a slow backend)."""
+
+    release: asyncio.Event
+    holding: asyncio.Event
+
+    async def write(self, batch) -> None:
+        if not self.written:
+            HeldOnce.holding.set()
+            await HeldOnce.release.wait()
+        await super().write(batch)
+
+
+def test_records_evicted_while_their_batch_is_written_are_not_counted_twice(
+        tmp_path: Path) -> None:
+    """The node's byte bound evicts the oldest records of a batch the runner is writing:
+    each record is counted once, as evicted or as written, never as both (review)."""
+    spec = WriterSpec("g", "graphite", flush_interval=0.01, flush_threshold=10, timeout=5)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    shared = SharedQueue(tmp_path / "q")
+    reader = shared.reader("g")
+    message = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
+    size = len(message) + 8
+    shared.append_many([(time.time(), message)] * 10, {})
+    runner = WriterRunner(spec, reader, "n", ZoneView("n", ("n",)), pool, factory=HeldOnce)
+
+    async def main() -> None:
+        HeldOnce.release, HeldOnce.holding = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(runner.run())
+        await asyncio.wait_for(HeldOnce.holding.wait(), 5)     # the batch of 10 is out
+        # Four more arrive over a bound of ten records: the oldest four are evicted.
+        _, evicted = shared.append_many([(time.time(), message)] * 4, {"g": 10 * size})
+        assert evicted == {"g": 4}
+        HeldOnce.release.set()
+        deadline = time.monotonic() + 5
+        while shared.stats("g").backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(main())
+    stats = shared.stats("g")
+    assert stats.backlog == 0 and stats.evicted == 4
+    assert len(runner.backend.written) == 14           # the backend did get all of them
+    assert runner.written + stats.evicted == 14, (runner.written, stats.evicted)
+    shared.close()
+
+
+def test_a_queue_error_is_counted_and_retried_without_ending_the_writer(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    """An LMDB error reading the queue (a disk error) is a counted ``queue`` error and a
+    retry after a backoff, with the backend left connected; it used to end the writer's
+    task (restarted a second later by ``check_tasks``, which counted nothing)."""
+    monkeypatch.setattr("router.features.writers.runner.BACKOFF_MIN", 0.01)
+    spec = WriterSpec("g", "graphite", flush_interval=0.01, flush_threshold=10, timeout=2)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    shared = SharedQueue(tmp_path / "q")
+    reader = shared.reader("g")
+    message = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
+    shared.append_many([(time.time(), message)] * 5, {})
+    real_read = queue_module.read_records
+    failures: list[int] = []
+
+    def read_failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise lmdb.DiskError("Input/output error")
+        return real_read(*args, **kwargs)
+    monkeypatch.setattr(queue_module, "read_records", read_failing_once)
+    runner = WriterRunner(spec, reader, "n", ZoneView("n", ("n",)), pool,
+                          factory=ScriptedBackend)
+    with caplog.at_level(logging.WARNING, "router.writers"):
+        _run_until_drained(runner, shared, "g", 5)
+    assert failures
+    assert runner.errors == {"queue": 1}
+    assert runner.backend.opens == 1                   # not reconnected for a queue error
+    assert len(runner.backend.written) == 5
+    assert any("writer g (graphite): writer queue" in r.getMessage() for r in caplog.records)
     shared.close()

@@ -144,14 +144,17 @@ class LegacyQueue:
                 break
         return n, size, last
 
-    def confirm(self, upto: int) -> None:
+    def confirm(self, upto: int) -> int:
+        """As ``SharedQueue.confirm``: returns the position before."""
         with self._env.begin(write=True) as txn:
+            since = self._get(txn, b"position")
             upto = min(upto, self._get(txn, b"head"))
-            if upto <= self._get(txn, b"position"):
-                return
+            if upto <= since:
+                return since
             _, size, _ = self._drop(txn, upto, None)
             self._put(txn, b"position", upto)
             self._put(txn, b"bytes", self._get(txn, b"bytes") - size)
+            return since
 
     def evict_older(self, cutoff: float) -> int:
         with self._env.begin(write=True) as txn:
@@ -194,12 +197,16 @@ class DrainingQueue:
             return self.old.read(after, limit)
         return self.new.read(after, limit)
 
-    def confirm(self, upto: int) -> None:
+    def confirm(self, upto: int) -> int:
+        """The position before in the queue the batch came from (``read`` reads the old
+        queue alone until it is drained, so a batch never spans both)."""
+        since = 0
         if self.old is not None:
-            self.old.confirm(min(upto, self._old_head))
+            since = self.old.confirm(min(upto, self._old_head))
             self._check_drained()
         if upto > self._old_head:
-            self.new.confirm(upto)
+            since = self.new.confirm(upto)
+        return since
 
     def evict_older(self, cutoff: float) -> int:
         n = self.old.evict_older(cutoff) if self.old is not None else 0

@@ -37,12 +37,13 @@ twice.
 
 from __future__ import annotations
 
+import functools
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import lmdb
 
@@ -54,6 +55,20 @@ __all__ = ["QueueReader", "QueueStats", "SharedQueue", "WriterQueue", "encode_re
 
 _KEY = struct.Struct(">Q")
 _TS = struct.Struct("<d")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _queue_errors(method: F) -> F:
+    """An ``lmdb.Error`` (disk full or gone, a corrupt page) becomes a
+    ``WriterBackendError("queue")``: the runner counts it, logs it and retries after a
+    backoff, instead of the writer's task ending on it."""
+    @functools.wraps(method)
+    def wrapper(self: SharedQueue, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except lmdb.Error as e:
+            raise WriterBackendError("queue", f"writer queue {self.path}: {e}") from e
+    return wrapper  # type: ignore[return-value]
 
 
 def read_records(txn: lmdb.Transaction, records: lmdb._Database, start: int, limit: int
@@ -109,7 +124,7 @@ class QueueReader(Protocol):
 
     def read(self, after: int, limit: int) -> list[tuple[int, float, bytes]]: ...
 
-    def confirm(self, upto: int) -> None: ...
+    def confirm(self, upto: int) -> int: ...
 
     def evict_older(self, cutoff: float) -> int: ...
 
@@ -347,6 +362,7 @@ class SharedQueue:
 
     # -- writer side -----------------------------------------------------------------
 
+    @_queue_errors
     def read(self, name: str, after: int, limit: int) -> list[tuple[int, float, bytes]]:
         """Up to ``limit`` records with positions > max(after, the writer's position)."""
         with self._env.begin(buffers=False) as txn:
@@ -355,22 +371,30 @@ class SharedQueue:
                 return []
             return read_records(txn, self._records, max(after, reader.position) + 1, limit)
 
-    def confirm(self, name: str, upto: int) -> None:
+    @_queue_errors
+    def confirm(self, name: str, upto: int) -> int:
         """Everything up to ``upto`` reached ``name``'s backend: move its position, and
         delete what no writer needs any more. A writer without a position (removed
-        meanwhile) is left alone."""
+        meanwhile) is left alone.
+
+        Returns the writer's position before: records at or below it were evicted for it
+        while its batch was on the way (the node's byte bound), and are counted as
+        evicted, so the runner must not count them as written too."""
         with self._env.begin(write=True, buffers=True) as txn:
             reader = self._reader(txn, name)
             if reader is None:
-                return
+                return 0
+            since = reader.position
             upto = min(upto, self._get(txn, b"head"))
-            if upto <= reader.position:
-                return
+            if upto <= since:
+                return since
             self._advance(txn, reader, upto=upto)
             reader.position = upto
             self._store(txn, name, reader)
             self._prune(txn)
+            return since
 
+    @_queue_errors
     def evict_older(self, name: str, cutoff: float) -> int:
         """Pass ``name``'s records appended before ``cutoff`` (``max_backlog_age``);
         how many."""
@@ -385,6 +409,7 @@ class SharedQueue:
                 self._prune(txn)
             return n
 
+    @_queue_errors
     def stats(self, name: str) -> QueueStats:
         with self._env.begin() as txn:
             head = self._get(txn, b"head")
@@ -411,8 +436,8 @@ class WriterQueue:
     def read(self, after: int, limit: int) -> list[tuple[int, float, bytes]]:
         return self.queue.read(self.name, after, limit)
 
-    def confirm(self, upto: int) -> None:
-        self.queue.confirm(self.name, upto)
+    def confirm(self, upto: int) -> int:
+        return self.queue.confirm(self.name, upto)
 
     def evict_older(self, cutoff: float) -> int:
         return self.queue.evict_older(self.name, cutoff)

@@ -142,7 +142,14 @@ class WriterRunner:
     async def run(self) -> None:
         try:
             while True:
-                await self._step()
+                try:
+                    await self._step()
+                except WriterBackendError as e:
+                    # Only the queue's own calls raise it this far (the backend's are
+                    # handled in the step): count it and retry; the backend stays
+                    # connected, and a batch not confirmed is read again.
+                    self._failed(e)
+                    await self._sleep_backoff()
         finally:
             self.active = False
             # Run again after a crash (WritersProcess.check_tasks), connect again: a
@@ -214,7 +221,7 @@ class WriterRunner:
                 self.count_error("invalid_record")
                 continue
             batch.append((position, params))
-        skipped = 0
+        skipped: set[int] = set()
         try:
             if batch:
                 try:
@@ -231,18 +238,24 @@ class WriterRunner:
             await self._reconnect_later()
             return
         last = records[-1][0]
-        await self._io(self.queue.confirm, last)
+        since = await self._io(self.queue.confirm, last)
         self._position = last
+        self._backoff = BACKOFF_MIN
         done = time.time()
-        self.written += len(batch) - skipped
+        # Records the node's byte bound evicted while this batch was on the way are
+        # counted as evicted (their count is out already); counted as written too, the
+        # two would add up to more than the queue ever held.
+        self.written += sum(1 for position, _ in batch
+                            if position > since and position not in skipped)
         self.batches += 1
         for _, appended_at, _ in records:
             self.delays.append(done - appended_at)
 
-    async def _write_one_by_one(self, batch: list[tuple[int, dict[str, Any]]]) -> int:
+    async def _write_one_by_one(self, batch: list[tuple[int, dict[str, Any]]]) -> set[int]:
         """After an unexpected exception: each record alone; a record that still raises
-        one is skipped and counted (``internal_error``) so it cannot block the queue."""
-        skipped = 0
+        one is skipped and counted (``internal_error``) so it cannot block the queue.
+        The positions skipped."""
+        skipped: set[int] = set()
         for item in batch:
             try:
                 await self._bounded("write", self.backend.write(_as_batch([item])))
@@ -251,7 +264,7 @@ class WriterRunner:
             except Exception:                    # noqa: BLE001
                 self.count_error("internal_error")
                 log.exception("writer %s: skipping record %d", self.spec.name, item[0])
-                skipped += 1
+                skipped.add(item[0])
         return skipped
 
     async def _reconnect_later(self) -> None:
