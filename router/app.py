@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from router import __version__
 from router.node import enrollment, report
-from router.config import RouterConfig
+from router.config import RouterConfig, advisories
 from router.transport.connector import Backoff, Connector
 from router.transport.listener import Listener
 from router.node import Node, describe_topology, name_list
@@ -154,6 +154,8 @@ class RouterService:
         node.connector = self.connector
         self.connector.start()
         log.info("router %s: %s", __version__, describe_topology(node.topology))
+        for advice in advisories(config):
+            log.warning("configuration: %s", advice)
         if self.server is not None:
             log.info("cluster listener on %s:%s", config.listen[0], self.listen_port)  # type: ignore[index]
         else:

@@ -42,6 +42,22 @@ def test_config_check_ok_and_line_precise_error(tmp_path):
         and "did you mean 'master'" in result.output
 
 
+def test_config_check_warns_about_a_zone_of_three_endpoints(tmp_path):
+    """Valid, but warned about (as Icinga 2 does): exactly-once delivery is only
+    guaranteed for zones of one or two endpoints."""
+    cfg = tmp_path / "router.toml"
+    cfg.write_text('[node]\nname = "m1"\ndata_dir = "d"\n'
+                   '[[zones]]\nname = "master"\nendpoints = ["m1", "m2", "m3"]\n'
+                   + "".join(f'[[endpoints]]\nname = "m{i}"\n' for i in (1, 2, 3)))
+    result = CliRunner().invoke(main, ["config", "check", str(cfg)])
+    assert result.exit_code == 0 and "OK" in result.output
+    assert "warning: zone 'master' has 3 endpoints (m1, m2, m3)" in result.output
+    two = tmp_path / "two.toml"
+    two.write_text(cfg.read_text().replace(', "m3"', ""))
+    result = CliRunner().invoke(main, ["config", "check", str(two)])
+    assert result.exit_code == 0 and "warning" not in result.output
+
+
 def test_import_zones_output_loads_back(tmp_path):
     conf = tmp_path / "zones.conf"
     conf.write_text(ZONES_CONF)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import ssl
 from pathlib import Path
@@ -416,6 +417,29 @@ def test_reload_past_its_deadline_fails_and_the_machine_is_idle_again(tmp_path, 
             assert (await master.reload("test")).result == "ok"
             text = await metrics_text(master)
             assert 'router_reloads_total{result="failed"} 1.0' in text
+        finally:
+            await master.stop()
+
+    run(main())
+
+
+def test_start_and_reload_warn_about_a_zone_of_three_endpoints(tmp_path, pki, run, caplog):
+    spec = cluster(tmp_path, pki, agents=["agent1"])
+    spec.zones = [("master", ["master"], None), ("sat", ["s1", "s2", "s3"], "master")]
+    caplog.set_level(logging.WARNING)
+
+    async def main():
+        master = await spec.start("master")
+        try:
+            assert "configuration: zone 'sat' has 3 endpoints (s1, s2, s3)" in caplog.text
+            spec.zones = [("master", ["master"], None), ("sat", ["s1", "s2"], "master"),
+                          ("big", ["b1", "b2", "b3", "b4"], "master")]
+            rewrite(spec)
+            caplog.clear()
+            record = await master.reload("test")
+            assert record.result == "ok", record
+            assert "reload (test): zone 'big' has 4 endpoints" in caplog.text
+            assert "zone 'sat'" not in caplog.text
         finally:
             await master.stop()
 

@@ -27,6 +27,8 @@ def config_check(path: str) -> None:
         cfg = config_mod.load_config(path)
     click.echo(f"{path}: OK (node {cfg.node.name}, {len(cfg.zones)} zones, "
                f"{len(cfg.endpoints)} endpoints)")
+    for advice in config_mod.advisories(cfg):
+        click.echo(f"{path}: warning: {advice}")
 
 
 @config.command("import-zones")

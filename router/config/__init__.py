@@ -33,7 +33,7 @@ from router.config.model import (
     WriterSpec,
 )
 from router.config.units import format_address, parse_address, parse_duration, parse_size
-from router.config.validate import check_topology, validate
+from router.config.validate import advisories, check_topology, validate
 from router.config.zonesconf import (
     DEFAULT_ICINGA_DATA_DIR,
     ZonesConf,
@@ -43,6 +43,7 @@ from router.config.zonesconf import (
 )
 
 __all__ = [
+    "advisories",
     "CheckSpec",
     "check_topology",
     "config_to_toml",

@@ -28,7 +28,25 @@ from router.errors import TLSSetupError
 from router.pki import check_crl_file
 from router.routing import EndpointSpec, ZoneSpec
 
-__all__ = ["check_topology", "check_topology_at", "validate", "validate_at"]
+__all__ = ["advisories", "check_topology", "check_topology_at", "validate", "validate_at"]
+
+#: More endpoints than this in one zone is valid but warned about (as Icinga 2 does).
+MAX_ADVISED_ZONE_ENDPOINTS = 2
+
+
+def advisories(cfg: RouterConfig) -> list[str]:
+    """What is valid but unwise in ``cfg``, one sentence each: logged at start and on
+    reload, printed by ``router config check``.
+
+    A zone with more than two endpoints: Icinga 2 warns about those too ("strongly
+    discouraged"), and our exactly-once delivery is proven only for zones of one or two
+    endpoints (docs/reliability.md): with three, a message relayed inside the zone and
+    replayed from the log of a third endpoint can reach a feature twice."""
+    return [f"zone '{zone.name}' has {len(zone.endpoints)} endpoints "
+            f"({', '.join(zone.endpoints)}): more than {MAX_ADVISED_ZONE_ENDPOINTS} is "
+            "discouraged (Icinga 2 warns too), and exactly-once delivery is only "
+            "guaranteed for zones of one or two endpoints (docs/reliability.md)"
+            for zone in cfg.zones if len(zone.endpoints) > MAX_ADVISED_ZONE_ENDPOINTS]
 
 
 def check_topology(zones: Iterable[ZoneSpec], endpoints: Iterable[EndpointSpec], *,

@@ -45,7 +45,7 @@ import orjson
 from cryptography import x509
 
 from router import pki
-from router.config import RouterConfig
+from router.config import RouterConfig, advisories
 from router.config.diff import ConfigDiff, diff_configs
 from router.errors import ConfigError, RouterError
 from router.ops.logs import set_log_level
@@ -509,6 +509,8 @@ class Reloader:
         if diff.restart_required:
             log.warning("reload (%s): changed but only applied after a restart: %s",
                         record.trigger, ", ".join(diff.restart_required))
+        for advice in advisories(prepared.config):
+            log.warning("reload (%s): %s", record.trigger, advice)
         if failed:
             record.result = "failed"
             record.error = f"reload hooks failed: {', '.join(failed)}"
