@@ -21,12 +21,22 @@ import orjson
 from router.config import WriterSpec
 from router.features.writers import queue as queue_module
 from router.features.writers.feed import ResultFeed
-from router.features.writers.queue import SharedQueue
+from router.features.writers.queue import SharedQueue, WriterQueue
 from router.features.writers.runner import WriterRunner, ZoneView
 from tests.test_writers_queue import ScriptedBackend
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent
+MESSAGE = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
+
+
+def _filled(tmp_path: Path, name: str, count: int, appended_at: float | None = None
+            ) -> tuple[SharedQueue, WriterQueue]:
+    """A shared queue with one writer ``name`` and ``count`` results for it."""
+    shared = SharedQueue(tmp_path / "q")
+    reader = shared.reader(name)
+    shared.append_many([(appended_at or time.time(), MESSAGE)] * count, {})
+    return shared, reader
 
 
 class StoresPosition(ScriptedBackend):
@@ -43,17 +53,22 @@ class StoresPosition(ScriptedBackend):
         return StoresPosition.stored
 
 
+async def _stop_when_drained(task: asyncio.Task, queue: SharedQueue, name: str,
+                             seconds: float) -> None:
+    """Wait until ``name``'s backlog is empty (at most ``seconds``), then cancel ``task``."""
+    deadline = time.monotonic() + seconds
+    while queue.stats(name).backlog and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def _run_until_drained(runner: WriterRunner, queue: SharedQueue, name: str,
                        seconds: float) -> None:
     """Run ``runner`` until ``name``'s backlog is empty (at most ``seconds``), then stop it."""
     async def main() -> None:
-        task = asyncio.create_task(runner.run())
-        deadline = time.monotonic() + seconds
-        while queue.stats(name).backlog and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.1)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await _stop_when_drained(asyncio.create_task(runner.run()), queue, name, seconds)
     asyncio.run(main())
 
 
@@ -61,7 +76,7 @@ def _open_in_a_process(path: Path, then: str) -> int:
     """Open the queue in another process (as the writers' process does), then ``then``."""
     code = textwrap.dedent(f"""
         import os, signal
-        from router.features.writers.queue import SharedQueue
+        from router.features.writers.queue import SharedQueue, WriterQueue
         q = SharedQueue({str(path)!r})
         {then}
         """)
@@ -147,10 +162,7 @@ def test_a_runner_restarted_after_a_crash_resumes_at_the_stored_position(tmp_pat
     StoresPosition.stored = None
     spec = WriterSpec("pg", "postgresql", flush_interval=0.01, flush_threshold=10, timeout=2)
     pool = concurrent.futures.ThreadPoolExecutor(2)
-    shared = SharedQueue(tmp_path / "q")
-    reader = shared.reader("pg")
-    message = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
-    shared.append_many([(time.time(), message)] * 10, {})
+    shared, reader = _filled(tmp_path, "pg", 10)
     confirm = reader.confirm
     crashes = []
 
@@ -168,11 +180,7 @@ def test_a_runner_restarted_after_a_crash_resumes_at_the_stored_position(tmp_pat
         await asyncio.wait_for(asyncio.shield(asyncio.gather(first, return_exceptions=True)),
                                10)
         second = asyncio.create_task(runner.run())              # as check_tasks does
-        deadline = time.monotonic() + 10
-        while shared.stats("pg").backlog and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        second.cancel()
-        await asyncio.gather(second, return_exceptions=True)
+        await _stop_when_drained(second, shared, "pg", 10)
     asyncio.run(main())
     assert crashes
     assert len(runner.backend.written) == 10, runner.backend.written   # each once
@@ -183,11 +191,8 @@ def test_a_runner_restarted_after_a_crash_resumes_at_the_stored_position(tmp_pat
 def test_results_appended_before_a_clock_step_back_are_not_held(tmp_path: Path) -> None:
     spec = WriterSpec("g", "graphite", flush_interval=0.2, flush_threshold=100, timeout=2)
     pool = concurrent.futures.ThreadPoolExecutor(2)
-    shared = SharedQueue(tmp_path / "q")
-    reader = shared.reader("g")
-    message = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
     # appended an hour "ahead": the clock stepped back an hour since
-    shared.append_many([(time.time() + 3600, message)] * 5, {})
+    shared, reader = _filled(tmp_path, "g", 5, appended_at=time.time() + 3600)
     runner = WriterRunner(spec, reader, "n", ZoneView("n", ("n",)), pool,
                           factory=ScriptedBackend)
     _run_until_drained(runner, shared, "g", 5)
@@ -214,11 +219,8 @@ def test_records_evicted_while_their_batch_is_written_are_not_counted_twice(
     each record is counted once, as evicted or as written, never as both (review)."""
     spec = WriterSpec("g", "graphite", flush_interval=0.01, flush_threshold=10, timeout=5)
     pool = concurrent.futures.ThreadPoolExecutor(2)
-    shared = SharedQueue(tmp_path / "q")
-    reader = shared.reader("g")
-    message = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
-    size = len(message) + 8
-    shared.append_many([(time.time(), message)] * 10, {})
+    shared, reader = _filled(tmp_path, "g", 10)
+    size = len(MESSAGE) + 8
     runner = WriterRunner(spec, reader, "n", ZoneView("n", ("n",)), pool, factory=HeldOnce)
 
     async def main() -> None:
@@ -226,14 +228,10 @@ def test_records_evicted_while_their_batch_is_written_are_not_counted_twice(
         task = asyncio.create_task(runner.run())
         await asyncio.wait_for(HeldOnce.holding.wait(), 5)     # the batch of 10 is out
         # Four more arrive over a bound of ten records: the oldest four are evicted.
-        _, evicted = shared.append_many([(time.time(), message)] * 4, {"g": 10 * size})
+        _, evicted = shared.append_many([(time.time(), MESSAGE)] * 4, {"g": 10 * size})
         assert evicted == {"g": 4}
         HeldOnce.release.set()
-        deadline = time.monotonic() + 5
-        while shared.stats("g").backlog and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await _stop_when_drained(task, shared, "g", 5)
     asyncio.run(main())
     stats = shared.stats("g")
     assert stats.backlog == 0 and stats.evicted == 4
@@ -250,10 +248,7 @@ def test_a_queue_error_is_counted_and_retried_without_ending_the_writer(
     monkeypatch.setattr("router.features.writers.runner.BACKOFF_MIN", 0.01)
     spec = WriterSpec("g", "graphite", flush_interval=0.01, flush_threshold=10, timeout=2)
     pool = concurrent.futures.ThreadPoolExecutor(2)
-    shared = SharedQueue(tmp_path / "q")
-    reader = shared.reader("g")
-    message = orjson.dumps({"method": "event::CheckResult", "params": {"host": "h"}})
-    shared.append_many([(time.time(), message)] * 5, {})
+    shared, reader = _filled(tmp_path, "g", 5)
     real_read = queue_module.read_records
     failures: list[int] = []
 
