@@ -21,7 +21,7 @@ from pathlib import Path
 import lmdb
 
 from . import keys as K
-from .env import CORRUPTION, describe
+from .lmdbfile import CORRUPTION, describe
 from .errors import ReplayLogCorrupt, ReplayLogDiskFull, ReplayLogError
 from .retention import RetentionOps
 from .state import WriteTxn

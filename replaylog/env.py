@@ -25,6 +25,7 @@ import lmdb
 
 from . import keys as K
 from .errors import InvalidState, ReplayLogBusy, ReplayLogCorrupt, ReplayLogError
+from .lmdbfile import CORRUPTION, describe, problem_after_open, problem_before_open
 
 log = logging.getLogger("router.replaylog")
 
@@ -45,16 +46,8 @@ DISK_RESERVE_FILE = "disk.reserve"
 
 _T = TypeVar("_T")
 
-#: LMDB errors that mean the files are damaged (as opposed to full, busy or misused).
-CORRUPTION = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError,
-              lmdb.VersionMismatchError, lmdb.PanicError, lmdb.BadChecksumError,
-              lmdb.IncompatibleError)
 #: What decoding a damaged key or value raises (``struct.error`` is no ``ValueError``).
 DAMAGED_ENTRY = (struct.error, UnicodeError)
-
-
-def describe(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
 
 
 def acquire_lock(path: Path) -> int:
@@ -153,15 +146,11 @@ class EnvBase:
         if self.readonly and not data.exists():
             raise ReplayLogError(f"no replay log at {self.path}")
         try:
-            size = data.stat().st_size
-        except FileNotFoundError:
-            size = None
+            problem = problem_before_open(data)
         except OSError as e:
             raise ReplayLogError(f"replay log {data}: {e.strerror}") from e
-        # LMDB writes both meta pages when it creates the file; a shorter file was cut.
-        if size is not None and size < 2 * 4096:
-            raise ReplayLogCorrupt(self.path, f"the file is {size} bytes, shorter than "
-                                   "LMDB's two meta pages")
+        if problem is not None:
+            raise ReplayLogCorrupt(self.path, problem)
         try:
             self._env = lmdb.open(
                 str(self.path), map_size=map_size, subdir=True, readonly=self.readonly,
@@ -172,15 +161,11 @@ class EnvBase:
         except lmdb.Error as e:
             raise ReplayLogError(f"cannot open replay log {self.path}: {describe(e)}") from e
         env = self._env
-        info = env.info()
-        psize = env.stat()["psize"]
-        needed = (info["last_pgno"] + 1) * psize
-        actual = data.stat().st_size
-        if actual < needed:
-            raise ReplayLogCorrupt(self.path, f"the file is {actual} bytes but its pages "
-                                   f"reach {needed}: it was truncated")
-        self._psize = psize
-        self._map_size = info["map_size"]
+        problem = problem_after_open(env, data)
+        if problem is not None:
+            raise ReplayLogCorrupt(self.path, problem)
+        self._psize = env.stat()["psize"]
+        self._map_size = env.info()["map_size"]
         if not self.readonly:
             stale = env.reader_check()  # reader slots of killed processes
             if stale:

@@ -18,7 +18,8 @@ from typing import TypeVar
 import lmdb
 
 from . import keys as K
-from .env import CORRUPTION, DAMAGED_ENTRY, EnvBase, describe
+from .env import DAMAGED_ENTRY, EnvBase
+from .lmdbfile import CORRUPTION, describe
 from .errors import ReplayLogCorrupt, ReplayLogError
 
 log = logging.getLogger("router.replaylog")

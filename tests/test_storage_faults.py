@@ -31,6 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +42,10 @@ from replaylog import ReplayLogCorrupt, ReplayStore
 from replaylog.env import DISK_RESERVE_BYTES, DISK_RESERVE_FILE
 from router.app import RouterService
 from router.errors import DataDirError
-from tests.nodeutil import (ClusterSpec, FakePeer, check_result, metrics_text, status_json,
-                            wait_until)
+from router.features.writers.base import WriterBackendError
+from router.features.writers.queue import SharedQueue, reset_shared_queue, shared_queue_path
+from tests.nodeutil import (ClusterSpec, FakePeer, check_result, free_port, metrics_text,
+                            status_json, wait_until)
 from tests.pkiutil import make_test_pki
 
 FAST = "reconnect_min = 0.1\nreconnect_max = 0.3\nconnect = 3.0"
@@ -362,3 +365,102 @@ def test_a_data_directory_that_turns_read_only_while_running(tmp_path, pki, capl
     assert lines, "the write failures must be logged"
     assert any("read-only" in line.lower() for line in lines), lines[:3]
     assert len(lines) < 50, f"{len(lines)} error lines: the log must not flood"
+
+
+WRITER = '[[writers]]\nname = "g"\ntype = "graphite"\nhost = "127.0.0.1"\nport = {port}\n'
+
+
+def _filled_writer_queue(data_dir: Path, n: int = 3000) -> Path:
+    queue = SharedQueue(shared_queue_path(str(data_dir)))
+    queue.register("g")
+    for _ in range(n // 100):
+        queue.append_many([(1.0, b"x" * 1000)] * 100, {})
+    queue.close()
+    return shared_queue_path(str(data_dir)) / "data.mdb"
+
+
+def _wait_for_line(path: Path, text: str, seconds: float) -> str | None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for line in path.read_text(errors="replace").splitlines():
+            if text in line:
+                return line
+        time.sleep(0.1)
+    return None
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_damaged_writer_queue_is_reported_and_the_node_keeps_routing(tmp_path, pki, damage):
+    """A writer queue cut short killed the node with SIGBUS at every start (LMDB maps the
+    file and read a page beyond its end). Now the node starts and routes, the writers do
+    not, and the log names the file and the recovery command, which works."""
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None)], timeouts=FAST)
+    spec.config("master", extra=WRITER.format(port=free_port()))
+    config = tmp_path / "master.toml"
+    data_dir = tmp_path / "master"
+    data = _filled_writer_queue(data_dir)
+    size = data.stat().st_size
+    if damage == "garbage":
+        data.write_bytes(os.urandom(size))
+    elif damage == "truncated":
+        os.truncate(data, size // 2)
+    else:
+        os.truncate(data, 0)
+    before = data.read_bytes()
+    err = tmp_path / "serve.err"
+    with err.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config",
+                                 str(config)], stderr=stderr, stdout=subprocess.DEVNULL,
+                                cwd=tmp_path, env=ENV)
+        try:
+            up = _wait_for_line(err, "cluster listener on", 30)
+            line = _wait_for_line(err, "corrupt or truncated", 10)
+            time.sleep(0.5)
+            assert proc.poll() is None, err.read_text()        # still running
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, err.read_text()
+    assert up is not None and line is not None, err.read_text()
+    assert str(data) in line
+    assert f"router writers reset --data-dir {data_dir}" in line
+    assert "Traceback" not in err.read_text()
+    assert data.read_bytes() == before, "the damaged file must be left as it was"
+    reset = subprocess.run([sys.executable, "-m", "router", "writers", "reset",
+                            "--data-dir", str(data_dir)],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path, env=ENV)
+    assert reset.returncode == 0, reset.stderr
+    moved = [p for p in data_dir.iterdir() if p.name.startswith("writers-queue.broken-")]
+    assert len(moved) == 1 and (moved[0] / "data.mdb").read_bytes() == before
+    fresh = SharedQueue(shared_queue_path(str(data_dir)))
+    assert fresh.held() == (0, 0)
+    fresh.close()
+
+
+def test_writers_reset_refuses_a_queue_in_use(tmp_path) -> None:
+    data_dir = tmp_path / "node"
+    _filled_writer_queue(data_dir, 100)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from router.features.writers.queue import SharedQueue\n"
+         f"q = SharedQueue({str(shared_queue_path(str(data_dir)))!r})\n"
+         "print('open', flush=True)\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        reset = subprocess.run([sys.executable, "-m", "router", "writers", "reset",
+                                "--data-dir", str(data_dir)],
+                               capture_output=True, text=True, timeout=60, env=ENV)
+        assert reset.returncode == 1
+        assert "is in use: stop the node first" in reset.stderr
+        assert shared_queue_path(str(data_dir)).is_dir()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with pytest.raises(WriterBackendError) as refused:      # nothing at all to move
+        SharedQueue(tmp_path / "empty-file-dir").close()
+        data = tmp_path / "empty-file-dir" / "data.mdb"
+        os.truncate(data, 4096)
+        SharedQueue(tmp_path / "empty-file-dir")
+    assert refused.value.reason == "queue_corrupt"
+    assert reset_shared_queue(tmp_path / "elsewhere") is None

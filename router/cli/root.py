@@ -14,6 +14,7 @@ from router.cli.reload import reload
 from router.cli.replaylog import replaylog_group
 from router.cli.serve import checker, serve
 from router.cli.status import status
+from router.cli.writers import writers_group
 
 __all__ = ["main"]
 
@@ -35,3 +36,4 @@ main.add_command(perf)
 main.add_command(objects_group)
 main.add_command(reload)
 main.add_command(check_group)
+main.add_command(writers_group)

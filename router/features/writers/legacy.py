@@ -20,7 +20,7 @@ from pathlib import Path
 import lmdb
 
 from router.features.writers.base import WriterBackendError
-from router.features.writers.queue import (QueueStats, SharedQueue, WriterQueue,
+from router.features.writers.queue import (QueueStats, SharedQueue, WriterQueue, open_checked,
                                            read_records, shared_queue_path)
 
 __all__ = ["DrainingQueue", "LegacyQueue", "legacy_heads", "legacy_queue_path",
@@ -38,6 +38,11 @@ def legacy_queue_path(data_dir: str, writer: str) -> Path:
     return Path(data_dir) / "writers" / writer
 
 
+def _legacy_recovery(path: Path) -> str:
+    return (f"move it aside (mv {path} {path}.broken) and restart the node: the writer "
+            "then reads the shared queue only")
+
+
 def _map_size(max_bytes: int) -> int:
     return 3 * max_bytes + 64 * MiB            # what the old layout opened them with
 
@@ -53,7 +58,8 @@ def legacy_heads(data_dir: str) -> int:
         if not (path / "data.mdb").is_file():
             continue
         try:
-            env = lmdb.open(str(path), subdir=True, max_dbs=2, readonly=True, lock=False)
+            env = open_checked(path, "old writer queue", _legacy_recovery(path), subdir=True,
+                               max_dbs=2, readonly=True, lock=False)
             try:
                 meta = env.open_db(b"meta", create=False)
                 with env.begin() as txn:
@@ -61,7 +67,7 @@ def legacy_heads(data_dir: str) -> int:
                 top = max(top, _KEY.unpack(raw)[0] if raw is not None else 0)
             finally:
                 env.close()
-        except lmdb.Error as e:
+        except (lmdb.Error, WriterBackendError) as e:
             log.warning("writers: old queue %s unreadable (%s); its head is ignored", path, e)
     return top
 
@@ -80,9 +86,10 @@ class LegacyQueue:
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         try:
-            self._env = lmdb.open(str(path), subdir=True, max_dbs=2,
-                                  map_size=_map_size(max_bytes), readahead=False,
-                                  sync=True, metasync=True, max_readers=32)
+            self._env = open_checked(path, "old writer queue", _legacy_recovery(path),
+                                     subdir=True, max_dbs=2, map_size=_map_size(max_bytes),
+                                     readahead=False, sync=True, metasync=True,
+                                     max_readers=32)
             self._records = self._env.open_db(b"records")
             self._meta = self._env.open_db(b"meta")
         except lmdb.Error as e:

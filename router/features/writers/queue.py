@@ -37,7 +37,10 @@ twice.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import functools
+import os
 import struct
 import time
 from collections.abc import Callable, Mapping
@@ -47,11 +50,11 @@ from typing import Any, Protocol, TypeVar
 
 import lmdb
 
+from replaylog.lmdbfile import CORRUPTION, describe, problem_after_open, problem_before_open
 from router.features.writers.base import WriterBackendError
 
 __all__ = ["QueueReader", "QueueStats", "SharedQueue", "WriterQueue", "encode_record",
-           "read_records",
-           "shared_queue_path"]
+           "open_checked", "read_records", "reset_shared_queue", "shared_queue_path"]
 
 _KEY = struct.Struct(">Q")
 _TS = struct.Struct("<d")
@@ -101,6 +104,61 @@ def shared_queue_path(data_dir: str) -> Path:
     """``DATA_DIR/writers-queue/`` (beside the old per-writer ``DATA_DIR/writers/<name>/``
     queues, so no writer name can collide with it)."""
     return Path(data_dir) / "writers-queue"
+
+
+def reset_command(data_dir: str | os.PathLike[str]) -> str:
+    return f"router writers reset --data-dir {data_dir}"
+
+
+def open_checked(path: Path, what: str, recovery: str, **options: Any) -> lmdb.Environment:
+    """``lmdb.open(path, **options)`` with the file checks of ``replaylog.lmdbfile``: a
+    damaged or truncated ``data.mdb`` is a ``WriterBackendError("queue_corrupt")`` that
+    names it and the ``recovery``, not a SIGBUS at the first read of a missing page (a
+    truncated queue used to kill the node at every start). Other errors pass through."""
+    data = path / "data.mdb"
+    try:
+        problem = problem_before_open(data)
+        if problem is None:
+            env = lmdb.open(str(path), **options)
+            problem = problem_after_open(env, data)
+            if problem is None:
+                return env
+            env.close()
+    except CORRUPTION as e:
+        problem = describe(e)
+    raise WriterBackendError("queue_corrupt", f"{what} {data} is corrupt or truncated "
+                             f"({problem}); {recovery}")
+
+
+def reset_shared_queue(data_dir: str | os.PathLike[str]) -> Path | None:
+    """Move the node's writer queue aside (``writers-queue.broken-<unix time>``, kept:
+    it may hold results no backend has yet); the node starts an empty one. Refuses while
+    a process has it open. Where it went, or None when there was none."""
+    path = shared_queue_path(str(data_dir))
+    if not path.exists():
+        return None
+    lock = path / "lock.mdb"
+    if lock.exists():
+        # Every process with the environment open holds an fcntl lock on the first byte
+        # of LMDB's lock file: an exclusive one of ours fails while any does.
+        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise WriterBackendError("queue_busy", f"writer queue {path} is in use: "
+                                         "stop the node first") from e
+            raise
+        finally:
+            os.close(fd)
+    stamp = int(time.time())
+    moved = path.with_name(f"{path.name}.broken-{stamp}")
+    n = 0
+    while moved.exists():
+        n += 1
+        moved = path.with_name(f"{path.name}.broken-{stamp}-{n}")
+    path.rename(moved)
+    return moved
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +211,11 @@ class SharedQueue:
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o750)
-            self._env = lmdb.open(str(self.path), subdir=True, max_dbs=3,
-                                  map_size=max(MIN_MAP_SIZE, 3 * max_bytes + 64 * MiB),
-                                  readahead=False, sync=True, metasync=True, max_readers=64)
+            self._env = open_checked(
+                self.path, "writer queue", "the writers cannot start; move it aside and "
+                f"start an empty queue with: {reset_command(self.path.parent)}",
+                subdir=True, max_dbs=3, map_size=max(MIN_MAP_SIZE, 3 * max_bytes + 64 * MiB),
+                readahead=False, sync=True, metasync=True, max_readers=64)
             # Reader slots of processes killed inside a read transaction (the writers'
             # process, kill -9 or OOM) pin the pages freed after it for as long as any
             # process keeps the environment open: the file then grows with every append
