@@ -19,6 +19,7 @@ import lmdb
 import orjson
 
 from router.config import WriterSpec
+from router.features.writers.base import WriterBackendError
 from router.features.writers import queue as queue_module
 from router.features.writers.feed import ResultFeed
 from router.features.writers.queue import SharedQueue, WriterQueue
@@ -105,8 +106,11 @@ def test_a_reader_killed_inside_a_read_does_not_pin_the_queue_for_good(tmp_path:
 def test_a_bound_raised_beyond_the_map_is_capped_until_a_restart(tmp_path: Path, monkeypatch,
                                                                  caplog) -> None:
     monkeypatch.setattr(queue_module, "MIN_MAP_SIZE", 0)     # a 67 MiB map for 1 MiB bounds
+    # One commit round takes what waits, up to max_pending_bytes: 64 MiB by default,
+    # which fits a real map (at least 4 GiB) many times but not this test's 67 MiB one
+    # (it failed when the feed thread fell behind on a busy machine).
     feed = ResultFeed(str(tmp_path), [WriterSpec("w", "graphite", max_backlog_bytes=MiB)],
-                      batch_seconds=0)
+                      batch_seconds=0, max_pending_bytes=8 * MiB)
     try:
         with caplog.at_level(logging.WARNING, logger="router.writers"):
             feed.reconfigure([WriterSpec("w", "graphite", max_backlog_bytes=200 * MiB)])
@@ -267,4 +271,34 @@ def test_a_queue_error_is_counted_and_retried_without_ending_the_writer(
     assert runner.backend.opens == 1                   # not reconnected for a queue error
     assert len(runner.backend.written) == 5
     assert any("writer g (graphite): writer queue" in r.getMessage() for r in caplog.records)
+    shared.close()
+
+
+class AlwaysFails(ScriptedBackend):
+    """Connects fine, refuses every batch (a persistent error on a healthy connection)."""
+
+    async def write(self, batch) -> None:
+        raise WriterBackendError("database", "refused again")
+
+
+def test_a_batch_that_always_fails_is_retried_with_a_growing_backoff(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """The successful reconnect after each failure reset the backoff, so a batch that
+    failed every time was retried every half second for good (review)."""
+    monkeypatch.setattr("router.features.writers.runner.BACKOFF_MIN", 0.1)
+    spec = WriterSpec("pg", "postgresql", flush_interval=0.01, flush_threshold=10, timeout=2)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    shared, reader = _filled(tmp_path, "pg", 3)
+    runner = WriterRunner(spec, reader, "n", ZoneView("n", ("n",)), pool, factory=AlwaysFails)
+
+    async def main() -> None:
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(3.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(main())
+    # 0.1 s doubling, jitter 0.5-1: the 7th failure comes 0.05 + 0.1 + ... + 1.6 = 3.15 s
+    # after the first at the soonest, the 8th after 6.35 s; reset on each connect, 30 or
+    # more failures came in 3.5 s.
+    assert 2 <= runner.errors["database"] <= 7, runner.errors
     shared.close()

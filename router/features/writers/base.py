@@ -113,11 +113,12 @@ class WriterBackend(Protocol):
         """Connect / prepare (create tables, check the database); may raise
         ``WriterBackendError`` (retried with backoff)."""
 
-    async def write(self, batch: Batch) -> None:
+    async def write(self, batch: Batch) -> int | None:
         """Make ``batch`` durable in the backend, or raise ``WriterBackendError``.
 
         A single record the backend refuses is logged, counted with ``count_error`` and
-        skipped: it must not block the queue forever."""
+        skipped: it must not block the queue forever. Returns how many records were
+        skipped so (not counted as written), or None for none."""
 
     async def committed_position(self) -> int | None:
         """The queue position the backend stored with the data, or None."""

@@ -92,9 +92,12 @@ log = logging.getLogger(__name__)
 _LOGGED_REFUSALS = 10
 _SMALLINT = range(-32768, 32768)
 
+#: A released role (heartbeat at the epoch) is not renewed by a batch that was under way
+#: when authority moved: the peer may claim it at once (review: it waited out a whole
+#: failover_timeout).
 _FENCE_SQL = """
     UPDATE writer_instance SET heartbeat_at = clock_timestamp()
-     WHERE writer_name = $1 AND endpoint_name = $2
+     WHERE writer_name = $1 AND endpoint_name = $2 AND heartbeat_at > to_timestamp(0)
     RETURNING 1"""
 
 _CLAIM_SQL = """
@@ -257,11 +260,13 @@ def state_row(position: int, record: Record) -> StateRow:
 
 def _row_refused(exc: BaseException) -> bool:
     """Whether PostgreSQL (or asyncpg, before sending) refused the *data*, not the
-    connection or the transaction: SQLSTATE class 22 (data exception) or 23 (integrity),
-    or asyncpg's client-side ``DataError`` (an ``InterfaceError`` that is a ``ValueError``:
-    a string Python can't encode, an integer too large for its column)."""
+    connection or the transaction: SQLSTATE class 22 (data exception), 23 (integrity) or
+    54 (a program limit: a host or service name too long for an index row, 54000, used
+    to block the queue for good), or asyncpg's client-side ``DataError`` (an
+    ``InterfaceError`` that is a ``ValueError``: a string Python can't encode, an integer
+    too large for its column)."""
     if isinstance(exc, asyncpg.PostgresError):
-        return str(getattr(exc, "sqlstate", "") or "")[:2] in ("22", "23")
+        return str(getattr(exc, "sqlstate", "") or "")[:2] in ("22", "23", "54")
     return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
 
 
@@ -470,7 +475,7 @@ class PostgresqlBackend:
         try:
             conn = await asyncpg.connect(
                 self._dsn, timeout=self._timeout, command_timeout=self._timeout,
-                server_settings={"application_name": f"router {self._node} {self.name}"})
+                server_settings=self._server_settings())
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
                 ValueError) as e:
             raise WriterBackendError(
@@ -495,6 +500,20 @@ class PostgresqlBackend:
             log.info("writer %s: PostgreSQL schema migrated from version %d to %d",
                      self.name, found, now)
         return conn
+
+    def _server_settings(self) -> dict[str, str]:
+        """Limits the server enforces itself. A node cut off in the middle of a batch
+        (a partition, a frozen VM) left its transaction open on the server, holding the
+        ``writer_instance`` row (the fence) until TCP keepalive gave up, about two hours:
+        no other endpoint could take the role, and each of their claims stayed behind,
+        waiting on the lock (review). Now the server ends such a transaction well within
+        ``failover_timeout``, and a statement waiting for a lock gives up after
+        ``timeout``."""
+        idle = min(self._timeout, self._failover_timeout / 2)
+        return {"application_name": f"router {self._node} {self.name}",
+                "idle_in_transaction_session_timeout": str(max(1, int(idle * 1000))),
+                "lock_timeout": str(max(1, int(self._timeout * 1000))),
+                "statement_timeout": str(max(1, int(self._timeout * 1000)))}
 
     def _abandon(self, conn: Any, why: str = "cancelled") -> None:
         """Drop a connection in an unknown state (timed out, broken, cancelled mid-query):
@@ -568,10 +587,11 @@ class PostgresqlBackend:
         self._abandon(conn)
         return WriterBackendError("connection_lost", f"{what}: {_describe(exc)}")
 
-    async def write(self, batch: Batch) -> None:
-        """Commit ``batch`` and its last position in one transaction (module docstring)."""
+    async def write(self, batch: Batch) -> int:
+        """Commit ``batch`` and its last position in one transaction (module docstring).
+        How many of its results were skipped (not check results, or refused rows)."""
         if not batch:
-            return
+            return 0
         # Skipped records are counted once the batch committed: a batch retried after a
         # failure must not count its bad records twice.
         skipped: list[str] = []
@@ -612,6 +632,7 @@ class PostgresqlBackend:
             self._lease_until = sent + self._failover_timeout
         for reason in skipped:
             self._count_error(reason)
+        return len(skipped)
 
     def _rows(self, batch: Batch, skipped: list[str]) -> list[StateRow]:
         rows = []

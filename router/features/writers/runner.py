@@ -134,7 +134,9 @@ class WriterRunner:
                 await self._io(self.queue.confirm, stored)
                 self._position = stored
         self.connected = True
-        self._backoff = BACKOFF_MIN
+        # The backoff is reset by a batch written (or an empty queue), not here: a batch
+        # that fails every time on a connection that opens fine was retried every second
+        # for good (review).
         if self.last_error:
             log.info("writer %s (%s): connected again", self.spec.name, self.spec.type)
         self.last_error = ""
@@ -197,6 +199,7 @@ class WriterRunner:
             return
         records = await self._io(self.queue.read, self._position, self.spec.flush_threshold)
         if not records:
+            self._backoff = BACKOFF_MIN
             await asyncio.sleep(IDLE_POLL)
             return
         # Appended "later than now": the clock stepped back since. Waiting for the
@@ -222,10 +225,13 @@ class WriterRunner:
                 continue
             batch.append((position, params))
         skipped: set[int] = set()
+        refused = 0          # records the backend skipped (counted by it, not written)
         try:
             if batch:
                 try:
-                    await self._bounded("write", self.backend.write(_as_batch(batch)))
+                    outcome = await self._bounded("write",
+                                                  self.backend.write(_as_batch(batch)))
+                    refused = outcome or 0
                 except (WriterBackendError, asyncio.CancelledError):
                     raise
                 except Exception:                # noqa: BLE001 - a bug must not stop the queue
@@ -245,8 +251,8 @@ class WriterRunner:
         # Records the node's byte bound evicted while this batch was on the way are
         # counted as evicted (their count is out already); counted as written too, the
         # two would add up to more than the queue ever held.
-        self.written += sum(1 for position, _ in batch
-                            if position > since and position not in skipped)
+        self.written += max(0, sum(1 for position, _ in batch
+                                   if position > since and position not in skipped) - refused)
         self.batches += 1
         for _, appended_at, _ in records:
             self.delays.append(done - appended_at)
@@ -258,7 +264,8 @@ class WriterRunner:
         skipped: set[int] = set()
         for item in batch:
             try:
-                await self._bounded("write", self.backend.write(_as_batch([item])))
+                if await self._bounded("write", self.backend.write(_as_batch([item]))):
+                    skipped.add(item[0])          # refused by the backend, counted by it
             except (WriterBackendError, asyncio.CancelledError):
                 raise
             except Exception:                    # noqa: BLE001
