@@ -46,6 +46,11 @@ __all__ = ["GC_THRESHOLDS", "WritersProcess", "main", "tune_gc"]
 
 log = logging.getLogger("router.writers")
 STATS_INTERVAL = 0.5
+#: A writer that could not start (its queue could not be opened: a full or read-only
+#: disk, a damaged file moved aside with ``router writers reset``) is tried again after
+#: this long, doubling.
+RETRY_MIN = 1.0
+RETRY_MAX = 60.0
 
 
 class WritersProcess:
@@ -59,11 +64,15 @@ class WritersProcess:
         self._executor = concurrent.futures.ThreadPoolExecutor(4, "writers-io")
         self._view: ZoneView | None = None
         self._failed: dict[str, str] = {}
+        self._last_configure: dict[str, Any] | None = None
+        self._retry_delay = RETRY_MIN
+        self._retry_at = 0.0
         #: Decoded records shared by all runners: each record is decoded and its
         #: perfdata parsed once, not once per writer (``records.py``).
         self._records = RecordCache()
 
     async def configure(self, msg: dict[str, Any]) -> None:
+        self._last_configure = msg
         node_name = str(msg["node_name"])
         zone = tuple(str(e) for e in msg.get("zone_endpoints", ()))
         if self._view is None:
@@ -92,7 +101,8 @@ class WritersProcess:
                 runner = WriterRunner(spec, queue, node_name, self._view, self._executor,
                                       records=self._records)
             except (WriterBackendError, ImportError, KeyError) as e:
-                log.error("writer %s (%s) cannot start: %s", name, spec.type, e)
+                if self._failed.get(name) != str(e):    # once per reason, not every retry
+                    log.error("writer %s (%s) cannot start: %s", name, spec.type, e)
                 self._failed[name] = str(e)
                 continue
             self._failed.pop(name, None)
@@ -169,6 +179,17 @@ class WritersProcess:
             self._shared.close()
             self._shared = None
 
+    async def retry_failed(self, now: float) -> None:
+        """Start again the writers that could not start, with a doubling delay."""
+        if not self._failed or self._last_configure is None or now < self._retry_at:
+            return
+        await self.configure(self._last_configure)
+        if self._failed:
+            self._retry_at = now + self._retry_delay
+            self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
+        else:
+            self._retry_delay = RETRY_MIN
+
     async def check_tasks(self) -> None:
         """Restart a runner whose task died of a bug (logged), so one writer's crash
         does not stop it forever."""
@@ -217,6 +238,7 @@ async def _serve(proc: WritersProcess) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
             await proc.check_tasks()
+            await proc.retry_failed(time.monotonic())
             proc.send_stats()
     reporter = asyncio.create_task(report())
     try:

@@ -44,6 +44,10 @@ DEFAULT_MAX_PENDING_BYTES = 64 << 20
 #: positions waits for the round anyway (``mark``), so nothing is lost to a crash.
 DEFAULT_BATCH_SECONDS = 0.05
 MAX_BATCH = 2048
+#: A queue that could not be opened (a full or read-only disk at start, a damaged file
+#: moved aside with ``router writers reset``) is tried again after this long, doubling.
+REOPEN_MIN = 1.0
+REOPEN_MAX = 60.0
 
 
 class ResultFeed:
@@ -66,6 +70,12 @@ class ResultFeed:
         #: Per configured writer: its ``max_backlog_bytes``.
         self._bounds: dict[str, int] = {}
         self._reconfigure: list[WriterSpec] | None = None
+        self._specs: list[WriterSpec] = []
+        #: Why the queue could not be opened (logged once per different reason), and
+        #: when to try again.
+        self._open_error: str | None = None
+        self._reopen_delay = REOPEN_MIN
+        self._reopen_at = 0.0
         #: Per writer: results appended, evicted by the byte bound, failed appends.
         self.appended: dict[str, int] = {}
         self.evicted: dict[str, int] = {}
@@ -82,15 +92,26 @@ class ResultFeed:
     def _open(self, specs: list[WriterSpec]) -> None:
         """Register new writers (at the queue's head), forget removed ones, take the new
         bounds (writer thread, or before it starts)."""
+        self._specs = specs
         self._bounds = {s.name: s.max_backlog_bytes for s in specs}
         if not specs and self._queue is None:
             return                              # no writers: no queue to open
         try:
             if self._queue is None:
                 self._queue = open_shared_queue(self.data_dir, max(self._bounds.values()))
+                if self._open_error is not None:
+                    log.info("writers: their queue is open again; results are queued")
+                self._open_error = None
+                self._reopen_delay = REOPEN_MIN
             gone = self._queue.retain(frozenset(self._bounds))
         except WriterBackendError as e:
-            log.error("writers: cannot open their queue: %s", e)
+            if str(e) != self._open_error:
+                log.error("writers: cannot open their queue: %s; results for the writers "
+                          "are counted as failed until it opens (tried again after %g s, "
+                          "doubling to %g s)", e, REOPEN_MIN, REOPEN_MAX)
+            self._open_error = str(e)
+            self._reopen_at = time.monotonic() + self._reopen_delay
+            self._reopen_delay = min(REOPEN_MAX, self._reopen_delay * 2)
             self._count_failed(1)
             return
         for name in gone:
@@ -172,13 +193,21 @@ class ResultFeed:
         while True:
             with self._lock:
                 while not self._pending and self._reconfigure is None and not self._stop:
-                    self._wake.wait()
+                    if self._queue is None and self._bounds:    # to open it again
+                        left = self._reopen_at - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._wake.wait(left)
+                    else:
+                        self._wake.wait()
                 if self._stop and not self._pending:
                     return
                 specs, self._reconfigure = self._reconfigure, None
                 self._busy = True
             if specs is not None:
                 self._open(specs)
+            elif self._queue is None and self._bounds and time.monotonic() >= self._reopen_at:
+                self._open(self._specs)
             if self.batch_seconds > 0 and len(self._pending) < MAX_BATCH:
                 time.sleep(self.batch_seconds)        # let a group gather
             with self._lock:
