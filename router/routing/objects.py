@@ -61,7 +61,7 @@ class ObjectZones:
 
     __slots__ = ("topology", "unknown", "max_learned_per_zone", "learn_refused",
                  "changes", "_static", "_synced", "_learned", "_per_zone", "_map",
-                 "_zone_names", "_ep_zone")
+                 "_zone_names", "_host_zone_names", "_ep_zone")
 
     def __init__(self, topology: Topology, hosts: Mapping[str, str] = {},
                  unknown: UnknownObjects = UnknownObjects.REJECT,
@@ -78,6 +78,10 @@ class ObjectZones:
             if zone not in zone_names:
                 raise ConfigError(f"host '{host}' is in unknown zone '{zone}'", key=host)
         self._zone_names = zone_names
+        #: Zones a host may be named after: a global zone is in every node's tree, so
+        #: a host named like it ("global-templates") would be everybody's and go
+        #: everywhere (review: an agent sent results for it to every sibling agent).
+        self._host_zone_names = zone_names - frozenset(topology.global_zones)
         self._static: dict[str, str] = dict(hosts)
         self._synced: dict[str, str] = {}
         self._learned: dict[str, str] = {}
@@ -88,11 +92,12 @@ class ObjectZones:
     # -- lookups ---------------------------------------------------------------------------
 
     def lookup(self, host: str) -> str | None:
-        """The zone owning ``host``: assigned, learned, or named like a zone or endpoint."""
+        """The zone owning ``host``: assigned, learned, or named like a zone (not a global
+        one) or an endpoint."""
         z = self._map.get(host)
         if z is not None:
             return z
-        if host in self._zone_names:
+        if host in self._host_zone_names:
             return host
         return self._ep_zone.get(host)
 

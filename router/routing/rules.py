@@ -136,14 +136,17 @@ Objects and learning
 
 :class:`ObjectZones` (``router.routing.objects``) maps host names to zones: configured hosts
 (``[objects.hosts]``, our own checks, the hosts of the zones' synced config files) plus learned
-ones. A lookup of an unconfigured, unlearned host falls back to a zone of the same name, then to
+ones. A lookup of an unconfigured, unlearned host falls back to a zone of the same name (not a
+global zone: those are in every node's tree), then to
 the zone of an endpoint of the same name (command-endpoint agents run their checks on a host
 named like the agent endpoint), else it is unknown. So by default (``REJECT``) a child zone may
 report only hosts the configuration gives to it or to a zone below it, or hosts named like a
 zone or endpoint of that subtree; everything else is refused ``unknown_object``.
 For the checkable events (``learn=True`` in the method table) in ``LEARN`` mode (an explicit
 opt-in), an unknown host reported with a ``from_zone`` that lies below our zone (a child zone
-or deeper) is learned as ``from_zone``: the first child zone that reports a host owns it;
+or deeper) and sent by an endpoint of a child zone or of our own zone (not by a deeper
+endpoint that dialled us directly, past its satellite's checks) is learned as
+``from_zone``: the first child zone that reports a host owns it;
 later reports from other child zones fail ``OBJ`` and are refused ``wrong_zone``. A zone that
 has learned ``max_learned_per_zone`` hosts learns no more: ``too_many_learned``. An unknown
 host from a parent or a peer (or without ``from_zone``), any unknown object of a non-learning
@@ -414,6 +417,7 @@ class Router:
     __slots__ = (
         "topology", "objects", "_me", "_local", "_parent", "_ep_zone", "_zones", "_below",
         "_down_ok", "_exec_from", "_access", "_plans", "_local_sorted", "_methods",
+        "_learn_via",
     )
 
     def __init__(self, topology: Topology, objects: ObjectZones) -> None:
@@ -432,6 +436,11 @@ class Router:
         self._below = frozenset(below)
         self._down_ok = frozenset((local, *t.ancestors(local)))
         self._exec_from = frozenset(z for z in (local, t.parent_zone) if z is not None)
+        # Learning needs the message to come through the tree: from a child zone's endpoint
+        # (which checked its own subtree) or an HA peer. An agent of a grandchild zone that
+        # dials us directly (a configured endpoint is admitted wherever it sits) would
+        # otherwise claim hosts its satellite refuses it (review).
+        self._learn_via = frozenset((local, *t.child_zones))
         # zones allowed to speak about objects of each zone; None: global, everybody
         self._access: dict[str, frozenset[str] | None] = {}
         for z in t.zone_names:
@@ -566,7 +575,8 @@ class Router:
             if obj_zone is None:
                 obj_zone = objects.lookup(name)
                 if obj_zone is None:
-                    if c.learn and from_zone in self._below and objects.unknown is _LEARN:
+                    if (c.learn and from_zone in self._below and szone in self._learn_via
+                            and objects.unknown is _LEARN):
                         learned = objects.learn(name, from_zone)
                         if learned is not _LEARNED:
                             return _REFUSED["too_many_learned" if learned is _ZONE_FULL
