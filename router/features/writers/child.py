@@ -193,11 +193,17 @@ class WritersProcess:
     async def check_tasks(self) -> None:
         """Restart a runner whose task died of a bug (logged), so one writer's crash
         does not stop it forever."""
-        for name, (spec, runner, task) in list(self._runners.items()):
+        for name, entry in list(self._runners.items()):
+            spec, runner, task = entry
             if task.done():
                 exc = None if task.cancelled() else task.exception()
                 log.error("writer %s crashed: %r; restarting it", name, exc)
                 await asyncio.sleep(1)
+                # A reload (configure) may have removed or replaced the writer during
+                # the pause: restarting the old one then ran a removed writer again, or
+                # two runners of one writer (review).
+                if self._runners.get(name) is not entry:
+                    continue
                 self._runners[name] = (spec, runner,
                                        asyncio.create_task(runner.run(), name=f"writer-{name}"))
 

@@ -155,21 +155,35 @@ def resolve_macros(template: str, view: ResultView,
 
 # -- Graphite ---------------------------------------------------------------------------
 
+#: Carbon splits a line at any whitespace, so a tab, a carriage return or a no-break
+#: space in a name made three fields four and carbon dropped the line, silently, while the
+#: writer counted it written (review). Icinga escapes only the space (and newlines); the
+#: names it sends with other whitespace are lost the same way, so replacing all of it
+#: changes no name that ever reached carbon.
+_WHITESPACE = re.compile(r"\s")
+
+
+def _no_whitespace(text: str) -> str:
+    out = text.replace(" ", "_")
+    # Every whitespace character but the ASCII space is unprintable: one C-speed look.
+    return out if out.isprintable() else _WHITESPACE.sub("_", out)
+
+
 def escape_graphite_metric(text: str) -> str:
-    """One path element (host or service name): no dots, spaces or slashes."""
-    return (text.replace(" ", "_").replace(".", "_").replace("\\", "_").replace("/", "_")
-            .replace("\n", "_"))
+    """One path element (host or service name): no dots, whitespace or slashes."""
+    return _no_whitespace(text.replace(".", "_").replace("\\", "_").replace("/", "_"))
 
 
 @functools.lru_cache(maxsize=8192)
 def escape_graphite_label(text: str) -> str:
     """A perfdata label: dots kept (they make trees), ``::`` becomes a dot."""
-    return (text.replace(" ", "_").replace("\\", "_").replace("/", "_").replace("::", ".")
-            .replace("\n", "_"))
+    return _no_whitespace(text.replace("\\", "_").replace("/", "_").replace("::", "."))
 
 
 def _graphite_number(value: float) -> str:
     """Icinga's Convert::ToString of a double: integers without a fraction."""
+    if not math.isfinite(value):         # not from our parser; an object's may be anything
+        return repr(value)
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(value)

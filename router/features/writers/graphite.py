@@ -2,7 +2,7 @@
 
 Names and lines as Icinga's GraphiteWriter makes them (``formats.graphite_lines``).
 Carbon never answers on this port, so a batch counts as written once the kernel took all
-of its bytes and the connection is still open; a connection carbon closed is noticed
+of its bytes (the transport's buffer is empty) and the connection is still open; a connection carbon closed is noticed
 (EOF on the read side) before the next batch, and that batch is sent again on a new
 connection. Re-sending is harmless: a line with the same path and timestamp lands in the
 same whisper slot.
@@ -39,6 +39,11 @@ class GraphiteBackend(LineBackendBase):
         except OSError as e:
             raise WriterBackendError(
                 "connect", f"carbon {self.spec.host}:{self.spec.port}: {e}") from e
+        # drain() returns once the transport's buffer is at its low-water mark: with the
+        # default 16-64 KiB, a batch was confirmed with its last lines still in our
+        # buffer, and lost with the process (review: 53 of 3 775 results). With 0 it
+        # returns once the kernel took every byte (still bounded by ``timeout``).
+        self._writer.transport.set_write_buffer_limits(0)
 
     def lines(self, batch: Batch) -> bytes:
         out: list[str] = []

@@ -9,6 +9,12 @@ Answers: 204 written; 400 means InfluxDB refused some lines (it writes the valid
 the same request): counted as ``refused_point`` and the batch is done, because sending it
 again cannot succeed; 404 (no database) makes ``open`` create it; 401/403 and 5xx are
 retried with backoff.
+
+A batch is posted in requests of at most ``MAX_REQUEST_BYTES`` of lines: ``flush_threshold``
+counts results, and a backlog of results with hundreds of perfdata values each made one
+request beyond influxd's 25 MB ``max-body-size``, answered 413 on every retry, which
+blocked the queue for good (review). A 413 all the same (a smaller limit configured)
+halves the request, down to one line; a single line over the limit is refused.
 """
 
 from __future__ import annotations
@@ -23,9 +29,33 @@ from router.features.writers.base import Batch, HAView, WriterBackendError
 from router.features.writers.formats import influx_lines
 from router.features.writers.lines import LineBackendBase
 
-__all__ = ["InfluxdbBackend"]
+__all__ = ["InfluxdbBackend", "MAX_REQUEST_BYTES", "request_bodies"]
 
 log = logging.getLogger("router.writers")
+
+#: Lines per HTTP request, at most (influxd's default ``max-body-size`` is 25 MB).
+MAX_REQUEST_BYTES = 4 << 20
+
+
+def request_bodies(body: bytes, limit: int) -> list[bytes]:
+    """``body`` cut at line ends into parts of at most ``limit`` bytes (a single longer
+    line is a part of its own)."""
+    parts: list[bytes] = []
+    start, n = 0, len(body)
+    while start < n:
+        end = start + limit
+        if end >= n:
+            parts.append(body[start:])
+            break
+        cut = body.rfind(b"\n", start, end)
+        if cut < start:                         # one line longer than the limit
+            cut = body.find(b"\n", end)
+            if cut < 0:
+                parts.append(body[start:])
+                break
+        parts.append(body[start:cut + 1])
+        start = cut + 1
+    return parts
 
 
 class InfluxdbBackend(LineBackendBase):
@@ -75,12 +105,15 @@ class InfluxdbBackend(LineBackendBase):
         return "".join(out).encode("utf-8", "replace")
 
     async def write(self, batch: Batch) -> None:
+        if self._session is None:
+            raise WriterBackendError("connect", "not connected")
+        for body in request_bodies(self.lines(batch), MAX_REQUEST_BYTES):
+            await self._post(body)
+
+    async def _post(self, body: bytes) -> None:
         session = self._session
         if session is None:
             raise WriterBackendError("connect", "not connected")
-        body = self.lines(batch)
-        if not body:
-            return
         params = {"db": self.spec.database, "precision": "ns"}
         try:
             async with session.post(f"{self._base}/write", params=params, data=body) as resp:
@@ -89,6 +122,16 @@ class InfluxdbBackend(LineBackendBase):
                 text = (await resp.text())[:300]
         except aiohttp.ClientError as e:
             raise WriterBackendError("send", f"InfluxDB {self._base}: {e}") from e
+        if resp.status == 413:
+            parts = request_bodies(body, max(1, len(body) // 2))
+            if len(parts) > 1:
+                for part in parts:
+                    await self._post(part)
+                return
+            self._count_error("refused_point")
+            log.warning("writer %s: InfluxDB refused a line of %d bytes as too large: %s",
+                        self.name, len(body), text)
+            return
         if resp.status == 400:
             self._count_error("refused_point")
             log.warning("writer %s: InfluxDB refused points of a batch (the valid ones are "

@@ -142,20 +142,32 @@ def parse_perfdata(item: str) -> PerfdataValue:
     counter = unit_in == "c"
     uom = _CS_UNITS.get(unit_in) or _CI_UNITS.get(unit_in.lower())
     factor, unit = uom if uom is not None else (1.0, "")
+    if factor != 1.0:
+        # A finite number can overflow once scaled (1e306KB): infinity is not a value
+        # (Graphite's int() of it raised and lost the whole result; InfluxDB refused the
+        # point), and a threshold that overflows is dropped (review).
+        value *= factor
+        if not math.isfinite(value):
+            raise PerfdataError(f"value out of range once scaled to {unit} in {item!r}")
     if not rest:
-        return _new_value(PerfdataValue, (label, value * factor, counter, unit, None, None,
+        return _new_value(PerfdataValue, (label, value, counter, unit, None, None,
                                           None, None))
     limits = _LIMITS.get(rest)
     if limits is None:
         limits = _limits(rest)
     warn, crit, low, high = limits
     if factor != 1.0:
-        warn = warn * factor if warn is not None else None
-        crit = crit * factor if crit is not None else None
-        low = low * factor if low is not None else None
-        high = high * factor if high is not None else None
-    return _new_value(PerfdataValue, (label, value * factor, counter, unit, warn, crit,
+        warn, crit, low, high = (_scaled(warn, factor), _scaled(crit, factor),
+                                 _scaled(low, factor), _scaled(high, factor))
+    return _new_value(PerfdataValue, (label, value, counter, unit, warn, crit,
                                       low, high))
+
+
+def _scaled(threshold: float | None, factor: float) -> float | None:
+    if threshold is None:
+        return None
+    threshold *= factor
+    return threshold if math.isfinite(threshold) else None
 
 
 #: ``PerfdataValue``'s constructor without its Python-level ``__new__`` (a third of the
