@@ -9,7 +9,8 @@ binary search on ``ts``; ``iter_from`` chains chunks into a live iteration.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import lmdb
@@ -99,6 +100,83 @@ class ReadOps(StateBase):
                 size += len(frame)
                 if len(out) >= limit or size >= max_bytes:
                     break
+            return out
+        return self._read(read)
+
+    def zone_disordered(self, zone: str) -> bool:
+        """Has ``ts`` gone backwards among the records ``zone`` holds (frames of two
+        connections drained one after the other, a clock step)? Lock-free: the mirror of
+        the last commit, like ``zone_records``."""
+        zid = self._ids.get(zone)
+        state = self._zones.get(zid) if zid is not None else None
+        return state is not None and bool(state.flags & K.FLAG_DISORDER)
+
+    def ts_order(self, zone: str, after_ts: float = -math.inf, *,
+                 chunk: int = 65536) -> list[int]:
+        """The seqs of ``zone``'s records with ``ts > after_ts``, in ``(ts, seq)`` order.
+
+        Why: a receiver drops a message older than the newest it had on the connection
+        (Icinga's rule), so a replay in seq order of a zone whose ``ts`` went backwards
+        lost the older messages. Reads keys and record headers only, ``chunk`` records
+        per read transaction; holds two arrays and the sorted list, about 40 bytes a
+        record, while it sorts."""
+        raw_zone = K.encode_name(zone)
+        stamps: array[float] = array("d")
+        seqs: array[int] = array("Q")
+
+        def read(start: int) -> int | None:
+            """One chunk from seq ``start``; the seq to go on from, or None at the end."""
+            def in_txn(txn: lmdb.Transaction) -> int | None:
+                packed = txn.get(raw_zone, db=self._zones_db)
+                if packed is None:
+                    return None
+                (zid,) = K.ZONE_ID.unpack(packed)
+                cur = txn.cursor(db=self._records_db)
+                if not cur.set_range(K.record_key(zid, start)):
+                    return None
+                n = 0
+                last = 0
+                for key, value in cur:
+                    kzid, seq = K.split_key(key)
+                    if kzid != zid:
+                        break
+                    last = seq
+                    n += 1
+                    ts = K.HEADER.unpack_from(value)[0]
+                    if ts > after_ts:
+                        stamps.append(ts)
+                        seqs.append(seq)
+                    if n >= chunk:
+                        return int(last) + 1
+                return None
+            return self._read(in_txn)
+
+        start: int | None = 0
+        while start is not None:
+            start = read(start)
+        order = sorted(range(len(seqs)), key=stamps.__getitem__)   # stable: seq breaks ties
+        return [seqs[i] for i in order]
+
+    def read_seqs(self, zone: str, seqs: Sequence[int]) -> list[Record]:
+        """The records of ``zone`` with these seqs, in the order given, in one read
+        transaction; a seq pruned or evicted meanwhile is skipped."""
+        raw_zone = K.encode_name(zone)
+
+        def read(txn: lmdb.Transaction) -> list[Record]:
+            packed = txn.get(raw_zone, db=self._zones_db)
+            if packed is None:
+                return []
+            (zid,) = K.ZONE_ID.unpack(packed)
+            out: list[Record] = []
+            for seq in seqs:
+                value = txn.get(K.record_key(zid, seq), db=self._records_db)
+                if value is None:
+                    continue
+                ts, ozid = K.HEADER.unpack_from(value)
+                object_zone = None
+                if ozid != K.NO_ZONE:
+                    object_zone = self._names.get(ozid) or self._zone_name(txn, ozid)
+                out.append(Record(seq, ts, bytes(value[K.HEADER_SIZE:]), object_zone))
             return out
         return self._read(read)
 

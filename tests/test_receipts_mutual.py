@@ -58,3 +58,39 @@ def test_logged_messages_both_ways_do_not_hold_the_checkpoints(tmp_path: Path) -
         for sim in (agent, sat, master):
             sim.stop()
         loop.close()
+
+
+def test_a_position_a_part_confirmed_holds_after_a_kill_before_the_peer_heard_it(
+        tmp_path: Path) -> None:
+    """A part confirms sat1's hop position while the master's checkpoint waits for sat1
+    (its next-check update is unconfirmed there). Killed before sat1 heard that
+    confirmation, the master had not saved it either: sat1 sent r1 again and the
+    restarted master processed it a second time (its writers too). The hop position is
+    now saved with the part, before it is confirmed (review)."""
+    from tests.chainsim import heal, kill_node
+    spec = chain_spec(tmp_path)
+    loop = asyncio.new_event_loop()
+    agent, sat, master = (SimNode(spec, name, loop) for name in ("agent1", "sat1", "master"))
+    try:
+        for sim in (agent, sat, master):
+            sim.start()
+        down, up = SimLink(agent, sat), SimLink(sat, master)
+        down.connect()
+        up.connect()
+        assert master.node.originate("event::SetNextCheck", {
+            "host": "agent1", "service": "s0", "next_check": time.time() + 60})
+        assert sat.node.originate("event::CheckResult", check_result("sat1", "r1", "OK"))
+        up.deliver(True, 1000)                 # r1 reaches the master ...
+        up.deliver(False, 1000)                # ... its update reaches sat1, unconfirmed
+        master.commit()
+        master.checkpoint()                    # waits for sat1 only: a part for sat1
+        master.confirm()                       # queued, never delivered:
+        assert master.node.receipts.saves >= 1
+        kill_node(master, [down, up])
+        heal([agent, sat, master], [down, up])
+        got = [s for _, s in master.durable_deliveries()]
+        assert got.count("r1") == 1, got
+    finally:
+        for sim in (agent, sat, master):
+            sim.stop()
+        loop.close()

@@ -130,6 +130,27 @@ def test_iteration_matches_a_filter_even_when_the_clock_steps_back(
 _zone_counter = itertools.count()
 
 
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.floats(-5, 10, allow_nan=False), min_size=0, max_size=60),
+       after=st.floats(-10, 400, allow_nan=False), chunk=st.integers(1, 7))
+def test_ts_order_and_read_seqs_give_the_records_after_a_position_in_ts_order(
+        store: ReplayStore, steps: list[float], after: float, chunk: int) -> None:
+    """What the replay of a zone whose ts went backwards sends (router.node.replay)."""
+    zone = f"zone-{next(_zone_counter)}"
+    ts = list(itertools.accumulate(steps, initial=100.0))[1:]
+    if ts:
+        store.append_many([(zone, t, frame(i), None) for i, t in enumerate(ts)])
+    assert store.zone_disordered(zone) == any(b < a for a, b in zip(ts, ts[1:]))
+    expected = sorted(((t, i + 1) for i, t in enumerate(ts) if t > after))
+    order = store.ts_order(zone, after, chunk=chunk)
+    assert order == [seq for _, seq in expected]
+    records = store.read_seqs(zone, order)
+    assert [(r.ts, r.seq) for r in records] == expected
+    assert [r.frame for r in records] == [frame(seq - 1) for _, seq in expected]
+    assert store.read_seqs(zone, [10_000]) == []          # gone: skipped
+
+
 def test_zones_are_isolated(store: ReplayStore) -> None:
     store.append_many([("a", 1.0, frame(1), None), ("b", 2.0, frame(2), None),
                        ("a", 3.0, frame(3), None), ("c", 0.5, frame(4), "a")])

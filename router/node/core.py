@@ -384,15 +384,18 @@ class Node:
             receipts.moved_hops[endpoint] = ts
             if raw_origin is None:
                 origin = (endpoint, ts)
-                seen = receipts.seen
-                fresh = ts > seen.get(endpoint, 0.0)
-                if fresh:
-                    seen[endpoint] = ts
-                    receipts.moved_origins[endpoint] = ts
-                    if self.topology.local_zone_ha:
-                        # Our HA partner may relay an older message of the peer's, one
-                        # we never had: accept() must know it came directly.
-                        receipts.came_directly(endpoint, ts)
+                if self.topology.local_zone_ha:
+                    # Our HA partner relays the peer's messages to us too, in its own
+                    # order: one it relayed may be newer than one the peer still sends
+                    # us directly. A watermark dropped the older one (lost: the partner
+                    # confirmed it to the peer); the hop and recent stamps tell.
+                    fresh = receipts.accept(endpoint, endpoint, ts)
+                else:
+                    seen = receipts.seen
+                    fresh = ts > seen.get(endpoint, 0.0)
+                    if fresh:
+                        seen[endpoint] = ts
+                        receipts.moved_origins[endpoint] = ts
             else:
                 origin = receipts.origin(endpoint, raw_origin, ts)
                 fresh = receipts.accept(endpoint, origin[0], origin[1])

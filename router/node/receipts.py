@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ STUCK_REPEAT = 60.0
 #: interval while it moves, so a stamp made before a crash is at most about an interval
 #: newer (the wall clock moving forward meanwhile), unless saves failed or stalled.
 OWN_STAMP_MARGIN = 1.0
+#: Hop positions are saved beside the origins' under this prefix (no endpoint name starts
+#: with a NUL): a position we confirm to a peer is on disk before the peer can hear it.
+HOP_KEY_PREFIX = "\x00hop:"
 
 
 class FeatureBarrier(Protocol):
@@ -165,6 +169,9 @@ class Receipts:
         #: The zone tree the trust decisions were made in (cleared when it changes).
         self._trust_topology: object = None
         self._pending: list[_Checkpoint] = []
+        #: The positions restored at start: what they cover counts as processed,
+        #: whichever hop brings it (``accept``).
+        self._floor: dict[str, float] = {}
         self._saved: dict[str, float] = {}
         self._saving = False
         self._timer: asyncio.TimerHandle | None = None
@@ -188,6 +195,8 @@ class Receipts:
         self.writer = writer
         self.store = store
         restored = store.load()
+        hops = {name[len(HOP_KEY_PREFIX):]: restored.pop(name)
+                for name in [n for n in restored if n.startswith(HOP_KEY_PREFIX)]}
         own = restored.pop(self.host.name, None)
         if own is not None:
             # Our peers keep the newest stamp they saw from us and drop anything older
@@ -197,12 +206,24 @@ class Receipts:
             # saves it, 4 a second), plus the interval it may have moved since.
             self.host.stamp_above(own + OWN_STAMP_MARGIN)
         self._saved = dict(restored)
+        self._floor = dict(restored)
         for name, ts in restored.items():
             if ts > self.seen.get(name, 0.0):
                 self.seen[name] = ts
             stats = self.host.endpoint_stats(name)
             if ts > stats.remote_log_position:
                 stats.remote_log_position = ts
+            if ts > self.confirmable.get(name, 0.0):
+                self.confirmable[name] = ts
+        for name, ts in hops.items():
+            # Everything that came through this connection up to ``ts`` was processed
+            # (we confirmed it, or were about to): the peer, which may not have heard the
+            # confirmation, sends it again from its older position, and the first gate
+            # in Node.on_message must drop it, ``ts`` included (it drops ts < position).
+            stats = self.host.endpoint_stats(name)
+            gate = math.nextafter(ts, math.inf)
+            if gate > stats.remote_log_position:
+                stats.remote_log_position = gate
             if ts > self.confirmable.get(name, 0.0):
                 self.confirmable[name] = ts
         return len(restored)
@@ -251,21 +272,17 @@ class Receipts:
             self.seen_hop[name] = hop
             self._remember(name, ts)
             return True
+        if ts <= self._floor.get(name, 0.0):
+            # Covered by the checkpoint restored at start. Without this, the first newer
+            # message recorded its hop, and an older one brought by another hop then
+            # passed as new: processed twice across a kill -9 (review).
+            return False
         if self.seen_hop.get(name, hop) == hop:
             return False
         if (name, ts) in self._recent:
             return False
         self._remember(name, ts)
         return True
-
-    def came_directly(self, name: str, ts: float) -> None:
-        """``name``'s own message with ``ts``, newer than any before, came from ``name``
-        itself (no ``routerOrigin``) and was processed. Only in an HA zone, where the
-        partner may relay its older ones to us: without the hop and the stamp recorded,
-        ``accept`` took such a message for a replay and dropped it (lost: the peer
-        never sends it to us again, our partner confirmed it)."""
-        self.seen_hop[name] = name
-        self._remember(name, ts)
 
     def _remember(self, name: str, ts: float) -> None:
         key = (name, ts)
@@ -485,6 +502,12 @@ class Receipts:
         # sends us our own messages), read back by attach().
         on_disk = dict(origins)
         on_disk[self.host.name] = self._stamp_saving = self.host.last_stamp
+        # The hop positions this save lets us confirm: a part confirms one before the
+        # origins it covers are saved, and a kill -9 after that and before the peer heard
+        # the confirmation had the peer send them again, to a node that had forgotten
+        # processing them: twice to the writers (review).
+        for name, ts in hops.items():
+            on_disk[HOP_KEY_PREFIX + name] = ts
         try:
             future = writer.call(store.save, on_disk)
         except Exception as e:   # the writer is closing

@@ -197,6 +197,11 @@ class ReplayManager:
                           "in the zone, %d pending)", endpoint, zone, position,
                           store.zone_records(zone), self.writer.pending)
             after_seq = 0
+            if store.zone_disordered(zone):
+                sorted_part = await self._replay_in_ts_order(conn, zone, position)
+                if sorted_part is None:
+                    return
+                after_seq, count = sorted_part
             while self._current(conn):
                 batch = await loop.run_in_executor(None, functools.partial(
                     store.read_batch, zone, position, after_seq=after_seq, limit=CHUNK))
@@ -241,6 +246,49 @@ class ReplayManager:
         finally:
             self.replaying.pop(endpoint, None)
             self.replayed[endpoint] = self.replayed.get(endpoint, 0) + count
+
+    async def _replay_in_ts_order(self, conn: Connection, zone: str, position: float
+                                  ) -> tuple[int, int] | None:
+        """Replay what ``zone``'s log holds after ``position`` in ``ts`` order, not seq
+        order; (the last seq it covered, how many it sent), None if the session ended.
+
+        Why: a zone's ``ts`` goes backwards in the log when the frames of two of its
+        connections are drained one after the other (a satellite connected to both HA
+        masters, which both drop: the second one's older frames come after the first
+        one's newer). Sent in seq order, the receiver dropped the older messages as
+        stale (it keeps the newest ``ts`` of the connection, as Icinga does), and both
+        masters lost them for good (review). Records appended after the order was taken
+        follow in seq order, as usual."""
+        node = self.node
+        loop = node.loop
+        store = self.store
+        endpoint = conn.endpoint or ""
+        if self.writer.pending:
+            await loop.run_in_executor(None, self.writer.flush, 5.0)
+        order = await loop.run_in_executor(None, store.ts_order, zone, position)
+        if order:
+            log.info("[%s] replaying %d records of zone %s in ts order (frames of its "
+                     "connections were logged out of order)", endpoint, len(order), zone)
+        count = 0
+        for start in range(0, len(order), CHUNK):
+            if not self._current(conn):
+                return None
+            batch = await loop.run_in_executor(None, store.read_seqs, zone,
+                                               order[start:start + CHUNK])
+            if not self._current(conn):
+                return None
+            queue = conn.queue
+            assert queue is not None
+            for record in batch:
+                queue.put(record.frame, REPLAY_METHOD)
+            count += len(batch)
+            self.replaying[endpoint] = count
+            conn.schedule_flush()
+            while queue.congested and self._current(conn):
+                await node.wait_drained(conn)
+        if not self._current(conn):
+            return None
+        return (max(order) if order else 0), count
 
     def _current(self, conn: Connection) -> bool:
         return (conn.state == "open" and conn.endpoint is not None
