@@ -9,6 +9,9 @@ the code before its fix.
 - With ``[objects] unknown = "learn"``, an agent below a satellite that dialled the master
   directly (a configured endpoint is admitted wherever it sits, as in Icinga) had the
   master learn a sibling's host for it, past the satellite's ownership check.
+- An enrolled agent was exempt from the enrollment limits meant for anonymous peers and
+  filled the node-wide ``max_pending_requests`` in one burst of throw-away requests:
+  every later enrollment and renewal through that node was refused for days.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import asyncio
 
 import pytest
 
+from router import pki as pkilib
 from tests.nodeutil import ClusterSpec, FakePeer, check_result, wait_until
 from tests.pkiutil import make_test_pki
 
@@ -26,6 +30,48 @@ GLOBAL = '[[zones]]\nname = "global-templates"\nendpoints = []\nglobal = true\n'
 @pytest.fixture
 def pki(tmp_path):
     return make_test_pki(tmp_path / "pki", ["master", "agent1", "agent2", "sat", "a1", "a2"])
+
+
+REQ = "pki::RequestCertificate"
+
+
+async def ask(peer, cert, request_id):
+    peer.send(REQ, {"cert_request": pkilib.certificate_pem(cert), "ticket": ""},
+              id=request_id)
+    await wait_until(lambda: [m for m in peer.received if m.get("id") == request_id],
+                     what=f"answer to {request_id}", timeout=30)
+    return [m for m in peer.received if m.get("id") == request_id][0]["result"]
+
+
+def test_one_agent_cannot_lock_out_enrollment_for_everybody(tmp_path, pki, run):
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
+                                       ("sat", ["sat"], "master"),
+                                       ("agent1", ["agent1"], "sat")])
+    cap, per_minute = 40, 10
+    junk = [pkilib.self_signed_certificate(pkilib.generate_key("ec"), f"junk{i}")
+            for i in range(cap + 5)]
+    newcomer = pkilib.self_signed_certificate(pkilib.generate_key("ec"), "newagent")
+
+    async def main():
+        sat = await spec.start("sat", extra=(
+            f"[pki]\nmax_pending_requests = {cap}\nrequests_per_minute = {per_minute}\n"))
+        try:
+            a1 = await FakePeer.connect(spec.port("sat"), pki, "agent1", server_name="sat")
+            await wait_until(lambda: a1.messages("icinga::Hello"), what="hello")
+            answers = [await ask(a1, c, f"j{i}") for i, c in enumerate(junk)]
+            stored = sum(1 for a in answers if a["status_code"] == 2)
+            assert not a1.closed                 # refused, but its session stays
+            new = await FakePeer.connect(spec.port("sat"), pki, None, server_name="sat")
+            await wait_until(lambda: new.messages("icinga::Hello"), what="hello")
+            result = await ask(new, newcomer, "new")
+            await a1.close()
+            await new.close()
+            assert result["status_code"] == 2, result.get("error")
+            assert stored <= 2, stored           # PENDING_PER_AGENT
+        finally:
+            await sat.stop()
+
+    run(main(), timeout=120)
 
 
 def spec_for(tmp_path, pki) -> ClusterSpec:

@@ -25,7 +25,11 @@ Where we differ from Icinga, on purpose:
   key of our renewal) and chains to the CA we already trust (our ``ca.crt`` is never
   replaced by an update); otherwise it is refused and logged;
 - anonymous requests are rate-limited per address and the pending requests are capped
-  (users.md P13/P16: enrollment must not be a way to fill a disk or a CPU);
+  (users.md P13/P16: enrollment must not be a way to fill a disk or a CPU); so are an
+  enrolled agent's (an endpoint of a zone with no zone below it), per endpoint, and an
+  agent may have ``PENDING_PER_AGENT`` requests pending at most: one agent filled the
+  node-wide cap in seconds and locked out every enrollment and renewal (review). Our HA
+  peer and satellites, which forward their zones' requests, are not limited;
 - a pending anonymous requester is not disconnected at once (Icinga does, #10330 in
   users.md P14): it keeps its connection until the enrollment timeout, so a certificate
   signed upstream meanwhile reaches it directly;
@@ -115,6 +119,10 @@ def _peer_host(conn: Connection) -> str:
     return conn.address.rsplit(":", 1)[0]
 
 
+#: Pending requests an agent may have stored at once (its own renewal, and one spare).
+PENDING_PER_AGENT = 2
+
+
 class _Refusal(Exception):
     """A request the CPU step refuses: the text for the requester, the counted reason."""
 
@@ -138,6 +146,8 @@ class Enrollment:
         self.own = OwnCertificate(host, self.is_signer, self._load_ca)
         #: fingerprint -> the connection that asked (delivery when the answer comes)
         self._waiting: dict[str, Connection] = {}
+        #: agent endpoint -> fingerprints of its pending requests (PENDING_PER_AGENT)
+        self._agent_pending: dict[str, set[str]] = {}
         self._store_stamp = -1
         self.pending = 0
         self._last_prune = 0.0
@@ -260,7 +270,7 @@ class Enrollment:
         is 50 000 rounds of PBKDF2 (about 11 ms of CPU), a signature up to a few ms; the
         per-address limit alone would let many addresses keep a core busy. False (and
         refused) when the budget is spent."""
-        if conn.endpoint is not None or self._expensive.take(time.monotonic()):
+        if self._limit_key(conn) is None or self._expensive.take(time.monotonic()):
             return True
         self._refuse(conn, msg, "the node is busy with other certificate requests; try "
                      "again in a few seconds", "busy", result)
@@ -268,15 +278,29 @@ class Enrollment:
 
     # ------------------------------------------------------------------ RequestCertificate
 
+    def _limit_key(self, conn: Connection) -> str | None:
+        """What the per-source limits count ``conn`` as: its address when anonymous, its
+        endpoint when it is an agent (a zone with no zone below it); None for our HA peer
+        and satellites, which forward the requests of whole zones."""
+        if conn.endpoint is None:
+            return _peer_host(conn)
+        topology = self.host.topology
+        zone = topology.zone_of(conn.endpoint)
+        if zone is None or zone == topology.local_zone or topology.children(zone):
+            return None
+        return f"endpoint {conn.endpoint}"
+
     def request_certificate(self, conn: Connection, msg: jsonrpc.Message) -> None:
         """Take one ``pki::RequestCertificate`` (any peer, anonymous included): refused
-        at once when its address is over the rate limit, else answered in turn."""
-        if conn.endpoint is None and not self._per_source.allow(_peer_host(conn),
-                                                                 time.monotonic()):
-            self._refuse(conn, msg, f"too many certificate requests from {_peer_host(conn)} "
-                         f"(pki.requests_per_minute = "
+        at once when its address (or, for an agent, its endpoint) is over the rate
+        limit, else answered in turn."""
+        key = self._limit_key(conn)
+        if key is not None and not self._per_source.allow(key, time.monotonic()):
+            self._refuse(conn, msg, f"too many certificate requests from "
+                         f"{conn.endpoint or _peer_host(conn)} (pki.requests_per_minute = "
                          f"{self.host.config.pki.requests_per_minute})", "rate_limited")
-            conn.close("certificate request rate limit")
+            if conn.endpoint is None:       # an agent keeps its session (its checks)
+                conn.close("certificate request rate limit")
             return
         if len(self._queue) >= QUEUE_LIMIT:
             self._refuse(conn, msg, f"{len(self._queue)} certificate requests are waiting "
@@ -504,14 +528,23 @@ class Enrollment:
         """Store the request, forward it towards the signer, answer status 2."""
         cn = pki.common_name(cert)
         limit = self.host.config.pki.max_pending_requests
-        if not self.store.path(fp).exists() and self.pending >= limit:
+        new = not self.store.path(fp).exists()
+        if new and self.pending >= limit:
             self._refuse(conn, msg, f"{self.pending} certificate requests are pending "
                          f"(pki.max_pending_requests = {limit}); not storing another",
                          "too_many_pending", result)
             return
+        agent = conn.endpoint if conn.endpoint is not None and self._limit_key(conn) else None
+        mine = self._agent_pending.setdefault(agent, set()) if agent is not None else None
+        if new and mine is not None and len(mine) >= PENDING_PER_AGENT:
+            self._refuse(conn, msg, f"endpoint {agent} has {len(mine)} certificate requests "
+                         "pending already; not storing another", "too_many_pending", result)
+            return
         pem = pki.certificate_pem(cert)
-        if not self.store.path(fp).exists():
+        if new:
             self.pending += 1
+            if mine is not None:
+                mine.add(fp)
         self.store.save_pending(fp, pem, ticket)
         self._store_stamp = self.store.stamp()     # our own write: no rescan needed
         self._waiting[fp] = conn
@@ -600,6 +633,8 @@ class Enrollment:
         self.store.set_response(fp, text)
         if not stored.signed:
             self.pending = max(0, self.pending - 1)
+        for fingerprints in self._agent_pending.values():
+            fingerprints.discard(fp)
         self._store_stamp = self.store.stamp()
         host.log_peer(conn, logging.INFO, "stored the signed certificate for CN '%s'", cn)
         self._deliver(fp, text, ca_text if isinstance(ca_text, str) else self._ca_pem())
@@ -674,6 +709,11 @@ class Enrollment:
             self.host.ratelog.log(("csr_corrupt", str(path)), logging.WARNING,
                                   "certificate request store: skipping %s: %s", path, why)
         self.pending = sum(1 for r in listing.requests if not r.signed)
+        unsigned = {r.fingerprint for r in listing.requests if not r.signed}
+        for agent in list(self._agent_pending):        # signed, removed or expired
+            self._agent_pending[agent] &= unsigned
+            if not self._agent_pending[agent]:
+                del self._agent_pending[agent]
         if self._waiting:
             ca_pem = ""
             for request in listing.requests:
