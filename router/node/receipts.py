@@ -502,12 +502,14 @@ class Receipts:
         # sends us our own messages), read back by attach().
         on_disk = dict(origins)
         on_disk[self.host.name] = self._stamp_saving = self.host.last_stamp
-        # The hop positions this save lets us confirm: a part confirms one before the
-        # origins it covers are saved, and a kill -9 after that and before the peer heard
-        # the confirmation had the peer send them again, to a node that had forgotten
-        # processing them: twice to the writers (review).
-        for name, ts in hops.items():
-            on_disk[HOP_KEY_PREFIX + name] = ts
+        # A part confirms a hop position before the origins it covers are saved: a kill
+        # -9 after that and before the peer heard the confirmation had the peer send them
+        # again, to a node that had forgotten processing them: twice to the writers
+        # (review). So a part saves the position it confirms. (A whole checkpoint's
+        # origins cover its hops; saving those too doubled the entries of every save.)
+        if number is None:
+            for name, ts in hops.items():
+                on_disk[HOP_KEY_PREFIX + name] = ts
         try:
             future = writer.call(store.save, on_disk)
         except Exception as e:   # the writer is closing
