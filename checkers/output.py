@@ -115,13 +115,19 @@ def split_perfdata(perfdata: str) -> list[str]:
     between items are skipped (Icinga turns the extra space into part of the next label),
     and a quoted label may contain ``=`` (Icinga cuts it there). ``''`` inside a quoted
     label is a literal quote, as in the plugin guidelines.
+
+    The items together are at most twice the text and 4 KiB: the prefix copied into
+    every later label let 100 KB of output become 70 MB of items, a reply the pool
+    refused, and the executor was killed with every check it ran (review). Items beyond
+    that are dropped.
     """
     result: list[str] = []
     text = perfdata.strip()
     length = len(text)
+    budget = 2 * length + 4096
     pos = 0
     multi_prefix = ""
-    while pos < length:
+    while pos < length and budget > 0:
         while pos < length and text[pos] == " ":
             pos += 1
         if pos >= length:
@@ -146,9 +152,13 @@ def split_perfdata(perfdata: str) -> list[str]:
             label = f"{multi_prefix}::{label}"
         if " " in label or "=" in label:
             quoted = label.replace("'", "''")
-            result.append(f"'{quoted}'={value}")
+            item = f"'{quoted}'={value}"
         else:
-            result.append(f"{label}={value}")
+            item = f"{label}={value}"
+        budget -= len(item)
+        if budget < 0:
+            break
+        result.append(item)
         if multi_index >= 0:
             multi_prefix = label[:multi_index]
         pos = end + 1

@@ -50,7 +50,7 @@ from typing import Any
 
 from checkers.errors import InvalidState, PoolStartError, WireError
 from checkers.messages import CheckOutcome, CheckRequest
-from checkers.runner import KILL_GRACE, run_internal_dummy
+from checkers.runner import EXECUTOR_MARK, KILL_GRACE, run_internal_dummy
 from checkers.wire import FrameReader, frame, request_message, result_from_reply
 
 __all__ = ["CheckerPool", "QUEUE_WAIT_BUCKETS", "SOCKET_NAME"]
@@ -87,7 +87,7 @@ class _Executor:
 
     __slots__ = ("index", "generation", "process", "pid", "pidfd", "connection", "inflight",
                  "started", "failures", "executed", "restart_handle", "start_timer",
-                 "exited", "poll_handle")
+                 "exited", "poll_handle", "mark")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -95,6 +95,8 @@ class _Executor:
         self.process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.pidfd: int | None = None
+        #: ``EXECUTOR_MARK`` of this generation (its plugins carry it)
+        self.mark = ""
         self.connection: _Connection | None = None
         self.inflight: dict[int, _Job] = {}
         self.started = 0.0
@@ -180,6 +182,31 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def kill_orphans(mark: str, index: int) -> int:
+    """SIGKILL the process groups of the plugins an executor left behind: those with its
+    ``EXECUTOR_MARK`` in their environment (it reaches their children too). Blocking
+    (reads ``/proc``): run it in a thread. How many groups it killed."""
+    import psutil
+
+    groups: set[int] = set()
+    for process in psutil.process_iter(["environ"]):
+        environ = process.info.get("environ") or {}
+        if environ.get(EXECUTOR_MARK) == mark:
+            try:
+                groups.add(os.getpgid(process.pid))
+            except OSError:
+                pass
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:
+            pass
+    if groups:
+        logger.warning("check executor %d left %d plugin process group(s) running; killed "
+                       "them", index, len(groups))
+    return len(groups)
+
+
 class CheckerPool:
     """A pool of check executor processes.
 
@@ -231,6 +258,8 @@ class CheckerPool:
         self.executed = 0
         self.timeouts = 0
         self.restarts = 0
+        #: Scans for the plugins of executors that died (kill_orphans), running.
+        self._orphan_scans: set[asyncio.Future[int]] = set()
         self.overflow = 0
         self.lost = 0
         self._wait_counts = [0] * (len(QUEUE_WAIT_BUCKETS) + 1)
@@ -332,6 +361,8 @@ class CheckerPool:
                 logger.warning("check executor %d did not stop; killing it", executor.index)
                 executor.process.kill()
         await self._wait_exits(5.0)
+        if self._orphan_scans:                  # the plugins of executors killed above
+            await asyncio.wait(list(self._orphan_scans), timeout=10.0)
         if self._server is not None:
             self._server.close()
             try:
@@ -560,6 +591,12 @@ class CheckerPool:
             executor.start_timer = None
         if executor.exited is not None and not executor.exited.done():
             executor.exited.set_result(code)
+        if code != 0 and executor.mark:
+            # Killed or crashed: its plugins (sessions of their own) live on without it.
+            scan = self._loop.run_in_executor(None, kill_orphans, executor.mark,
+                                              executor.index)
+            self._orphan_scans.add(scan)
+            scan.add_done_callback(self._orphan_scans.discard)
         if self._state not in ("running", "draining"):
             return
         logger.warning("check executor %d (pid %s) exited with %s", executor.index,
@@ -590,6 +627,7 @@ class CheckerPool:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+        executor.mark = env[EXECUTOR_MARK] = f"{os.getpid()}.{executor.index}.{generation}"
         argv = [self.python, "-m", "checkers.worker", "--socket", self.socket_path,
                 "--max-inflight", str(self.per_worker_inflight),
                 "--log-level", self.worker_log_level]

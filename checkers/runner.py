@@ -78,12 +78,23 @@ def _devnull() -> tuple[int, int]:
     return _devnull_read, _devnull_write
 
 
+#: Set by the pool in each executor's environment and passed on to every plugin it
+#: starts: plugins run in sessions of their own, so when an executor dies (killed by the
+#: pool's watchdog, a crash, the OOM killer) nobody kills them; the pool finds them by
+#: this mark and does (``checkers.pool.kill_orphans``).
+EXECUTOR_MARK = "ROUTER_CHECK_EXECUTOR"
+
+
 def plugin_environment(env: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The environment a plugin gets: ``PATH``, ``LANG=C``, then ``env`` on top."""
+    """The environment a plugin gets: ``PATH``, ``LANG=C``, then ``env`` on top, and the
+    executor's ``EXECUTOR_MARK``."""
     result = {"PATH": DEFAULT_PATH, "LANG": "C"}
     if env:
         for key, value in env.items():
             result[str(key)] = "" if value is None else str(value)
+    mark = os.environ.get(EXECUTOR_MARK)
+    if mark:
+        result[EXECUTOR_MARK] = mark
     return result
 
 
@@ -429,13 +440,16 @@ async def run_plugin(argv: Sequence[str], *, timeout: float,
     read_fd, write_fd = os.pipe()
     try:
         pid = _spawn(program, args, environment, write_fd)
-    except OSError as error:
+    except (OSError, ValueError) as error:
+        # ValueError: a NUL byte in an argument or a variable (a parent's macro); it
+        # used to escape with both pipe ends open: two descriptors leaked a check.
         os.close(read_fd)
         os.close(write_fd)
+        why = (error.strerror if isinstance(error, OSError) else None) or str(error)
         # What Icinga's forked child prints with perror() before _exit(128).
-        output = f"execvpe({args[0]}) failed: {error.strerror or error}"
+        output = f"execvpe({args[0]}) failed: {why}"
         return PluginResult(EXIT_PROCESS_FAILED, output, [], start, time.time(),
-                            error=f"spawn failed: {error.strerror or error}")
+                            error=f"spawn failed: {why}")
     os.close(write_fd)
     process = _PluginProcess(loop, pid, read_fd, limit)
     process.start(loop.time() + max(float(timeout), 0.0))

@@ -26,7 +26,7 @@ from typing import Any
 from checkers.errors import WireError
 from checkers.messages import DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT, PluginResult
 from checkers.runner import run_internal_dummy, run_plugin
-from checkers.wire import PROTOCOL_VERSION, FrameReader, frame, reply_message
+from checkers.wire import MAX_FRAME, PROTOCOL_VERSION, FrameReader, frame, reply_message
 
 __all__ = ["ExecutorProtocol", "serve", "main"]
 
@@ -147,9 +147,17 @@ class ExecutorProtocol(asyncio.Protocol):
     def send(self, message: dict[str, Any]) -> None:
         if self.transport is None:
             return
+        data = frame(message)
+        if len(data) > MAX_FRAME:
+            # The pool refuses it, and kills us with every check we run: answer this
+            # one check instead.
+            now = time.time()
+            data = frame(reply_message(message.get("id"), PluginResult(
+                3, f"The plugin's output is too large to pass on ({len(data)} bytes "
+                   "encoded).", [], now, now, error="output too large")))
         if not self.pending:
             self.loop.call_soon(self._flush)
-        self.pending.append(frame(message))
+        self.pending.append(data)
 
     def _flush(self) -> None:
         data, self.pending = self.pending, []

@@ -1,0 +1,166 @@
+"""Check execution after a review (2026-12-07); each test failed on the code before
+its fix.
+
+- Plugins run in sessions of their own, so when the pool killed an executor (its
+  watchdog) or one crashed, its plugins ran on for ever: now the pool kills every
+  process carrying that executor's mark (``checkers.runner.EXECUTOR_MARK``).
+- 100 KB of output with a ``check_multi`` prefix became 70 MB of performance data, a
+  reply the pool refused: the executor was killed with every check it ran.
+- A NUL byte in a parent's macro leaked two descriptors a check in the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from checkers.catalog import Catalog
+from checkers.messages import CheckRequest
+from checkers.output import parse_plugin_output
+from checkers.pool import CheckerPool
+from checkers.runner import run_plugin
+from tests.test_checkers_pool import _alive, pid_file, sockdir
+
+__all__ = ["pid_file", "sockdir"]  # fixtures, imported to be found by pytest
+
+
+def write_plugin(directory: Path, name: str, body: str) -> Path:
+    path = directory / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def pids(pid_file: Path) -> list[int]:
+    return [int(x) for x in pid_file.read_text().split()] if pid_file.exists() else []
+
+
+@pytest.mark.slow
+def test_plugins_of_a_hung_executor_are_killed(run, sockdir: str, tmp_path: Path,
+                                              pid_file: Path) -> None:
+    """A hung executor (SIGSTOP stands in for a blocked loop) is killed by the watchdog
+    after a 1 s check timeout; its plugin must not outlive it."""
+    plugin = write_plugin(tmp_path, "hang.sh", f'echo $$ >> "{pid_file}"\nexec sleep 300\n')
+
+    async def scenario():
+        pool = CheckerPool(sockdir, workers=1)
+        await pool.start()
+        try:
+            task = asyncio.ensure_future(pool.run(CheckRequest(argv=(str(plugin),),
+                                                               timeout=1)))
+            await until(lambda: len(pids(pid_file)) == 1)
+            os.kill(pool.stats()["executors"][0]["pid"], signal.SIGSTOP)
+            outcome = await asyncio.wait_for(task, 30)
+            await asyncio.sleep(1.0)
+            return outcome, [pid for pid in pids(pid_file) if _alive(pid)]
+        finally:
+            await pool.close(0)
+
+    outcome, survivors = run(scenario(), timeout=60)
+    assert outcome.state == 3 and outcome.error == "executor lost"
+    assert survivors == [], survivors
+
+
+def test_plugins_of_a_crashed_executor_are_killed(run, sockdir: str, tmp_path: Path,
+                                                 pid_file: Path) -> None:
+    plugin = write_plugin(tmp_path, "hang.sh", f'echo $$ >> "{pid_file}"\nexec sleep 300\n')
+
+    async def scenario():
+        pool = CheckerPool(sockdir, workers=1)
+        await pool.start()
+        try:
+            task = asyncio.ensure_future(pool.run(CheckRequest(argv=(str(plugin),),
+                                                               timeout=2)))
+            await until(lambda: len(pids(pid_file)) == 1)
+            os.kill(pool.stats()["executors"][0]["pid"], signal.SIGKILL)
+            outcome = await asyncio.wait_for(task, 10)
+            await until(lambda: not [p for p in pids(pid_file) if _alive(p)])
+            return outcome
+        finally:
+            await pool.close(0)
+
+    outcome = run(scenario(), timeout=60)
+    assert outcome.error == "executor lost"
+
+
+PREFIX = "A" * 100_000
+
+
+def test_parsed_output_stays_bounded() -> None:
+    raw = f"OK|p::x=1 {PREFIX}::a=1 " + "b=1 " * 700
+    assert len(raw.encode()) < (1 << 20)                 # within the default output_limit
+    _, perfdata = parse_plugin_output(raw)
+    assert sum(len(item) for item in perfdata) <= 2 * len(raw) + 4096
+    assert perfdata[:2] == ["p::x=1", f"{PREFIX}::a=1"]  # what fits is kept
+
+
+def test_one_plugins_output_does_not_take_down_its_executor(run, sockdir: str,
+                                                            tmp_path: Path) -> None:
+    bomb = write_plugin(tmp_path, "bomb.sh", f"printf 'OK|p::x=1 {PREFIX}::a=1 '\n"
+                        "i=0; while [ $i -lt 700 ]; do printf 'b=1 '; i=$((i+1)); done\n")
+    sleeper = write_plugin(tmp_path, "sleeper.sh", "sleep 3; echo 'OK - slept'\n")
+
+    async def scenario():
+        pool = CheckerPool(sockdir, workers=1)
+        await pool.start()
+        try:
+            innocent = asyncio.ensure_future(pool.run(CheckRequest(argv=(str(sleeper),),
+                                                                   timeout=30)))
+            await until(lambda: pool.stats()["running"] == 1)
+            result = await pool.run(CheckRequest(argv=(str(bomb),), timeout=30))
+            return result, await innocent, pool.stats()
+        finally:
+            await pool.close()
+
+    result, other, stats = run(scenario())
+    assert other.error is None and other.state == 0, other.output
+    assert result.error != "executor lost", result.output
+    assert stats["lost"] == 0 and stats["restarts"] == 0, stats
+
+
+def test_a_nul_byte_in_an_argument_neither_raises_nor_leaks(run, sockdir: str) -> None:
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def direct() -> tuple[list[Any], int, int]:
+        await run_plugin(["/bin/true"], timeout=5)          # the process-wide /dev/null fds
+        before = fds()
+        outcomes = [await run_plugin(["/bin/echo", "a\x00b"], timeout=5) for _ in range(20)]
+        return outcomes, before, fds()
+
+    outcomes, before, after = run(direct())
+    assert after == before
+    assert outcomes[0].state == 3 and "embedded null byte" in outcomes[0].output
+
+    catalog = Catalog.load()
+
+    async def pooled() -> tuple[int, int]:
+        pool = CheckerPool(sockdir, workers=1)
+        await pool.start()
+        try:
+            pid = pool.stats()["executors"][0]["pid"]
+            await pool.run(catalog.build("users", {}, use_defaults=True))
+            start = len(os.listdir(f"/proc/{pid}/fd"))
+            for _ in range(50):
+                await pool.run(catalog.build("disk", {"disk_partitions": ["/\x00x"]},
+                                             use_defaults=True))
+            return start, len(os.listdir(f"/proc/{pid}/fd"))
+        finally:
+            await pool.close()
+
+    start, end = run(pooled())
+    assert end - start < 10, (start, end)
