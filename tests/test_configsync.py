@@ -401,12 +401,27 @@ def test_updates_from_anyone_but_the_parent_are_refused(tmp_path, sender, accept
 def test_zone_that_is_not_ours_refuses_everything(tmp_path):
     node = ScriptedNode(topology("sat1"), {"agent1"})
     sync = make_sync(tmp_path, node)
-    for name in ("master", "other-sat", "no-such-zone"):
+    for name in ("master", "other-sat"):
         refusal = sync.receive("master1", master_message({"agents": {"h.conf": "x"},
                                                           name: {"x.conf": "x"}}))
         assert refusal is not None and refusal.reason == "zone_not_allowed"
         assert name in refusal.text
     assert not (tmp_path / "api").exists() and sync.zones == {}
+
+
+def test_a_zone_not_configured_here_is_ignored_and_the_others_taken(tmp_path):
+    """An Icinga master sends every global zone it has to every child; an Icinga
+    receiver skips one it does not know and applies the others. Refusing the whole
+    update left a satellite without the master's "director-global" with no
+    configuration at all, for itself and its children (review)."""
+    node = ScriptedNode(topology("sat1"), {"master1", "agent1"})
+    sync = make_sync(tmp_path, node)
+    params = master_message({"agents": {"hosts.conf": HOSTS_CONF},
+                             "director-global": {"d.conf": "// director templates\n"}})
+    assert sync.receive("master1", params) is None
+    assert "agents" in sync.zones and "director-global" not in sync.zones
+    assert (tmp_path / "api/zones/agents/_etc/hosts.conf").read_text() == HOSTS_CONF
+    assert not (tmp_path / "api/zones/director-global").exists()
 
 
 def test_disk_full_is_refused_and_the_old_set_stays(tmp_path):

@@ -315,6 +315,14 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
     skipped = prepared.objects.load_learned(node.objects.learned_hosts())
     for host, zone, why in skipped[:20]:
         log.info("reload: learned host %s (zone %s) not carried over: %s", host, zone, why)
+    # What the sessions to close hold goes to the logs of the zones their endpoints are
+    # in now, before the swap: after it, an endpoint moved to another zone had its
+    # frames logged (and replayed) there, and one removed had them dropped (review).
+    for endpoint in closing:
+        leaving = node.connections.get(endpoint)
+        if leaving is not None:
+            node.sessions.keep_written(leaving)
+            node.sessions.keep_unsent(leaving)
     node.config = config
     node.topology = topology
     node.objects = prepared.objects

@@ -387,6 +387,42 @@ class Sessions:
 
     # ------------------------------------------------------------------ closing
 
+    def keep_written(self, conn: Connection) -> None:
+        """Log what was written to ``conn`` and never confirmed (maybe lost in flight),
+        under the zone the current topology gives its endpoint. Logged before the unsent
+        frames: older. A reload calls it before it swaps the topology for the sessions it
+        closes (an endpoint moved or removed: its frames belong to its old zone)."""
+        host, replay, endpoint = self.host, self.host.replay, conn.endpoint
+        if conn.ledger is None or replay is None or endpoint is None:
+            return
+        if conn.stats is not None:
+            conn.stats.unconfirmed_overflow += conn.ledger.overflowed
+            conn.ledger.overflowed = 0
+        unconfirmed = conn.ledger.drain()
+        if unconfirmed:
+            kept = replay.persist_written(conn, unconfirmed)
+            host.log_peer(conn, logging.INFO if kept == len(unconfirmed) else
+                          logging.WARNING, "%d logged messages written but not "
+                          "confirmed at disconnect: %d kept in the replay log",
+                          len(unconfirmed), kept)
+
+    def keep_unsent(self, conn: Connection) -> None:
+        """Log the logged frames still queued for ``conn``; the rest are dropped, counted
+        (see ``keep_written`` for when a reload calls it)."""
+        host, replay, endpoint = self.host, self.host.replay, conn.endpoint
+        if conn.queue is None:
+            return
+        leftovers = conn.queue.clear()
+        kept = 0
+        if leftovers and replay is not None and endpoint is not None:
+            kept = replay.persist_unsent(conn, leftovers)
+        dropped = len(leftovers) - kept
+        if leftovers and conn.stats is not None:
+            conn.stats.dropped += dropped
+            host.log_peer(conn, logging.WARNING, "%d queued messages unsent at disconnect:"
+                          " %d kept in the replay log, %d dropped", len(leftovers), kept,
+                          dropped)
+
     def connection_lost(self, conn: Connection, exc: Exception | None) -> None:
         host = self.host
         host.all_connections.discard(conn)
@@ -405,30 +441,9 @@ class Sessions:
                 if not waiter.done():
                     waiter.set_result(None)
         self.wake_drain_waiter(conn)
-        replay = host.replay
-        if conn.ledger is not None and replay is not None and endpoint is not None:
-            # Written but never confirmed: maybe lost in flight. Logged first: older.
-            if conn.stats is not None:
-                conn.stats.unconfirmed_overflow += conn.ledger.overflowed
-            unconfirmed = conn.ledger.drain()
-            if unconfirmed:
-                kept = replay.persist_written(conn, unconfirmed)
-                host.log_peer(conn, logging.INFO if kept == len(unconfirmed) else
-                              logging.WARNING, "%d logged messages written but not "
-                              "confirmed at disconnect: %d kept in the replay log",
-                              len(unconfirmed), kept)
+        self.keep_written(conn)
         host.receipts.connection_closed(conn)
-        if conn.queue is not None:
-            leftovers = conn.queue.clear()
-            kept = 0
-            if leftovers and replay is not None and endpoint is not None:
-                kept = replay.persist_unsent(conn, leftovers)
-            dropped = len(leftovers) - kept
-            if leftovers and conn.stats is not None:
-                conn.stats.dropped += dropped
-                host.log_peer(conn, logging.WARNING, "%d queued messages unsent at disconnect:"
-                              " %d kept in the replay log, %d dropped", len(leftovers), kept,
-                              dropped)
+        self.keep_unsent(conn)
         sources, conn.blocked_sources = conn.blocked_sources, None
         for source in sources or ():
             host.unblock(source)

@@ -158,10 +158,36 @@ class ConfigSync:
 
     # ------------------------------------------------------------------ receiving
 
+    def _without_unknown_zones(self, endpoint: str, params: Mapping[str, Any]
+                               ) -> Mapping[str, Any]:
+        """``params`` without the zones not configured here, each logged and counted.
+
+        An Icinga master sends every global zone it has to every child, and an Icinga
+        receiver skips one it does not know and takes the others. Refusing the whole
+        update for one (a satellite without the master's "director-global") left the
+        satellite and its children without configuration for good (review). A zone
+        configured here but not ours still refuses the update (``parse_update``)."""
+        unknown = sorted(name for part in (params.get("update"), params.get("update_v2"))
+                         if isinstance(part, dict) for name in part
+                         if self.topology.zone(name) is None)
+        if not unknown:
+            return params
+        for name in dict.fromkeys(unknown):
+            log.info("config sync: ignoring zone %s from %s: not configured here (as "
+                     "Icinga does)", name, endpoint)
+            self.count("received", "ignored_unknown_zone")
+        out = dict(params)
+        for key in ("update", "update_v2", "checksums"):
+            part = params.get(key)
+            if isinstance(part, dict):
+                out[key] = {n: v for n, v in part.items() if n not in unknown}
+        return out
+
     def receive(self, endpoint: str, params: Mapping[str, Any]) -> Refusal | None:
         """A ``config::Update`` from ``endpoint``: stored and relayed, or a refusal."""
         refusal = self._check_sender(endpoint)
         if refusal is None:
+            params = self._without_unknown_zones(endpoint, params)
             try:
                 received = parse_update(
                     params, lambda z: relay.zone_problem(self.topology, z),
