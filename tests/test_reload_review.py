@@ -1,19 +1,20 @@
-"""Messages written to an endpoint that a reload moves to another zone end up in the log
-of its *new* zone: replayed to that zone's endpoints, never to the zone they were for.
+"""Reload after a review (2026-12-07); each test failed on the code before its fix.
 
-apply_to_node (router/node/reload.py) swaps ``node.topology`` and ``node.replay.zones``
-first and closes the sessions of moved endpoints afterwards. When such a session ends,
-Sessions.connection_lost hands its unconfirmed ledger and unsent queue to
-ReplayManager.persist_written / persist_unsent (router/node/replay.py), which look the
-zone up with ``self.node.topology.zone_of(conn.endpoint)``, i.e. in the new topology. The
-frames (here SetNextCheck for host h1 of zone A) are appended to zone B's log and
-replayed to B's endpoints, while A's other endpoint never gets them.
+- apply_to_node swapped the topology first and closed the sessions of moved or removed
+  endpoints afterwards, so what they held unconfirmed or unsent was logged under their
+  *new* zone (replayed to the wrong zone's endpoints) or, removed, dropped.
+- ``[pki]`` was read once at start: a reload that tightened the key policy answered
+  ``ok`` while the signer went on signing keys the new policy refuses.
 """
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from router import pki as pkilib
 from tests.nodeutil import ClusterSpec, FakePeer, wait_until
 from tests.pkiutil import make_test_pki
 
@@ -112,5 +113,48 @@ def test_unconfirmed_frames_of_a_removed_ha_endpoint_reach_its_zone_peer(tmp_pat
             for p in peers:
                 await p.close()
             await node_svc.stop()
+
+    run(main())
+
+
+SALT = "example-salt"
+
+
+def test_reload_raising_min_rsa_bits_is_enforced(tmp_path, run):
+    pki = make_test_pki(tmp_path / "pki", ["master"])
+    spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None)])
+    ca_dir = tmp_path / "master" / "ca"
+    ca_dir.mkdir(parents=True)
+    shutil.copy(pki.ca_cert, ca_dir / "ca.crt")
+    shutil.copy(pki.ca_key, ca_dir / "ca.key")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = pkilib.self_signed_certificate(key, "newagent")
+
+    async def main():
+        master = await spec.start("master", extra=f'[pki]\nticket_salt = "{SALT}"\n')
+        try:
+            # The operator tightens the policy and reloads.
+            spec.config("master", extra=f'[pki]\nticket_salt = "{SALT}"\n'
+                                        'min_rsa_bits = 3072\n')
+            record = await master.reload("test")
+            assert record.result == "ok" and record.restart_required == []
+            assert master.node.config.pki.min_rsa_bits == 3072
+
+            peer = await FakePeer.connect(spec.port("master"), pki, None,
+                                          server_name="master")
+            await wait_until(lambda: peer.messages("icinga::Hello"), what="hello")
+            peer.send("pki::RequestCertificate",
+                      {"cert_request": pkilib.certificate_pem(cert),
+                       "ticket": pkilib.ticket("newagent", SALT)}, id="r1")
+            await wait_until(lambda: [m for m in peer.received if m.get("id") == "r1"],
+                             what="answer")
+            [answer] = [m for m in peer.received if m.get("id") == "r1"]
+            result = answer["result"]
+            assert result["status_code"] == 1, (
+                "a 2048-bit key was signed although the reloaded [pki] min_rsa_bits is "
+                f"3072: {sorted(result)}")
+            await peer.close()
+        finally:
+            await master.stop()
 
     run(main())

@@ -140,7 +140,6 @@ class Enrollment:
         self.data_dir = Path(config.node.data_dir)
         self.store = pki.RequestStore(self.data_dir)
         self.ca_dir = self.data_dir / "ca"
-        self.policy = pki.KeyPolicy(config.pki.min_rsa_bits, config.pki.ec_curves)
         self.metrics = CertMetrics(lambda: self.host.config.tls.cert)
         #: our own certificate: renewal and installation (router.node.owncert)
         self.own = OwnCertificate(host, self.is_signer, self._load_ca)
@@ -157,6 +156,7 @@ class Enrollment:
         #: budget of expensive steps for anonymous requests (see _afford)
         self._expensive = pki.Budget(EXPENSIVE_PER_SECOND, EXPENSIVE_BURST, time.monotonic())
         self._per_source = pki.PerSourceLimit(config.pki.requests_per_minute)
+        self._policy: tuple[object, pki.KeyPolicy] | None = None
         self._tickets = pki.TicketChecker()
         self._last_renewal_check = 0.0
         self._ca: tuple[object, tuple[x509.Certificate, pki.PrivateKey]] | None = None
@@ -278,6 +278,17 @@ class Enrollment:
 
     # ------------------------------------------------------------------ RequestCertificate
 
+    @property
+    def policy(self) -> pki.KeyPolicy:
+        """The key policy of the configuration in force: a reload that tightens
+        ``[pki]`` applies at once (it was read once at start, and a reload reported it
+        applied while the old policy went on signing; review)."""
+        settings = self.host.config.pki
+        if self._policy is None or self._policy[0] is not settings:
+            self._policy = (settings, pki.KeyPolicy(settings.min_rsa_bits,
+                                                    settings.ec_curves))
+        return self._policy[1]
+
     def _limit_key(self, conn: Connection) -> str | None:
         """What the per-source limits count ``conn`` as: its address when anonymous, its
         endpoint when it is an agent (a zone with no zone below it); None for our HA peer
@@ -295,6 +306,8 @@ class Enrollment:
         at once when its address (or, for an agent, its endpoint) is over the rate
         limit, else answered in turn."""
         key = self._limit_key(conn)
+        if self._per_source.per_minute != self.host.config.pki.requests_per_minute:
+            self._per_source = pki.PerSourceLimit(self.host.config.pki.requests_per_minute)
         if key is not None and not self._per_source.allow(key, time.monotonic()):
             self._refuse(conn, msg, f"too many certificate requests from "
                          f"{conn.endpoint or _peer_host(conn)} (pki.requests_per_minute = "

@@ -176,9 +176,7 @@ class OwnCertificate:
         #: while we run), and the pair
         self._is_signer = is_signer
         self._load_ca = load_ca
-        config = host.config
-        self.policy = pki.KeyPolicy(config.pki.min_rsa_bits, config.pki.ec_curves)
-        self.new_key = config.pki.renew_with_new_key
+        self._policy: tuple[object, pki.KeyPolicy] | None = None
         #: monotonic time of our first new-key request of this renewal, None when none
         self.asked_new_key: float | None = None
         #: when to ask again while no certificate came (monotonic), and the wait after that
@@ -193,6 +191,20 @@ class OwnCertificate:
         #: the new key, once made or read from ``<key>.new``; whether one is being made
         self._pending: pki.PrivateKey | None = None
         self._making = False
+
+    @property
+    def policy(self) -> pki.KeyPolicy:
+        """The key policy of the configuration in force (a reload applies at once)."""
+        settings = self.host.config.pki
+        if self._policy is None or self._policy[0] is not settings:
+            self._policy = (settings, pki.KeyPolicy(settings.min_rsa_bits,
+                                                    settings.ec_curves))
+        return self._policy[1]
+
+    @property
+    def new_key(self) -> bool:
+        """``[pki] renew_with_new_key`` in force."""
+        return self.host.config.pki.renew_with_new_key
 
     @property
     def tls_cfg(self) -> TLSConfig:
