@@ -59,6 +59,9 @@ class CheckRequest:
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     command: str | None = None
     """Name of the check command it was built from (for logs and internal commands)."""
+    not_after: float | None = None
+    """Wall-clock time after which it is not started (an API execution's deadline): the
+    pool answers it ``expired`` instead when it waited in the queue past it."""
 
     def __post_init__(self) -> None:
         if bool(self.argv) == (self.internal is not None):

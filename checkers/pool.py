@@ -258,6 +258,8 @@ class CheckerPool:
         self.executed = 0
         self.timeouts = 0
         self.restarts = 0
+        #: Checks not started: their deadline (``CheckRequest.not_after``) passed in the queue.
+        self.expired = 0
         #: Scans for the plugins of executors that died (kill_orphans), running.
         self._orphan_scans: set[asyncio.Future[int]] = set()
         self.overflow = 0
@@ -462,6 +464,14 @@ class CheckerPool:
                 break
             job = queue.popleft()
             if job.future.done():           # the caller gave up while it waited
+                continue
+            not_after = job.request.not_after
+            if not_after is not None and time.time() > not_after:
+                # Icinga checks an execution's deadline when it leaves the queue too.
+                self.expired += 1
+                self._answer(job, CheckOutcome.unknown(
+                    "The check's deadline passed while it waited for an executor.",
+                    error="expired", now=time.time(), command=job.request.command_line))
                 continue
             self._dispatch(executor, job)
         if not queue and not self._running and self._idle is not None:
@@ -712,6 +722,7 @@ class CheckerPool:
             "executed": self.executed,
             "timeouts": self.timeouts,
             "restarts": self.restarts,
+            "expired": self.expired,
             "overflow": self.overflow,
             "lost": self.lost,
             "queue_wait_seconds": {"buckets": buckets, "sum": self._wait_sum,

@@ -7,6 +7,10 @@ its fix.
 - 100 KB of output with a ``check_multi`` prefix became 70 MB of performance data, a
   reply the pool refused: the executor was killed with every check it ran.
 - A NUL byte in a parent's macro leaked two descriptors a check in the executor.
+- A check run on a command endpoint was abandoned after a fixed 90 s, whatever its
+  command's timeout (Icinga waits the timeout and 30 s).
+- An API execution's deadline was checked when it arrived, not when it left the queue:
+  one that waited past it still ran and was answered to a requester that gave up.
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ from typing import Any
 import pytest
 
 from checkers.catalog import Catalog
+from router.features.commands import CommandExecutor
 from checkers.messages import CheckRequest
 from checkers.output import parse_plugin_output
 from checkers.pool import CheckerPool
 from checkers.runner import run_plugin
+import router.features.checks as checks_module
+from router.config import CheckSpec
+from router.features.checks import LocalChecks
+from router.features.scheduler import Scheduler
 from tests.test_checkers_pool import _alive, pid_file, sockdir
 
 __all__ = ["pid_file", "sockdir"]  # fixtures, imported to be found by pytest
@@ -164,3 +173,76 @@ def test_a_nul_byte_in_an_argument_neither_raises_nor_leaks(run, sockdir: str) -
 
     start, end = run(pooled())
     assert end - start < 10, (start, end)
+
+
+class FakeNode:
+    name = "master"
+    connected_names = {"agent1"}
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, str]] = []
+        self.originated: list[tuple[str, dict]] = []
+
+    def send_to(self, endpoint: str, frame: bytes, method: str) -> bool:
+        self.sent.append((endpoint, frame, method))
+        return True
+
+    def originate(self, method: str, params: dict) -> bool:
+        self.originated.append((method, params))
+        return True
+
+
+def test_remote_wait_follows_the_command_timeout(run, monkeypatch) -> None:
+    catalog = Catalog.loads('[commands.slow]\ncommand = ["check_dummy", "0"]\ntimeout = 120\n')
+    spec = CheckSpec(host="agent1", service="slow", command="slow", command_endpoint="agent1")
+    seen: list[float] = []
+    real_timeout = asyncio.timeout
+
+    def recording_timeout(delay):
+        seen.append(delay)
+        return real_timeout(0.05)              # do not actually wait minutes
+
+    async def scenario() -> None:
+        node = FakeNode()
+        scheduler = Scheduler([spec], local_endpoint="master", zone_endpoints=["master"],
+                              started=time.time())
+        checks = LocalChecks(node, scheduler, None, catalog)   # type: ignore[arg-type]
+        monkeypatch.setattr(checks_module.asyncio, "timeout", recording_timeout)
+        try:
+            await checks._run_remote(spec)
+        finally:
+            monkeypatch.setattr(checks_module.asyncio, "timeout", real_timeout)
+
+    run(scenario())
+    assert seen and seen[0] >= 120 + checks_module.REMOTE_GRACE, \
+        f"the remote check of a 120 s command is abandoned after {seen[0]:g} s"
+
+
+def test_expired_api_execution_is_not_run_after_waiting_in_the_queue(
+        run, sockdir: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    plugin = write_plugin(tmp_path, "touch.sh", f'touch "{marker}"; echo "OK - ran"\n')
+    slow = write_plugin(tmp_path, "slow.sh", "sleep 2; echo OK\n")
+    catalog = Catalog.loads(f'[commands.mark]\ncommand = ["{plugin}"]\n')
+
+    async def scenario():
+        pool = CheckerPool(sockdir, workers=1, max_concurrent=1)
+        await pool.start()
+        try:
+            executor = CommandExecutor("agent1", pool, catalog)
+            busy = asyncio.ensure_future(pool.run(CheckRequest(argv=(str(slow),),
+                                                               timeout=10)))
+            await until(lambda: pool.stats()["running"] == 1)
+            params = {"command": "mark", "command_type": "check_command", "host": "agent1",
+                      "macros": {}, "source": "0f0e0d0c-0000-4000-8000-000000000001",
+                      "deadline": time.time() + 0.5, "endpoint": "agent1"}
+            payload = await executor.execute(params, "master")
+            await busy
+            return payload, pool.stats()
+        finally:
+            await pool.close()
+
+    payload, stats = run(scenario())
+    assert stats["expired"] == 1, stats
+    assert not marker.exists(), "the command ran although its deadline passed in the queue"
+    assert payload is None, payload

@@ -188,7 +188,13 @@ class LocalChecks:
         node.send_to(endpoint, netstring.encode(jsonrpc.notification(
             "event::ExecuteCommand", params)), "event::ExecuteCommand")
         self.remote_sent += 1
-        timeout = 60.0 + REMOTE_GRACE
+        # Icinga waits the command's timeout and 30 s; a fixed 60 s abandoned the checks
+        # of slower commands while they ran (review).
+        try:
+            command_timeout = float(self.catalog.get(spec.command).timeout)
+        except UnknownCommand:
+            command_timeout = 60.0
+        timeout = command_timeout + REMOTE_GRACE
         try:
             async with asyncio.timeout(timeout):
                 await future

@@ -17,6 +17,7 @@ its text; so do we (lib/icinga/clusterevents-check.cpp).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -60,7 +61,14 @@ class CommandExecutor:
             log.warning("[%s] not running %s %r: only check and event commands are "
                         "executed here", requester, command_type, command)
             return None
-        outcome = await self._run(command, params, command_type)
+        deadline = params.get("deadline") if "source" in params else None
+        outcome = await self._run(command, params, command_type,
+                                  deadline if isinstance(deadline, (int, float)) else None)
+        if outcome.error == "expired":
+            self.expired += 1
+            log.info("[%s] discarding execute-command for %s: its deadline passed while it "
+                     "waited for an executor", requester, host)
+            return None
         self.executed += 1
         if command_type == "event_command" and "source" not in params:
             # A scheduled event handler: Icinga runs it and answers nothing.
@@ -86,7 +94,8 @@ class CommandExecutor:
         return jsonrpc.notification("event::CheckResult", result)
 
     async def _run(self, command: Any, params: dict[str, Any],
-                   command_type: str = "check_command") -> CheckOutcome:
+                   command_type: str = "check_command",
+                   deadline: float | None = None) -> CheckOutcome:
         macros = params.get("macros")
         timeout = params.get("check_timeout")
         kind = "Event" if command_type == "event_command" else "Check"
@@ -103,4 +112,6 @@ class CommandExecutor:
         except MacroError as exc:
             return CheckOutcome.unknown(str(exc), error="macro", now=time.time(),
                                         command=command)
+        if deadline is not None:
+            request = dataclasses.replace(request, not_after=float(deadline))
         return await self.pool.run(request)
