@@ -5,17 +5,23 @@
   *new* zone (replayed to the wrong zone's endpoints) or, removed, dropped.
 - ``[pki]`` was read once at start: a reload that tightened the key policy answered
   ``ok`` while the signer went on signing keys the new policy refuses.
+- A TLS rebuild (after a streak of handshake failures) that a reload overtook installed
+  the contexts of the old files: the old certificate came back, and the next reload
+  saw nothing to change.
 """
 from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 import time
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from router import pki as pkilib
-from tests.nodeutil import ClusterSpec, FakePeer, wait_until
+from router.transport import tlslib
+from tests.nodeutil import ClusterSpec, FakePeer, client_ssl_context, wait_until
 from tests.pkiutil import make_test_pki
 
 HOSTS = '[objects.hosts]\nh1 = "A"\n'
@@ -155,6 +161,63 @@ def test_reload_raising_min_rsa_bits_is_enforced(tmp_path, run):
                 f"3072: {sorted(result)}")
             await peer.close()
         finally:
+            await master.stop()
+
+    run(main())
+
+
+async def served_serial(port: int, pki) -> int:
+    ctx = client_ssl_context(pki, None)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname="master"), 10)
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_streak_rebuild_does_not_revert_a_reloaded_certificate(tmp_path, run, monkeypatch):
+    old_pki = make_test_pki(tmp_path / "pki-old", ["master"])
+    new_pki = make_test_pki(tmp_path / "pki-new", ["master"])   # same CA, re-issued leaf
+    old_serial = x509.load_pem_x509_certificate(old_pki.cert("master").read_bytes()).serial_number
+    new_serial = x509.load_pem_x509_certificate(new_pki.cert("master").read_bytes()).serial_number
+    assert old_serial != new_serial
+    zones = [("master", ["master"], None)]
+    spec = ClusterSpec(tmp_path, old_pki, zones)
+
+    gate = threading.Event()
+    real = tlslib.contexts
+
+    def slow_for_old_files(library, ca, cert, key, crl=None):
+        if str(cert) == str(old_pki.cert("master")):
+            gate.wait(10)                      # the rebuild's file reading takes a while
+        return real(library, ca, cert, key, crl)
+
+    async def main():
+        master = await spec.start("master")
+        try:
+            assert await served_serial(spec.port("master"), old_pki) == old_serial
+            monkeypatch.setattr(tlslib, "contexts", slow_for_old_files)
+            # A streak of identical handshake failures starts a rebuild ...
+            rebuild = asyncio.ensure_future(master.reloader.rebuild_tls("unknown_ca"))
+            await asyncio.sleep(0.2)
+            # ... while the operator points [tls] at the new files and reloads.
+            new_spec = ClusterSpec(tmp_path, new_pki, zones, ports=spec.ports)
+            new_spec.config("master")
+            record = await master.reload("test")
+            assert record.result == "ok", record.error
+            assert record.changes.get("tls") is True
+            assert await served_serial(spec.port("master"), new_pki) == new_serial
+            gate.set()
+            assert await rebuild is False      # superseded by the reload: dropped
+            # The node must keep serving the certificate of its configuration.
+            serial = await served_serial(spec.port("master"), new_pki)
+            again = await master.reload("test")
+            serial_after_second_reload = await served_serial(spec.port("master"), new_pki)
+            assert (serial, serial_after_second_reload) == (new_serial, new_serial), (
+                f"served the old certificate after the rebuild (old={old_serial:x}); "
+                f"second reload changes: {again.changes}")
+        finally:
+            gate.set()
             await master.stop()
 
     run(main())

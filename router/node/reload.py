@@ -428,17 +428,26 @@ class Reloader:
         """Fresh TLS contexts from the configured files for new handshakes; False (old
         contexts kept) when the files do not load."""
         node = self.node
-        tls_cfg = node.config.tls
+        config = node.config
+        tls_cfg = config.tls
         try:
             contexts = await asyncio.to_thread(tlslib.contexts, tls_cfg.library, tls_cfg.ca,
                                                tls_cfg.cert, tls_cfg.key, tls_cfg.crl_file)
+            fingerprint = await asyncio.to_thread(tls_fingerprint, config)
         except RouterError as exc:
             self.tls_rebuilds.inc(("failed",))
             log.error("rebuilding the TLS context after %s failures failed, keeping the "
                       "old one: %s", reason, exc)
             return False
+        if node.config is not config or self.phase is not ReloadPhase.IDLE:
+            # A reload ran meanwhile (or runs): it built contexts of its own, from files
+            # this rebuild may not have read. Installing these put the old certificate
+            # back, and the next reload saw nothing to change (review).
+            log.info("TLS context rebuild after %s failures dropped: a reload came first",
+                     reason)
+            return False
         node.server_context, node.client_context = contexts
-        self.fingerprint = await asyncio.to_thread(tls_fingerprint, node.config)
+        self.fingerprint = fingerprint
         self.tls_rebuilds.inc(("ok",))
         log.warning("TLS context rebuilt from disk after repeated %s handshake failures",
                     reason)
