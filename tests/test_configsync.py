@@ -293,6 +293,10 @@ class ScriptedNode:
         self.connected_names = connected
         self.sent: list[tuple[str, bytes]] = []
 
+    @property
+    def connections(self) -> dict[str, object]:
+        return {name: object() for name in self.connected_names}
+
     def send_to(self, endpoint: str, frame: bytes, method: str) -> bool:
         assert method == "config::Update"
         if endpoint not in self.connected_names:
