@@ -153,15 +153,17 @@ class CommandDef:
 class _Resolver:
     """Macro lookups for one build: the given macros, optionally the command's vars."""
 
-    __slots__ = ("macros", "defaults")
+    __slots__ = ("macros", "defaults", "literal")
 
-    def __init__(self, macros: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> None:
+    def __init__(self, macros: Mapping[str, Any], defaults: Mapping[str, Any] | None,
+                 literal: bool = False) -> None:
         self.macros = macros
         self.defaults = defaults
+        self.literal = literal
 
     def lookup(self, name: str) -> tuple[bool, Any, bool, bool]:
         """(found, value, resolve macros inside the value, value is from the catalog)."""
-        recursive = self.defaults is not None
+        recursive = self.defaults is not None and not self.literal
         if name in self.macros:
             return True, self.macros[name], recursive, False
         if self.defaults is not None and name in self.defaults:
@@ -528,7 +530,7 @@ class Catalog:
 
     def build(self, command_name: str, macros: Mapping[str, Any] | None = None, *,
               plugin_dir: str = DEFAULT_PLUGIN_DIR, use_defaults: bool = False,
-              timeout: float | None = None,
+              literal_macros: bool = False, timeout: float | None = None,
               output_limit: int = DEFAULT_OUTPUT_LIMIT) -> CheckRequest:
         """The :class:`CheckRequest` for ``command_name`` with ``macros``.
 
@@ -539,6 +541,10 @@ class Catalog:
             plugin_dir: directory of programs named without ``/`` (Icinga ``PluginDir``).
             use_defaults: also use the command's ``vars`` and resolve macros inside
                 values (a local check); off: only ``macros`` (what an agent does).
+            literal_macros: with ``use_defaults``, take the values of ``macros`` as they
+                are (a parent resolved them: ``^OK$`` or a password with ``$$`` in it
+                stays what it is, as on an Icinga agent); the command's ``vars`` are
+                still resolved.
             timeout: overrides the command's timeout (``check_timeout`` of the request).
             output_limit: bytes of plugin output to keep.
 
@@ -549,7 +555,8 @@ class Catalog:
                 strings, endless recursion, an unclosed ``$``).
         """
         definition = self.get(command_name)
-        resolver = _Resolver(macros or {}, definition.vars if use_defaults else None)
+        resolver = _Resolver(macros or {}, definition.vars if use_defaults else None,
+                             literal_macros)
         effective_timeout = definition.timeout if timeout is None else float(timeout)
         if definition.internal is not None:
             values = {}

@@ -11,6 +11,8 @@ its fix.
   command's timeout (Icinga waits the timeout and 30 s).
 - An API execution's deadline was checked when it arrived, not when it left the queue:
   one that waited past it still ran and was answered to a requester that gave up.
+- An agent resolved ``$`` again inside macro values its parent had resolved: a regex
+  ``^OK$`` failed, a password ``pa$$w0rd`` was changed (Icinga takes them as sent).
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+import router.features.checks as checks_module
 from checkers.catalog import Catalog
-from router.features.commands import CommandExecutor
-from checkers.messages import CheckRequest
+from checkers.messages import CheckOutcome, CheckRequest
 from checkers.output import parse_plugin_output
 from checkers.pool import CheckerPool
 from checkers.runner import run_plugin
-import router.features.checks as checks_module
 from router.config import CheckSpec
 from router.features.checks import LocalChecks
+from router.features.commands import CommandExecutor
 from router.features.scheduler import Scheduler
 from tests.test_checkers_pool import _alive, pid_file, sockdir
 
@@ -246,3 +249,37 @@ def test_expired_api_execution_is_not_run_after_waiting_in_the_queue(
     assert stats["expired"] == 1, stats
     assert not marker.exists(), "the command ran although its deadline passed in the queue"
     assert payload is None, payload
+
+
+class RecordingPool:
+    def __init__(self) -> None:
+        self.requests: list[CheckRequest] = []
+
+    async def run(self, request: CheckRequest) -> CheckOutcome:
+        self.requests.append(request)
+        now = time.time()
+        return CheckOutcome(0, 0, "HTTP OK", [], now, now, list(request.argv))
+
+
+def _execute(run, macros: dict) -> tuple[RecordingPool, dict]:
+    pool = RecordingPool()
+    executor = CommandExecutor("agent1", pool)        # type: ignore[arg-type]
+    params = {"command": "http", "command_type": "check_command", "host": "web1",
+              "service": "http", "macros": macros}
+    payload = run(executor.execute(params, "master"))
+    return pool, orjson.loads(payload)["params"]["cr"]
+
+
+def test_dollar_in_a_resolved_value_is_passed_verbatim(run) -> None:
+    pool, cr = _execute(run, {"http_address": "192.0.2.10", "http_vhost": "web1",
+                              "http_expect_body_regex": "^OK$"})
+    assert cr["state"] == 0, f"UNKNOWN instead of running check_http: {cr['output']!r}"
+    assert pool.requests and "^OK$" in pool.requests[0].argv
+
+
+def test_password_with_dollars_is_not_rewritten(run) -> None:
+    pool, cr = _execute(run, {"http_address": "192.0.2.10",
+                              "http_auth_pair": "monitor:pa$$w0rd"})
+    assert pool.requests, cr["output"]
+    argv = list(pool.requests[0].argv)
+    assert argv[argv.index("-a") + 1] == "monitor:pa$$w0rd", argv

@@ -104,7 +104,7 @@ class CommandExecutor:
                 raise UnknownCommand(f"{kind} command '{command}' does not exist.")
             request = self.catalog.build(
                 command, macros if isinstance(macros, dict) else {}, plugin_dir=self.plugin_dir,
-                use_defaults=True,
+                use_defaults=True, literal_macros=True,
                 timeout=float(timeout) if isinstance(timeout, (int, float)) else None)
         except UnknownCommand:
             return CheckOutcome.unknown(f"{kind} command '{command}' does not exist.",
