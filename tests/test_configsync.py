@@ -247,6 +247,8 @@ def test_icinga_made_directory_is_read_then_moved_aside(tmp_path):
     store.replace({"agents": zone("agents", {"/_etc/h.conf": "changed"})})
     assert os.path.islink(api / "zones")
     assert (api / "zones/agents/_etc/h.conf").read_text() == "changed"
+    assert store.cleanup is not None                  # the old one goes in the background
+    store.cleanup.join(10)
     assert sorted(os.listdir(api)) == ["zones", "zones.1"]
 
 

@@ -67,3 +67,31 @@ def test_zone_change_reaches_a_child_that_was_replaying(tmp_path, run):
             await master.stop()
 
     run(main(), timeout=120)
+
+
+def test_unchanged_zones_are_linked_into_the_new_generation_not_rewritten(tmp_path):
+    """With 2 000 agent zones, one changed file rewrote and synced all 6 000 files in the
+    event loop (about five seconds, review): unchanged zones are now hard links to the
+    files already on disk, and the old generation is removed in a thread."""
+    import os
+
+    from router.features.configsync import ZoneStore
+    from tests.test_configsync import zone
+
+    store = ZoneStore(str(tmp_path / "api"))
+    zones = {f"agent{i}": zone(f"agent{i}", {"/_etc/hosts.conf": f"host {i}\n"})
+             for i in range(20)}
+    store.replace(zones)
+    link = tmp_path / "api/zones"
+    before = {n: os.stat(link / n / "_etc/hosts.conf").st_ino for n in zones}
+    changed = dict(zones)
+    changed["agent7"] = zone("agent7", {"/_etc/hosts.conf": "changed\n"})
+    store.replace(changed, zones)
+    after = {n: os.stat(link / n / "_etc/hosts.conf").st_ino for n in zones}
+    assert {n for n in zones if after[n] != before[n]} == {"agent7"}
+    assert (link / "agent7/_etc/hosts.conf").read_text() == "changed\n"
+    assert (link / "agent3/_etc/hosts.conf").read_text() == "host 3\n"
+    assert store.cleanup is not None
+    store.cleanup.join(10)
+    assert sorted(os.listdir(tmp_path / "api")) == ["zones", "zones.2"]
+    assert (link / "agent3/_etc/hosts.conf").read_text() == "host 3\n"

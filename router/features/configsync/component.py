@@ -244,7 +244,7 @@ class ConfigSync:
                          or old[n].files != new[n].files)
         if not changed:
             return []
-        self.store.replace(new)  # raises OSError: nothing below happens then
+        self.store.replace(new, self.zones)  # raises OSError: nothing below happens then
         self.zones = new
         log.info("config sync: zones changed (from %s): %s", source, ", ".join(
             f"{n} ({'removed' if n not in new else new[n].digest[:12]})" for n in changed))
