@@ -11,11 +11,13 @@ there) and after (every page the meta page names is there), and tells damaged fi
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import lmdb
 
-__all__ = ["CORRUPTION", "describe", "problem_after_open", "problem_before_open"]
+__all__ = ["CORRUPTION", "aside_name", "describe", "problem_after_open",
+           "problem_before_open"]
 
 #: LMDB errors that mean the files are damaged (as opposed to full, busy or misused).
 CORRUPTION = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError,
@@ -50,3 +52,15 @@ def problem_after_open(env: lmdb.Environment, data_file: Path) -> str | None:
     if actual < needed:
         return f"the file is {actual} bytes but its pages reach {needed}: it was truncated"
     return None
+
+
+def aside_name(path: Path) -> Path:
+    """Where a broken store at ``path`` is moved aside: ``<name>.broken-<unix time>``, with
+    ``-N`` appended when that exists (nothing is deleted: its records may matter)."""
+    stamp = int(time.time())
+    moved = path.with_name(f"{path.name}.broken-{stamp}")
+    n = 0
+    while moved.exists():
+        n += 1
+        moved = path.with_name(f"{path.name}.broken-{stamp}-{n}")
+    return moved

@@ -58,10 +58,9 @@ class ReadOps(StateBase):
         raw_zone = K.encode_name(zone)
 
         def read(txn: lmdb.Transaction) -> list[Record]:
-            packed = txn.get(raw_zone, db=self._zones_db)
-            if packed is None:
+            zid = self._zone_id(txn, raw_zone)
+            if zid is None:
                 return []
-            (zid,) = K.ZONE_ID.unpack(packed)
             cur = txn.cursor(db=self._records_db)
             start: int | None
             if after_seq > 0:
@@ -127,10 +126,9 @@ class ReadOps(StateBase):
         def read(start: int) -> int | None:
             """One chunk from seq ``start``; the seq to go on from, or None at the end."""
             def in_txn(txn: lmdb.Transaction) -> int | None:
-                packed = txn.get(raw_zone, db=self._zones_db)
-                if packed is None:
+                zid = self._zone_id(txn, raw_zone)
+                if zid is None:
                     return None
-                (zid,) = K.ZONE_ID.unpack(packed)
                 cur = txn.cursor(db=self._records_db)
                 if not cur.set_range(K.record_key(zid, start)):
                     return None
@@ -163,10 +161,9 @@ class ReadOps(StateBase):
         raw_zone = K.encode_name(zone)
 
         def read(txn: lmdb.Transaction) -> list[Record]:
-            packed = txn.get(raw_zone, db=self._zones_db)
-            if packed is None:
+            zid = self._zone_id(txn, raw_zone)
+            if zid is None:
                 return []
-            (zid,) = K.ZONE_ID.unpack(packed)
             out: list[Record] = []
             for seq in seqs:
                 value = txn.get(K.record_key(zid, seq), db=self._records_db)
@@ -179,6 +176,10 @@ class ReadOps(StateBase):
                 out.append(Record(seq, ts, bytes(value[K.HEADER_SIZE:]), object_zone))
             return out
         return self._read(read)
+
+    def _zone_id(self, txn: lmdb.Transaction, raw_zone: bytes) -> int | None:
+        packed = txn.get(raw_zone, db=self._zones_db)
+        return None if packed is None else int(K.ZONE_ID.unpack(packed)[0])
 
     def _zone_name(self, txn: lmdb.Transaction, zid: int) -> str:
         raw = txn.get(K.ZONE_ID.pack(zid), db=self._zone_names_db)

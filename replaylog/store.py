@@ -62,7 +62,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +71,7 @@ from . import keys as K
 from .append import AppendOps
 from .env import DEFAULT_MAP_SIZE, LOCK_FILE, GiB, Gate, KiB, MiB, acquire_lock
 from .errors import ReplayLogError
+from .lmdbfile import aside_name
 from .positions import FUTURE_SLACK, PositionOps
 from .read import READ_CHUNK, READ_CHUNK_BYTES, ReadOps, Record
 from .retention import DEFAULT_LOG_DURATION, DEFAULT_MAX_BYTES, PruneStats
@@ -248,12 +248,7 @@ def reset(path: str | os.PathLike[str]) -> Path | None:
     if path.exists() or path.is_symlink():
         if path.is_dir():
             os.close(acquire_lock(path))   # refuse while a router has it open
-        stamp = int(time.time())
-        moved = path.with_name(f"{path.name}.broken-{stamp}")
-        n = 0
-        while moved.exists():
-            n += 1
-            moved = path.with_name(f"{path.name}.broken-{stamp}-{n}")
+        moved = aside_name(path)
         try:
             path.rename(moved)
         except OSError as e:

@@ -50,7 +50,8 @@ from typing import Any, Protocol, TypeVar
 
 import lmdb
 
-from replaylog.lmdbfile import CORRUPTION, describe, problem_after_open, problem_before_open
+from replaylog.lmdbfile import (CORRUPTION, aside_name, describe, problem_after_open,
+                                problem_before_open)
 from router.features.writers.base import WriterBackendError
 
 __all__ = ["QueueReader", "QueueStats", "SharedQueue", "WriterQueue", "encode_record",
@@ -151,12 +152,7 @@ def reset_shared_queue(data_dir: str | os.PathLike[str]) -> Path | None:
             raise
         finally:
             os.close(fd)
-    stamp = int(time.time())
-    moved = path.with_name(f"{path.name}.broken-{stamp}")
-    n = 0
-    while moved.exists():
-        n += 1
-        moved = path.with_name(f"{path.name}.broken-{stamp}-{n}")
+    moved = aside_name(path)
     path.rename(moved)
     return moved
 
