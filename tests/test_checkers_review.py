@@ -61,11 +61,10 @@ def pids(pid_file: Path) -> list[int]:
     return [int(x) for x in pid_file.read_text().split()] if pid_file.exists() else []
 
 
-@pytest.mark.slow
-def test_plugins_of_a_hung_executor_are_killed(run, sockdir: str, tmp_path: Path,
-                                              pid_file: Path) -> None:
-    """A hung executor (SIGSTOP stands in for a blocked loop) is killed by the watchdog
-    after a 1 s check timeout; its plugin must not outlive it."""
+def lose_the_executor(run, sockdir: str, tmp_path: Path, pid_file: Path, sig: int,
+                      timeout: float) -> tuple[Any, list[int]]:
+    """A plugin that never ends, then ``sig`` to its executor; the check's outcome and
+    the plugins still alive once the outcome came and ``settle`` passed."""
     plugin = write_plugin(tmp_path, "hang.sh", f'echo $$ >> "{pid_file}"\nexec sleep 300\n')
 
     async def scenario():
@@ -73,40 +72,38 @@ def test_plugins_of_a_hung_executor_are_killed(run, sockdir: str, tmp_path: Path
         await pool.start()
         try:
             task = asyncio.ensure_future(pool.run(CheckRequest(argv=(str(plugin),),
-                                                               timeout=1)))
+                                                               timeout=timeout)))
             await until(lambda: len(pids(pid_file)) == 1)
-            os.kill(pool.stats()["executors"][0]["pid"], signal.SIGSTOP)
+            os.kill(pool.stats()["executors"][0]["pid"], sig)
             outcome = await asyncio.wait_for(task, 30)
-            await asyncio.sleep(1.0)
+            try:
+                await until(lambda: not [p for p in pids(pid_file) if _alive(p)], 5)
+            except AssertionError:
+                pass
             return outcome, [pid for pid in pids(pid_file) if _alive(pid)]
         finally:
             await pool.close(0)
 
-    outcome, survivors = run(scenario(), timeout=60)
+    return run(scenario(), timeout=60)
+
+
+@pytest.mark.slow
+def test_plugins_of_a_hung_executor_are_killed(run, sockdir: str, tmp_path: Path,
+                                              pid_file: Path) -> None:
+    """A hung executor (SIGSTOP stands in for a blocked loop) is killed by the watchdog
+    after a 1 s check timeout; its plugin must not outlive it."""
+    outcome, survivors = lose_the_executor(run, sockdir, tmp_path, pid_file,
+                                           signal.SIGSTOP, 1)
     assert outcome.state == 3 and outcome.error == "executor lost"
     assert survivors == [], survivors
 
 
 def test_plugins_of_a_crashed_executor_are_killed(run, sockdir: str, tmp_path: Path,
                                                  pid_file: Path) -> None:
-    plugin = write_plugin(tmp_path, "hang.sh", f'echo $$ >> "{pid_file}"\nexec sleep 300\n')
-
-    async def scenario():
-        pool = CheckerPool(sockdir, workers=1)
-        await pool.start()
-        try:
-            task = asyncio.ensure_future(pool.run(CheckRequest(argv=(str(plugin),),
-                                                               timeout=2)))
-            await until(lambda: len(pids(pid_file)) == 1)
-            os.kill(pool.stats()["executors"][0]["pid"], signal.SIGKILL)
-            outcome = await asyncio.wait_for(task, 10)
-            await until(lambda: not [p for p in pids(pid_file) if _alive(p)])
-            return outcome
-        finally:
-            await pool.close(0)
-
-    outcome = run(scenario(), timeout=60)
+    outcome, survivors = lose_the_executor(run, sockdir, tmp_path, pid_file,
+                                           signal.SIGKILL, 2)
     assert outcome.error == "executor lost"
+    assert survivors == [], survivors
 
 
 PREFIX = "A" * 100_000

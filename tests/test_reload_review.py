@@ -27,6 +27,22 @@ from tests.pkiutil import make_test_pki
 HOSTS = '[objects.hosts]\nh1 = "A"\n'
 
 
+async def zone_a_messages_unconfirmed_at_e1(node, port, pki, peers) -> FakePeer:
+    """p1 (the parent) and e1 connect; five SetNextCheck for zone A's host reach e1,
+    which never confirms them (no log::SetLogPosition): they stay in its ledger."""
+    parent = await FakePeer.connect(port, pki, "p1", server_name="m")
+    e1 = await FakePeer.connect(port, pki, "e1", server_name="m")
+    peers += [parent, e1]
+    await wait_until(lambda: {"p1", "e1"} <= node.connected_names, what="sessions")
+    now = time.time()
+    for i in range(5):
+        parent.send("event::SetNextCheck",
+                    {"host": "h1", "next_check": now + 60 + i}, ts=now + i * 0.001)
+    await wait_until(lambda: len(e1.messages("event::SetNextCheck")) == 5,
+                     what="zone A's messages at e1")
+    return e1
+
+
 def test_unconfirmed_frames_of_a_moved_endpoint_stay_with_their_zone(tmp_path, run):
     names = ["p1", "m", "e1", "e2", "e3"]
     pki = make_test_pki(tmp_path / "pki", names)
@@ -42,16 +58,7 @@ def test_unconfirmed_frames_of_a_moved_endpoint_stay_with_their_zone(tmp_path, r
         port = spec.port("m")
         peers = []
         try:
-            parent = await FakePeer.connect(port, pki, "p1", server_name="m")
-            e1 = await FakePeer.connect(port, pki, "e1", server_name="m")
-            peers += [parent, e1]
-            await wait_until(lambda: {"p1", "e1"} <= node.connected_names, what="sessions")
-            now = time.time()
-            for i in range(5):
-                parent.send("event::SetNextCheck",
-                            {"host": "h1", "next_check": now + 60 + i}, ts=now + i * 0.001)
-            await wait_until(lambda: len(e1.messages("event::SetNextCheck")) == 5,
-                             what="zone A's messages at e1")
+            e1 = await zone_a_messages_unconfirmed_at_e1(node, port, pki, peers)
             # e1 never confirmed them (no log::SetLogPosition): still in its ledger.
 
             moved = ClusterSpec(tmp_path, pki, after, ports=spec.ports)
@@ -94,16 +101,7 @@ def test_unconfirmed_frames_of_a_removed_ha_endpoint_reach_its_zone_peer(tmp_pat
         port = spec.port("m")
         peers = []
         try:
-            parent = await FakePeer.connect(port, pki, "p1", server_name="m")
-            e1 = await FakePeer.connect(port, pki, "e1", server_name="m")
-            peers += [parent, e1]
-            await wait_until(lambda: {"p1", "e1"} <= node.connected_names, what="sessions")
-            now = time.time()
-            for i in range(5):
-                parent.send("event::SetNextCheck",
-                            {"host": "h1", "next_check": now + 60 + i}, ts=now + i * 0.001)
-            await wait_until(lambda: len(e1.messages("event::SetNextCheck")) == 5,
-                             what="zone A's messages at e1")
+            e1 = await zone_a_messages_unconfirmed_at_e1(node, port, pki, peers)
             ClusterSpec(tmp_path, pki, after, ports=spec.ports).config("m", extra=HOSTS)
             record = await node_svc.reload("test")
             assert record.result == "ok" and record.sessions_closed == ["e1"], record.as_json()

@@ -235,6 +235,18 @@ def serve(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, cwd=cwd, env=ENV)
 
 
+def damage_file(data: Path, damage: str) -> bytes:
+    """Overwrite ``data`` with garbage, cut it to half, or to nothing; its bytes now."""
+    size = data.stat().st_size
+    if damage == "garbage":
+        data.write_bytes(os.urandom(size))
+    elif damage == "truncated":
+        os.truncate(data, size // 2)
+    else:
+        os.truncate(data, 0)
+    return data.read_bytes()
+
+
 def make_log(path: Path, n: int = 50) -> None:
     with ReplayStore(path, sync=False) as store:
         store.append_many([("master", 100.0 + i, b"2:{},", None) for i in range(n)])
@@ -248,14 +260,7 @@ def test_serve_refuses_a_corrupt_log_with_the_recovery_command(tmp_path, pki, da
     log_dir = tmp_path / "sat1" / "replaylog"
     make_log(log_dir, 400)
     data = log_dir / "data.mdb"
-    size = data.stat().st_size
-    if damage == "garbage":
-        data.write_bytes(os.urandom(size))
-    elif damage == "truncated":
-        os.truncate(data, size // 2)
-    else:
-        os.truncate(data, 0)
-    before = data.read_bytes()
+    before = damage_file(data, damage)
     proc = serve(config, tmp_path)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
@@ -400,14 +405,7 @@ def test_a_damaged_writer_queue_is_reported_and_the_node_keeps_routing(tmp_path,
     config = tmp_path / "master.toml"
     data_dir = tmp_path / "master"
     data = _filled_writer_queue(data_dir)
-    size = data.stat().st_size
-    if damage == "garbage":
-        data.write_bytes(os.urandom(size))
-    elif damage == "truncated":
-        os.truncate(data, size // 2)
-    else:
-        os.truncate(data, 0)
-    before = data.read_bytes()
+    before = damage_file(data, damage)
     err = tmp_path / "serve.err"
     with err.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config",
