@@ -2,9 +2,9 @@
 
 Names and lines as Icinga's GraphiteWriter makes them (``formats.graphite_lines``).
 Carbon never answers on this port, so a batch counts as written once the kernel took all
-of its bytes (the transport's buffer is empty) and the connection is still open; a connection carbon closed is noticed
-(EOF on the read side) before the next batch, and that batch is sent again on a new
-connection. Re-sending is harmless: a line with the same path and timestamp lands in the
+of its bytes (the transport's buffer is empty) and the connection is still open; a
+connection carbon closed is noticed (EOF on the read side) before the next batch, and
+that batch is sent again on a new connection. Re-sending is harmless: a line with the same path and timestamp lands in the
 same whisper slot.
 """
 
