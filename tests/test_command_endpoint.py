@@ -75,6 +75,7 @@ def test_parent_checks_run_on_our_executors(spec, run):
                 assert any(p.startswith("load1=") for p in load["performance_data"])
             text = await metrics_text(agent)
             assert "router_checks_executed_total " in text
+            assert "router_checks_expired_total 0" in text
             assert 'router_check_queue_wait_seconds_bucket{le="+Inf"}' in text
             assert "# TYPE router_check_queue_wait_seconds histogram" in text
             [executed] = parent.messages("event::ExecutedCommand")

@@ -367,6 +367,7 @@ def checker_families(stats: dict[str, Any]) -> list[MetricFamily]:
         family("router_check_overflow_total", [({}, stats["overflow"])]),
         family("router_check_executors_lost_total", [({}, stats["lost"])]),
         family("router_check_executor_restarts_total", [({}, stats["restarts"])]),
+        family("router_checks_expired_total", [({}, stats["expired"])]),
         histogram,
     ]
 

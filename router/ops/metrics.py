@@ -291,6 +291,8 @@ CATALOG: tuple[MetricSpec, ...] = (
                "Checks answered UNKNOWN because their executor process died."),
     MetricSpec("router_check_executor_restarts_total", "counter",
                "Executor processes restarted after they died."),
+    MetricSpec("router_checks_expired_total", "counter",
+               "Checks not started: their deadline passed while they waited in the queue."),
     MetricSpec("router_check_queue_wait_seconds", "histogram",
                "Time a check waited for a free slot before it was sent to an executor."),
     MetricSpec("router_checks_scheduled_total", "counter",
