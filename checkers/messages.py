@@ -28,6 +28,7 @@ __all__ = [
     "PluginResult",
     "CheckOutcome",
     "outcome_to_cr",
+    "rebuilt_output",
 ]
 
 DEFAULT_OUTPUT_LIMIT = 1 << 20
@@ -90,10 +91,21 @@ class PluginResult:
     truncated: bool = False
     error: str | None = None
     """Set when the plugin could not be run at all (spawn failure) or the request was bad."""
+    raw_output: str | None = None
+    """The output as the plugin wrote it (trailing white space trimmed) when ``output``
+    and ``performance_data`` do not give it back (``rebuilt_output``): multi-line output
+    with performance data on its first line. ``event::ExecutedCommand`` sends it as
+    Icinga does."""
 
     @property
     def state(self) -> int:
         return exit_status_to_state(self.exit_status)
+
+
+def rebuilt_output(output: str, performance_data: list[str]) -> str:
+    """``output|perfdata``: the plugin's output again whenever it had its performance
+    data at the end (``PluginResult.raw_output`` holds it when not)."""
+    return f"{output}|{' '.join(performance_data)}" if performance_data else output
 
 
 @dataclass(slots=True)
@@ -116,6 +128,8 @@ class CheckOutcome:
     """Seconds the check waited for a free slot before it was sent to an executor."""
     executor: int | None = None
     """Index of the executor that ran it (``None``: in-process or never dispatched)."""
+    raw_output: str | None = None
+    """See ``PluginResult.raw_output``."""
 
     @classmethod
     def from_result(cls, result: PluginResult, command: list[str] | str | None, *,
@@ -123,7 +137,7 @@ class CheckOutcome:
         return cls(result.exit_status, exit_status_to_state(result.exit_status),
                    result.output, result.performance_data, result.execution_start,
                    result.execution_end, command, result.timed_out, result.truncated,
-                   result.error, queue_wait, executor)
+                   result.error, queue_wait, executor, result.raw_output)
 
     @classmethod
     def unknown(cls, output: str, *, error: str, now: float,

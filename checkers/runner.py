@@ -41,7 +41,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from checkers.catalog import format_value
-from checkers.messages import DEFAULT_OUTPUT_LIMIT, EXIT_PROCESS_FAILED, PluginResult
+from checkers.messages import (DEFAULT_OUTPUT_LIMIT, EXIT_PROCESS_FAILED, PluginResult,
+                               rebuilt_output)
 from checkers.output import parse_check_output, parse_plugin_output, split_perfdata
 
 __all__ = [
@@ -405,11 +406,15 @@ class _PluginProcess:
 
 def _result(exit_status: int, raw: bytes, start: float, *, timed_out: bool = False,
             truncated: bool = False, limit: int = 0, error: str | None = None) -> PluginResult:
-    text, perfdata = parse_plugin_output(raw.decode("utf-8", "replace"))
+    decoded = raw.decode("utf-8", "replace")
+    text, perfdata = parse_plugin_output(decoded)
+    as_written = decoded.rstrip()
+    raw_output = None if truncated or as_written == rebuilt_output(text, perfdata) \
+        else as_written
     if truncated:
         text += f"\n<Output truncated: the plugin wrote more than {limit} bytes.>"
     return PluginResult(exit_status, text, perfdata, start, time.time(), timed_out,
-                        truncated, error)
+                        truncated, error, raw_output)
 
 
 async def run_plugin(argv: Sequence[str], *, timeout: float,

@@ -115,6 +115,7 @@ def reply_message(job_id: Any, result: PluginResult) -> dict[str, Any]:
         "timed_out": result.timed_out,
         "truncated": result.truncated,
         "error": result.error,
+        **({"raw_output": result.raw_output} if result.raw_output is not None else {}),
     }
 
 
@@ -132,6 +133,8 @@ def result_from_reply(reply: dict[str, Any]) -> PluginResult:
             or not isinstance(perfdata, list):
         raise WireError("malformed reply: wrong field types")
     error_text = reply.get("error")
+    raw_output = reply.get("raw_output")
     return PluginResult(exit_status, output, [str(item) for item in perfdata], start, end,
                         bool(reply.get("timed_out")), bool(reply.get("truncated")),
-                        error_text if isinstance(error_text, str) else None)
+                        error_text if isinstance(error_text, str) else None,
+                        raw_output if isinstance(raw_output, str) else None)

@@ -372,9 +372,11 @@ def test_executor_protocol_by_hand(tmp_path: Path, plugins: Path, sockdir: str) 
                               "macros": {"dummy_state": 1, "dummy_text": "meh"}})
                      + frame({"id": 3, "argv": "not a list"}))
         replies = {reply["id"]: reply for reply in receive(3)}
+        # multiline.sh has performance data on its first line and more lines after
+        # it: output|perfdata is not what it wrote, so the reply carries that too.
         assert set(replies[1]) == {"id", "exit_status", "output", "performance_data",
                                    "execution_start", "execution_end", "timed_out",
-                                   "truncated", "error"}
+                                   "truncated", "error", "raw_output"}
         assert replies[1]["exit_status"] == 1 and len(replies[1]["performance_data"]) == 4
         assert (replies[2]["exit_status"], replies[2]["output"]) == (1, "meh")
         assert replies[3]["exit_status"] == 3 and replies[3]["error"] == "invalid request"

@@ -13,6 +13,8 @@ its fix.
   one that waited past it still ran and was answered to a requester that gave up.
 - An agent resolved ``$`` again inside macro values its parent had resolved: a regex
   ``^OK$`` failed, a password ``pa$$w0rd`` was changed (Icinga takes them as sent).
+- ``event::ExecutedCommand`` carried ``output|perfdata`` rebuilt from the parsed result:
+  multi-line output with performance data on its first line came back reordered.
 """
 
 from __future__ import annotations
@@ -280,3 +282,26 @@ def test_password_with_dollars_is_not_rewritten(run) -> None:
     assert pool.requests, cr["output"]
     argv = list(pool.requests[0].argv)
     assert argv[argv.index("-a") + 1] == "monitor:pa$$w0rd", argv
+
+
+def test_api_execution_returns_the_raw_plugin_output(run, sockdir: str,
+                                                    tmp_path: Path) -> None:
+    plugin = write_plugin(tmp_path, "multi.sh",
+                          "printf 'DISK OK|root=5;8;9\\nsecond line\\nthird line\\n'\n")
+    catalog = Catalog.loads(f'[commands.multi]\ncommand = ["{plugin}"]\n')
+
+    async def scenario():
+        pool = CheckerPool(sockdir, workers=1)
+        await pool.start()
+        try:
+            executor = CommandExecutor("agent1", pool, catalog)
+            return await executor.execute(
+                {"command": "multi", "command_type": "check_command", "host": "agent1",
+                 "macros": {}, "source": "0f0e0d0c-0000-4000-8000-000000000002",
+                 "deadline": time.time() + 60, "endpoint": "agent1"}, "master")
+        finally:
+            await pool.close()
+
+    params = orjson.loads(run(scenario()))["params"]
+    assert params["exit"] == 0
+    assert params["output"].strip() == "DISK OK|root=5;8;9\nsecond line\nthird line"

@@ -24,7 +24,7 @@ from typing import Any
 
 from checkers.catalog import Catalog
 from checkers.errors import MacroError, UnknownCommand
-from checkers.messages import CheckOutcome, outcome_to_cr
+from checkers.messages import CheckOutcome, outcome_to_cr, rebuilt_output
 from checkers.pool import CheckerPool
 from router.protocol import jsonrpc
 
@@ -76,9 +76,9 @@ class CommandExecutor:
                      host, outcome.exit_status)
             return None
         if "source" in params:
-            output = outcome.output
-            if outcome.performance_data:
-                output = f"{output}|{' '.join(outcome.performance_data)}"
+            # As the plugin wrote it, as Icinga sends it (rebuilt when that is the same).
+            output = outcome.raw_output if outcome.raw_output is not None \
+                else rebuilt_output(outcome.output, outcome.performance_data)
             answer: dict[str, Any] = {
                 "end": outcome.execution_end, "execution": params.get("source"),
                 "exit": outcome.exit_status, "host": host, "output": output,
