@@ -29,6 +29,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
+from router.protocol.events import PeerTimedOut
 from router.protocol.peer import PeerProtocol, State
 from router.protocol.tlsrecord import gather_first_record
 from router.transport.owner import ConnectionOwner, TrafficStats
@@ -57,6 +58,11 @@ READ_BUFFER_SIZE = 64 * 1024
 BIO_SLICE = 4 * 1024
 #: At most one log line a session per this many seconds about its input caps.
 THROTTLE_LOG_INTERVAL = 60.0
+#: A graceful close waits for what is buffered to be written; a peer that stopped
+#: reading (hung, or its window stuck at zero) held the session open for good, still
+#: registered, and every reconnect of that endpoint was refused as a duplicate (a
+#: review). After this long the transport is aborted.
+CLOSE_GRACE = 10.0
 #: ``_throttle_logged`` of a session that never logged (one float for all sessions).
 _NEVER_LOGGED = -THROTTLE_LOG_INTERVAL
 
@@ -609,7 +615,14 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self.events_received += len(events)
             self.node.on_events(self, events)
         if peer.state == State.CLOSED and self.state == OPEN:
-            self.close(self.close_reason or "protocol closed")
+            reason = self.close_reason or "protocol closed"
+            if events and any(type(event) is PeerTimedOut for event in events):
+                # Silent for the liveness timeout: it reads nothing either, and a
+                # graceful close would wait for it to (what was written and not confirmed
+                # is logged at connection_lost all the same).
+                self.abort(reason)
+            else:
+                self.close(reason)
             return
         self._arm_timer()
 
@@ -742,6 +755,18 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self._flush_tls()
         if self.transport is not None:
             self.transport.close()
+            # (in the protocol timer's slot: _cancel_timers, run by connection_lost,
+            # cancels it; _arm_timer does nothing once the session is not open)
+            self._timer = self.loop.call_later(CLOSE_GRACE, self._close_overdue)
+            self._timer_when = None
+
+    def _close_overdue(self) -> None:
+        self._timer = None
+        if self.state == CLOSING and self.transport is not None:
+            self.node.log_peer(self, logging.WARNING, "the peer has not read what was "
+                               "written for %g s after the close; dropping the connection",
+                               CLOSE_GRACE)
+            self.transport.abort()
 
     def fileno(self) -> int:
         """The socket's descriptor (-1: none; ``router.transport.sockinfo``)."""
