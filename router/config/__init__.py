@@ -33,7 +33,8 @@ from router.config.model import (
     WriterSpec,
 )
 from router.config.units import format_address, parse_address, parse_duration, parse_size
-from router.config.validate import advisories, check_topology, validate
+from router.config.validate import (MIN_ADMIN_TOKEN_LENGTH, advisories, check_topology,
+                                    validate)
 from router.config.zonesconf import (
     DEFAULT_ICINGA_DATA_DIR,
     ZonesConf,
@@ -44,6 +45,7 @@ from router.config.zonesconf import (
 
 __all__ = [
     "advisories",
+    "MIN_ADMIN_TOKEN_LENGTH",
     "CheckSpec",
     "check_topology",
     "config_to_toml",

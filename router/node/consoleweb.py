@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final, Mapping
 
 from router import pki
+from router.config import MIN_ADMIN_TOKEN_LENGTH
 from router.errors import RouterError
 from router.node.console import (
     REPLAY_CACHE_SECONDS,
@@ -117,6 +118,7 @@ class Console:
                  interval: float = SAMPLE_INTERVAL,
                  local_token: str | None = None) -> None:
         self.node = node
+        self._short_env_token_logged = False
         #: The node's local reload token (DATA_DIR/reload.token), which POST
         #: /v1/actions/reload also takes: see :func:`create_local_token`.
         self.local_token = local_token
@@ -203,8 +205,22 @@ class Console:
     # -- authorisation
 
     def admin_token(self) -> str:
-        """The configured token (read on every request: a reload may change it)."""
-        return self.node.config.status.admin_token or os.environ.get(ADMIN_TOKEN_ENV, "")
+        """The configured token (read on every request: a reload may change it).
+
+        ``ROUTER_ADMIN_TOKEN`` shorter than the configuration allows (16 characters) is
+        no token at all: it was taken as it was, so a one-letter token opened the
+        console's actions (a review)."""
+        token = self.node.config.status.admin_token
+        if token:
+            return token
+        token = os.environ.get(ADMIN_TOKEN_ENV, "")
+        if token and len(token) < MIN_ADMIN_TOKEN_LENGTH:
+            if not self._short_env_token_logged:
+                self._short_env_token_logged = True
+                log.warning("%s is shorter than %d characters: ignored, the console's "
+                            "actions stay closed", ADMIN_TOKEN_ENV, MIN_ADMIN_TOKEN_LENGTH)
+            return ""
+        return token
 
     def authorised(self, headers: Mapping[str, str]) -> tuple[bool, str]:
         """(allowed, why not) for a request's ``Authorization`` header."""

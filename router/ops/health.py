@@ -174,11 +174,19 @@ def cluster_zone(status: Mapping[str, Any], zone: str, *, lag_warning: float | N
     return CheckOutcome(state, output, perfdata)
 
 
+#: The relations Icinga's ApiListener::GetStatus counts: our zone's other endpoints, the
+#: parent zone's and the direct child zones'. Counting every configured endpoint made a
+#: master's check CRITICAL for the agents below a satellite, which it never connects to
+#: (a review).
+_COUNTED_RELATIONS = frozenset({"peer", "parent", "child"})
+
+
 def _adjacent_endpoints(status: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
-    """The endpoints Icinga's ApiListener counts: every configured endpoint but us."""
+    """The endpoints Icinga's ApiListener counts (``_COUNTED_RELATIONS``)."""
     local = (status.get("node") or {}).get("name")
     for ep in status.get("endpoints") or ():
-        if isinstance(ep, dict) and ep.get("name") != local and ep.get("relation") != "self":
+        if isinstance(ep, dict) and ep.get("name") != local \
+                and ep.get("relation") in _COUNTED_RELATIONS:
             yield ep
 
 

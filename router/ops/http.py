@@ -28,8 +28,9 @@ Limits (a status port must never hurt the router):
   the connection is closed silently (slowloris, idle keep-alive connections);
 * at most ``max_clients`` (64) connections are served at once; when they are all taken,
   the one that has waited longest for a request head that is still incomplete (for at
-  least ``EVICT_AFTER``) is dropped for the newcomer (counted in ``evicted_total``), so
-  clients that drip their headers a byte a second cannot lock scrapes out for
+  least ``EVICT_AFTER``), or that has not read its response longest, is dropped for the
+  newcomer (counted in ``evicted_total``), so clients that drip their headers a byte a
+  second or never read what they asked for cannot lock scrapes out for
   ``header_timeout`` (issue 21); with none to drop, the newcomer gets ``503`` to its first
   request and is closed (beyond twice the limit connections are closed at once);
 * keep-alive with ``Content-Length`` (HTTP/1.1 default, ``Connection: close`` honoured;
@@ -250,6 +251,8 @@ class _Connection(web.RequestHandler):
         self.over_limit = False
         #: Loop time since when we wait for a request head (None: not waiting).
         self.waiting_since: float | None = None
+        #: Loop time since when the client has not read our response (None: it reads).
+        self.paused_since: float | None = None
 
     # -- asyncio callbacks
 
@@ -290,12 +293,15 @@ class _Connection(web.RequestHandler):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        if self.paused_since is None:
+            self.paused_since = self._event_loop.time()
         if self._stall_timer is None:
             self._stall_timer = self._event_loop.call_later(self._status.header_timeout,
                                                       self._on_write_stall)
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self.paused_since = None
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
@@ -464,22 +470,28 @@ class StatusServer:
 
     def evict_for_newcomer(self, now: float, among: set[_Connection]) -> bool:
         """The listener is full: drop the connection of ``among`` (the served ones, or
-        those waiting for their 503) that has waited longest (at least ``EVICT_AFTER``)
-        for an incomplete request head; True when one was dropped."""
+        those waiting for their 503) that has stalled longest (at least ``EVICT_AFTER``):
+        waiting for an incomplete request head, or not reading its response (such
+        clients filled every slot for ``header_timeout`` at a time, a review); True
+        when one was dropped."""
         victim: _Connection | None = None
+        victim_since = now
         for conn in among:
-            since = conn.waiting_since
-            if since is None or now - since < EVICT_AFTER or conn._busy or conn._queued:
+            since = conn.paused_since
+            if since is None and not conn._busy and not conn._queued:
+                since = conn.waiting_since
+            if since is None or now - since < EVICT_AFTER:
                 continue
-            if victim is None or since < (victim.waiting_since or now):
-                victim = conn
+            if victim is None or since < victim_since:
+                victim, victim_since = conn, since
         if victim is None:
             return False
         among.discard(victim)
         self.evicted_total += 1
-        log.debug("status client %s: no complete request head for %.1f s and the listener "
-                  "is full (%d clients): dropped for a newcomer", victim._peer,
-                  now - (victim.waiting_since or now), self.max_clients)
+        log.debug("status client %s: %s for %.1f s and the listener is full (%d clients): "
+                  "dropped for a newcomer", victim._peer, "not reading its response"
+                  if victim.paused_since is not None else "no complete request head",
+                  now - victim_since, self.max_clients)
         victim._cancel_timers()
         if victim.transport is not None:
             victim.transport.abort()
