@@ -514,7 +514,38 @@ def shut_down(nodes: Iterable[SimNode], loop: asyncio.AbstractEventLoop,
     shutil.rmtree(directory, ignore_errors=True)
 
 
-__all__ = ["SimConn", "SimLink", "SimNode", "SteppedClock", "chain_spec", "delivery_faults",
-           "frame_service",
+def deliver_and_ack(session: SimLink, forward: bool, count: int, ack: str, *,
+                    commit: bool = True) -> None:
+    """A state machine's delivery step: (re)connect a link whose nodes are alive, deliver
+    up to ``count`` frames one way, then the receiver does nothing (``ack="none"``),
+    confirms, or checkpoints (after a commit of its log, with ``commit``) and confirms
+    (``"checkpoint"``)."""
+    if not session.up and session.a.alive and session.b.alive:
+        session.connect()
+    session.deliver(forward, count)
+    receiver = session.b if forward else session.a
+    if ack == "checkpoint":
+        if commit:
+            receiver.commit()
+        receiver.checkpoint()
+    if ack != "none":
+        receiver.confirm()
+
+
+def produce_results(sim: SimNode, count: int, produced: list[str]) -> None:
+    """``count`` check results originated on ``sim`` (if it is up), one new service
+    each, appended to ``produced``."""
+    from tests.nodeutil import check_result
+    if sim.node is None:
+        return
+    for _ in range(count):
+        service = f"{sim.name}-{len(produced)}"
+        assert sim.node.originate("event::CheckResult", check_result(sim.name, service,
+                                                                     service))
+        produced.append(service)
+
+
+__all__ = ["SimConn", "SimLink", "SimNode", "SteppedClock", "chain_spec", "deliver_and_ack",
+           "delivery_faults", "frame_service", "produce_results",
            "heal", "kill_node", "rounds", "shared_pki", "shut_down", "start_chain", "start_cluster",
            "stop_all", "traced"]

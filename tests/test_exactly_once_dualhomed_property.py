@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from tests.chainsim import (SimLink, SimNode, delivery_faults, heal, kill_node, shared_pki,
-                            shut_down, traced)
-from tests.nodeutil import ClusterSpec, check_result
+from tests.chainsim import (SimLink, SimNode, deliver_and_ack, delivery_faults, heal,
+                            kill_node, produce_results, shared_pki, shut_down, traced)
+from tests.nodeutil import ClusterSpec
 
 NAMES = ("agent1", "sat1", "master1", "master2")
 MASTERS = ("master1", "master2")
@@ -61,28 +61,13 @@ class DualHomed(RuleBasedStateMachine):
     @rule(who=st.sampled_from(PRODUCERS), count=st.integers(1, 3))
     @traced
     def produce(self, who: str, count: int) -> None:
-        node = self.nodes[who].node
-        if node is None:
-            return
-        for _ in range(count):
-            service = f"{who}-{len(self.produced)}"
-            assert node.originate("event::CheckResult", check_result(who, service, service))
-            self.produced.append(service)
+        produce_results(self.nodes[who], count, self.produced)
 
     @rule(link=st.sampled_from(LINKS), count=st.sampled_from([1, 2, 1000]),
           forward=st.booleans(), ack=st.sampled_from(["none", "confirm", "checkpoint"]))
     @traced
     def deliver(self, link: str, count: int, forward: bool, ack: str) -> None:
-        session = self.links[link]
-        if not session.up and session.a.alive and session.b.alive:
-            session.connect()
-        session.deliver(forward, count)
-        receiver = session.b if forward else session.a
-        if ack == "checkpoint":
-            receiver.commit()
-            receiver.checkpoint()
-        if ack != "none":
-            receiver.confirm()
+        deliver_and_ack(self.links[link], forward, count, ack)
 
     @rule(name=st.sampled_from(NAMES))
     @traced

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from tests.chainsim import (SimLink, SimNode, delivery_faults, heal, kill_node, shared_pki,
-                            shut_down, traced)
-from tests.nodeutil import ClusterSpec, check_result
+from tests.chainsim import (SimLink, SimNode, deliver_and_ack, delivery_faults, heal,
+                            kill_node, produce_results, shared_pki, shut_down, traced)
+from tests.nodeutil import ClusterSpec
 
 NAMES = ("sat1", "sat2", "master1", "master2")
 MASTERS = ("master1", "master2")
@@ -52,26 +52,14 @@ class HAMachine(RuleBasedStateMachine):
     @rule(sat=st.sampled_from(["sat1", "sat2"]), count=st.integers(1, 4))
     @traced
     def produce(self, sat: str, count: int) -> None:
-        node = self.nodes[sat].node
-        assert node is not None
-        for _ in range(count):
-            service = f"{sat}-{len(self.produced)}"
-            assert node.originate("event::CheckResult", check_result(sat, service, service))
-            self.produced.append(service)
+        assert self.nodes[sat].node is not None
+        produce_results(self.nodes[sat], count, self.produced)
 
     @rule(link=st.sampled_from(LINKS), count=st.sampled_from([1, 3, 1000]),
           forward=st.booleans(), ack=st.sampled_from(["none", "confirm", "checkpoint"]))
     @traced
     def deliver(self, link: str, count: int, forward: bool, ack: str) -> None:
-        session = self.links[link]
-        if not session.up and session.a.alive and session.b.alive:
-            session.connect()
-        session.deliver(forward, count)
-        receiver = session.b if forward else session.a
-        if ack == "checkpoint":
-            receiver.checkpoint()
-        if ack != "none":
-            receiver.confirm()
+        deliver_and_ack(self.links[link], forward, count, ack, commit=False)
 
     @rule(name=st.sampled_from(NAMES))
     @traced

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,23 @@ async def silent_parent(port: int, pki) -> tuple[asyncio.StreamReader, asyncio.S
     return reader, writer
 
 
+async def six_megabytes_for_a_parent_that_does_not_read(spec, pki, node, *, heartbeats: bool
+                                                         ) -> tuple[Any, FakePeer]:
+    """The silent parent connects; agent1 sends ~6 MB of results for it (with heartbeats
+    to keep its own session alive). The parent's writer and agent1."""
+    _, parent_writer = await silent_parent(spec.port("sat1"), pki)
+    await wait_until(lambda: "master" in node.connections, what="parent session")
+    agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1", server_name="sat1")
+    big = "x" * 50_000
+    for i in range(120):
+        agent.send("event::CheckResult", check_result("agent1", f"s{i}", big))
+        if i % 10 == 0:
+            if heartbeats:
+                agent.send("event::Heartbeat", {})
+            await asyncio.sleep(0.02)
+    return parent_writer, agent
+
+
 def test_liveness_close_of_a_non_reading_peer_ends_the_session(tmp_path, pki, run):
     spec = ClusterSpec(tmp_path, pki, [("master", ["master"], None),
                                        ("sat", ["sat1"], "master"),
@@ -47,16 +65,8 @@ def test_liveness_close_of_a_non_reading_peer_ends_the_session(tmp_path, pki, ru
         sat = await spec.start("sat1")
         node = sat.node
         try:
-            _, pw = await silent_parent(spec.port("sat1"), pki)
-            await wait_until(lambda: "master" in node.connections, what="parent session")
-            agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
-                                           server_name="sat1")
-            big = "x" * 50_000
-            for i in range(120):                       # ~6 MB for the parent
-                agent.send("event::CheckResult", check_result("agent1", f"s{i}", big))
-                if i % 10 == 0:
-                    agent.send("event::Heartbeat", {})
-                    await asyncio.sleep(0.02)
+            pw, agent = await six_megabytes_for_a_parent_that_does_not_read(
+                spec, pki, node, heartbeats=True)
             conn = node.connections["master"]
             await wait_until(lambda: conn.state != "open", timeout=10,
                              what="liveness timeout of the silent parent")
@@ -92,15 +102,8 @@ def test_a_graceful_close_of_a_non_reading_peer_ends_after_the_grace(tmp_path, p
         sat = await spec.start("sat1")
         node = sat.node
         try:
-            _, pw = await silent_parent(spec.port("sat1"), pki)
-            await wait_until(lambda: "master" in node.connections, what="parent session")
-            agent = await FakePeer.connect(spec.port("sat1"), pki, "agent1",
-                                           server_name="sat1")
-            big = "x" * 50_000
-            for i in range(120):                       # ~6 MB for the parent
-                agent.send("event::CheckResult", check_result("agent1", f"s{i}", big))
-                if i % 10 == 0:
-                    await asyncio.sleep(0.02)
+            pw, agent = await six_megabytes_for_a_parent_that_does_not_read(
+                spec, pki, node, heartbeats=False)
             conn = node.connections["master"]
             await wait_until(lambda: conn.transport is not None
                              and conn.transport.get_write_buffer_size() > 0,
