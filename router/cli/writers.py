@@ -18,8 +18,9 @@ def writers_group() -> None:
 @click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False))
 def writers_reset(data_dir: str) -> None:
     """Move a broken writer queue aside (kept as writers-queue.broken-<time>); the node
-    starts an empty one. The node must be stopped. Results in the old queue that no
-    backend had confirmed are not written."""
+    starts an empty one. Refused while a process has the queue open; one the node could
+    not open is held by nobody, and a running node opens the new one within a minute.
+    Results in the old queue that no backend had confirmed are not written."""
     from router.features.writers.queue import reset_shared_queue
 
     with operator_errors():
