@@ -58,10 +58,8 @@ READ_BUFFER_SIZE = 64 * 1024
 BIO_SLICE = 4 * 1024
 #: At most one log line a session per this many seconds about its input caps.
 THROTTLE_LOG_INTERVAL = 60.0
-#: A graceful close waits for what is buffered to be written; a peer that stopped
-#: reading (hung, or its window stuck at zero) held the session open for good, still
-#: registered, and every reconnect of that endpoint was refused as a duplicate (a
-#: review). After this long the transport is aborted.
+#: A graceful close waits for the buffer to drain: a peer that stopped reading held the
+#: session, and its endpoint's reconnects were refused as duplicates (a review). Abort then.
 CLOSE_GRACE = 10.0
 #: ``_throttle_logged`` of a session that never logged (one float for all sessions).
 _NEVER_LOGGED = -THROTTLE_LOG_INTERVAL
@@ -617,10 +615,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         if peer.state == State.CLOSED and self.state == OPEN:
             reason = self.close_reason or "protocol closed"
             if events and any(type(event) is PeerTimedOut for event in events):
-                # Silent for the liveness timeout: it reads nothing either, and a
-                # graceful close would wait for it to (what was written and not confirmed
-                # is logged at connection_lost all the same).
-                self.abort(reason)
+                self.abort(reason)      # silent: it reads nothing either (see CLOSE_GRACE)
             else:
                 self.close(reason)
             return
@@ -755,18 +750,8 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             self._flush_tls()
         if self.transport is not None:
             self.transport.close()
-            # (in the protocol timer's slot: _cancel_timers, run by connection_lost,
-            # cancels it; _arm_timer does nothing once the session is not open)
-            self._timer = self.loop.call_later(CLOSE_GRACE, self._close_overdue)
-            self._timer_when = None
-
-    def _close_overdue(self) -> None:
-        self._timer = None
-        if self.state == CLOSING and self.transport is not None:
-            self.node.log_peer(self, logging.WARNING, "the peer has not read what was "
-                               "written for %g s after the close; dropping the connection",
-                               CLOSE_GRACE)
-            self.transport.abort()
+            # in the protocol timer's slot: connection_lost cancels it (_cancel_timers)
+            self._timer = self.loop.call_later(CLOSE_GRACE, self.abort, "close timed out")
 
     def fileno(self) -> int:
         """The socket's descriptor (-1: none; ``router.transport.sockinfo``)."""
