@@ -156,7 +156,6 @@ class Enrollment:
         #: budget of expensive steps for anonymous requests (see _afford)
         self._expensive = pki.Budget(EXPENSIVE_PER_SECOND, EXPENSIVE_BURST, time.monotonic())
         self._per_source = pki.PerSourceLimit(config.pki.requests_per_minute)
-        self._policy: tuple[object, pki.KeyPolicy] | None = None
         self._tickets = pki.TicketChecker()
         self._last_renewal_check = 0.0
         self._ca: tuple[object, tuple[x509.Certificate, pki.PrivateKey]] | None = None
@@ -284,10 +283,7 @@ class Enrollment:
         ``[pki]`` applies at once (it was read once at start, and a reload reported it
         applied while the old policy went on signing; review)."""
         settings = self.host.config.pki
-        if self._policy is None or self._policy[0] is not settings:
-            self._policy = (settings, pki.KeyPolicy(settings.min_rsa_bits,
-                                                    settings.ec_curves))
-        return self._policy[1]
+        return pki.KeyPolicy(settings.min_rsa_bits, settings.ec_curves)
 
     def _limit_key(self, conn: Connection) -> str | None:
         """What the per-source limits count ``conn`` as: its address when anonymous, its

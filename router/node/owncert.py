@@ -176,7 +176,6 @@ class OwnCertificate:
         #: while we run), and the pair
         self._is_signer = is_signer
         self._load_ca = load_ca
-        self._policy: tuple[object, pki.KeyPolicy] | None = None
         #: monotonic time of our first new-key request of this renewal, None when none
         self.asked_new_key: float | None = None
         #: when to ask again while no certificate came (monotonic), and the wait after that
@@ -196,10 +195,7 @@ class OwnCertificate:
     def policy(self) -> pki.KeyPolicy:
         """The key policy of the configuration in force (a reload applies at once)."""
         settings = self.host.config.pki
-        if self._policy is None or self._policy[0] is not settings:
-            self._policy = (settings, pki.KeyPolicy(settings.min_rsa_bits,
-                                                    settings.ec_curves))
-        return self._policy[1]
+        return pki.KeyPolicy(settings.min_rsa_bits, settings.ec_curves)
 
     @property
     def new_key(self) -> bool:

@@ -37,7 +37,7 @@ import orjson
 from router.config import WriterSpec
 from router.features.writers.base import WriterBackendError
 from router.features.writers.legacy import DrainingQueue, LegacyQueue, open_shared_queue
-from router.features.writers.queue import QueueReader, SharedQueue
+from router.features.writers.queue import REOPEN, QueueReader, SharedQueue
 from router.features.writers.records import RecordCache
 from router.features.writers.runner import WriterRunner, ZoneView
 from router.features.writers.spec import spec_from_json
@@ -46,11 +46,6 @@ __all__ = ["GC_THRESHOLDS", "WritersProcess", "main", "tune_gc"]
 
 log = logging.getLogger("router.writers")
 STATS_INTERVAL = 0.5
-#: A writer that could not start (its queue could not be opened: a full or read-only
-#: disk, a damaged file moved aside with ``router writers reset``) is tried again after
-#: this long, doubling.
-RETRY_MIN = 1.0
-RETRY_MAX = 60.0
 
 
 class WritersProcess:
@@ -65,7 +60,7 @@ class WritersProcess:
         self._view: ZoneView | None = None
         self._failed: dict[str, str] = {}
         self._last_configure: dict[str, Any] | None = None
-        self._retry_delay = RETRY_MIN
+        self._retry_attempts = 0
         self._retry_at = 0.0
         #: Decoded records shared by all runners: each record is decoded and its
         #: perfdata parsed once, not once per writer (``records.py``).
@@ -180,15 +175,16 @@ class WritersProcess:
             self._shared = None
 
     async def retry_failed(self, now: float) -> None:
-        """Start again the writers that could not start, with a doubling delay."""
+        """Start again the writers that could not start (their queue could not be
+        opened), after ``queue.REOPEN``'s doubling delay."""
         if not self._failed or self._last_configure is None or now < self._retry_at:
             return
         await self.configure(self._last_configure)
         if self._failed:
-            self._retry_at = now + self._retry_delay
-            self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
+            self._retry_at = now + REOPEN.cap(self._retry_attempts)
+            self._retry_attempts += 1
         else:
-            self._retry_delay = RETRY_MIN
+            self._retry_attempts = 0
 
     async def check_tasks(self) -> None:
         """Restart a runner whose task died of a bug (logged), so one writer's crash

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from router.config import WriterSpec
 from router.features.writers.base import WriterBackendError
 from router.features.writers.legacy import open_shared_queue
-from router.features.writers.queue import SharedQueue, encode_record
+from router.features.writers.queue import REOPEN, SharedQueue, encode_record
 
 __all__ = ["ResultFeed"]
 
@@ -44,10 +44,6 @@ DEFAULT_MAX_PENDING_BYTES = 64 << 20
 #: positions waits for the round anyway (``mark``), so nothing is lost to a crash.
 DEFAULT_BATCH_SECONDS = 0.05
 MAX_BATCH = 2048
-#: A queue that could not be opened (a full or read-only disk at start, a damaged file
-#: moved aside with ``router writers reset``) is tried again after this long, doubling.
-REOPEN_MIN = 1.0
-REOPEN_MAX = 60.0
 
 
 class ResultFeed:
@@ -74,7 +70,7 @@ class ResultFeed:
         #: Why the queue could not be opened (logged once per different reason), and
         #: when to try again.
         self._open_error: str | None = None
-        self._reopen_delay = REOPEN_MIN
+        self._reopen_attempts = 0
         self._reopen_at = 0.0
         #: Per writer: results appended, evicted by the byte bound, failed appends.
         self.appended: dict[str, int] = {}
@@ -102,16 +98,16 @@ class ResultFeed:
                 if self._open_error is not None:
                     log.info("writers: their queue is open again; results are queued")
                 self._open_error = None
-                self._reopen_delay = REOPEN_MIN
+                self._reopen_attempts = 0
             gone = self._queue.retain(frozenset(self._bounds))
         except WriterBackendError as e:
             if str(e) != self._open_error:
                 log.error("writers: cannot open their queue: %s; results for the writers "
                           "are counted as failed until it opens (tried again after %g s, "
-                          "doubling to %g s)", e, REOPEN_MIN, REOPEN_MAX)
+                          "doubling to %g s)", e, REOPEN.minimum, REOPEN.maximum)
             self._open_error = str(e)
-            self._reopen_at = time.monotonic() + self._reopen_delay
-            self._reopen_delay = min(REOPEN_MAX, self._reopen_delay * 2)
+            self._reopen_at = time.monotonic() + REOPEN.cap(self._reopen_attempts)
+            self._reopen_attempts += 1
             self._count_failed(1)
             return
         for name in gone:

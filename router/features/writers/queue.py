@@ -53,9 +53,11 @@ import lmdb
 from replaylog.lmdbfile import (CORRUPTION, aside_name, describe, problem_after_open,
                                 problem_before_open)
 from router.features.writers.base import WriterBackendError
+from router.transport.connector import Backoff
 
 __all__ = ["QueueReader", "QueueStats", "SharedQueue", "WriterQueue", "encode_record",
-           "open_checked", "read_records", "reset_shared_queue", "shared_queue_path"]
+           "open_checked", "read_records", "REOPEN", "reset_shared_queue",
+           "shared_queue_path"]
 
 _KEY = struct.Struct(">Q")
 _TS = struct.Struct("<d")
@@ -105,6 +107,12 @@ def shared_queue_path(data_dir: str) -> Path:
     """``DATA_DIR/writers-queue/`` (beside the old per-writer ``DATA_DIR/writers/<name>/``
     queues, so no writer name can collide with it)."""
     return Path(data_dir) / "writers-queue"
+
+
+#: A queue that could not be opened (a full or read-only disk at start, a damaged file
+#: moved aside with ``router writers reset``) is tried again by the node's feed and by
+#: the writers' process after ``REOPEN.cap(attempts)``: 1 s doubling to 60 s.
+REOPEN = Backoff(1.0, 60.0)
 
 
 def reset_command(data_dir: str | os.PathLike[str]) -> str:
@@ -308,26 +316,19 @@ class SharedQueue:
 
     # -- the writers' set --------------------------------------------------------------
 
+    @_queue_errors
     def register(self, name: str) -> bool:
         """Give ``name`` a position at the head unless it has one; True if it was new."""
-        try:
-            with self._env.begin(write=True) as txn:
-                if self._reader(txn, name) is not None:
-                    return False
-                self._store(txn, name, _Reader(self._get(txn, b"head"), 0, 0))
-                return True
-        except lmdb.Error as e:
-            raise WriterBackendError("queue", f"writer queue {self.path}: {e}") from e
+        with self._env.begin(write=True) as txn:
+            if self._reader(txn, name) is not None:
+                return False
+            self._store(txn, name, _Reader(self._get(txn, b"head"), 0, 0))
+            return True
 
+    @_queue_errors
     def retain(self, names: set[str] | frozenset[str]) -> list[str]:
         """Register ``names``; forget every other writer's position (removed from the
         configuration) so it no longer holds records back. The forgotten names."""
-        try:
-            return self._retain(names)
-        except lmdb.Error as e:
-            raise WriterBackendError("queue", f"writer queue {self.path}: {e}") from e
-
-    def _retain(self, names: set[str] | frozenset[str]) -> list[str]:
         with self._env.begin(write=True, buffers=True) as txn:
             head = self._get(txn, b"head")
             known = self._all_readers(txn)
