@@ -9,10 +9,16 @@ file, which it writes every few minutes and on shutdown, not before a crash.
 
 One small LMDB environment of its own (a directory beside the replay log, holding
 ``data.mdb`` and ``lock.mdb``), with one table: endpoint name (UTF-8) -> ``>d`` position.
-Positions only move forward. Commits are synchronous (fsync): they are written a few
-times a second at most, by the replay log's writer thread, after every record submitted
-before them was committed (``ReplayWriter.call``), so a position on disk never covers a
-message that is not yet in the log.
+Positions only move forward. Beside them, under keys no endpoint name can take
+(``RECENT_PREFIX`` and a save counter), the origin stamps processed recently, one value
+per save, the oldest values dropped once the newer ones hold ``keep_recent`` stamps: a
+position alone cannot tell an older message that was never processed here from one that
+was, when the two arrive by different paths (an HA partner's relay; the receipts'
+rule 1), and after a restart it took every older one for a replay. Commits are
+synchronous (fsync): they are written a few times a second at most, by the replay log's
+writer thread, after every record submitted before them was committed
+(``ReplayWriter.call``), so a position on disk never covers a message that is not yet in
+the log.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import math
 import os
 import struct
 import threading
-from collections.abc import Mapping
+from array import array
+from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lmdb
@@ -34,6 +42,18 @@ log = logging.getLogger("router.replaylog")
 
 #: The table is tiny (one entry per endpoint): 5 000 agents take well under 1 MiB.
 MAP_SIZE = 64 << 20
+#: Keys of the recent stamps: this prefix (no endpoint name starts with a NUL), then a
+#: big-endian save counter, so the cursor reads them oldest first.
+RECENT_PREFIX = b"\x00recent:"
+_COUNTER = struct.Struct(">Q")
+#: A value of recent stamps: their count, then groups of (hop and origin name lengths,
+#: stamps), the two names (UTF-8) and the stamps as native doubles (an LMDB file is
+#: native-endian anyway).
+_COUNT = struct.Struct("<I")
+_GROUP = struct.Struct("<HHI")
+
+#: Recent stamps as the receipts hand them over: hop -> (origin, ts), oldest first.
+RecentStamps = Mapping[str, Sequence[tuple[str, float]]]
 
 
 class ReceivedPositions:
@@ -48,6 +68,8 @@ class ReceivedPositions:
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.Lock()
+        #: (key, stamps) of the recent values on disk, oldest first; read at the first save.
+        self._recent_index: deque[tuple[bytes, int]] | None = None
         if not readonly:
             try:
                 self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -72,6 +94,8 @@ class ReceivedPositions:
         positions: dict[str, float] = {}
         with env.begin() as txn:
             for key, value in txn.cursor():
+                if bytes(key).startswith(RECENT_PREFIX):
+                    continue
                 try:
                     name = bytes(key).decode("utf-8")
                     positions[name] = K.POSITION.unpack(value)[0]
@@ -80,8 +104,30 @@ class ReceivedPositions:
                                 self.path, e)
         return positions
 
-    def save(self, positions: Mapping[str, float]) -> int:
-        """Raise the stored positions to ``positions`` in one synchronous transaction.
+    def load_recent(self) -> list[tuple[str, str, list[float]]]:
+        """The recent stamps on disk as (hop, origin, stamps), oldest save first; a value
+        that does not decode is skipped and logged."""
+        env = self._require()
+        out: list[tuple[str, str, list[float]]] = []
+        with env.begin() as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(RECENT_PREFIX):
+                return out
+            for key, value in cursor:
+                if not bytes(key).startswith(RECENT_PREFIX):
+                    break
+                try:
+                    out.extend(_decode_recent(bytes(value)))
+                except (UnicodeError, ValueError, struct.error) as e:
+                    log.warning("receive positions %s: skipping damaged recent stamps (%s)",
+                                self.path, e)
+        return out
+
+    def save(self, positions: Mapping[str, float], recent: RecentStamps | None = None,
+             keep_recent: int = 0) -> int:
+        """Raise the stored positions to ``positions`` in one synchronous transaction,
+        with ``recent`` stamps beside them (the oldest values dropped while the newer ones
+        hold at least ``keep_recent`` stamps).
 
         A position never moves backwards; NaN and names that cannot be stored are
         skipped. Returns the number of entries that moved.
@@ -89,6 +135,8 @@ class ReceivedPositions:
         env = self._require()
         moved = 0
         with self._lock, env.begin(write=True) as txn:
+            if recent:
+                self._put_recent(txn, recent, keep_recent)
             for name, ts in positions.items():
                 if math.isnan(ts):
                     continue
@@ -102,6 +150,30 @@ class ReceivedPositions:
                 txn.put(raw, K.POSITION.pack(ts))
                 moved += 1
         return moved
+
+    def _put_recent(self, txn: lmdb.Transaction, recent: RecentStamps, keep: int) -> None:
+        index = self._recent_index
+        if index is None:   # the first save: what is on disk (count from each header)
+            index = self._recent_index = deque()
+            cursor = txn.cursor()
+            if cursor.set_range(RECENT_PREFIX):
+                for key, value in cursor:
+                    if not bytes(key).startswith(RECENT_PREFIX):
+                        break
+                    count = _COUNT.unpack_from(value)[0] if len(value) >= 4 else 0
+                    index.append((bytes(key), count))
+        value, count = _encode_recent(recent, keep)
+        if not count:
+            return
+        number = _COUNTER.unpack(index[-1][0][len(RECENT_PREFIX):])[0] + 1 if index else 0
+        key = RECENT_PREFIX + _COUNTER.pack(number)
+        txn.put(key, value)
+        index.append((key, count))
+        total = sum(n for _, n in index)
+        while len(index) > 1 and total - index[0][1] >= keep:
+            old, n = index.popleft()
+            txn.delete(old)
+            total -= n
 
     def close(self) -> None:
         with self._lock:
@@ -122,4 +194,57 @@ class ReceivedPositions:
         self.close()
 
 
-__all__ = ["MAP_SIZE", "ReceivedPositions"]
+def _encode_recent(recent: RecentStamps, keep: int) -> tuple[bytes, int]:
+    """One value of ``recent`` stamps and their count; past ``keep`` stamps (a save that
+    carries several checkpoints after a long wait), the first groups lose their oldest."""
+    total = sum(len(stamps) for stamps in recent.values())
+    skip = max(0, total - keep) if keep else 0
+    parts: list[bytes] = []
+    count = 0
+    for hop, pairs in recent.items():
+        try:
+            hop_raw = K.encode_name(hop)
+        except (ValueError, UnicodeError):
+            continue
+        if skip:
+            dropped = min(skip, len(pairs))
+            skip -= dropped
+            pairs = pairs[dropped:]
+        origins: dict[str, list[float]] = {}
+        for origin, ts in pairs:        # grouped here, in the writer's thread
+            stamps = origins.get(origin)
+            if stamps is None:
+                origins[origin] = [ts]
+            else:
+                stamps.append(ts)
+        for origin, stamps in origins.items():
+            try:
+                origin_raw = K.encode_name(origin)
+            except (ValueError, UnicodeError):
+                continue
+            parts.append(_GROUP.pack(len(hop_raw), len(origin_raw), len(stamps)))
+            parts.append(hop_raw + origin_raw + array("d", stamps).tobytes())
+            count += len(stamps)
+    return _COUNT.pack(count) + b"".join(parts), count
+
+
+def _decode_recent(value: bytes) -> list[tuple[str, str, list[float]]]:
+    out = []
+    offset = _COUNT.size
+    while offset < len(value):
+        hop_len, origin_len, n = _GROUP.unpack_from(value, offset)
+        offset += _GROUP.size
+        hop = value[offset:offset + hop_len].decode("utf-8")
+        offset += hop_len
+        origin = value[offset:offset + origin_len].decode("utf-8")
+        offset += origin_len
+        stamps = array("d")
+        stamps.frombytes(value[offset:offset + 8 * n])    # ValueError when cut short
+        if len(stamps) != n:
+            raise ValueError(f"{len(stamps)} stamps where the header says {n}")
+        offset += 8 * n
+        out.append((hop, origin, stamps.tolist()))
+    return out
+
+
+__all__ = ["MAP_SIZE", "RECENT_PREFIX", "ReceivedPositions", "RecentStamps"]

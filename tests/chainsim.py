@@ -193,8 +193,9 @@ class SimNode:
             if receipts._saving:                           # noqa: SLF001
                 running[:] = [(endpoint, number)]
 
-        def done(future: Any, number: int | None, origins: Any, hops_: Any) -> None:
-            saved_done(future, number, origins, hops_)
+        def done(future: Any, number: int | None, origins: Any, hops_: Any,
+                 recent: Any) -> None:
+            saved_done(future, number, origins, hops_, recent)
             if running and number is None and hops_ and future.exception() is None:
                 parts.append(running[0])
             running.clear()

@@ -113,8 +113,8 @@ def test_a_restored_position_holds_against_the_partners_relay(ha) -> None:
 
 def test_masters_cut_off_from_each_other_each_relay_what_only_they_got(ha) -> None:
     """r0 reaches master2 only, r1 master1 only, while the masters cannot see each other;
-    once healed each has both, once. (With a kill -9 of master1 in between, master1
-    loses r0: a known limit, docs/reliability.md.)"""
+    once healed each has both, once (with a kill -9 of master1 in between:
+    tests/test_receipts_ha_master_kill.py)."""
     sims, links = ha
     sat, m1, m2 = sims["sat1"], sims["master1"], sims["master2"]
     links["s-m1"].drop()                         # sat1 fails over to master2

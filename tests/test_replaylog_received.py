@@ -9,6 +9,7 @@ import lmdb
 import pytest
 
 from replaylog import ReceivedPositions, ReplayLogError
+from replaylog.received import RECENT_PREFIX
 
 
 def test_positions_survive_reopening_and_only_move_forward(tmp_path: Path) -> None:
@@ -54,3 +55,44 @@ def test_a_corrupt_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
     (path / "data.mdb").write_bytes(b"not an lmdb file" * 512)
     with pytest.raises(ReplayLogError, match="move the directory"):
         ReceivedPositions(path)
+
+
+def test_recent_stamps_survive_reopening_oldest_dropped_past_the_bound(tmp_path: Path) -> None:
+    path = tmp_path / "received"
+    with ReceivedPositions(path) as store:
+        store.save({"sat1": 3.0},
+                   {"sat1": [("agent1", 1.0), ("agent2", 3.0), ("agent1", 2.0)]}, 4)
+        store.save({}, {"master2": [("agent1", 0.5)]}, 4)
+        assert store.load_recent() == [("sat1", "agent1", [1.0, 2.0]),
+                                       ("sat1", "agent2", [3.0]), ("master2", "agent1", [0.5])]
+    with ReceivedPositions(path) as store:      # the index is read back from the file
+        store.save({}, {"sat1": [("agent3", 4.0), ("agent3", 5.0), ("agent3", 6.0)]}, 4)
+        # the first save's three stamps go: the two newer saves hold 4 (the bound)
+        assert store.load_recent() == [("master2", "agent1", [0.5]),
+                                       ("sat1", "agent3", [4.0, 5.0, 6.0])]
+        assert store.load() == {"sat1": 3.0}    # positions never see the stamps' keys
+    with ReceivedPositions(path, readonly=True) as store:
+        assert len(store.load_recent()) == 2
+
+
+def test_one_save_over_the_bound_keeps_its_newest_stamps(tmp_path: Path) -> None:
+    with ReceivedPositions(tmp_path / "received") as store:
+        store.save({}, {"sat1": [("a", 1.0), ("a", 2.0), ("b", 4.0), ("a", 3.0), ("b", 5.0)]}, 3)
+        assert store.load_recent() == [("sat1", "b", [4.0, 5.0]), ("sat1", "a", [3.0])]
+
+
+def test_damaged_recent_stamps_are_skipped_and_the_rest_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "received"
+    with ReceivedPositions(path) as store:
+        store.save({"good": 5.0}, {"sat1": [("agent1", 1.0)]}, 10)
+        store.save({}, {"sat1": [("agent2", 2.0)]}, 10)
+    env = lmdb.open(str(path), subdir=True)
+    with env.begin(write=True) as txn:
+        cursor = txn.cursor()
+        assert cursor.set_range(RECENT_PREFIX)
+        key, value = bytes(cursor.key()), bytes(cursor.value())
+        txn.put(key, value[:-3])                # the first value cut short
+    env.close()
+    with ReceivedPositions(path) as store:
+        assert store.load_recent() == [("sat1", "agent2", [2.0])]
+        assert store.load() == {"good": 5.0}

@@ -43,9 +43,11 @@ satellite). Three rules make it exactly-once between our nodes:
 
 3. **Restored at start.** The positions on disk (``replaylog.ReceivedPositions``, beside
    the replay log) are loaded before any connection is accepted: a peer's replay of what
-   was processed before a ``kill -9`` is dropped. (Which peer brought the newest message
-   and the recent stamps are not kept: after a restart an older message of an origin is
-   taken for a replay whichever peer brings it.)
+   was processed before a ``kill -9`` is dropped. The recent origin stamps a checkpoint
+   covers are saved with it, so rule 1 holds across the restart: which peer brought an
+   origin's newest message, and whether an older one by another peer was processed
+   already. (An origin none of whose stamps is among them keeps its position as a
+   floor: anything older is taken for a replay, whichever peer brings it.)
 
 What a ``kill -9`` of a node can still do: messages it processed after its last
 checkpoint reached its (in-memory) features and may reach the restarted process's
@@ -134,6 +136,8 @@ class _Checkpoint:
     number: int
     origins: dict[str, float]
     hops: dict[str, float]
+    #: The origin stamps remembered since the checkpoint before: hop -> (origin, ts).
+    recent: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     #: connection -> the stamp it must confirm (its unconfirmed frames at the checkpoint)
     waiting: dict[Connection, float] = field(default_factory=dict)
     #: The feature that must commit what it was handed before the checkpoint, and its mark.
@@ -161,6 +165,9 @@ class Receipts:
         #: (origin, ts) of the last RECENT relayed messages processed.
         self._recent: set[tuple[str, float]] = set()
         self._recent_order: deque[tuple[str, float]] = deque()
+        #: The stamps remembered since the last checkpoint, hop -> (origin, ts): a
+        #: checkpoint saves them (a part, its peer's), so that rule 1 survives a restart.
+        self.moved_recent: dict[str, list[tuple[str, float]]] = {}
         #: peer endpoint -> the position we may confirm to it (safe, see rule 2).
         self.confirmable: dict[str, float] = {}
         self.writer: ReplayWriter | None = None
@@ -215,6 +222,7 @@ class Receipts:
                 stats.remote_log_position = ts
             if ts > self.confirmable.get(name, 0.0):
                 self.confirmable[name] = ts
+        self._restore_recent(store.load_recent())
         for name, ts in hops.items():
             # Everything that came through this connection up to ``ts`` was processed
             # (we confirmed it, or were about to): the peer, which may not have heard the
@@ -227,6 +235,29 @@ class Receipts:
             if ts > self.confirmable.get(name, 0.0):
                 self.confirmable[name] = ts
         return len(restored)
+
+    def _restore_recent(self, saved: list[tuple[str, str, list[float]]]) -> None:
+        """Rule 1's state from the recent stamps on disk (oldest first): the set, and for
+        each origin whose newest processed stamp is among them, the peer that brought it.
+        Such an origin needs no floor: an older message by another peer is processed
+        unless its stamp is in the set, as before the restart (a floor dropped it: lost
+        here when the partner, cut off from us, had it alone)."""
+        seen, seen_hop = self.seen, self.seen_hop
+        recent, order = self._recent, self._recent_order
+        for hop, name, stamps in saved:
+            for ts in stamps:
+                key = (name, ts)
+                if key not in recent:
+                    recent.add(key)
+                    order.append(key)
+            newest = max(stamps)
+            if newest >= seen.get(name, 0.0):
+                seen[name] = newest
+                seen_hop[name] = hop
+        while len(order) > RECENT:
+            recent.discard(order.popleft())
+        for name in seen_hop:
+            self._floor.pop(name, None)
 
     def start(self) -> None:
         self._timer = self.host.loop.call_later(CHECKPOINT_INTERVAL, self._tick)
@@ -270,7 +301,7 @@ class Receipts:
             seen[name] = ts
             self.moved_origins[name] = ts
             self.seen_hop[name] = hop
-            self._remember(name, ts)
+            self._remember(name, ts, hop)
             return True
         if ts <= self._floor.get(name, 0.0):
             # Covered by the checkpoint restored at start. Without this, the first newer
@@ -281,10 +312,10 @@ class Receipts:
             return False
         if (name, ts) in self._recent:
             return False
-        self._remember(name, ts)
+        self._remember(name, ts, hop)
         return True
 
-    def _remember(self, name: str, ts: float) -> None:
+    def _remember(self, name: str, ts: float, hop: str) -> None:
         key = (name, ts)
         recent = self._recent
         recent.add(key)
@@ -292,6 +323,12 @@ class Receipts:
         order.append(key)
         if len(order) > RECENT:
             recent.discard(order.popleft())
+        if self.writer is not None:
+            stamps = self.moved_recent.get(hop)
+            if stamps is None:
+                self.moved_recent[hop] = [key]
+            else:
+                stamps.append(key)
 
     def _trusts(self, hop: str, name: str) -> bool:
         topology = self.host.topology
@@ -346,8 +383,9 @@ class Receipts:
                 elif position > confirmable.get(name, 0.0):
                     hops[name] = position
             self.moved_hops = later
-            if origins or hops:
-                point = _Checkpoint(self.checkpoints + 1, origins, hops,
+            recent, self.moved_recent = self.moved_recent, {}
+            if origins or hops or recent:
+                point = _Checkpoint(self.checkpoints + 1, origins, hops, recent,
                                     taken_at=host.loop.time())
                 if self._unsaved_since is None:
                     self._unsaved_since = point.taken_at
@@ -374,7 +412,7 @@ class Receipts:
                 and host.last_stamp > self._stamp_saved:
             # Our own stamp moved and no save carries it (an agent's results, a relay
             # whose checkpoints wait seconds for the next hop): save it alone.
-            self._save(None, {}, {})
+            self._save(None, {}, {}, {})
 
     def connection_closed(self, conn: Connection) -> None:
         """Forget ``conn`` in the pending checkpoints: its unconfirmed frames went to the
@@ -399,6 +437,7 @@ class Receipts:
         for conn, ts in first.waiting.items():
             if ts > second.waiting.get(conn, 0.0):
                 second.waiting[conn] = ts
+        second.recent = _join_recent(first.recent, second.recent)
         if second.barrier is None:      # (marks only grow: the second's covers the first's)
             second.barrier, second.mark = first.barrier, first.mark
         second.taken_at = min(first.taken_at, second.taken_at)
@@ -485,14 +524,16 @@ class Receipts:
         taken, self._pending = self._pending[:ready + 1], self._pending[ready + 1:]
         origins: dict[str, float] = {}
         hops: dict[str, float] = {}
+        recent: dict[str, list[tuple[str, float]]] = {}
         number = taken[-1].number
         for point in taken:
             origins.update(point.origins)
             hops.update(point.hops)
-        self._save(number, origins, hops)
+            recent = _join_recent(recent, point.recent)
+        self._save(number, origins, hops, recent)
 
     def _save(self, number: int | None, origins: dict[str, float],
-              hops: dict[str, float]) -> None:
+              hops: dict[str, float], recent: dict[str, list[tuple[str, float]]]) -> None:
         """Commit ``origins`` through the replay log's writer; then ``hops`` may be
         confirmed (``_saved_done``). ``number``: the checkpoint saved whole, if one."""
         store, writer = self.store, self.writer
@@ -511,14 +552,14 @@ class Receipts:
             for name, ts in hops.items():
                 on_disk[HOP_KEY_PREFIX + name] = ts
         try:
-            future = writer.call(store.save, on_disk)
+            future = writer.call(store.save, on_disk, recent, RECENT)
         except Exception as e:   # the writer is closing
             self._saving = False
             log.debug("receive positions not saved: %s", e)
             return
         loop = self.host.loop
-        future.add_done_callback(
-            lambda f: loop.call_soon_threadsafe(self._saved_done, f, number, origins, hops))
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(
+            self._saved_done, f, number, origins, hops, recent))
 
     def _save_part(self, index: int, endpoint: str) -> None:
         """Confirm ``endpoint`` its position from the checkpoints up to ``index``, the
@@ -534,15 +575,26 @@ class Receipts:
         ``endpoint`` and be unconfirmed there still (found by review). They wait for the
         whole checkpoint."""
         hops: dict[str, float] = {}
+        recent: dict[str, list[tuple[str, float]]] = {}
         for point in self._pending[:index + 1]:
             ts = point.hops.pop(endpoint, None)
             if ts is not None and ts > hops.get(endpoint, 0.0):
                 hops[endpoint] = ts
+            stamps = point.recent.pop(endpoint, None)
+            if stamps is not None:
+                recent = _join_recent(recent, {endpoint: stamps})
         if hops:
-            self._save(None, {}, hops)     # through the writer: after what came before
+            # Through the writer: after what came before. With the stamps of the messages
+            # the position covers: after a kill -9 before the peer heard the position, the
+            # peer sends them to our HA partner, which relays them to us (review).
+            self._save(None, {}, hops, recent)
+        elif recent:    # nothing to confirm: they wait for the whole checkpoint
+            point = self._pending[index]
+            point.recent = _join_recent(recent, point.recent)
 
     def _saved_done(self, future: concurrent.futures.Future[Any], number: int | None,
-                    origins: dict[str, float], hops: dict[str, float]) -> None:
+                    origins: dict[str, float], hops: dict[str, float],
+                    recent: dict[str, list[tuple[str, float]]]) -> None:
         self._saving = False
         error = future.exception()
         if error is not None:
@@ -552,6 +604,7 @@ class Receipts:
                 for name, ts in taken.items():
                     if ts > moved.get(name, 0.0):
                         moved[name] = ts
+            self.moved_recent = _join_recent(recent, self.moved_recent)
             self.host.ratelog.log(("receipts", "save"), logging.ERROR,
                                   "receive positions not saved (peers will replay what "
                                   "this node processed since): %s", error)
@@ -561,7 +614,7 @@ class Receipts:
         if number is None:      # a part: drop the checkpoints it left empty
             kept = []
             for point in self._pending:
-                if point.origins or point.hops:
+                if point.origins or point.hops or point.recent:
                     kept.append(point)
                 elif not kept:      # the oldest ones, all saved now
                     number = point.number
@@ -595,6 +648,20 @@ class Receipts:
         return {"origins": len(self.seen), "pending_checkpoints": len(self._pending),
                 "checkpoints": self.checkpoints, "saves": self.saves,
                 "save_failures": self.save_failures}
+
+
+def _join_recent(older: dict[str, list[tuple[str, float]]],
+                 newer: dict[str, list[tuple[str, float]]]) -> dict[str, list[tuple[str, float]]]:
+    """Recent stamps of two checkpoints in one (hop -> (origin, ts), older first)."""
+    if not older:
+        return newer
+    if not newer:
+        return older
+    joined = dict(older)
+    for hop, stamps in newer.items():
+        before = joined.get(hop)
+        joined[hop] = before + stamps if before is not None else stamps
+    return joined
 
 
 __all__ = ["CHECKPOINT_INTERVAL", "ORIGIN_KEY", "Receipts", "ReceiptsHost"]
