@@ -240,8 +240,11 @@ def pki_request(host: str, port: int, cn: str, data_dir: str, ticket: str,
             pki.write_private_key(req_key_path, key)
             pki.write_certificate(req_cert_path, pki.self_signed_certificate(key, cn))
             click.echo(f"created {req_key_path} and a self-signed {req_cert_path}")
-        own = (pki.load_certificates(req_cert_path)[0] if req_cert_path.exists()
-               else pki.self_signed_certificate(key, cn))
+        if req_cert_path.exists():
+            own = pki.load_certificates(req_cert_path)[0]
+        else:   # kept: the same request (fingerprint) when this command runs again
+            own = pki.self_signed_certificate(key, cn)
+            pki.write_certificate(req_cert_path, own)
         if not pki.same_public_key(own, key):
             raise click.ClickException(f"{req_cert_path} does not belong to {req_key_path}")
         request_id = str(uuid.uuid4())

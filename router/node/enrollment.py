@@ -469,23 +469,41 @@ class Enrollment:
 
     def _revoked(self, conn: Connection, msg: jsonrpc.Message, cert: x509.Certificate,
                  result: dict[str, Any]) -> bool:
-        """A certificate on the CA's CRL (``router ca revoke``) is not renewed; an
-        unreadable CRL refuses every renewal (fail closed). True when refused."""
-        crl_path = self.ca_dir / pki.CRL_NAME
-        if not crl_path.exists():
-            return False
+        """A certificate on its CA's CRL (``router ca revoke``) is not renewed; an
+        unreadable CRL refuses every renewal (fail closed). True when refused.
+
+        Its CA's: during a CA rollover the old CA lives in ``DATA_DIR/ca-old`` with its
+        CRL (docs/pki.md), and an old-CA certificate chains to the trust bundle still; read
+        only ``ca/ca.crl``, a certificate the old CA had revoked was renewed by the new one
+        for the same key (review). One issued by neither cannot be checked: refused."""
         cn = pki.common_name(cert)
-        try:
-            crl = pki.load_crl(crl_path, pki.load_certificates(self.ca_dir / "ca.crt")[0])
-        except Exception as exc:  # noqa: BLE001 - TLSSetupError
-            self._refuse(conn, msg, f"not renewing CN '{cn}': {exc}", "crl_unusable", result)
-            return True
-        if pki.is_revoked(crl, cert):
-            self._refuse(conn, msg, f"the certificate for CN '{cn}' (serial "
-                         f"{cert.serial_number:x}) is revoked; not renewing it", "revoked",
-                         result)
-            return True
-        return False
+        for directory in (self.ca_dir, self.ca_dir.with_name(self.ca_dir.name + "-old")):
+            try:
+                issuer = pki.load_certificates(directory / "ca.crt")[0]
+            except Exception:  # noqa: BLE001 - TLSSetupError: no such CA here
+                continue
+            if not pki.signed_by(cert, issuer):
+                continue
+            crl_path = directory / pki.CRL_NAME
+            if not crl_path.exists():
+                return False
+            try:
+                crl = pki.load_crl(crl_path, issuer)
+            except Exception as exc:  # noqa: BLE001 - TLSSetupError
+                self._refuse(conn, msg, f"not renewing CN '{cn}': {exc}", "crl_unusable",
+                             result)
+                return True
+            if pki.is_revoked(crl, cert):
+                self._refuse(conn, msg, f"the certificate for CN '{cn}' (serial "
+                             f"{cert.serial_number:x}) is revoked; not renewing it",
+                             "revoked", result)
+                return True
+            return False
+        self._refuse(conn, msg, f"not renewing CN '{cn}': its certificate was issued by "
+                     f"a CA that is neither {self.ca_dir} nor its -old directory, so its "
+                     f"revocation cannot be checked; request one with a ticket",
+                     "crl_unusable", result)
+        return True
 
     def _chains_to_ca(self, cert: x509.Certificate, now: float) -> bool:
         """Signed by one of our trust anchors and inside its validity window."""
@@ -554,8 +572,9 @@ class Enrollment:
             self.pending += 1
             if mine is not None:
                 mine.add(fp)
+        before = self.store.stamp()
         self.store.save_pending(fp, pem, ticket)
-        self._store_stamp = self.store.stamp()     # our own write: no rescan needed
+        self._own_write(before)
         self._waiting[fp] = conn
         forwarded = False
         if not self.is_signer():
@@ -639,12 +658,13 @@ class Enrollment:
             self._refuse_update(conn, f"certificate for CN '{cn}' does not certify the key "
                                 f"of request {fp[:16]}", "key_mismatch")
             return
+        before = self.store.stamp()
         self.store.set_response(fp, text)
+        self._own_write(before)
         if not stored.signed:
             self.pending = max(0, self.pending - 1)
         for fingerprints in self._agent_pending.values():
             fingerprints.discard(fp)
-        self._store_stamp = self.store.stamp()
         host.log_peer(conn, logging.INFO, "stored the signed certificate for CN '%s'", cn)
         self._deliver(fp, text, ca_text if isinstance(ca_text, str) else self._ca_pem())
 
@@ -705,6 +725,12 @@ class Enrollment:
         self.host.log_peer(conn, logging.INFO, "delivered the signed certificate for "
                            "request %s", fp[:16])
         return True
+
+    def _own_write(self, before: int) -> None:
+        """Our own write to the request store needs no rescan, unless the store changed
+        before it (``router ca sign``): taking the stamp then hid that (review)."""
+        if before == self._store_stamp:
+            self._store_stamp = self.store.stamp()
 
     def refresh(self, force: bool = False) -> None:
         """Re-read the request directory when it changed (``router ca sign`` / ``remove``):

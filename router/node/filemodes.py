@@ -101,8 +101,9 @@ def ensure_private_dirs(data_dir: str | os.PathLike[str]) -> None:
             make_private_dir(sub)
 
 
-def check_key_modes(*keys: str | os.PathLike[str]) -> None:
-    """Refuse to start when one of ``keys`` (that exists) is open to group or others."""
+def check_key_modes(*keys: str | os.PathLike[str], refusing: str = "to start") -> None:
+    """Refuse to start (or, ``refusing="the reload"``, to reload) when one of ``keys``
+    (that exists) is open to group or others."""
     for key in keys:
         path = Path(key)
         try:
@@ -112,4 +113,4 @@ def check_key_modes(*keys: str | os.PathLike[str]) -> None:
         if mode & 0o077:
             raise TLSSetupError(
                 f"private key {path} has mode {mode:04o}: group or others may read it. "
-                f"Refusing to start; fix it with: chmod 600 {path}")
+                f"Refusing {refusing}; fix it with: chmod 600 {path}")

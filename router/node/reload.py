@@ -48,6 +48,7 @@ from router import pki
 from router.config import RouterConfig, advisories
 from router.config.diff import ConfigDiff, diff_configs
 from router.errors import ConfigError, RouterError
+from router.node.filemodes import check_key_modes
 from router.ops.logs import set_log_level
 from router.ops.exposition import metrics_route
 from router.ops.http import Response, Route, WithHeaders, json_response
@@ -256,6 +257,9 @@ def prepare(old: RouterConfig, old_fingerprint: str, new: RouterConfig) -> Prepa
     contexts = None
     crl = None
     if diff.tls:
+        # A start refuses a key others may read; so does a reload, the documented way to
+        # put a new key into service (CA rollover, step 4; review).
+        check_key_modes(new.tls.key, refusing="the reload")
         # The library is a restart-only key: new contexts use the running one.
         contexts = tlslib.contexts(old.tls.library, new.tls.ca, new.tls.cert, new.tls.key,
                                    new.tls.crl_file)
@@ -288,7 +292,8 @@ def close_revoked(node: Node, crl: x509.CertificateRevocationList) -> list[str]:
     closed = []
     for conn in list(node.all_connections):
         der = conn.peer_certificate_der()
-        if der is None:
+        if der is None:     # still handshaking, with the context of its accept
+            node.sessions.crl_pending[conn] = crl
             continue
         try:
             cert = x509.load_der_x509_certificate(der)
@@ -505,7 +510,17 @@ class Reloader:
         switch = sys.getswitchinterval()
         sys.setswitchinterval(min(switch, LOADING_SWITCH_INTERVAL))
         try:
-            prepared = await asyncio.to_thread(load_and_prepare)
+            for _ in range(3):
+                contexts = node.server_context
+                prepared = await asyncio.to_thread(load_and_prepare)
+                if node.server_context is contexts:
+                    break
+                # Our certificate was renewed (or the contexts rebuilt) while the files
+                # were read: these contexts may hold the old certificate, and installing
+                # them served it again while due() read the new file and never renewed
+                # again (review). Read the files once more.
+                log.info("reload (%s): the TLS contexts changed while loading; reading "
+                         "the configuration again", record.trigger)
         finally:
             sys.setswitchinterval(switch)
         if node.config is not old:

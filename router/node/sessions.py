@@ -27,6 +27,9 @@ import socket
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from cryptography import x509
+
+from router import pki
 from router.ops.metrics import LabeledCounter
 from router.protocol import jsonrpc
 from router.protocol.events import (Event, HelloReceived, NotJsonRpc, PeerTimedOut,
@@ -137,6 +140,10 @@ class Sessions:
         self._drain_waiters: dict[Connection, asyncio.Future[None]] = {}
         #: inbound sockets from this descriptor number up are refused (out of fds)
         self.fd_ceiling = fd_ceiling()
+        #: Connections that were handshaking when a reload brought a new CRL, and that
+        #: CRL: they finish with the context of their accept, which lacks it, so
+        #: ``handshake_done`` checks their peer's certificate against it (review).
+        self.crl_pending: dict[Connection, x509.CertificateRevocationList] = {}
 
     def max_message_size(self, endpoint: str | None) -> int:
         """Receive limit by trust (users.md P16): children are bounded tighter than parents."""
@@ -207,6 +214,8 @@ class Sessions:
         host.tls_failures.succeeded()
         identity = conn.peer_identity()
         conn.identity = identity
+        if self.crl_pending and self._revoked_since_accept(conn):
+            return False
         if conn.expected_endpoint is not None and identity != conn.expected_endpoint:
             # Icinga: "Unexpected certificate common name" -> drop.
             host.handshake_failures.inc(("unexpected_cn",))
@@ -423,8 +432,31 @@ class Sessions:
                           " %d kept in the replay log, %d dropped", len(leftovers), kept,
                           dropped)
 
+    def _revoked_since_accept(self, conn: Connection) -> bool:
+        """Close ``conn`` if a reload during its handshake brought a CRL revoking its
+        peer's certificate (``crl_pending``)."""
+        crl = self.crl_pending.pop(conn, None)
+        der = conn.peer_certificate_der() if crl is not None else None
+        if crl is None or der is None:
+            return False
+        try:
+            revoked = pki.is_revoked(crl, x509.load_der_x509_certificate(der))
+        except ValueError:
+            revoked = False
+        if not revoked:
+            return False
+        host = self.host
+        host.disconnects.inc(("revoked",))
+        host.ratelog.log((conn.address, "revoked"), logging.WARNING,
+                         "[%s] closing: the certificate of %r is revoked by the CRL a "
+                         "reload brought while it was handshaking", conn.address,
+                         conn.identity)
+        conn.abort("certificate revoked")
+        return True
+
     def connection_lost(self, conn: Connection, exc: Exception | None) -> None:
         host = self.host
+        self.crl_pending.pop(conn, None)
         host.all_connections.discard(conn)
         host.anonymous.discard(conn)
         endpoint = conn.endpoint

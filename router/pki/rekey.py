@@ -241,7 +241,10 @@ def finish_key_rotation(key_path: str | os.PathLike[str],
                         cert_path: str | os.PathLike[str]) -> bool:
     """Complete a key swap that :func:`install_key_pair` did not finish: when the key no
     longer matches the certificate but matches the staged one, install the staged one.
-    A staged certificate that is not needed is removed. True when it completed a swap."""
+    A staged certificate that is not needed is removed, unless it certifies the pending
+    key ``<key>.new`` of ``router pki request --new-key``, which keeps its self-signed
+    certificate under the same name until the request is signed (removed, the signed
+    request was never fetched: review). True when it completed a swap."""
     staged = staged_cert_path(cert_path)
     if not staged.exists():
         return False
@@ -249,6 +252,12 @@ def finish_key_rotation(key_path: str | os.PathLike[str],
         key = load_private_key(key_path)
         new = load_certificates(staged)[0]
     except Exception:  # noqa: BLE001 - TLSSetupError: the normal start-up checks report it
+        return False
+    pending = Path(f"{os.fspath(key_path)}.new")
+    try:
+        if pending.exists() and same_public_key(new, load_private_key(pending)):
+            return False
+    except Exception:  # noqa: BLE001 - TLSSetupError: a broken pending key, not ours to fix
         return False
     try:
         current_ok = same_public_key(load_certificates(cert_path)[0], key)
