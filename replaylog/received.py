@@ -40,20 +40,24 @@ from .errors import ReplayLogError
 
 log = logging.getLogger("router.replaylog")
 
-#: The table is tiny (one entry per endpoint): 5 000 agents take well under 1 MiB.
-MAP_SIZE = 64 << 20
+#: The positions are tiny (one entry per endpoint: 5 000 agents take well under 1 MiB);
+#: the recent stamps take 16 bytes each plus their names once per value, at most about
+#: twice ``keep_recent`` stamps (2 MB at 5 000 agents, 50 000 stamps), more with long
+#: names: the map is only an upper bound of the file (sparse), so it leaves them room.
+MAP_SIZE = 512 << 20
 #: Keys of the recent stamps: this prefix (no endpoint name starts with a NUL), then a
 #: big-endian save counter, so the cursor reads them oldest first.
 RECENT_PREFIX = b"\x00recent:"
 _COUNTER = struct.Struct(">Q")
-#: A value of recent stamps: their count, then groups of (hop and origin name lengths,
-#: stamps), the two names (UTF-8) and the stamps as native doubles (an LMDB file is
-#: native-endian anyway).
-_COUNT = struct.Struct("<I")
-_GROUP = struct.Struct("<HHI")
+#: A value of recent stamps: their count and the number of names, the names (a length
+#: and UTF-8 each), then per stamp the index of its origin's name and of its hop's
+#: (native unsigned ints) and the stamps (native doubles; an LMDB file is native-endian
+#: anyway), in the order they were processed.
+_HEADER = struct.Struct("<II")
+_NAME_LEN = struct.Struct("<H")
 
-#: Recent stamps as the receipts hand them over: hop -> (origin, ts), oldest first.
-RecentStamps = Mapping[str, Sequence[tuple[str, float]]]
+#: A recent stamp as the receipts hand it over: (origin, ts, hop); oldest first.
+RecentStamp = tuple[str, float, str]
 
 
 class ReceivedPositions:
@@ -104,11 +108,11 @@ class ReceivedPositions:
                                 self.path, e)
         return positions
 
-    def load_recent(self) -> list[tuple[str, str, list[float]]]:
-        """The recent stamps on disk as (hop, origin, stamps), oldest save first; a value
-        that does not decode is skipped and logged."""
+    def load_recent(self) -> list[RecentStamp]:
+        """The recent stamps on disk, oldest first; a value that does not decode is
+        skipped and logged."""
         env = self._require()
-        out: list[tuple[str, str, list[float]]] = []
+        out: list[RecentStamp] = []
         with env.begin() as txn:
             cursor = txn.cursor()
             if not cursor.set_range(RECENT_PREFIX):
@@ -123,8 +127,8 @@ class ReceivedPositions:
                                 self.path, e)
         return out
 
-    def save(self, positions: Mapping[str, float], recent: RecentStamps | None = None,
-             keep_recent: int = 0) -> int:
+    def save(self, positions: Mapping[str, float],
+             recent: Sequence[RecentStamp] | None = None, keep_recent: int = 0) -> int:
         """Raise the stored positions to ``positions`` in one synchronous transaction,
         with ``recent`` stamps beside them (the oldest values dropped while the newer ones
         hold at least ``keep_recent`` stamps).
@@ -134,46 +138,69 @@ class ReceivedPositions:
         """
         env = self._require()
         moved = 0
-        with self._lock, env.begin(write=True) as txn:
-            if recent:
-                self._put_recent(txn, recent, keep_recent)
-            for name, ts in positions.items():
-                if math.isnan(ts):
-                    continue
-                try:
-                    raw = K.encode_name(name)
-                except ValueError:
-                    continue
-                old = txn.get(raw)
-                if old is not None and K.POSITION.unpack(old)[0] >= ts:
-                    continue
-                txn.put(raw, K.POSITION.pack(ts))
-                moved += 1
+        with self._lock:
+            index = self._recent_index
+            if recent and index is None:
+                index = self._recent_index = self._read_recent_index(env)
+            with env.begin(write=True) as txn:
+                added = self._put_recent(txn, index, recent, keep_recent) \
+                    if recent and index is not None else None
+                for name, ts in positions.items():
+                    if math.isnan(ts):
+                        continue
+                    try:
+                        raw = K.encode_name(name)
+                    except ValueError:
+                        continue
+                    old = txn.get(raw)
+                    if old is not None and K.POSITION.unpack(old)[0] >= ts:
+                        continue
+                    txn.put(raw, K.POSITION.pack(ts))
+                    moved += 1
+            # Committed: only now does the index follow (a failed transaction left the
+            # values it meant to delete on disk, and they were never deleted: review).
+            if added is not None and index is not None:
+                key, count, dropped = added
+                index.append((key, count))
+                for _ in range(dropped):
+                    index.popleft()
         return moved
 
-    def _put_recent(self, txn: lmdb.Transaction, recent: RecentStamps, keep: int) -> None:
-        index = self._recent_index
-        if index is None:   # the first save: what is on disk (count from each header)
-            index = self._recent_index = deque()
+    @staticmethod
+    def _read_recent_index(env: lmdb.Environment) -> deque[tuple[bytes, int]]:
+        """(key, stamps) of the recent values on disk, oldest first."""
+        index: deque[tuple[bytes, int]] = deque()
+        with env.begin() as txn:
             cursor = txn.cursor()
             if cursor.set_range(RECENT_PREFIX):
                 for key, value in cursor:
                     if not bytes(key).startswith(RECENT_PREFIX):
                         break
-                    count = _COUNT.unpack_from(value)[0] if len(value) >= 4 else 0
+                    count = _HEADER.unpack_from(value)[0] if len(value) >= _HEADER.size else 0
                     index.append((bytes(key), count))
+        return index
+
+    @staticmethod
+    def _put_recent(txn: lmdb.Transaction, index: deque[tuple[bytes, int]],
+                    recent: Sequence[RecentStamp], keep: int
+                    ) -> tuple[bytes, int, int] | None:
+        """Write ``recent`` as a new value and delete the oldest values the newer ones
+        make unneeded; (its key, its stamps, how many values were deleted), or None."""
         value, count = _encode_recent(recent, keep)
         if not count:
-            return
+            return None
         number = _COUNTER.unpack(index[-1][0][len(RECENT_PREFIX):])[0] + 1 if index else 0
         key = RECENT_PREFIX + _COUNTER.pack(number)
         txn.put(key, value)
-        index.append((key, count))
-        total = sum(n for _, n in index)
-        while len(index) > 1 and total - index[0][1] >= keep:
-            old, n = index.popleft()
+        total = count + sum(n for _, n in index)
+        dropped = 0
+        for old, n in index:
+            if total - n < keep:
+                break
             txn.delete(old)
             total -= n
+            dropped += 1
+        return key, count, dropped
 
     def close(self) -> None:
         with self._lock:
@@ -194,57 +221,55 @@ class ReceivedPositions:
         self.close()
 
 
-def _encode_recent(recent: RecentStamps, keep: int) -> tuple[bytes, int]:
-    """One value of ``recent`` stamps and their count; past ``keep`` stamps (a save that
-    carries several checkpoints after a long wait), the first groups lose their oldest."""
-    total = sum(len(stamps) for stamps in recent.values())
-    skip = max(0, total - keep) if keep else 0
-    parts: list[bytes] = []
-    count = 0
-    for hop, pairs in recent.items():
-        try:
-            hop_raw = K.encode_name(hop)
-        except (ValueError, UnicodeError):
-            continue
-        if skip:
-            dropped = min(skip, len(pairs))
-            skip -= dropped
-            pairs = pairs[dropped:]
-        origins: dict[str, list[float]] = {}
-        for origin, ts in pairs:        # grouped here, in the writer's thread
-            stamps = origins.get(origin)
-            if stamps is None:
-                origins[origin] = [ts]
-            else:
-                stamps.append(ts)
-        for origin, stamps in origins.items():
-            try:
-                origin_raw = K.encode_name(origin)
-            except (ValueError, UnicodeError):
-                continue
-            parts.append(_GROUP.pack(len(hop_raw), len(origin_raw), len(stamps)))
-            parts.append(hop_raw + origin_raw + array("d", stamps).tobytes())
-            count += len(stamps)
-    return _COUNT.pack(count) + b"".join(parts), count
+def _encode_recent(recent: Sequence[RecentStamp], keep: int) -> tuple[bytes, int]:
+    """One value of the last ``keep`` (if set) of ``recent`` and their count; stamps with
+    a name that cannot be stored are left out."""
+    if keep and len(recent) > keep:
+        recent = recent[len(recent) - keep:]
+    names: dict[str, int] = {}
+    raw_names: list[bytes] = []
+    origins, hops, stamps = array("I"), array("I"), array("d")
+    for origin, ts, hop in recent:
+        ids = []
+        for name in (origin, hop):
+            number = names.get(name)
+            if number is None:
+                try:
+                    raw = K.encode_name(name)
+                except (ValueError, UnicodeError):
+                    break
+                number = names[name] = len(raw_names)
+                raw_names.append(_NAME_LEN.pack(len(raw)) + raw)
+            ids.append(number)
+        else:
+            origins.append(ids[0])
+            hops.append(ids[1])
+            stamps.append(ts)
+    count = len(stamps)
+    return (_HEADER.pack(count, len(raw_names)) + b"".join(raw_names) + origins.tobytes()
+            + hops.tobytes() + stamps.tobytes()), count
 
 
-def _decode_recent(value: bytes) -> list[tuple[str, str, list[float]]]:
-    out = []
-    offset = _COUNT.size
-    while offset < len(value):
-        hop_len, origin_len, n = _GROUP.unpack_from(value, offset)
-        offset += _GROUP.size
-        hop = value[offset:offset + hop_len].decode("utf-8")
-        offset += hop_len
-        origin = value[offset:offset + origin_len].decode("utf-8")
-        offset += origin_len
-        stamps = array("d")
-        stamps.frombytes(value[offset:offset + 8 * n])    # ValueError when cut short
-        if len(stamps) != n:
-            raise ValueError(f"{len(stamps)} stamps where the header says {n}")
-        offset += 8 * n
-        out.append((hop, origin, stamps.tolist()))
-    return out
+def _decode_recent(value: bytes) -> list[RecentStamp]:
+    """The stamps of one value; ValueError (or struct.error) when it does not decode."""
+    count, name_count = _HEADER.unpack_from(value)
+    offset = _HEADER.size
+    names = []
+    for _ in range(name_count):
+        (length,) = _NAME_LEN.unpack_from(value, offset)
+        offset += _NAME_LEN.size
+        names.append(value[offset:offset + length].decode("utf-8"))
+        offset += length
+    origins, hops, stamps = array("I"), array("I"), array("d")
+    for part in (origins, hops, stamps):
+        size = part.itemsize * count
+        part.frombytes(value[offset:offset + size])
+        offset += size
+    if len(stamps) != count or offset != len(value):
+        raise ValueError(f"{len(value)} bytes do not hold the {count} stamps the header says")
+    if count and max(max(origins), max(hops)) >= len(names):
+        raise ValueError("a stamp names an index past the names")
+    return [(names[o], ts, names[h]) for o, ts, h in zip(origins, stamps, hops)]
 
 
-__all__ = ["MAP_SIZE", "RECENT_PREFIX", "ReceivedPositions", "RecentStamps"]
+__all__ = ["MAP_SIZE", "RECENT_PREFIX", "ReceivedPositions", "RecentStamp"]

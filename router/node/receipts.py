@@ -100,6 +100,9 @@ OWN_STAMP_MARGIN = 1.0
 #: with a NUL): a position we confirm to a peer is on disk before the peer can hear it.
 HOP_KEY_PREFIX = "\x00hop:"
 
+#: An origin stamp as checkpoints save it: (origin, its ``ts``, the peer that brought it).
+Stamp = tuple[str, float, str]
+
 
 class FeatureBarrier(Protocol):
     """A feature that commits what it is handed later, off the loop (the writers' feed):
@@ -136,8 +139,9 @@ class _Checkpoint:
     number: int
     origins: dict[str, float]
     hops: dict[str, float]
-    #: The origin stamps remembered since the checkpoint before: hop -> (origin, ts).
-    recent: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    #: The origin stamps remembered since the checkpoint before: (origin, ts, hop), in
+    #: the order they were processed.
+    recent: list[Stamp] = field(default_factory=list)
     #: connection -> the stamp it must confirm (its unconfirmed frames at the checkpoint)
     waiting: dict[Connection, float] = field(default_factory=dict)
     #: The feature that must commit what it was handed before the checkpoint, and its mark.
@@ -165,9 +169,9 @@ class Receipts:
         #: (origin, ts) of the last RECENT relayed messages processed.
         self._recent: set[tuple[str, float]] = set()
         self._recent_order: deque[tuple[str, float]] = deque()
-        #: The stamps remembered since the last checkpoint, hop -> (origin, ts): a
+        #: The stamps remembered since the last checkpoint, (origin, ts, hop) in order: a
         #: checkpoint saves them (a part, its peer's), so that rule 1 survives a restart.
-        self.moved_recent: dict[str, list[tuple[str, float]]] = {}
+        self.moved_recent: list[Stamp] = []
         #: peer endpoint -> the position we may confirm to it (safe, see rule 2).
         self.confirmable: dict[str, float] = {}
         self.writer: ReplayWriter | None = None
@@ -236,23 +240,21 @@ class Receipts:
                 self.confirmable[name] = ts
         return len(restored)
 
-    def _restore_recent(self, saved: list[tuple[str, str, list[float]]]) -> None:
-        """Rule 1's state from the recent stamps on disk (oldest first): the set, and for
-        each origin whose newest processed stamp is among them, the peer that brought it.
-        Such an origin needs no floor: an older message by another peer is processed
-        unless its stamp is in the set, as before the restart (a floor dropped it: lost
-        here when the partner, cut off from us, had it alone)."""
+    def _restore_recent(self, saved: list[Stamp]) -> None:
+        """Rule 1's state from the recent stamps on disk (oldest first; the last RECENT
+        count): the set, and for each origin whose newest processed stamp is among them,
+        the peer that brought it. Such an origin needs no floor: an older message by
+        another peer is processed unless its stamp is in the set, as before the restart
+        (a floor dropped it: lost here when the partner, cut off from us, had it alone)."""
         seen, seen_hop = self.seen, self.seen_hop
         recent, order = self._recent, self._recent_order
-        for hop, name, stamps in saved:
-            for ts in stamps:
-                key = (name, ts)
-                if key not in recent:
-                    recent.add(key)
-                    order.append(key)
-            newest = max(stamps)
-            if newest >= seen.get(name, 0.0):
-                seen[name] = newest
+        for name, ts, hop in saved[-RECENT:]:
+            key = (name, ts)
+            if key not in recent:
+                recent.add(key)
+                order.append(key)
+            if ts >= seen.get(name, 0.0):
+                seen[name] = ts
                 seen_hop[name] = hop
         while len(order) > RECENT:
             recent.discard(order.popleft())
@@ -324,11 +326,7 @@ class Receipts:
         if len(order) > RECENT:
             recent.discard(order.popleft())
         if self.writer is not None:
-            stamps = self.moved_recent.get(hop)
-            if stamps is None:
-                self.moved_recent[hop] = [key]
-            else:
-                stamps.append(key)
+            self.moved_recent.append((name, ts, hop))
 
     def _trusts(self, hop: str, name: str) -> bool:
         topology = self.host.topology
@@ -383,7 +381,9 @@ class Receipts:
                 elif position > confirmable.get(name, 0.0):
                     hops[name] = position
             self.moved_hops = later
-            recent, self.moved_recent = self.moved_recent, {}
+            recent, self.moved_recent = self.moved_recent, []
+            if len(recent) > RECENT:
+                del recent[:len(recent) - RECENT]
             if origins or hops or recent:
                 point = _Checkpoint(self.checkpoints + 1, origins, hops, recent,
                                     taken_at=host.loop.time())
@@ -407,12 +407,13 @@ class Receipts:
                 self.checkpoints += 1
                 if len(self._pending) > MAX_PENDING:
                     self._merge_oldest()
+                self._bound_recent()
         self._save_ready()
         if self.writer is not None and not self._saving \
                 and host.last_stamp > self._stamp_saved:
             # Our own stamp moved and no save carries it (an agent's results, a relay
             # whose checkpoints wait seconds for the next hop): save it alone.
-            self._save(None, {}, {}, {})
+            self._save(None, {}, {}, [])
 
     def connection_closed(self, conn: Connection) -> None:
         """Forget ``conn`` in the pending checkpoints: its unconfirmed frames went to the
@@ -437,11 +438,21 @@ class Receipts:
         for conn, ts in first.waiting.items():
             if ts > second.waiting.get(conn, 0.0):
                 second.waiting[conn] = ts
-        second.recent = _join_recent(first.recent, second.recent)
+        second.recent = first.recent + second.recent
         if second.barrier is None:      # (marks only grow: the second's covers the first's)
             second.barrier, second.mark = first.barrier, first.mark
         second.taken_at = min(first.taken_at, second.taken_at)
         del self._pending[0]
+
+    def _bound_recent(self) -> None:
+        """Only the newest RECENT stamps count (the in-memory set holds no more): the
+        pending checkpoints drop older ones, so a peer that never confirms, or saves that
+        keep failing, cannot make them grow (review)."""
+        room = RECENT
+        for point in reversed(self._pending):
+            if len(point.recent) > room:
+                point.recent = point.recent[len(point.recent) - room:] if room else []
+            room -= len(point.recent)
 
     def unsaved_seconds(self, now: float) -> float:
         """How long the oldest checkpoint not on disk yet has waited (0: none waits), a
@@ -524,16 +535,16 @@ class Receipts:
         taken, self._pending = self._pending[:ready + 1], self._pending[ready + 1:]
         origins: dict[str, float] = {}
         hops: dict[str, float] = {}
-        recent: dict[str, list[tuple[str, float]]] = {}
+        recent: list[Stamp] = []
         number = taken[-1].number
         for point in taken:
             origins.update(point.origins)
             hops.update(point.hops)
-            recent = _join_recent(recent, point.recent)
+            recent += point.recent
         self._save(number, origins, hops, recent)
 
     def _save(self, number: int | None, origins: dict[str, float],
-              hops: dict[str, float], recent: dict[str, list[tuple[str, float]]]) -> None:
+              hops: dict[str, float], recent: list[Stamp]) -> None:
         """Commit ``origins`` through the replay log's writer; then ``hops`` may be
         confirmed (``_saved_done``). ``number``: the checkpoint saved whole, if one."""
         store, writer = self.store, self.writer
@@ -575,26 +586,24 @@ class Receipts:
         ``endpoint`` and be unconfirmed there still (found by review). They wait for the
         whole checkpoint."""
         hops: dict[str, float] = {}
-        recent: dict[str, list[tuple[str, float]]] = {}
         for point in self._pending[:index + 1]:
             ts = point.hops.pop(endpoint, None)
             if ts is not None and ts > hops.get(endpoint, 0.0):
                 hops[endpoint] = ts
-            stamps = point.recent.pop(endpoint, None)
-            if stamps is not None:
-                recent = _join_recent(recent, {endpoint: stamps})
         if hops:
-            # Through the writer: after what came before. With the stamps of the messages
-            # the position covers: after a kill -9 before the peer heard the position, the
-            # peer sends them to our HA partner, which relays them to us (review).
-            self._save(None, {}, hops, recent)
-        elif recent:    # nothing to confirm: they wait for the whole checkpoint
-            point = self._pending[index]
-            point.recent = _join_recent(recent, point.recent)
+            # With the stamps of the messages the position covers: after a kill -9 before
+            # the peer heard the position, the peer sends them to our HA partner, which
+            # relays them to us (review).
+            recent: list[Stamp] = []
+            for point in self._pending[:index + 1]:
+                if point.recent:
+                    recent += [stamp for stamp in point.recent if stamp[2] == endpoint]
+                    point.recent = [stamp for stamp in point.recent if stamp[2] != endpoint]
+            self._save(None, {}, hops, recent)  # through the writer: after what came before
 
     def _saved_done(self, future: concurrent.futures.Future[Any], number: int | None,
                     origins: dict[str, float], hops: dict[str, float],
-                    recent: dict[str, list[tuple[str, float]]]) -> None:
+                    recent: list[Stamp]) -> None:
         self._saving = False
         error = future.exception()
         if error is not None:
@@ -604,7 +613,7 @@ class Receipts:
                 for name, ts in taken.items():
                     if ts > moved.get(name, 0.0):
                         moved[name] = ts
-            self.moved_recent = _join_recent(recent, self.moved_recent)
+            self.moved_recent = (recent + self.moved_recent)[-RECENT:]
             self.host.ratelog.log(("receipts", "save"), logging.ERROR,
                                   "receive positions not saved (peers will replay what "
                                   "this node processed since): %s", error)
@@ -648,20 +657,6 @@ class Receipts:
         return {"origins": len(self.seen), "pending_checkpoints": len(self._pending),
                 "checkpoints": self.checkpoints, "saves": self.saves,
                 "save_failures": self.save_failures}
-
-
-def _join_recent(older: dict[str, list[tuple[str, float]]],
-                 newer: dict[str, list[tuple[str, float]]]) -> dict[str, list[tuple[str, float]]]:
-    """Recent stamps of two checkpoints in one (hop -> (origin, ts), older first)."""
-    if not older:
-        return newer
-    if not newer:
-        return older
-    joined = dict(older)
-    for hop, stamps in newer.items():
-        before = joined.get(hop)
-        joined[hop] = before + stamps if before is not None else stamps
-    return joined
 
 
 __all__ = ["CHECKPOINT_INTERVAL", "ORIGIN_KEY", "Receipts", "ReceiptsHost"]
