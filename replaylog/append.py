@@ -32,6 +32,8 @@ log = logging.getLogger("router.replaylog")
 FULL_DISK_SLACK = 16 << 20
 #: A full disk is logged at most once per this many seconds (every one is counted).
 DISK_FULL_LOG_INTERVAL = 60.0
+#: Free bytes on the disk, at least, before the cap a full disk lowered is lifted.
+DISK_ROOM_MIN = 1 << 20
 
 
 def is_disk_full(path: Path, error: lmdb.Error) -> bool:
@@ -138,7 +140,9 @@ class AppendOps(RetentionOps):
                     # file: evict a quarter of the log, then try once more.
                     disk_retry = False
                     target = self._total_bytes * 3 // 4
-                    self._soft_cap = target
+                    self._disk_cap = target
+                    # Lifted once the disk holds twice what this eviction frees again.
+                    self._disk_room = max(DISK_ROOM_MIN, 2 * (self._total_bytes - target))
                     if self._evict_on_full_disk(target, e):
                         continue
                 raise ReplayLogDiskFull(f"replay log {self.path}: disk full, "

@@ -37,6 +37,7 @@ import lmdb
 
 from . import keys as K
 from .errors import ReplayLogError
+from .lmdbfile import CORRUPTION, aside_name, describe, problem_after_open, problem_before_open
 
 log = logging.getLogger("router.replaylog")
 
@@ -79,18 +80,31 @@ class ReceivedPositions:
                 self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as e:
                 raise ReplayLogError(f"receive positions {self.path}: {e.strerror}") from e
+        data = self.path / "data.mdb"
+        damaged = (f"receive positions {data} are corrupt or truncated ({{}}); move the "
+                   f"directory aside (mv {self.path} {aside_name(self.path)}) and start "
+                   f"again: peers then replay what this node had not confirmed, and those "
+                   f"messages are processed once more")
         try:
+            # LMDB maps the file: one cut short killed the node with SIGBUS at every start,
+            # and an emptied one was started over without a word (review).
+            problem = problem_before_open(data)
+            if problem is not None:
+                raise ReplayLogError(damaged.format(problem))
             self._env: lmdb.Environment | None = lmdb.open(
                 str(self.path), map_size=MAP_SIZE, subdir=True, readonly=readonly,
                 sync=True, metasync=True, max_dbs=0, lock=not readonly)
-        except (lmdb.InvalidError, lmdb.CorruptedError, lmdb.VersionMismatchError) as e:
-            raise ReplayLogError(
-                f"receive positions {self.path / 'data.mdb'} are corrupt or truncated "
-                f"({e}); move the directory {self.path} aside and start again: peers then "
-                f"replay what this node had not confirmed, and those messages are "
-                f"processed once more") from e
+            problem = problem_after_open(self._env, data)
+            if problem is not None:
+                self._env.close()
+                raise ReplayLogError(damaged.format(problem))
+        except CORRUPTION as e:
+            raise ReplayLogError(damaged.format(describe(e))) from e
         except lmdb.Error as e:
             raise ReplayLogError(f"cannot open receive positions {self.path}: {e}") from e
+        except OSError as e:
+            raise ReplayLogError(f"cannot open receive positions {self.path}: "
+                                 f"{e.strerror}") from e
 
     def load(self) -> dict[str, float]:
         """Every stored position; an entry that does not decode is skipped and logged."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -168,6 +169,8 @@ class StateBase(EnvBase):
     _newest_ts: float
     _pending_map_size: int              # the map a previous run grew to (set by _load)
     _soft_cap: int | None               # lowered cap after a full map at its maximum
+    _disk_cap: int | None               # lowered cap after a full disk, while it is full
+    _disk_room: int                     # free bytes on the disk that lift _disk_cap
     _evicted_total: int                 # evicted by this process (the file keeps totals)
     _warned_evicted: set[str]
 
@@ -286,6 +289,11 @@ class StateBase(EnvBase):
     def total_records(self) -> int:
         return self._total_records
 
+    def zones_with_records(self) -> list[str]:
+        """The zones that have committed records (the in-memory mirror, as
+        ``zone_records``)."""
+        return [state.name for state in list(self._zones.values()) if state.records]
+
     def zone_records(self, zone: str) -> int:
         """Committed records of ``zone`` (0 for a zone never written).
 
@@ -300,7 +308,24 @@ class StateBase(EnvBase):
         cap = self.max_bytes
         if self._soft_cap is not None and self._soft_cap < cap:
             cap = self._soft_cap
+        if self._disk_cap is not None:
+            if self._disk_has_room():
+                self._disk_cap = None
+                log.info("replay log %s: the disk has room again; the byte cap is %d",
+                         self.path, cap)
+            elif self._disk_cap < cap:
+                cap = self._disk_cap
         return cap
+
+    def _disk_has_room(self) -> bool:
+        """Lifts the cap a full disk set (a quarter of the log evicted then): kept for
+        good, one moment of a full disk left a log of a few KiB for the rest of the
+        process, whatever was freed later (review)."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize >= self._disk_room
 
     def _note_evicted(self, zone: str, count: int) -> None:
         self._evicted_total += count

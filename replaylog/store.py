@@ -137,6 +137,8 @@ class ReplayStore(AppendOps, PositionOps, ReadOps):
         self._newest_ts = 0.0
         # Process-local counters (stats()).
         self._soft_cap = None   # lowered cap after a full map at its maximum
+        self._disk_cap = None   # lowered cap after a full disk, while it is full
+        self._disk_room = 0
         self._emergency_used = False
         self.map_full = 0            # MapFullError seen on a write
         self.map_grown = 0           # ... resolved by growing the map

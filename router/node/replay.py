@@ -81,6 +81,11 @@ class ReplayHost(NodeContext, Protocol):
         """Resolved when ``conn``'s send queue is below low water again (or it closed)."""
 
 
+#: The endpoint a zone that left the configuration is pruned for: no position, the
+#: default log_duration (no endpoint name starts with a NUL).
+STALE_ZONE = "\x00stale-zone"
+
+
 class ReplayManager:
     """Persists logged messages for unreachable zones and replays them on reconnect."""
 
@@ -197,6 +202,13 @@ class ReplayManager:
                           "in the zone, %d pending)", endpoint, zone, position,
                           store.zone_records(zone), self.writer.pending)
             after_seq = 0
+            if self.writer.pending:
+                # zone_disordered sees committed records only: frames of two dropped
+                # connections still on their way to the file were replayed in seq order,
+                # newest first, and the receiver dropped the older ones (review).
+                await loop.run_in_executor(None, self.writer.flush, 5.0)
+                if not self._current(conn):
+                    return
             if store.zone_disordered(zone):
                 sorted_part = await self._replay_in_ts_order(conn, zone, position)
                 if sorted_part is None:
@@ -300,8 +312,16 @@ class ReplayManager:
         if now < self._next_prune:
             return
         self._next_prune = now + PRUNE_INTERVAL
-        self.writer.prune(time.time(), self.zones,
-                          dict(self.node.config.endpoint_log_duration))
+        # Zones that keep no log any more were never pruned: their records stayed for
+        # good, counted against the cap (review). One whose endpoints all have
+        # log_duration 0 keeps nothing, as Icinga; one that left the configuration keeps
+        # its records for the default log_duration (a reload with a typo loses nothing).
+        zones: dict[str, tuple[str, ...]] = dict(self.zones)
+        topology = self.node.topology
+        for zone in self.store.zones_with_records():
+            if zone not in zones:
+                zones[zone] = () if topology.zone(zone) is not None else (STALE_ZONE,)
+        self.writer.prune(time.time(), zones, dict(self.node.config.endpoint_log_duration))
 
     def stats(self) -> dict[str, Any]:
         return {"persisted": self.persisted, "replayed": dict(self.replayed),
