@@ -43,8 +43,12 @@ def config_import_zones(path: str, node_name: str | None, data_dir: str | None) 
     """
     from router.config import zonesconf
 
-    text = Path(path).read_text(encoding="utf-8")
     with operator_errors():
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise click.ClickException(f"{path}: not UTF-8 text ({exc.reason} at byte "
+                                       f"{exc.start})") from None
         out = zonesconf.zones_conf_to_toml(text, path, node_name=node_name, data_dir=data_dir)
     click.echo(out, nl=False)
 

@@ -33,7 +33,8 @@ def pki_new_ca(directory: str) -> None:
 
     if (Path(directory) / "ca.key").exists():
         raise click.ClickException(f"{directory}/ca.key exists; not overwriting a CA")
-    cert, key = pki.create_ca(directory)
+    with operator_errors():
+        cert, key = pki.create_ca(directory)
     click.echo(f"{cert}\n{key}")
 
 
@@ -47,7 +48,9 @@ def pki_issue(node_name: str, ca_dir: str, out_dir: str) -> None:
     """Issue a certificate for NODE_NAME signed by the CA in --ca-dir."""
     from router import pki
 
-    cert, key = pki.issue_node_files(ca_dir, out_dir, node_name)
+    _check_cn(node_name)
+    with operator_errors():
+        cert, key = pki.issue_node_files(ca_dir, out_dir, node_name)
     click.echo(f"{cert}\n{key}")
 
 
@@ -62,6 +65,14 @@ def pki_ticket(cn: str, salt: str) -> None:
 
 
 # -- enrolling a node ---------------------------------------------------------------------
+
+def _check_cn(cn: str) -> None:
+    """A common name becomes a file name (``NAME.key``): one with a path separator, a
+    NUL or nothing in it would write elsewhere or fail deep inside (review)."""
+    if not cn or cn in (".", "..") or any(c in cn for c in "/\\\x00"):
+        raise click.BadParameter(f"{cn!r} cannot be a node's name (it names its files)",
+                                 param_hint="CN")
+
 
 def _certs_dir(data_dir: str) -> Path:
     return Path(data_dir) / "certs"
@@ -83,6 +94,7 @@ def pki_new_cert(cn: str, key_type: str, bits: int | None, data_dir: str | None,
     """Create a key (0600) and a self-signed certificate to enroll with."""
     from router import pki
 
+    _check_cn(cn)
     if data_dir is not None:
         certs = _certs_dir(data_dir)
         certs.mkdir(mode=pki.DIR_MODE, parents=True, exist_ok=True)

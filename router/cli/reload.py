@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
+from router.cli.common import checked_url
+
 if TYPE_CHECKING:  # pragma: no cover
     from router.config import RouterConfig
 
@@ -103,7 +105,8 @@ def format_record(record: dict[str, Any]) -> str:
 
 @click.command()
 @click.option("--url", default=os.environ.get("ROUTER_STATUS_URL", "http://127.0.0.1:9665"),
-              show_default=True, help="Base URL of the node's status listener.")
+              show_default=True, callback=checked_url,
+              help="Base URL of the node's status listener.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reload record as JSON.")
 @click.option("--token", envvar="ROUTER_ADMIN_TOKEN", default=None,
               help="The node's admin token ([status] admin_token; default: "

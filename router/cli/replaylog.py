@@ -65,7 +65,8 @@ def replaylog_stats(data_dir: str, as_json: bool) -> None:
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="The node's configuration, to find --peer's zone.")
 @click.option("--since", type=float, default=None, help="Only records with ts > SINCE.")
-@click.option("--limit", type=int, default=None, help="At most this many records.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="At most this many records.")
 def replaylog_dump(data_dir: str, zone: str | None, peer: str | None,
                    config_path: str | None, since: float | None, limit: int | None) -> None:
     """Print the logged messages waiting for a zone (or a peer) as JSON lines, oldest first.
@@ -89,13 +90,13 @@ def replaylog_dump(data_dir: str, zone: str | None, peer: str | None,
     try:
         shown = 0
         for record in store.iter_from(zone, since if since is not None else float("-inf")):
+            if limit is not None and shown >= limit:
+                break
             payload = record.frame[record.frame.index(b":") + 1:-1]
             click.echo(orjson.dumps({"seq": record.seq, "ts": record.ts,
                                      "object_zone": record.object_zone,
                                      "message": orjson.loads(payload)}).decode())
             shown += 1
-            if limit is not None and shown >= limit:
-                break
     finally:
         store.close()
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import click
 import orjson
 
-from router.cli.common import operator_errors
+from router.cli.common import checked_url, operator_errors
 
 __all__ = ["status"]
 
 
 @click.command()
 @click.option("--url", default="http://127.0.0.1:9665", show_default=True,
-              help="Base URL of the node's status listener.")
+              callback=checked_url, help="Base URL of the node's status listener.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw /v1/status document.")
 def status(url: str, as_json: bool) -> None:
     """Show zones, endpoints, connections and rates of a running node."""

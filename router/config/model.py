@@ -80,6 +80,10 @@ class FrozenMap(Mapping[str, V]):
         return (FrozenMap, (self._data,))
 
 
+#: Check commands a node answers from its own state (``router.ops.health``), as Icinga's
+#: ITL names them: a ``[[checks]]`` command needs no catalog entry for these.
+BUILTIN_CHECK_COMMANDS = ("cluster", "cluster-zone")
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     """Who this node is (``[node]``)."""

@@ -12,8 +12,10 @@ import dataclasses
 import math
 import os
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from router.config.model import (
+    BUILTIN_CHECK_COMMANDS,
     LOG_LEVELS,
     RESULTS_MODES,
     UNKNOWN_MODES,
@@ -28,11 +30,17 @@ from router.errors import TLSSetupError
 from router.pki import check_crl_file
 from router.routing import EndpointSpec, ZoneSpec
 
+if TYPE_CHECKING:  # pragma: no cover
+    from checkers.catalog import Catalog
+
 __all__ = ["advisories", "check_topology", "check_topology_at", "validate", "validate_at"]
 
 #: More endpoints than this in one zone is valid but warned about (as Icinga 2 does).
 MAX_ADVISED_ZONE_ENDPOINTS = 2
 
+
+#: The largest ``limits.agent_receive_buffer`` (``SO_RCVBUF`` takes a C int).
+MAX_RECEIVE_BUFFER = 1 << 30
 
 def advisories(cfg: RouterConfig) -> list[str]:
     """What is valid but unwise in ``cfg``, one sentence each: logged at start and on
@@ -172,6 +180,7 @@ def _check_checks(cfg: RouterConfig, where: Where) -> None:
     children = {z.name for z in cfg.zones if z.parent == local and not z.global_}
     names = [z.name for z in cfg.zones]
     seen: set[str] = set()
+    catalog: Catalog | None = None
     for i, check in enumerate(cfg.checks):
         prefix = f"checks[{i}]"
         if check.name in seen:
@@ -181,6 +190,16 @@ def _check_checks(cfg: RouterConfig, where: Where) -> None:
             raise where.error(f"zone '{check.zone}' is not defined{suggest(check.zone, names)}",
                               f"{prefix}.zone")
         ep = check.command_endpoint
+        if (ep is None or ep == cfg.node.name) and check.command not in BUILTIN_CHECK_COMMANDS:
+            # Run here: a misspelt command showed only at run time, as an UNKNOWN result
+            # every interval (review); Icinga refuses such a Service when it loads.
+            if catalog is None:
+                catalog = _catalog(cfg, where)
+            if check.command not in catalog:
+                raise where.error(f"unknown check command '{check.command}' (neither in "
+                                  f"checkers/catalog.toml nor in node.command_catalog)"
+                                  f"{suggest(check.command, catalog.names())}",
+                                  f"{prefix}.command")
         if ep is not None and ep != cfg.node.name:
             if ep not in zone_of:
                 raise where.error(f"endpoint '{ep}' is not in any zone"
@@ -189,6 +208,16 @@ def _check_checks(cfg: RouterConfig, where: Where) -> None:
                 raise where.error(f"command_endpoint '{ep}' must be in our zone or a direct "
                                   f"child zone (it is in '{zone_of[ep]}')",
                                   f"{prefix}.command_endpoint")
+
+
+def _catalog(cfg: RouterConfig, where: Where) -> Catalog:
+    from checkers.catalog import Catalog
+    from checkers.errors import CheckerError
+
+    try:
+        return Catalog.load_merged(cfg.node.command_catalog)
+    except CheckerError as e:
+        raise where.error(f"unusable command catalog: {e}", "node.command_catalog") from None
 
 
 #: EC curves ``[pki] ec_curves`` may name (those OpenSSL signs TLS certificates with).
@@ -301,6 +330,11 @@ def validate_at(cfg: RouterConfig, where: Where) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise where.error(f"must be an integer >= 0 (0: off), got {value!r}",
                                   f"limits.{f.name}")
+            if f.name == "agent_receive_buffer" and value > MAX_RECEIVE_BUFFER:
+                # SO_RCVBUF takes a C int: above it every agent's session start raised
+                # (review); the kernel caps it far lower anyway (net.core.rmem_max).
+                raise where.error(f"must be at most {MAX_RECEIVE_BUFFER} (1 GiB), got "
+                                  f"{value!r}", f"limits.{f.name}")
         elif f.name == "handshake_threads":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 256:
                 raise where.error(f"must be an integer from 0 to 256, got {value!r}",

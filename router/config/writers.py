@@ -186,10 +186,17 @@ def check_writers(writers: tuple[WriterSpec, ...], where: Where) -> None:
                 if not getattr(w, key).strip():
                     raise where.error("must not be empty", f"{prefix}.{key}")
         elif w.type == "influxdb":
-            parts = urlsplit(w.url)
+            try:
+                parts = urlsplit(w.url)
+                port = parts.port       # ValueError when not a number or out of range
+            except ValueError as e:
+                raise where.error(f"not a usable URL ({e}): {w.url!r}", f"{prefix}.url") \
+                    from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise where.error(f"expected an http:// or https:// URL, got {w.url!r}",
                                   f"{prefix}.url")
+            if port == 0:
+                raise where.error(f"port 0 in {w.url!r}", f"{prefix}.url")
             if not w.database.strip():
                 raise where.error("must not be empty", f"{prefix}.database")
             if (w.username is None) != (w.password is None):

@@ -144,7 +144,9 @@ def _tokenize(text: str, where: Where) -> list[_Tok]:
             pos = end + 3
             continue
         if kind == "str":
-            value, pos = _read_string(text, pos + 1, line, where)
+            value, end = _read_string(text, pos + 1, line, where)
+            line += text.count("\n", pos, end)        # backslash-newlines in it
+            pos = end
             toks.append(_Tok("str", value, start_line, "a string"))
             continue
         word = m.group()
@@ -172,27 +174,42 @@ def _tokenize(text: str, where: Where) -> list[_Tok]:
 
 
 def _read_string(text: str, pos: int, line: int, where: Where) -> tuple[str, int]:
-    out: list[str] = []
+    """A "..." string from ``pos`` (after the quote) as Icinga's lexer reads it: its text
+    is bytes, so an octal escape is a byte (``\\303\\251`` is "é" in UTF-8; above
+    ``\\377`` an error), and a backslash before a newline keeps the newline (review)."""
+    out = bytearray()
     n = len(text)
     while True:
         if pos >= n or text[pos] == "\n":
             raise _where_error(where, line, "unterminated string (missing '\"')")
         c = text[pos]
         if c == '"':
-            return "".join(out), pos + 1
+            try:
+                return out.decode("utf-8"), pos + 1
+            except UnicodeDecodeError:
+                raise _where_error(where, line, "the string's escapes are not UTF-8") \
+                    from None
         if c == "\\":
             nxt = text[pos + 1] if pos + 1 < n else ""
             octal = re.match(r"[0-7]{1,3}", text[pos + 1:pos + 4])
             if nxt in _ESCAPES:
-                out.append(_ESCAPES[nxt])
+                out += _ESCAPES[nxt].encode()
+                pos += 2
+            elif nxt == "\n":
+                out += b"\n"
+                line += 1
                 pos += 2
             elif octal:
-                out.append(chr(int(octal.group(), 8)))
+                value = int(octal.group(), 8)
+                if value > 0xFF:
+                    raise _where_error(where, line, f"octal escape '\\{octal.group()}' is "
+                                       "out of bounds (at most \\377)")
+                out.append(value)
                 pos += 1 + len(octal.group())
             else:
                 raise _where_error(where, line, f"invalid escape sequence '\\{nxt}' in string")
             continue
-        out.append(c)
+        out += c.encode("utf-8", "surrogatepass")
         pos += 1
 
 

@@ -312,7 +312,7 @@ class Sessions:
             return
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-        except OSError as exc:
+        except (OSError, OverflowError, TypeError) as exc:
             self.host.log_peer(conn, logging.WARNING, "cannot set its receive buffer to %d "
                                "bytes (limits.agent_receive_buffer): %s", size, exc)
 

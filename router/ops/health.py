@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.config.model import BUILTIN_CHECK_COMMANDS
+
 __all__ = ["OK", "WARNING", "CRITICAL", "UNKNOWN", "STATE_NAMES", "BUILTIN_COMMANDS",
            "CheckOutcome", "Perf", "builtin_command", "cluster", "cluster_zone",
            "format_duration", "icinga_number", "unreachable"]
@@ -206,7 +208,7 @@ def cluster(status: Mapping[str, Any]) -> CheckOutcome:
 
 
 #: Check commands a node can answer from its own state, as Icinga's ITL names them.
-BUILTIN_COMMANDS = ("cluster", "cluster-zone")
+BUILTIN_COMMANDS = BUILTIN_CHECK_COMMANDS
 
 
 def _seconds(value: Any) -> float | None:
