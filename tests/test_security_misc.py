@@ -228,3 +228,27 @@ def test_checkresults_limit_offset_and_caps_over_tls(tmp_path, pki, run):
             await master.stop()
 
     run(main())
+
+
+def test_expired_executions_are_forgotten_oldest_first_and_the_cap_holds(monkeypatch) -> None:
+    """``Executions.prune`` walks from the oldest and stops at the first one still due
+    (a scan of the whole table every second cost 3.3 ms at the cap); one whose deadline
+    is far out does not keep the others for ever: the cap drops the oldest tenth."""
+    from types import SimpleNamespace
+
+    from router.node import executions as ex
+
+    monkeypatch.setattr(ex, "MAX_PENDING_EXECUTIONS", 100)
+    executions = ex.Executions(SimpleNamespace(topology=None))  # type: ignore[arg-type]
+    now = time.time()
+    for i in range(10):
+        executions.pending[f"old{i}"] = ("m", now - 10 + i, None)
+    executions.pending["due"] = ("m", now + 60, None)
+    executions.pending["late-but-expired"] = ("m", now - 1, None)
+    executions.prune()
+    assert "due" in executions.pending          # (one behind it waits for it: fine)
+    assert not [key for key in executions.pending if key.startswith("old")]
+    executions.pending["far"] = ("m", now + 10 ** 9, None)      # an odd deadline
+    for i in range(200):
+        executions.remember("m", {"source": f"s{i}", "deadline": now - 1000.0 + i})
+    assert len(executions.pending) <= 100 and "far" not in executions.pending

@@ -159,11 +159,23 @@ class Executions:
                              f"requester {pending[0]} is not connected", msg)
 
     def prune(self, force: bool = False) -> None:
-        """Forget expired executions; ``force``: also the oldest tenth when still full."""
+        """Forget expired executions, oldest first up to the first one still due; ``force``:
+        also the oldest tenth when still full.
+
+        They are kept in the order they came and expire in about that order (a deadline
+        plus the same grace): a scan of all of them every second took 3.3 ms of the loop
+        at the 100 000 cap, 4 % of the satellite's samples after commands to 10 000
+        agents (issue 22 profile). One out of order is forgotten with the next ones, or
+        by the forced tenth."""
         now = time.time()
-        expired = [k for k, (_, exp, _) in self.pending.items() if exp < now]
+        pending = self.pending
+        expired = []
+        for key, (_, expires, _) in pending.items():
+            if expires >= now:
+                break
+            expired.append(key)
         for key in expired:
-            del self.pending[key]
+            del pending[key]
         if force and len(self.pending) >= MAX_PENDING_EXECUTIONS:
             for key in list(self.pending)[:MAX_PENDING_EXECUTIONS // 10]:
                 del self.pending[key]
