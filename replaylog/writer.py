@@ -118,6 +118,8 @@ class ReplayWriter:
         self._committed = 0       # tickets committed (or failed, see ``failed``)
         self._flush_target = 0
         self._pending_bytes = 0
+        #: zone -> its records accepted but not yet committed (``pending_in``).
+        self._pending_zones: dict[str, int] = {}
         self._dropped = 0
         self._failed = 0
         self._failed_unlogged = 0     # writer thread only: failures since the last line
@@ -173,6 +175,8 @@ class ReplayWriter:
             queue.append((zone, ts, frame, object_zone))
             self._submitted += 1
             self._pending_bytes += size
+            zones = self._pending_zones
+            zones[zone] = zones.get(zone, 0) + 1
             n = len(queue)
             if n == 1:
                 self._first_at = time.monotonic()
@@ -265,6 +269,12 @@ class ReplayWriter:
     def pending(self) -> int:
         """Records accepted but not yet committed."""
         return self._submitted - self._committed
+
+    def pending_in(self, zone: str) -> int:
+        """Records of ``zone`` accepted but not yet committed: a replay of one zone goes
+        live when its own are in the file (with the global count, steady logging for
+        another zone, an absent parent's, kept a reconnected agent replaying: review)."""
+        return self._pending_zones.get(zone, 0)
 
     @property
     def pending_bytes(self) -> int:
@@ -395,9 +405,19 @@ class ReplayWriter:
                 self._failed_unlogged = 0
                 self._next_failure_log = 0.0
         size = sum(len(r[2]) for r in batch)
+        counts: dict[str, int] = {}
+        for record in batch:
+            counts[record[0]] = counts.get(record[0], 0) + 1
         with self._lock:
             self._committed += len(batch)
             self._pending_bytes -= size
+            zones = self._pending_zones
+            for zone, n in counts.items():
+                left = zones.get(zone, 0) - n
+                if left > 0:
+                    zones[zone] = left
+                else:
+                    zones.pop(zone, None)
             if ok:
                 self._commits += 1
             else:

@@ -2,11 +2,13 @@
 fix: a truncated receive-positions file killed the node with SIGBUS (an emptied one was
 started over silently); one moment of a full disk lowered the log's cap for good; a
 disordered zone whose frames were still on their way to the file was replayed newest
-first (the older ones lost); a zone that keeps no log any more was never pruned."""
+first (the older ones lost); a zone that keeps no log any more was never pruned; a
+replay went live only when no zone had records on their way to the file."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import threading
@@ -243,3 +245,80 @@ def test_a_zone_that_left_the_configuration_keeps_its_records_for_the_default_du
                            ("gone", now - 10, b"2:{},", None)])
         store.prune(now, {"gone": (STALE_ZONE,)}, {})
         assert [r.ts for r in store.iter_from("gone", 0.0)] == [now - 10]
+
+
+# A replay never goes live while logged traffic for *another* zone keeps the writer busy.
+#
+# ``ReplayManager._replay`` goes live only when a read finds nothing new for the zone AND
+# ``writer.pending`` is 0 -- a global count over every zone. A satellite whose parent is
+# away logs every result for the parent zone; an agent that reconnects meanwhile (its own
+# zone's log holds a few commands) keeps polling the writer and never joins the connected
+# set: every message for it goes through the replay log for as long as the other traffic
+# flows, and ``router_replay_in_progress`` never clears.
+#
+# Severity note: the feeder here submits every loop turn (~86 000 records/s on the review
+# machine). At 500-20 000/s the replay went live within ~1-2 s in trials, so this is a
+# liveness problem of very high sustained logging rates only.
+
+
+def make_host(loop, done):
+    zones = {"agent": SimpleNamespace(endpoints=("agent1",)),
+             "master": SimpleNamespace(endpoints=("master1",)),
+             "sat": SimpleNamespace(endpoints=("sat1",))}
+    topology = SimpleNamespace(local_zone="sat", parent_zone="master", child_zones=("agent",),
+                               zone=zones.get,
+                               zone_of=lambda ep: {"agent1": "agent", "master1": "master"}.get(ep))
+    host = SimpleNamespace(
+        name="sat1", loop=loop, topology=topology,
+        config=SimpleNamespace(endpoint_log_duration={}),
+        receipts=SimpleNamespace(attach=lambda writer, received: 0),
+        connections={},
+        replay_done=lambda conn, count, seconds: done.set_result(count),
+        wait_drained=lambda conn: loop.create_future())
+    return host
+
+
+def test_replay_goes_live_while_another_zone_is_being_logged(tmp_path):
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        host = make_host(loop, done)
+        writer = ReplayWriter.open(tmp_path / "replaylog", sync=False)
+        manager = ReplayManager(host, writer)
+        try:
+            # Agent's backlog: 10 commands logged while it was away.
+            for i in range(10):
+                writer.submit("agent", 1000.0 + i, b"2:{},", None)
+            assert await writer.aflush()
+            stop = False
+
+            async def parent_traffic():
+                # Results for the absent parent zone, as a satellite logs them.
+                for n in itertools.count():
+                    if stop:
+                        return
+                    writer.submit("master", 2000.0 + n * 1e-3, b"2:{},", None)
+                    await asyncio.sleep(0)
+
+            feeder = asyncio.create_task(parent_traffic())
+            conn = SimpleNamespace(endpoint="agent1", state="open", queue=FakeQueue(),
+                                   schedule_flush=lambda: None)
+            host.connections["agent1"] = conn
+            manager.start(conn)
+            try:
+                count = await asyncio.wait_for(asyncio.shield(done), 15.0)
+            except asyncio.TimeoutError:
+                count = None
+            stop = True
+            await feeder
+            for t in list(manager._tasks):
+                t.cancel()
+            assert count == 10, (
+                f"agent1's replay of its 10 records never went live in 15 s "
+                f"(sent {len(conn.queue.frames)}, writer pending {writer.pending}): it "
+                "waits for writer.pending == 0 across all zones")
+        finally:
+            await loop.run_in_executor(None, writer.close, 10.0)
+            manager.received.close()
+
+    asyncio.run(main())

@@ -310,3 +310,13 @@ def test_flushed_records_survive_kill_9(path: Path, delay: float) -> None:
     assert stats["zones"]["agent-1"]["last_seq"] == len(records)
     logging.getLogger(__name__).info("kill -9 after %.2fs: %d flushed, %d on disk",
                                      delay, flushed, len(records))
+
+
+def test_pending_is_counted_per_zone_until_committed(tmp_path) -> None:
+    with ReplayWriter.open(tmp_path / "rl", batch_messages=10_000, batch_ms=60_000) as w:
+        for i in range(3):
+            assert w.submit("master", 10.0 + i, b"2:{},", None)
+        assert w.submit("agent", 20.0, b"2:{},", None)
+        assert (w.pending_in("master"), w.pending_in("agent"), w.pending_in("x")) == (3, 1, 0)
+        assert w.flush(10)
+        assert (w.pending_in("master"), w.pending_in("agent"), w.pending) == (0, 0, 0)

@@ -172,12 +172,12 @@ class ReplayManager:
         is live at once, without a replay task and two thread hops (5 000 agents
         reconnecting after a restart would pay those for nothing). The writer publishes a
         commit's counters before it counts the records as committed, so with nothing
-        pending ``zone_records`` is exact.
+        of the zone pending ``zone_records`` is exact.
         """
         zone = self.node.topology.zone_of(endpoint)
         if zone not in self.zones:
             return False
-        return bool(self.writer.pending) or self.store.zone_records(zone) > 0
+        return bool(self.writer.pending_in(zone)) or self.store.zone_records(zone) > 0
 
     # ------------------------------------------------------------------ replay
 
@@ -202,7 +202,7 @@ class ReplayManager:
                           "in the zone, %d pending)", endpoint, zone, position,
                           store.zone_records(zone), self.writer.pending)
             after_seq = 0
-            if self.writer.pending:
+            if self.writer.pending_in(zone):
                 # zone_disordered sees committed records only: frames of two dropped
                 # connections still on their way to the file were replayed in seq order,
                 # newest first, and the receiver dropped the older ones (review).
@@ -220,10 +220,11 @@ class ReplayManager:
                 if not self._current(conn):
                     return
                 if not batch:
-                    if self.writer.pending:
+                    if self.writer.pending_in(zone):
                         await loop.run_in_executor(None, self.writer.flush, 5.0)
                         continue
-                    # Nothing pending: one last read in this loop step, then go live.
+                    # Nothing of the zone pending (records of it are submitted from this
+                    # loop only): one last read in this loop step, then go live.
                     batch = store.read_batch(zone, position, after_seq=after_seq, limit=CHUNK)
                     if not batch:
                         node.replay_done(conn, count, time.monotonic() - started)
@@ -275,7 +276,7 @@ class ReplayManager:
         loop = node.loop
         store = self.store
         endpoint = conn.endpoint or ""
-        if self.writer.pending:
+        if self.writer.pending_in(zone):
             await loop.run_in_executor(None, self.writer.flush, 5.0)
         order = await loop.run_in_executor(None, store.ts_order, zone, position)
         if order:
