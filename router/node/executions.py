@@ -24,7 +24,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
+
 from router.node.context import NodeContext
+from router.node.receipts import ORIGIN_KEY
 from router.protocol import answers, jsonrpc, netstring
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -153,8 +156,13 @@ class Executions:
                              f"zone {sender_zone}", msg)
             return
         del self.pending[execution]
-        # Sent directly to the requester, like Icinga (no ts: SyncSendMessage).
-        if not self.host.send_to(pending[0], netstring.encode(msg.raw), EXECUTED_COMMAND):
+        # Sent directly to the requester, like Icinga (no ts: SyncSendMessage). Not the
+        # child's bytes: a ts in them reached the requester as ours, and one far in the
+        # future made it drop everything we sent after as stale (review).
+        answer = {key: value for key, value in msg.data.items()
+                  if key not in ("ts", ORIGIN_KEY)}
+        if not self.host.send_to(pending[0], netstring.encode(orjson.dumps(answer)),
+                                 EXECUTED_COMMAND):
             self.host.refuse(conn, EXECUTED_COMMAND, "unreachable",
                              f"requester {pending[0]} is not connected", msg)
 

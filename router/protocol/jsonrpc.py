@@ -190,6 +190,10 @@ def relay_payload(msg: Message, ts: float, origin_zone: str | None,
         data["originZone"] = origin_zone
     if origin is not None:
         data["routerOrigin"] = origin
+    else:
+        # Never passed on unvetted: a child's own routerOrigin on a message without ts
+        # (which gets no origin check) silenced another agent at the next hop (review).
+        data.pop("routerOrigin", None)
     if msg.method == CHECK_RESULT_METHOD:
         params = _with_performance_data(msg.params)
         if params is not None:
