@@ -180,6 +180,11 @@ class Sessions:
             host.disconnects.inc(("out_of_fds",))
             conn.abort("out of file descriptors")
             return
+        if conn.expected_endpoint is not None:
+            # Our own dial (the parent, a peer, a child we connect to): never refused by
+            # the cap the inbound connections fill, as the fd reserve is kept for it; a
+            # satellite full of its children's sessions refused its master (review).
+            return
         limit = host.config.limits.max_connections
         if len(host.all_connections) > limit and host.admission.oldest(exclude=conn):
             # Full, but an unauthenticated connection made room (issue 16 S3): the
@@ -194,6 +199,9 @@ class Sessions:
                              "refusing connection from %s: %d connections is the limit "
                              "(limits.max_connections)", conn.address, limit)
             host.disconnects.inc(("max_connections",))
+            # Out of admission's tables now, not at its connection_lost a turn later: the
+            # next newcomer "evicted" it (counted, no room made) and got in over the cap.
+            host.admission.release(conn)
             conn.abort("too many connections")
 
     def handshake_failed(self, conn: Connection, exc: BaseException) -> None:

@@ -46,6 +46,7 @@ the :class:`Admitted` protocol.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -83,8 +84,18 @@ def peer_text(data: bytes | str, limit: int = PEER_TEXT_LIMIT) -> str:
 
 
 def source_address(address: str) -> str:
-    """``host`` of a ``host:port`` peer address (IPv6 hosts keep their colons)."""
-    return address.rsplit(":", 1)[0]
+    """The source a ``host:port`` peer address counts against: its host, and for IPv6 its
+    /64 (one host owns a whole /64 and may use a new address for every connection: keyed
+    by the full address, the per-address cap and the round-robin of waiting handshakes
+    treated each as another source; review)."""
+    host = address.rsplit(":", 1)[0]
+    if ":" not in host:
+        return host
+    try:
+        prefix = int(ipaddress.IPv6Address(host.split("%", 1)[0])) >> 64 << 64
+    except ValueError:
+        return host
+    return f"{ipaddress.IPv6Address(prefix)}/64"
 
 
 class Admitted(Protocol):
@@ -376,6 +387,11 @@ class Admission:
             return True
         else:                           # a slot is free: the bucket (or those queued for
             self.rate_limited += 1      # it ahead of us) holds us back
+            self._arm_timer()
+        if self.rate and not self._timer_armed and len(self._handshaking) < self.max_handshakes:
+            # A stalled holder was closed for us but the bucket was empty: without the
+            # timer the free slot waited for some other handshake to end (review).
+            self.rate_limited += 1
             self._arm_timer()
         self._waiting.append(conn)
         self._arm_stall_check()
