@@ -32,6 +32,9 @@ log = logging.getLogger("router.checking")
 
 #: Icinga moves next_check to now + timeout + 30 s while a remote check is out.
 REMOTE_GRACE = 30.0
+#: Seconds after start during which a command_endpoint check whose endpoint is not
+#: connected produces no result (Icinga's 5-minute window: agents are reconnecting).
+REMOTE_STARTUP_GRACE = 300.0
 STATE_UNKNOWN = 3
 #: Upper bounds (seconds) of the scheduling-latency histogram.
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
@@ -139,7 +142,9 @@ class LocalChecks:
         raw_state = cr.get("state")
         state = raw_state if isinstance(raw_state, int) else STATE_UNKNOWN
         before, after = self.scheduler.record(spec.name, state, time.time())
-        cr = dict(cr, vars_before=before, vars_after=after,
+        # As Icinga's ProcessCheckResult fills it (it was always 0 here: review).
+        previous_hard = self.scheduler.states[spec.name].previous_hard
+        cr = dict(cr, vars_before=before, vars_after=after, previous_hard_state=previous_hard,
                   performance_data=cr.get("performance_data") or [])
         params: dict[str, Any] = {"cr": cr, "host": spec.host}
         if spec.service is not None:
@@ -172,6 +177,12 @@ class LocalChecks:
         endpoint = spec.command_endpoint or ""
         now = time.time()
         if endpoint not in node.connected_names:
+            if now - self.scheduler.started < REMOTE_STARTUP_GRACE:
+                # As Icinga: no UNKNOWN in the first 5 minutes after start, while the
+                # agents reconnect (after a master's restart every command_endpoint check
+                # went UNKNOWN, HARD at once with max_check_attempts 1: review).
+                self.scheduler.skip(spec.name, now)
+                return None
             return _unknown_cr(f"Remote Icinga instance '{endpoint}' is not connected to "
                                f"'{node.name}'", node.name, now)
         try:

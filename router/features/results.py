@@ -107,26 +107,30 @@ class ResultStore:
         if current is not None:
             old_start = current.cr.get("execution_start")
             new_start = cr.get("execution_start")
+            # Icinga lets a newer result replace a stored one from the future (an agent's
+            # clock was wrong): kept, it pinned the view until then (review).
             if isinstance(old_start, (int, float)) and isinstance(new_start, (int, float)) \
-                    and new_start < old_start:
+                    and new_start < old_start <= received_at:
                 return False
             del results[key]                          # to the young end
             del self._by_zone[current.zone][key]
             if not self._by_zone[current.zone]:
                 del self._by_zone[current.zone]
         else:
-            in_zone = self._by_zone.get(zone_label)
-            if in_zone is not None and len(in_zone) >= self.max_per_zone:
-                self._evict(next(iter(in_zone)))
-            if len(results) >= self.max_results:
-                self._evict(next(iter(results)))
             services = self._by_host.get(host)
             if services is None:
                 services = self._by_host[host] = set()
                 bisect.insort(self._hosts, host)
             services.add(service)
         results[key] = StoredResult(host, service, cr, received_from, received_at, zone_label)
-        self._by_zone.setdefault(zone_label, {})[key] = None
+        in_zone = self._by_zone.setdefault(zone_label, {})
+        in_zone[key] = None
+        # Down to the caps, oldest first: after a reload lowered them (one eviction per
+        # new entry never got there), or a stored host moved to a full zone (review).
+        while len(in_zone) > self.max_per_zone:
+            self._evict(next(iter(in_zone)))
+        while len(results) > self.max_results:
+            self._evict(next(iter(results)))
         self.updates += 1
         return True
 

@@ -19,10 +19,14 @@ and Icinga nodes agrees on who runs what. During the first 30 s after start, whi
 multi-endpoint zone has no other member connected, nobody is authoritative (Icinga's cold
 start rule: the peer may still be coming and already running the checks).
 
-Soft and hard states (Icinga's ``Checkable::ProcessCheckResult``, simplified to what a
-result carries): a problem starts at attempt 1 in a SOFT state and is retried every
-``retry_interval`` until ``max_check_attempts``, where it becomes HARD; an OK result makes
-the state HARD OK at attempt 1 at once.
+Soft and hard states (Icinga 2.13's ``Checkable::ProcessCheckResult``): an OK result
+makes the state HARD OK at attempt 1 at once; a problem after OK starts at attempt 1 in
+a SOFT state and is retried every ``retry_interval``, counting attempts, until the count
+reaches ``max_check_attempts``, where it becomes HARD and the count goes back to 1; a
+problem after a hard problem (WARNING to CRITICAL) stays HARD at attempt 1. For a host
+check, exit status 1 (WARNING) is UP, as Icinga's ``Host::CalculateState`` has it. The
+result carries ``previous_hard_state``: the hard state before the last hard change (99,
+pending, until there was one).
 """
 
 from __future__ import annotations
@@ -37,9 +41,20 @@ from router.config import CheckSpec as CheckSpec
 
 STATE_OK = 0
 SOFT, HARD = 0, 1
+#: Icinga's ``previous_hard_state`` before any hard state change (pending).
+STATE_PENDING = 99
 #: Icinga's cold start window for HA authority (seconds after start).
 COLD_START = 30.0
 _MASK = (1 << 64) - 1
+
+
+def _host_state(state: int) -> int:
+    """Icinga's ``Host::CalculateState``: OK and WARNING are UP (0), the rest DOWN (1)."""
+    return 0 if state in (0, 1) else 1
+
+
+def _is_ok(state: int, host: bool) -> bool:
+    return state == STATE_OK or host and state == 1
 
 
 def sdbm(name: str) -> int:
@@ -60,6 +75,9 @@ class CheckState:
     running: bool = False
     #: Whether this node ran the check last time (for hand-over logging).
     owned: bool | None = None
+    #: The hard state before the last hard state change, and the one after it.
+    previous_hard: int = STATE_PENDING
+    last_hard: int = STATE_PENDING
 
     def as_vars(self) -> dict[str, Any]:
         return {"attempt": self.attempt, "reachable": True, "state": self.state,
@@ -127,7 +145,12 @@ class Scheduler:
                 changes.append((name, owned))
             state.owned = owned
             if not owned:
-                self._schedule(name, now + spec.interval)
+                # During the cold start nobody owns it: look again when the window ends,
+                # not a whole interval later (an hour's check waited an hour: review).
+                later = now + spec.interval
+                if len(self.zone_endpoints) > 1 and now - self.started < self.cold_start:
+                    later = min(later, self.started + self.cold_start)
+                self._schedule(name, later)
                 continue
             state.running = True
             self.scheduled += 1
@@ -136,28 +159,38 @@ class Scheduler:
 
     def record(self, name: str, state: int, now: float
                ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Apply a result; return (vars_before, vars_after) and schedule the next run."""
+        """Apply a result; return (vars_before, vars_after) and schedule the next run.
+        ``previous_hard_state`` of the result: the ``previous_hard`` of the state after."""
         spec = self.checks[name]
         current = self.states[name]
         before = current.as_vars()
-        if state == STATE_OK:
-            current.state, current.state_type, current.attempt = STATE_OK, HARD, 1
-        elif current.state == STATE_OK or current.state_type == HARD and current.state != state:
-            # A new problem (or a change between problem states after a hard one).
-            current.state = state
-            current.attempt = 1
-            current.state_type = HARD if spec.max_check_attempts <= 1 else SOFT
-        elif current.state_type == SOFT:
-            current.state = state
-            current.attempt = min(current.attempt + 1, spec.max_check_attempts)
-            if current.attempt >= spec.max_check_attempts:
-                current.state_type = HARD
+        host = spec.service is None
+        old_state, old_type = current.state, current.state_type
+        if _is_ok(state, host):
+            state_type, attempt = HARD, 1
         else:
-            current.state = state  # still the same hard problem
+            state_type, attempt = old_type, 1
+            if _is_ok(old_state, host):
+                state_type = SOFT                   # a new problem: the first soft attempt
+            elif old_type == SOFT:
+                attempt = current.attempt + 1       # one more soft attempt
+            if attempt >= spec.max_check_attempts:
+                state_type, attempt = HARD, 1       # hard now: the counter starts again
+        changed = (_host_state(old_state) != _host_state(state) if host
+                   else old_state != state)
+        if state_type == HARD and (old_type == SOFT or changed):
+            current.previous_hard, current.last_hard = current.last_hard, state
+        current.state, current.state_type, current.attempt = state, state_type, attempt
         current.running = False
-        soft_problem = current.state != STATE_OK and current.state_type == SOFT
+        soft_problem = state_type == SOFT
         self._schedule(name, now + (spec.retry_interval if soft_problem else spec.interval))
         return before, current.as_vars()
+
+    def skip(self, name: str, now: float) -> None:
+        """This run produced no result on purpose: the next one at the interval."""
+        state = self.states[name]
+        state.running = False
+        self._schedule(name, now + self.checks[name].interval)
 
     def abandon(self, name: str, now: float) -> None:
         """The check could not be started (e.g. shutting down): try again later."""
