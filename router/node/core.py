@@ -472,9 +472,14 @@ class Node:
 
         ``ts`` is set for logged messages: once written they wait in the target's ledger
         until it confirms them (see ``sendqueue.Ledger``)."""
-        key = None
+        key = rank = None
         if method == CHECK_RESULT and params is not None:
             key = (params.get("host"), params.get("service"))
+            cr = params.get("cr")
+            if type(cr) is dict:
+                end = cr.get("execution_end")
+                rank = (cr.get("state"), end if type(end) is float or type(end) is int
+                        else 0.0)
         if source is not None:
             source.fed_targets = targets
         connections = self.connections
@@ -484,7 +489,7 @@ class Node:
                 continue
             queue = target.queue
             coalesced = queue.coalesced
-            queue.put(frame, method, key, ts)
+            queue.put(frame, method, key, ts, rank)
             if queue.coalesced != coalesced and target.stats is not None:
                 target.stats.coalesced += 1
             if queue.congested:

@@ -49,13 +49,15 @@ class QueueLimits:
 class _Entry:
     """One queued frame; ``frame`` is set to None when a newer result supersedes it."""
 
-    __slots__ = ("frame", "key", "method", "ts")
+    __slots__ = ("frame", "key", "method", "ts", "rank")
 
-    def __init__(self, frame: bytes, key: Hashable | None, method: str, ts: float) -> None:
+    def __init__(self, frame: bytes, key: Hashable | None, method: str, ts: float,
+                 rank: tuple[object, float] | None = None) -> None:
         self.frame: bytes | None = frame
         self.key = key
         self.method = method
         self.ts = ts
+        self.rank = rank
 
 
 class Ledger:
@@ -147,22 +149,29 @@ class SendQueue:
         return self.bytes > self.limits.hard_bytes
 
     def put(self, frame: bytes, method: str, key: Hashable | None = None,
-            ts: float = 0.0) -> bool:
+            ts: float = 0.0, rank: tuple[object, float] | None = None) -> bool:
         """Append ``frame``; return True when this put made the queue congested.
 
         ``key`` identifies a coalescable message (host, service) and is None for
         everything that must be delivered as is. ``ts`` (the frame's stamp) marks a
         logged message that goes to the connection's :class:`Ledger` once written.
+        ``rank`` (a check result's state and execution end): the newest queued copy of
+        ``key`` is superseded only by one of the same state that ran no earlier. A
+        state change dropped while congested was an outage the parent never saw (no
+        history, no notification); an older run arriving later replaced the newer one
+        upstream (review).
         """
         if key is not None:
             older = self._by_key.get(key)
-            if older is not None and self.congested:
+            if older is not None and self.congested and (
+                    rank is None or older.rank is None
+                    or rank[0] == older.rank[0] and rank[1] >= older.rank[1]):
                 # Superseded while we could not keep up: drop the older copy.
                 self.bytes -= len(older.frame)  # type: ignore[arg-type]
                 self.messages -= 1
                 older.frame = None
                 self.coalesced += 1
-            entry = _Entry(frame, key, method, ts)
+            entry = _Entry(frame, key, method, ts, rank)
             self._by_key[key] = entry
         else:
             entry = _Entry(frame, None, method, ts)
