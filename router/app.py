@@ -264,6 +264,13 @@ class RouterService:
         node.checks = LocalChecks(node, scheduler, self.pool, self._catalog(),
                                   builtins=builtin_checks(node))
         node.checks.start()
+
+        def zone_members(config: object, diff: object = None) -> None:
+            # Membership is applied live: without this the scheduler kept the old members
+            # and two nodes ran the same checks until a restart (review).
+            new = node.topology.zone(node.topology.local_zone)
+            scheduler.zone_endpoints = tuple(new.endpoints) if new else (node.name,)
+        self.reload_hooks.register("checks", zone_members)
         log.info("scheduling %d checks", len(scheduler))
 
     async def _start_executors(self, node: Node) -> None:
