@@ -219,6 +219,15 @@ class LocalChecks:
             if waiting is not None and waiting[1] is future:
                 del self._pending[key]
 
+    def observe(self, params: dict[str, Any]) -> None:
+        """A CheckResult from a member of our zone: if it is one of our checks, its state
+        is where we go on from (``Scheduler.observe``)."""
+        host, service, cr = params.get("host"), params.get("service"), params.get("cr")
+        if not isinstance(host, str) or not isinstance(cr, dict):
+            return
+        name = host if service is None else f"{host}!{service}"
+        self.scheduler.observe(name, cr.get("vars_after"))
+
     def accept_result(self, endpoint: str, params: dict[str, Any] | None) -> bool:
         """A CheckResult arrived from ``endpoint``: is it the answer to our ExecuteCommand?"""
         if params is None:

@@ -186,6 +186,25 @@ class Scheduler:
         self._schedule(name, now + (spec.retry_interval if soft_problem else spec.interval))
         return before, current.as_vars()
 
+    def observe(self, name: str, after: Any) -> None:
+        """``vars_after`` of a result of this check another zone member ran: where this
+        node's state goes on from when the check moves here (a takeover started from
+        its own stale state: the peer's HARD CRITICAL came back as a new SOFT problem at
+        attempt 1; review). Ignored while the check runs here."""
+        current = self.states.get(name)
+        if current is None or current.running or not isinstance(after, dict):
+            return
+        values: list[int] = []
+        for key in ("state", "state_type", "attempt"):
+            value = after.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not float(value).is_integer():
+                return
+            values.append(int(value))
+        state, state_type, attempt = values
+        if state_type in (SOFT, HARD) and attempt >= 1:
+            current.state, current.state_type, current.attempt = state, state_type, attempt
+
     def skip(self, name: str, now: float) -> None:
         """This run produced no result on purpose: the next one at the interval."""
         state = self.states[name]

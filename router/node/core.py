@@ -39,7 +39,8 @@ from router.ops.metrics import Histogram, LabeledCounter
 from router.features.results import ResultStore
 from router.protocol import jsonrpc, netstring
 from router.protocol.events import MessageReceived
-from router.routing import ObjectZones, RouteDecision, Router, Topology, UnknownObjects
+from router.routing import (ObjectZones, Relation, RouteDecision, Router, Topology,
+                            UnknownObjects)
 from router.routing.fields import FieldProblem, RefusalBudget, check_params
 from router.transport import READ_BUFFER_SIZE, PeerConnection, tlslib
 from router.transport.admission import Admission
@@ -525,6 +526,9 @@ class Node:
                     self.results.update(host, service if isinstance(service, str) else None,
                                         cr, conn.endpoint or "", time.time(),
                                         decision.object_zone)
+            if self.checks is not None and \
+                    self.topology.relation(conn.endpoint or "") is Relation.PEER:
+                self.checks.observe(params)     # the HA partner ran one of ours
         elif method == "event::ExecuteCommand":
             self.executions.execute(conn, params)
         elif method == "event::ExecutedCommand":
