@@ -57,7 +57,8 @@ def test_peer_text_is_short_escaped_and_says_what_was_cut() -> None:
     assert peer_text(b"short") == "b'short'"
     assert "\n" not in peer_text("é\n") and "\\n" in peer_text("é\n")
     assert source_address("10.0.0.1:5665") == "10.0.0.1"
-    assert source_address("::1:5665") == "::1"
+    assert source_address("::1:5665") == "::/64"         # an IPv6 host owns its /64
+    assert source_address("2001:db8:0:1::7:5665") == "2001:db8:0:1::/64"
 
 
 def test_per_address_and_total_caps_drop_the_oldest() -> None:

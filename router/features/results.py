@@ -18,6 +18,7 @@ every stored result on the event loop.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -110,7 +111,7 @@ class ResultStore:
             # Icinga lets a newer result replace a stored one from the future (an agent's
             # clock was wrong): kept, it pinned the view until then (review).
             if isinstance(old_start, (int, float)) and isinstance(new_start, (int, float)) \
-                    and new_start < old_start <= received_at:
+                    and new_start < old_start and old_start <= time.time():
                 return False
             del results[key]                          # to the young end
             del self._by_zone[current.zone][key]
