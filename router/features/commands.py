@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from typing import Any
 
@@ -97,7 +98,7 @@ class CommandExecutor:
                    command_type: str = "check_command",
                    deadline: float | None = None) -> CheckOutcome:
         macros = params.get("macros")
-        timeout = params.get("check_timeout")
+        timeout = _seconds(params.get("check_timeout"))
         kind = "Event" if command_type == "event_command" else "Check"
         try:
             if not isinstance(command, str):
@@ -105,7 +106,7 @@ class CommandExecutor:
             request = self.catalog.build(
                 command, macros if isinstance(macros, dict) else {}, plugin_dir=self.plugin_dir,
                 use_defaults=True, literal_macros=True,
-                timeout=float(timeout) if isinstance(timeout, (int, float)) else None)
+                timeout=timeout)
         except UnknownCommand:
             return CheckOutcome.unknown(f"{kind} command '{command}' does not exist.",
                                         error="unknown command", now=time.time())
@@ -115,3 +116,18 @@ class CommandExecutor:
         if deadline is not None:
             request = dataclasses.replace(request, not_after=float(deadline))
         return await self.pool.run(request)
+
+
+def _seconds(value: Any) -> float | None:
+    """``check_timeout`` as Icinga's agent reads it: a number, or a string of one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            return None
+        return seconds if math.isfinite(seconds) and seconds > 0 else None
+    return None

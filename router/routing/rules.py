@@ -59,7 +59,8 @@ Per method (see :data:`METHODS`) the relay starts from one zone:
   our zone (Icinga's handler passes the local zone as secobj), one we originate to the host's
   zone;
 * ``config::UpdateObject``/``DeleteObject``: ``params["zone"]`` when present; missing or empty
-  means our zone; a zone we do not know is refused ``unknown_object`` (Icinga: "Objects zone
+  (Icinga's DeleteObject never has one) means the zone of the object's host for host-bound
+  types when it is ours or below, else our zone; a zone we do not know is refused ``unknown_object`` (Icinga: "Objects zone
   isn't known locally"), except in ``route_local`` where it falls back to our zone;
 * ``event::ExecuteCommand`` with ``params["endpoint"]`` naming another endpoint: that
   endpoint's zone, which must be our zone or below it (else ``wrong_zone``; an unknown endpoint
@@ -403,6 +404,12 @@ class _Compiled(NamedTuple):
     needs_params: bool
 
 
+#: Object types named ``host``, ``host!service`` or ``host![service!]name``: their zone is
+#: their host's.
+_HOST_BOUND_TYPES = frozenset({"Host", "Service", "Comment", "Downtime", "Notification",
+                               "ScheduledDowntime", "Dependency"})
+
+
 def _compile(spec: MethodSpec) -> _Compiled:
     return _Compiled(_PERM_CODE[spec.perm],
                      None if spec.obj is ObjRef.NONE else spec.obj.value,
@@ -503,6 +510,20 @@ class Router:
         """Served zones and their candidate endpoints for a relay starting at ``zone`` (debug)."""
         return tuple((z, eps) for z, eps, _ in self._plans.get(zone, ()))
 
+    def _host_bound_zone(self, params: Any) -> str | None:
+        """The zone of a config object's host (``config::*Object`` without ``zone``), when
+        it is ours or below ours; else None."""
+        if params.get("type") not in _HOST_BOUND_TYPES:
+            return None
+        name = params.get("name")
+        if type(name) is not str:
+            return None
+        host = name.partition("!")[0]
+        zone = self.objects._map.get(host) or self.objects.lookup(host)
+        if zone is not None and (zone == self._local or zone in self._below):
+            return zone
+        return None
+
     def route(self, method: str, params: dict[str, Any] | None, sender: str,
               origin_zone: str | None, connected: AbstractSet[str]) -> RouteDecision:
         """Decide what to do with ``method`` received from the known endpoint ``sender``."""
@@ -602,7 +623,10 @@ class Router:
         elif target == _T_CODE_CONFIG:
             z = params.get("zone")  # type: ignore[union-attr]
             if z is None or z == "":
-                tz = local
+                # Icinga's DeleteObject carries no zone: it is relayed towards the zone of
+                # the object, which for host-bound objects is their host's; as "our zone"
+                # a deletion never reached the agent that held the object (review).
+                tz = self._host_bound_zone(params) or local
             elif z in self._zones:
                 tz = z
             elif sender is not None:
