@@ -475,8 +475,15 @@ async def _serve(config: RouterConfig, ready_message: str | None,
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    # A SIGHUP during start (a logrotate racing a restart) killed the process, SIGHUP's
+    # default action (review): held until the node is up, then one reload runs.
+    held: list[bool] = []
+    loop.add_signal_handler(signal.SIGHUP, lambda: held.append(True))
     await service.start()
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    if held:
+        log.info("SIGHUP received while starting: reloading now")
+        on_sighup()
     tune_gc()
     if ready_message:
         print(ready_message.format(status_port=service.status_port,

@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from router.node.replay import ReplayManager
     from router.node.stats import Connection, EndpointStats
 
+log = logging.getLogger("router.node")
+
 #: Icinga confirms the newest ts received from each peer this often (ApiTimerHandler).
 LOG_POSITION_INTERVAL = 5.0
 #: ... and does it for every peer in one go. We spread one round over this many timer
@@ -123,6 +125,15 @@ class Housekeeping:
         self._log_position_sent.pop(endpoint, None)
 
     def _on_housekeeping(self) -> None:
+        # Re-armed whatever happens: one exception stopped slow-consumer cuts, execution
+        # expiry and replay-log pruning until a restart (review).
+        try:
+            self._housekeeping()
+        except Exception:
+            log.exception("housekeeping failed; it runs again in 1 s")
+        self._timer = self.host.loop.call_later(1.0, self._on_housekeeping)
+
+    def _housekeeping(self) -> None:
         host = self.host
         now = host.loop.time()
         timeout = host.config.timeouts.slow_consumer
@@ -134,11 +145,13 @@ class Housekeeping:
         host.executions.prune()
         if host.replay is not None:
             host.replay.housekeeping(now)
-        self._timer = host.loop.call_later(1.0, self._on_housekeeping)
 
     def _on_stall_tick(self) -> None:
         loop = self.host.loop
-        self._check_stall_slice(loop.time())
+        try:
+            self._check_stall_slice(loop.time())
+        except Exception:
+            log.exception("read-stall check failed; it runs again at the next tick")
         self._stall_timer = loop.call_later(READ_STALL_CHECK_INTERVAL / READ_STALL_SLICES,
                                             self._on_stall_tick)
 
@@ -209,6 +222,19 @@ class Housekeeping:
             conn.restart_reading()
 
     def _on_log_position_tick(self) -> None:
+        """``_send_log_positions``, re-armed whatever happens: one exception stopped the
+        confirmations to every peer, whose replay logs then grew (review)."""
+        host = self.host
+        try:
+            interval = self._send_log_positions()
+        except Exception:
+            log.exception("log::SetLogPosition round failed; it goes on at the next tick")
+            interval = max(host.log_position_interval,
+                           len(host.connections) / LOG_POSITIONS_PER_SECOND)
+        self._log_position_timer = host.loop.call_later(interval / LOG_POSITION_SLICES,
+                                                        self._on_log_position_tick)
+
+    def _send_log_positions(self) -> float:
         """Tell peers how far we have received their messages (``log::SetLogPosition``).
 
         Icinga replays everything newer than the position a peer confirmed; without this a
@@ -243,8 +269,7 @@ class Housekeeping:
                 host.send_to(endpoint, netstring.encode(jsonrpc.notification(
                     "log::SetLogPosition", {"log_position": position})),
                     "log::SetLogPosition")
-        self._log_position_timer = host.loop.call_later(interval / LOG_POSITION_SLICES,
-                                                        self._on_log_position_tick)
+        return interval
 
 
 __all__ = ["Housekeeping", "HousekeepingHost", "LOG_POSITION_INTERVAL", "LOG_POSITION_SLICES",

@@ -39,7 +39,9 @@ class Backoff:
     factor: float = 2.0
 
     def cap(self, attempt: int) -> float:
-        return min(self.maximum, self.minimum * self.factor ** max(0, attempt))
+        # The exponent is bounded: factor ** 1024 overflowed after ~8.5 hours of a dead
+        # peer at 1 s / 60 s, and the endpoint was never dialled again (review).
+        return min(self.maximum, self.minimum * self.factor ** min(max(0, attempt), 64))
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Delay before retry number ``attempt`` (0-based): uniform in [min/2, cap]."""
@@ -117,7 +119,11 @@ class Connector:
                     return True
                 except asyncio.CancelledError:
                     raise
-                except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                except (OSError, ConnectionError, asyncio.TimeoutError, UnicodeError,
+                        ValueError) as exc:
+                    # UnicodeError: a host name the validator took that IDNA cannot
+                    # encode (a label over 63 characters, "a..b"): it killed the dial task,
+                    # and with it stop() and the next reload (review).
                     self.failures[spec.name] = self.failures.get(spec.name, 0) + 1
                     text = str(exc) or type(exc).__name__
                     if isinstance(exc, asyncio.TimeoutError):
@@ -133,6 +139,12 @@ class Connector:
             lambda: node.new_outbound(name), host, port)
         try:
             await conn.ready
+        except asyncio.CancelledError:
+            # Cancelled (a reload replacing the dialler) after the handshake registered
+            # the session: it is not the dialler's to end (review).
+            if not (conn.ready.done() and name in node.connections):
+                transport.abort()
+            raise
         except BaseException:
             transport.abort()
             raise
