@@ -10,22 +10,11 @@ max_check_attempts - 1 more retries to reach HARD again.
 
 from __future__ import annotations
 
-import asyncio
 import time
-
-import pytest
 
 from router.features.scheduler import sdbm
 from tests.nodeutil import ClusterSpec, FakePeer, check_result, wait_until
 from tests.pkiutil import make_test_pki
-
-
-@pytest.fixture
-def run():
-    def runner(coro, timeout: float = 60.0):
-        with asyncio.Runner() as r:
-            return r.run(asyncio.wait_for(coro, timeout))
-    return runner
 
 
 def test_new_owner_continues_from_the_peers_hard_state(tmp_path, run):

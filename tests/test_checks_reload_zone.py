@@ -5,22 +5,11 @@ of the checks run twice in the HA zone until the next restart."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-
-import pytest
 
 from router.features.scheduler import sdbm
 from tests.nodeutil import ClusterSpec, FakePeer, wait_until
 from tests.pkiutil import make_test_pki
-
-
-@pytest.fixture
-def run():
-    def runner(coro, timeout: float = 60.0):
-        with asyncio.Runner() as r:
-            return r.run(asyncio.wait_for(coro, timeout))
-    return runner
 
 
 def test_zone_membership_reload_reaches_the_scheduler(tmp_path, run):
