@@ -30,7 +30,7 @@ import struct
 import threading
 from array import array
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lmdb
@@ -128,14 +128,9 @@ class ReceivedPositions:
         env = self._require()
         out: list[RecentStamp] = []
         with env.begin() as txn:
-            cursor = txn.cursor()
-            if not cursor.set_range(RECENT_PREFIX):
-                return out
-            for key, value in cursor:
-                if not bytes(key).startswith(RECENT_PREFIX):
-                    break
+            for _, value in _recent_values(txn):
                 try:
-                    out.extend(_decode_recent(bytes(value)))
+                    out.extend(_decode_recent(value))
                 except (UnicodeError, ValueError, struct.error) as e:
                     log.warning("receive positions %s: skipping damaged recent stamps (%s)",
                                 self.path, e)
@@ -185,13 +180,9 @@ class ReceivedPositions:
         """(key, stamps) of the recent values on disk, oldest first."""
         index: deque[tuple[bytes, int]] = deque()
         with env.begin() as txn:
-            cursor = txn.cursor()
-            if cursor.set_range(RECENT_PREFIX):
-                for key, value in cursor:
-                    if not bytes(key).startswith(RECENT_PREFIX):
-                        break
-                    count = _HEADER.unpack_from(value)[0] if len(value) >= _HEADER.size else 0
-                    index.append((bytes(key), count))
+            for key, value in _recent_values(txn):
+                count = _HEADER.unpack_from(value)[0] if len(value) >= _HEADER.size else 0
+                index.append((key, count))
         return index
 
     @staticmethod
@@ -233,6 +224,18 @@ class ReceivedPositions:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _recent_values(txn: lmdb.Transaction) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of every recent-stamps value, oldest first."""
+    cursor = txn.cursor()
+    if not cursor.set_range(RECENT_PREFIX):
+        return
+    for key, value in cursor:
+        key = bytes(key)
+        if not key.startswith(RECENT_PREFIX):
+            return
+        yield key, bytes(value)
 
 
 def _encode_recent(recent: Sequence[RecentStamp], keep: int) -> tuple[bytes, int]:

@@ -111,23 +111,31 @@ def test_a_restored_position_holds_against_the_partners_relay(ha) -> None:
     assert counts(m2) == Counter({"r0": 1, "r1": 1}), counts(m2)
 
 
+def each_master_gets_one(sims: dict[str, SimNode], links: dict[str, Any]) -> None:
+    """The masters cut off from each other; r0 reaches master2 only, the newer r1 master1
+    only (each logged for the other); both take and save a checkpoint and confirm."""
+    sat = sims["sat1"]
+    links["s-m1"].drop()                         # sat1 fails over to master2
+    send(sat, "r0")
+    links["s-m1"].connect()
+    send(sat, "r1")
+    links["m1-m2"].drop()                        # the masters cut off from each other
+    assert links["s-m2"].deliver(True, 10) == 1  # master2: r0, logged for master1
+    assert links["s-m1"].deliver(True, 10) == 1  # master1: r1, logged for master2
+    for master in ("master1", "master2"):
+        sim = sims[master]
+        sim.commit()
+        sim.checkpoint()
+        sim.confirm()
+
+
 def test_masters_cut_off_from_each_other_each_relay_what_only_they_got(ha) -> None:
     """r0 reaches master2 only, r1 master1 only, while the masters cannot see each other;
     once healed each has both, once (with a kill -9 of master1 in between:
     tests/test_receipts_ha_master_kill.py)."""
     sims, links = ha
-    sat, m1, m2 = sims["sat1"], sims["master1"], sims["master2"]
-    links["s-m1"].drop()                         # sat1 fails over to master2
-    send(sat, "r0")
-    links["s-m1"].connect()
-    send(sat, "r1")
-    links["m1-m2"].drop()
-    assert links["s-m2"].deliver(True, 10) == 1  # master2: r0, logged for master1
-    assert links["s-m1"].deliver(True, 10) == 1  # master1: r1, logged for master2
-    for sim in (m1, m2):
-        sim.commit()
-        sim.checkpoint()
-        sim.confirm()
+    m1, m2 = sims["master1"], sims["master2"]
+    each_master_gets_one(sims, links)
     heal(sims.values(), links.values())
     assert counts(m1) == Counter({"r0": 1, "r1": 1}), counts(m1)
     assert counts(m2) == Counter({"r0": 1, "r1": 1}), counts(m2)

@@ -295,18 +295,9 @@ def close_revoked(node: Node, crl: x509.CertificateRevocationList) -> list[str]:
         if der is None:     # still handshaking, with the context of its accept
             node.sessions.crl_pending[conn] = crl
             continue
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError:
-            continue
-        if not pki.is_revoked(crl, cert):
-            continue
         who = conn.endpoint or conn.identity or "unidentified"
-        node.disconnects.inc(("revoked",))
-        node.log_peer(conn, logging.WARNING, "closing: its certificate (serial %x) is "
-                      "revoked by %s", cert.serial_number, node.config.tls.crl_file)
-        conn.close("reload: certificate revoked")
-        closed.append(who)
+        if node.sessions.close_if_revoked(conn, crl, "reload"):
+            closed.append(who)
     return closed
 
 

@@ -222,8 +222,11 @@ class Sessions:
         host.tls_failures.succeeded()
         identity = conn.peer_identity()
         conn.identity = identity
-        if self.crl_pending and self._revoked_since_accept(conn):
-            return False
+        if self.crl_pending:
+            crl = self.crl_pending.pop(conn, None)
+            if crl is not None and self.close_if_revoked(conn, crl, "a reload during its "
+                                                                     "handshake"):
+                return False
         if conn.expected_endpoint is not None and identity != conn.expected_endpoint:
             # Icinga: "Unexpected certificate common name" -> drop.
             host.handshake_failures.inc(("unexpected_cn",))
@@ -440,26 +443,25 @@ class Sessions:
                           " %d kept in the replay log, %d dropped", len(leftovers), kept,
                           dropped)
 
-    def _revoked_since_accept(self, conn: Connection) -> bool:
-        """Close ``conn`` if a reload during its handshake brought a CRL revoking its
-        peer's certificate (``crl_pending``)."""
-        crl = self.crl_pending.pop(conn, None)
-        der = conn.peer_certificate_der() if crl is not None else None
-        if crl is None or der is None:
+    def close_if_revoked(self, conn: Connection, crl: x509.CertificateRevocationList,
+                         when: str) -> bool:
+        """Close ``conn`` when ``crl`` revokes its peer's certificate (``when``: what found
+        it, for the log); True when it did."""
+        der = conn.peer_certificate_der()
+        if der is None:
             return False
         try:
-            revoked = pki.is_revoked(crl, x509.load_der_x509_certificate(der))
+            cert = x509.load_der_x509_certificate(der)
         except ValueError:
-            revoked = False
-        if not revoked:
+            return False
+        if not pki.is_revoked(crl, cert):
             return False
         host = self.host
         host.disconnects.inc(("revoked",))
-        host.ratelog.log((conn.address, "revoked"), logging.WARNING,
-                         "[%s] closing: the certificate of %r is revoked by the CRL a "
-                         "reload brought while it was handshaking", conn.address,
-                         conn.identity)
-        conn.abort("certificate revoked")
+        host.log_peer(conn, logging.WARNING, "closing: its certificate (serial %x) is "
+                      "revoked by %s (%s)", cert.serial_number, host.config.tls.crl_file,
+                      when)
+        conn.close(f"{when}: certificate revoked")
         return True
 
     def connection_lost(self, conn: Connection, exc: Exception | None) -> None:
