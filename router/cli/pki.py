@@ -186,7 +186,11 @@ def _exchange(host: str, port: int, trusted: bytes, payload: bytes, request_id: 
                 if not data:
                     break
                 for frame in decoder.feed(data):
-                    message = orjson.loads(frame)
+                    try:
+                        message = orjson.loads(frame)
+                    except orjson.JSONDecodeError as exc:
+                        raise click.ClickException(f"{host}:{port} sent a frame that is "
+                                                   f"not JSON: {exc}") from None
                     if isinstance(message, dict) and message.get("id") == request_id:
                         if "error" in message:
                             raise click.ClickException(f"the parent refused the request: "
@@ -284,10 +288,12 @@ def pki_request(host: str, port: int, cn: str, data_dir: str, ticket: str,
             raise click.ClickException(f"the parent's certificate is not signed by the CA in "
                                        f"{ca_path}; not installing it")
         if new_key:
-            pki.write_private_key(key_path, key)
-            req_key_path.unlink()
-            req_cert_path.unlink(missing_ok=True)
-        pki.write_certificate(cert_path, cert)
+            # Staged, key, certificate (finish_key_rotation completes it after a crash);
+            # the pending key goes last, the only copy of the key until then (review).
+            pki.install_key_pair(key_path, cert_path, key, cert)
+            req_key_path.unlink(missing_ok=True)
+        else:
+            pki.write_certificate(cert_path, cert)
     click.echo(f"installed {cert_path}{' with a new key' if new_key else ''}: CN "
                f"'{pki.common_name(cert)}', valid until {cert.not_valid_after_utc:%Y-%m-%d}, "
                f"with the CA in {ca_path}")

@@ -24,8 +24,10 @@ class NodeServices(Protocol):
     def connected_names(self) -> Set[str]:
         """Endpoints with a live session (the routing table's connected set)."""
 
-    def originate(self, method: str, params: dict[str, Any]) -> bool:
-        """Route a message this node produces; False when routing refused it."""
+    def originate(self, method: str, params: dict[str, Any],
+                  came_from: str | None = None) -> bool:
+        """Route a message this node produces; False when routing refused it. ``came_from``:
+        the endpoint it came from, whose zone it never goes back to."""
 
     def send_to(self, endpoint: str, frame: bytes, method: str) -> bool:
         """Queue an encoded frame for one connected endpoint; False when it is not."""

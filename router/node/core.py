@@ -438,23 +438,31 @@ class Node:
         self._fan_out(frame, method, msg.params, decision.targets, source,
                       ts if decision.logged else 0.0)
 
-    def originate(self, method: str, params: dict[str, Any]) -> bool:
+    def originate(self, method: str, params: dict[str, Any],
+                  came_from: str | None = None) -> bool:
         """Route a message this node produces (e.g. its own check results).
 
         Encoded once with a fresh ``ts``, sent to every target the routing rules give for
         a local origin, logged for unreachable zones, and consumed locally like a received
-        one (the result view). Returns False when routing refused it.
+        one (the result view). Returns False when routing refused it. ``came_from``: the
+        endpoint a message we pass on in our name came from (a stored certificate
+        request); as Icinga relays, it never goes back to that endpoint or its zone, so
+        two HA peers do not bounce it between them.
         """
         decision = self.router.route_local(method, params, self.connected_names)
         if not decision.accepted:
             log.warning("not sending our own %s: %s", method, decision.reason)
             return False
+        targets = decision.targets
+        if came_from is not None:
+            back = self.topology.zone_of(came_from)
+            targets = tuple(t for t in targets if t != came_from
+                            and (back is None or self.topology.zone_of(t) != back))
         ts = self.stamp()
         frame = netstring.encode(jsonrpc.notification(method, params, ts=ts))
         if decision.logged and decision.unreachable and self.replay is not None:
             self.replay.persist(decision.unreachable, ts, frame, decision.object_zone)
-        self._fan_out(frame, method, params, decision.targets, None,
-                      ts if decision.logged else 0.0)
+        self._fan_out(frame, method, params, targets, None, ts if decision.logged else 0.0)
         if method == CHECK_RESULT:
             self.check_results_received += 1
             host, cr = params.get("host"), params.get("cr")

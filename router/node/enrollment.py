@@ -112,7 +112,8 @@ class EnrollmentHost(OwnCertHost, Protocol):
 
     def count_refused(self, conn: Connection, label: str, reason: str) -> None: ...
 
-    def originate(self, method: str, params: dict[str, Any]) -> bool: ...
+    def originate(self, method: str, params: dict[str, Any],
+                  came_from: str | None = None) -> bool: ...
 
 
 def _peer_host(conn: Connection) -> str:
@@ -578,7 +579,7 @@ class Enrollment:
         self._waiting[fp] = conn
         forwarded = False
         if not self.is_signer():
-            forwarded = self._forward({"cert_request": pem, "ticket": ticket})
+            forwarded = self._forward({"cert_request": pem, "ticket": ticket}, conn.endpoint)
         result.update({"status_code": 2,
                        "error": f"Certificate request for CN '{cn}' is pending. Waiting "
                                 f"for approval from the parent Icinga instance."})
@@ -586,14 +587,15 @@ class Enrollment:
                            "%s", cn, " (forwarded to the parent zone)" if forwarded else "")
         self._answer(conn, msg, result, "forwarded" if forwarded else "pending")
 
-    def _forward(self, params: dict[str, Any]) -> bool:
-        """Relay a stored request to our zone and parent (Icinga: relay, not logged)."""
+    def _forward(self, params: dict[str, Any], came_from: str | None = None) -> bool:
+        """Relay a stored request to our zone and parent (Icinga: relay, not logged),
+        never back to the endpoint or zone it ``came_from`` (our HA peer would return it)."""
         topology = self.host.topology
         zone = topology.zone(topology.local_zone)
         has_peer = zone is not None and len(zone.endpoints) > 1
         if topology.parent_zone is None and not has_peer:
             return False
-        return self.host.originate(REQUEST, params)
+        return self.host.originate(REQUEST, params, came_from)
 
     # ------------------------------------------------------------------ UpdateCertificate
 

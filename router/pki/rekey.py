@@ -255,17 +255,24 @@ def finish_key_rotation(key_path: str | os.PathLike[str],
         return False
     pending = Path(f"{os.fspath(key_path)}.new")
     try:
+        current_ok = same_public_key(load_certificates(cert_path)[0], key)
+    except Exception:  # noqa: BLE001 - TLSSetupError: a missing or broken certificate
+        current_ok = False
+    if not current_ok and same_public_key(new, key):
+        # Interrupted between the key and the certificate: the key in place may be the
+        # pending one (it is removed only after the swap), so this comes first (review).
+        write_certificate(cert_path, new)
+        staged.unlink(missing_ok=True)
+        try:
+            if pending.exists() and same_public_key(new, load_private_key(pending)):
+                pending.unlink()                # installed: a copy of the key in place
+        except Exception:  # noqa: BLE001 - TLSSetupError: a broken pending key, kept
+            pass
+        return True
+    try:
         if pending.exists() and same_public_key(new, load_private_key(pending)):
             return False
     except Exception:  # noqa: BLE001 - TLSSetupError: a broken pending key, not ours to fix
         return False
-    try:
-        current_ok = same_public_key(load_certificates(cert_path)[0], key)
-    except Exception:  # noqa: BLE001 - TLSSetupError: a missing or broken certificate
-        current_ok = False
-    if current_ok or not same_public_key(new, key):
-        staged.unlink(missing_ok=True)
-        return False
-    write_certificate(cert_path, new)
     staged.unlink(missing_ok=True)
-    return True
+    return False
