@@ -211,6 +211,12 @@ class LocalChecks:
                 await future
                 return None
         except asyncio.TimeoutError:
+            # The answer may have come in the loop turn the deadline passed (after the
+            # cancellation was requested): it was sent on, so no UNKNOWN after it (review).
+            waiting = self._pending.get(key)
+            if future.done() and not future.cancelled() or \
+                    waiting is None or waiting[1] is not future:
+                return None
             self.remote_unanswered += 1
             return _unknown_cr(f"Remote Icinga instance '{endpoint}' did not answer within "
                                f"{timeout:g} s", node.name, time.time())
@@ -239,7 +245,12 @@ class LocalChecks:
         if pending is None or pending[0] != endpoint or not isinstance(cr, dict):
             return False
         _, future, spec = pending
-        if not future.done():
+        if future.cancelled():
+            # Its deadline passed in this loop turn, but the answer is here: it wins, and
+            # _run_remote finds the entry gone and adds no UNKNOWN (review).
+            del self._pending[(host, service)]  # type: ignore[arg-type]
+            self._finish(spec, cr)
+        elif not future.done():
             # Sent on now, in the step that read it: the node has recorded the answer's
             # position already, and a checkpoint between this step and a later one
             # would confirm it to the endpoint with no copy of it anywhere (found by

@@ -451,7 +451,8 @@ class Node:
         """
         decision = self.router.route_local(method, params, self.connected_names)
         if not decision.accepted:
-            log.warning("not sending our own %s: %s", method, decision.reason)
+            self.ratelog.log(("originate", method, decision.reason), logging.WARNING,
+                             "not sending our own %s: %s", method, decision.reason)
             return False
         targets = decision.targets
         if came_from is not None:

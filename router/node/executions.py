@@ -103,14 +103,18 @@ class Executions:
 
     def answer_zones(self, target_zone: str | None) -> list[str]:
         """The zones an answer for a command relayed towards ``target_zone`` may come
-        from: that zone and its ancestors below our own zone (the path it went down).
-        For the refusal's log line; the check itself is ``may_answer``."""
+        from: that zone and its ancestors below our own zone (the path it went down), and
+        our own zone when it has other endpoints: a member that is not the zone's routing
+        master relays the command to the master, whose answer comes back through it
+        (review). For the refusal's log line; the check itself is ``may_answer``."""
         topology = self.host.topology
         local = topology.local_zone
         if target_zone is None or target_zone == local:
             return [local]
-        return [z for z in (target_zone, *topology.ancestors(target_zone))
-                if topology.is_ancestor(local, z)]
+        below = [z for z in (target_zone, *topology.ancestors(target_zone))
+                 if topology.is_ancestor(local, z)]
+        zone = topology.zone(local)
+        return [*below, local] if zone is not None and len(zone.endpoints) > 1 else below
 
     def may_answer(self, sender_zone: str | None, target_zone: str | None) -> bool:
         """Whether an endpoint of ``sender_zone`` may answer a command relayed towards

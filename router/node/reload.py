@@ -36,7 +36,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,7 +45,7 @@ import orjson
 from cryptography import x509
 
 from router import pki
-from router.config import RouterConfig, advisories
+from router.config import CheckSpec, RouterConfig, advisories
 from router.config.diff import ConfigDiff, diff_configs
 from router.errors import ConfigError, RouterError
 from router.node.filemodes import check_key_modes
@@ -230,19 +230,24 @@ class PreparedReload:
     crl: x509.CertificateRevocationList | None = None
 
 
-def _object_hosts(config: RouterConfig, topology: Topology) -> dict[str, str]:
+def _object_hosts(config: RouterConfig, topology: Topology,
+                  checks: Iterable[CheckSpec]) -> dict[str, str]:
     hosts = dict(config.objects.hosts)
-    for check in config.checks:  # our own checks' hosts live in their zone (or ours)
+    for check in checks:  # our own checks' hosts live in their zone (or ours)
         hosts.setdefault(check.host, check.zone or topology.local_zone)
     return hosts
 
 
-def prepare(old: RouterConfig, old_fingerprint: str, new: RouterConfig) -> PreparedReload:
+def prepare(old: RouterConfig, old_fingerprint: str, new: RouterConfig,
+            running_checks: Iterable[CheckSpec] | None = None) -> PreparedReload:
     """Build the new topology, object zones and TLS contexts; nothing running is touched.
 
     Runs in a worker thread (it reads the TLS files). Raises a ``RouterError``
     (``ConfigError``, ``TLSSetupError``) with the reason when the configuration cannot
-    be applied.
+    be applied. ``running_checks``: the ``[[checks]]`` the node runs (restart-only: a
+    reload does not change them), whose hosts stay known; their results were refused as
+    unknown objects when the new file renamed or removed them (review). Default: the new
+    configuration's.
     """
     if new.node.name != old.node.name:
         raise _refusal(f"node.name cannot change on reload ({old.node.name!r} -> "
@@ -251,7 +256,8 @@ def prepare(old: RouterConfig, old_fingerprint: str, new: RouterConfig) -> Prepa
     diff = diff_configs(old, new, old_tls_fingerprint=old_fingerprint,
                         new_tls_fingerprint=fingerprint)
     topology = Topology(new.zones, new.endpoints, new.node.name)
-    carried = ObjectZones(topology, hosts=_object_hosts(new, topology),
+    checks = new.checks if running_checks is None else running_checks
+    carried = ObjectZones(topology, hosts=_object_hosts(new, topology, checks),
                           unknown=UnknownObjects(new.objects.unknown),
                           max_learned_per_zone=new.objects.max_learned_per_zone)
     contexts = None
@@ -492,8 +498,11 @@ class Reloader:
         log.info("reload (%s): reading the configuration", record.trigger)
         old = node.config
 
+        running = tuple(node.checks.scheduler.checks.values()) \
+            if node.checks is not None else ()
+
         def load_and_prepare() -> PreparedReload:
-            return prepare(old, self.fingerprint, self.load())
+            return prepare(old, self.fingerprint, self.load(), running)
 
         # The worker thread parses and validates in Python: it shares the GIL with the
         # event loop. A shorter switch interval meanwhile gives the loop the GIL back
