@@ -11,6 +11,10 @@ there) and after (every page the meta page names is there), and tells damaged fi
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +27,9 @@ __all__ = ["CORRUPTION", "aside_name", "describe", "problem_after_open",
 CORRUPTION = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError,
               lmdb.VersionMismatchError, lmdb.PanicError, lmdb.BadChecksumError,
               lmdb.IncompatibleError)
+
+#: The longest a short file's pages are checked for, s (only when the file is short).
+WALK_TIMEOUT = 600.0
 
 #: LMDB writes both meta pages (one 4 KiB page each on Linux) when it creates a file.
 _META_BYTES = 2 * 4096
@@ -45,13 +52,57 @@ def problem_before_open(data_file: Path) -> str | None:
 
 
 def problem_after_open(env: lmdb.Environment, data_file: Path) -> str | None:
-    """What is wrong with the open ``env``'s ``data_file``, or None: a file shorter than
-    the pages its meta page names was truncated (reading those pages would be SIGBUS)."""
+    """What is wrong with the open ``env``'s ``data_file``, or None.
+
+    A file may end before the last page its meta page names without any damage: LMDB
+    does not write the pages a transaction allocated and freed again ("loose" pages, free
+    from then on), so after a large transaction that appended and evicted, a clean queue
+    was refused as truncated at the next start (review). So a short file has every tree
+    walked, in a process of its own: in a file that was cut short a page the trees need
+    is missing, and reading it kills the walker (SIGBUS, or an assertion of LMDB's
+    against the zero page a writer's later growth left there), not this process; in an
+    undamaged one the missing pages were free and the walk ends normally."""
     needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
     actual = data_file.stat().st_size
-    if actual < needed:
-        return f"the file is {actual} bytes but its pages reach {needed}: it was truncated"
-    return None
+    if actual >= needed:
+        return None
+    failed = _walk_fails(data_file.parent, env.info()["map_size"])
+    if failed is None:
+        return None
+    return f"the file is {actual} bytes but its pages reach {needed}, and {failed}: it was " \
+        "truncated"
+
+
+#: Walks the keys of the main database and of every named database in it (branch and
+#: leaf pages; values larger than a page are checked where they are read).
+_WALK = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], map_size=int(sys.argv[2]), subdir=True, readonly=True,
+                lock=False, max_dbs=1024)
+with env.begin() as txn:
+    for name in list(txn.cursor().iternext(values=False)):
+        try:
+            db = env.open_db(name, txn=txn, create=False)
+        except (lmdb.IncompatibleError, lmdb.DbsFullError, lmdb.NotFoundError):
+            continue
+        for _ in txn.cursor(db).iternext(values=False):
+            pass
+"""
+
+
+def _walk_fails(directory: Path, map_size: int) -> str | None:
+    """Why walking the trees of the LMDB environment in ``directory`` failed, or None."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _WALK, str(directory), str(map_size)],
+                              capture_output=True, timeout=WALK_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"its pages could not be checked ({e})"
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        return f"reading its pages ends in {signal.Signals(-done.returncode).name}"
+    tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    return f"reading its pages fails ({tail[0][:200]})"
 
 
 def aside_name(path: Path) -> Path:
