@@ -37,7 +37,7 @@ import orjson
 from router.config import WriterSpec
 from router.features.writers.base import WriterBackendError
 from router.features.writers.legacy import DrainingQueue, LegacyQueue, open_shared_queue
-from router.features.writers.queue import REOPEN, QueueReader, SharedQueue
+from router.features.writers.queue import REOPEN, QueueReader, SharedQueue, WriterQueue
 from router.features.writers.records import RecordCache
 from router.features.writers.runner import WriterRunner, ZoneView
 from router.features.writers.spec import spec_from_json
@@ -108,12 +108,15 @@ class WritersProcess:
 
     def _open_queue(self, data_dir: str, spec: WriterSpec,
                     specs: Iterable[WriterSpec]) -> QueueReader:
-        """``spec``'s reader of the shared queue (registered at its head if new), behind
-        its old per-writer queue while that still holds records (``legacy.py``)."""
+        """``spec``'s reader of the shared queue, behind its old per-writer queue while
+        that still holds records (``legacy.py``). Only the node's feed registers and
+        forgets writers: this process reads reloads seconds late, and registering here
+        brought back a writer a later reload had removed, whose position then held every
+        record for good (review). Until the feed registers it, it reads nothing."""
         if self._shared is None:
             self._shared = open_shared_queue(data_dir,
                                              max(s.max_backlog_bytes for s in specs))
-        reader = self._shared.reader(spec.name)
+        reader = WriterQueue(self._shared, spec.name)
         old = LegacyQueue.open_if_present(data_dir, spec.name, spec.max_backlog_bytes)
         if old is None:
             return reader

@@ -93,6 +93,9 @@ def read_records(txn: lmdb.Transaction, records: lmdb._Database, start: int, lim
 _READER = struct.Struct(">QQQ")          # position, backlog bytes, evicted
 MiB = 1 << 20
 GiB = 1 << 30
+#: Past this share of the map in use, an append makes room at once (``_emergency_evict``)
+#: while a deleting transaction can still commit.
+TIGHT_FRACTION = 0.75
 #: The map is address space, not disk (LMDB grows the file as it fills): generous, so
 #: that a reload raising a writer's bound does not need both processes to resize it.
 MIN_MAP_SIZE = 4 * GiB
@@ -385,7 +388,14 @@ class SharedQueue:
                     self._store(txn, name, reader)
                 if evicted:
                     self._prune(txn)
-                return len(items), evicted
+                tight = self._pages_used(txn) > TIGHT_FRACTION * self._env.info()["map_size"]
+            if tight:
+                # Made while there is room: a transaction that deletes needs new pages
+                # too, so in a full map no eviction could commit, nor a restart's
+                # retain, and the queue stayed full for good (review).
+                for name, n in self._emergency_evict(max_bytes).items():
+                    evicted[name] = evicted.get(name, 0) + n
+            return len(items), evicted
         except lmdb.MapFullError as e:
             # The map is far above the bounds: a bound raised far beyond what the files
             # were opened with, or pages pinned by a dead reader. Make room for the next
@@ -405,17 +415,30 @@ class SharedQueue:
         """``append_encoded`` of (``appended_at``, JSON) pairs."""
         return self.append_encoded([encode_record(t, raw) for t, raw in records], max_bytes)
 
-    def _emergency_evict(self, max_bytes: Mapping[str, int]) -> None:
+    def _emergency_evict(self, max_bytes: Mapping[str, int]) -> dict[str, int]:
         """Each writer passes its oldest records down to half of what it holds or of
         its bound, whichever is less: a bound above what the map can hold (raised by a
-        reload) must not leave the queue full for good."""
+        reload) must not leave the queue full for good. {writer: evicted}."""
+        evicted: dict[str, int] = {}
         with self._env.begin(write=True, buffers=True) as txn:
             for name, reader in self._all_readers(txn).items():
                 half = min(max_bytes.get(name, reader.backlog_bytes),
                            reader.backlog_bytes) // 2
-                reader.evicted += self._advance(txn, reader, max_bytes=half)
+                n = self._advance(txn, reader, max_bytes=half)
+                reader.evicted += n
+                if n:
+                    evicted[name] = n
                 self._store(txn, name, reader)
             self._prune(txn)
+        return evicted
+
+    def _pages_used(self, txn: lmdb.Transaction) -> int:
+        """Bytes of the pages the databases use (the free list aside)."""
+        used = 0
+        for db in (None, self._records, self._meta, self._readers):
+            st = txn.stat(db) if db is not None else self._env.stat()
+            used += (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
+        return used
 
     # -- writer side -----------------------------------------------------------------
 

@@ -212,6 +212,10 @@ class WriterRunner:
                 return
             records = await self._io(self.queue.read, self._position,
                                      self.spec.flush_threshold)
+            if not records:
+                # Gone meanwhile: the node's feed removed this writer (a reload it applied
+                # before this process) or evicted them; _write needs one (review).
+                return
         await self._write(records)
 
     async def _write(self, records: list[tuple[int, float, bytes]]) -> None:
