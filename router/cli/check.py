@@ -36,13 +36,27 @@ def _status(url: str, timeout: float) -> object:
         return health.unreachable(str(exc))
 
 
+class PluginCommand(click.Command):
+    """A check whose usage errors are UNKNOWN (exit 3), as the monitoring plugins
+    guidelines want, not click's exit 2, which Icinga reads as CRITICAL: a cluster
+    alarm for a typo in a CheckCommand (review)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            click.echo(f"UNKNOWN: {exc.format_message()}")
+            ctx.exit(3)
+
+
 @click.group("check")
 def check_group() -> None:
     """Icinga's cluster health checks against a running node (plugin output)."""
 
 
-@check_group.command("cluster-zone")
-@click.option("--zone", required=True, help="Zone to check (Icinga's cluster_zone).")
+@check_group.command("cluster-zone", cls=PluginCommand)
+@click.option("--zone", default="", help="Zone to check (Icinga's cluster_zone; left out: "
+              "UNKNOWN, as Icinga's check without the macro).")
 @click.option("--url", default=DEFAULT_URL, show_default=True,
               help="Base URL of the node's status listener.")
 @click.option("--lag-warning", type=float, default=None,
@@ -64,7 +78,7 @@ def check_cluster_zone(zone: str, url: str, lag_warning: float | None,
                               lag_critical=lag_critical))
 
 
-@check_group.command("cluster")
+@check_group.command("cluster", cls=PluginCommand)
 @click.option("--url", default=DEFAULT_URL, show_default=True,
               help="Base URL of the node's status listener.")
 @click.option("--timeout", type=float, default=10.0, show_default=True,

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Set
 from typing import TYPE_CHECKING, Protocol
 
 from router.node.context import NodeContext
+from router.ops.logs import flush_repeats
 from router.protocol import jsonrpc, netstring
 from router.transport.readsched import ReadScheduler
 
@@ -145,6 +147,7 @@ class Housekeeping:
         host.executions.prune()
         if host.replay is not None:
             host.replay.housekeeping(now)
+        flush_repeats(time.time())
 
     def _on_stall_tick(self) -> None:
         loop = self.host.loop

@@ -315,6 +315,9 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
     # Learned hosts are carried over here, in the loop step of the swap: none learned
     # between loading and applying is lost.
     skipped = prepared.objects.load_learned(node.objects.learned_hosts())
+    # A counter (router_objects_learn_refused_total): a reload must not reset it (review).
+    for zone, n in node.objects.learn_refused.items():
+        prepared.objects.learn_refused[zone] = prepared.objects.learn_refused.get(zone, 0) + n
     for host, zone, why in skipped[:20]:
         log.info("reload: learned host %s (zone %s) not carried over: %s", host, zone, why)
     # What the sessions to close hold goes to the logs of the zones their endpoints are

@@ -477,6 +477,9 @@ class Sessions:
             host.housekeeping.session_closed(endpoint)
             stats = host.endpoint_stats(endpoint)
             stats.connected_since = None
+            if conn.queue is not None:          # a counter: not reset by a reconnect
+                stats.congested += conn.queue.high_water_events
+                conn.queue.high_water_events = 0
             reason = conn.close_reason or (f"connection lost: {exc}" if exc else "peer closed")
             host.log_peer(conn, logging.INFO, "disconnected: %s", reason)
             for waiter in self._session_waiters.pop(endpoint, ()):

@@ -66,6 +66,9 @@ class EndpointStats:
     #: over past sessions (the current session's are on ``conn.ledger``).
     unconfirmed_overflow: int = 0
     coalesced: int = 0
+    #: Times the send queue went over its high-water mark, over past sessions (the
+    #: current session's are on ``conn.queue``).
+    congested: int = 0
     dropped: int = 0
     #: Messages from the endpoint dropped as already processed (router.node.receipts).
     duplicates_dropped: int = 0

@@ -10,6 +10,7 @@ other line (users.md P5, log noise). The level can change while running
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import time
@@ -126,7 +127,7 @@ class RepeatFilter(logging.Filter):
             if now is None or now - entry[0] >= self.window:
                 if entry[1]:
                     self._summary(entry)
-                del self._seen[key]
+                self._seen.pop(key, None)       # other threads log (and flush) too
 
     def _summary(self, entry: list[Any]) -> None:
         first: logging.LogRecord = entry[2]
@@ -140,6 +141,18 @@ class RepeatFilter(logging.Filter):
         self.handler.handle(summary)
 
 
+#: The filters ``setup_logging`` installed, for ``flush_repeats``.
+_FILTERS: list[RepeatFilter] = []
+
+
+def flush_repeats(now: float | None = None) -> None:
+    """Write the summaries of repeat windows that are over (``now``: wall-clock time; the
+    node calls it every second, so a summary does not wait for an unrelated line), or of
+    all of them (None: at exit, so repeats just before a stop are not lost; review)."""
+    for repeats in _FILTERS:
+        repeats.flush(now)
+
+
 def setup_logging(level: str, log_format: str = "text") -> None:
     """Log records of LEVEL (a level name; unknown names mean INFO) and above to stderr,
     as ``text`` lines or ``json`` objects, repeated lines rate-limited."""
@@ -151,7 +164,11 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else LogFormatter(LOG_FORMAT))
-    handler.addFilter(RepeatFilter(handler))
+    repeats = RepeatFilter(handler)
+    handler.addFilter(repeats)
+    if not _FILTERS:
+        atexit.register(flush_repeats)          # before logging's own shutdown (LIFO)
+    _FILTERS[:] = [repeats]
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         handlers=[handler])
 

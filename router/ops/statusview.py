@@ -10,6 +10,7 @@ drive the terminal.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import time
@@ -62,7 +63,9 @@ def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any]:
         reason = exc.reason
         text = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
         raise StatusFetchError(f"cannot reach status listener at {target}: {text}") from exc
-    except (OSError, ValueError) as exc:  # timeouts, resets, invalid URL
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        # timeouts, resets, an invalid URL; an answer cut short (the node stopped while
+        # writing it) or not HTTP at all (--url at another service): review
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or
                                                                             type(exc).__name__)
         raise StatusFetchError(f"cannot reach status listener at {target}: {text}") from exc
