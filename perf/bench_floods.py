@@ -109,6 +109,8 @@ async def floods_phase(session: Session) -> dict[str, Any]:
         for name, (port_kind, args) in FLOODS.items():
             if port_kind == "status" and not isinstance(target, RouterTarget):
                 continue
+            if opts.flood_only and name not in opts.flood_only:
+                continue
             port = getattr(target, "status_port" if port_kind == "status" else "port")
             row = await _measure(session, name, args, port, "flooder")
             if decoy is not None:
@@ -147,8 +149,7 @@ async def _measure(session: Session, name: str, args: list[str], port: int,
     for _ in range(max(1, opts.flood_repeat)):
         lat = await _window(session, window)
         quiet.append((_pct(lat, 0.5), _pct(lat, 0.99)))
-        cmd = [*(["nice", "-n", str(opts.flooder_nice)] if opts.flooder_nice else []),
-               sys.executable, "-m", "perf.floods",
+        cmd = [*_flooder_prefix(opts), sys.executable, "-m", "perf.floods",
                *(a.format(window=window + 1.5) for a in args), "--port", str(port)]
         proc = await asyncio.create_subprocess_exec(
             *cmd, cwd=str(REPO), stdout=asyncio.subprocess.PIPE,
@@ -175,6 +176,20 @@ async def _measure(session: Session, name: str, args: list[str], port: int,
         "flooder": seen[-1],
         "p99_ratio": (f99 / q99) if q99 and f99 is not None else None,
     }
+
+
+def _flooder_prefix(opts: Any) -> list[str]:
+    """How a flooder is started: niced on this tool's CPUs, or (``--flooder-on-node``) on
+    the node's CPU under ``SCHED_IDLE``.
+
+    On the node's CPU the flooder's user-space work runs only when the node has nothing
+    to do, while the kernel's work for each of its connections (both ends of loopback
+    TCP: the SYN, the accept queue, the close) is done on that CPU, as a real flood's
+    receive processing is done on the node's machine. The measuring CPU then carries only
+    the honest agents and the parent that stamp their results."""
+    if opts.flooder_on_node:
+        return ["taskset", "-c", str(opts.pin_node_cpu), "chrt", "--idle", "0"]
+    return ["nice", "-n", str(opts.flooder_nice)] if opts.flooder_nice else []
 
 
 async def _start_decoy(nice: int) -> tuple[asyncio.subprocess.Process, dict[str, int]]:
@@ -246,11 +261,22 @@ def main() -> None:
     p.add_argument("--decoy", action="store_true",
                    help="also aim each flood at perf.decoy instead of the node: the p99 "
                         "ratio the flood causes on this machine without the node")
+    p.add_argument("--flooder-on-node", action="store_true",
+                   help="with --pin-node-cpu: the flooder on the node's CPU under "
+                        "SCHED_IDLE instead of niced on the measuring CPUs")
+    p.add_argument("--only", default="", metavar="KINDS",
+                   help="comma-separated flood kinds to run (default: all of "
+                        + ", ".join(FLOODS) + ")")
     a = p.parse_args()
+    only = tuple(k for k in a.only.split(",") if k)
+    if unknown := set(only) - set(FLOODS):
+        p.error(f"unknown flood kinds: {', '.join(sorted(unknown))}")
+    if a.flooder_on_node and (a.pin_node_cpu is None or a.decoy):
+        p.error("--flooder-on-node needs --pin-node-cpu and excludes --decoy")
     opts = Options(endpoints=a.endpoints, rate=a.rate, duration=a.window,
                    scenarios=("floods",), json_path=a.json_path, flood_repeat=a.repeat,
                    pin_node_cpu=a.pin_node_cpu, flooder_nice=a.flooder_nice,
-                   flood_decoy=a.decoy)
+                   flood_decoy=a.decoy, flooder_on_node=a.flooder_on_node, flood_only=only)
     result = run(opts)
     for s in result["sessions"]:
         if "floods" in s:
