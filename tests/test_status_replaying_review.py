@@ -73,6 +73,12 @@ def test_zone_of_an_endpoint_being_replayed_to_is_connected(tmp_path, run) -> No
             assert endpoint["connected"] is True
             outcome = health.cluster_zone(status, "master", lag_warning=60, lag_critical=600)
             cluster = health.cluster(status)
+            from router.node import console
+            doc = console.console_document(sat.node, caches=console.Caches())
+            row = {z["name"]: z for z in doc["zones"]}["master"]
+            assert (row["health"], row["up"]) == ("all", 1) and row["log_lag"] > 200, (
+                f"the console shows zone 'master' as {row['health']} ({row['up']} up, lag "
+                f"{row['log_lag']}) while the log is replayed to its connected endpoint")
             assert zone["connected"] is True, (
                 f"endpoints[] says 'master' is connected, zones[] says zone 'master' is not "
                 f"(replay running, {sat.node.replay.replaying['master']} of {backlog} sent); "

@@ -501,15 +501,19 @@ def zone_rows(node: Node, caches: Caches, replay: dict[str, dict[str, Any]], now
               ) -> list[dict[str, Any]]:
     """The zone tree: every zone with its parent, relation, health and lag."""
     _, statics = _static_parts(node, caches)
-    connected = node.connected_names
+    # A session counts while the log is replayed to it (kept out of connected_names
+    # meanwhile), as in /v1/status; its lag counts until the replay is done.
+    sessions, live = node.connections, node.connected_names
     out = []
     for static in statics:
         others = static["others"]
         total = len(others)
-        up = 0
+        up = behind = 0
         for e in others:
-            if e in connected:
+            if e in sessions:
                 up += 1
+            if e not in live:
+                behind += 1
         if total == 0:
             health = "self" if static["mine"] else "empty"
         else:
@@ -520,7 +524,7 @@ def zone_rows(node: Node, caches: Caches, replay: dict[str, dict[str, Any]], now
             "name": name, "parent": static["parent"], "global": static["global"],
             "relation": static["relation"], "health": health, "up": up, "total": total,
             "log_lag": round(report.zone_log_lag(node, list(others), now), 3)
-            if up < total else 0.0,
+            if behind else 0.0,
             "replay_records": figures["records"] if figures else None,
             "replay_bytes": figures["bytes"] if figures else None,
             "replay_lag": round(figures["lag"], 3) if figures else None,
