@@ -196,6 +196,11 @@ class RouterService:
             node.writers.reconfigure(config)
         elif config.writers:
             await self._start_writers(node)
+        if self.status is not None:
+            # Read per connection: new clients get the new limits (a reload reported
+            # them applied while the start's values stayed; review).
+            self.status.header_timeout = config.timeouts.status_header
+            self.status.max_clients = config.limits.status_max_clients
         old = self.connector
         timeouts, limits = config.timeouts, config.limits
         targets = node.topology.dial_targets()

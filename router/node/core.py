@@ -291,6 +291,12 @@ class Node:
     # ------------------------------------------------------------------ sessions
     # (the transport's ConnectionOwner / DialOwner calls; the work is in ``sessions``)
 
+    def debug_changed(self) -> None:
+        """Whether the debug-only lines are written, read once (they are on hot paths)
+        and again when a reload changes ``log_level``: reloading to debug did not turn
+        them on (review)."""
+        self._debug = self.sessions._debug = log.isEnabledFor(logging.DEBUG)
+
     def new_inbound(self) -> Connection:
         """Protocol factory for the listener."""
         return PeerConnection(self, self.server_context,

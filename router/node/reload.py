@@ -366,6 +366,7 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
         node.server_context, node.client_context = prepared.contexts
     if prepared.diff.log_level:
         set_log_level(config.log_level)
+        node.debug_changed()
     for endpoint in closing:
         leaving = node.connections.get(endpoint)
         if leaving is None:
