@@ -41,6 +41,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from perf.benchpki import make_pki  # noqa: E402
+from router.node.stats import BYTES_IN, MSGS_IN  # noqa: E402
 from perf.wire import SAT, agent_name  # noqa: E402
 
 
@@ -70,8 +71,8 @@ def in_process(endpoints: int, repeat: int) -> dict[str, Any]:
             stats.received["event::CheckResult"] = 1000 + i
             stats.sent["event::SetNextCheck"] = i
             stats.bytes_received, stats.bytes_sent = 900_000 + i, 20_000
-            stats.rate_in.add(now, 60)
-            stats.byte_rate_in.add(now, 54_000)
+            stats.rates.add(MSGS_IN, now, 60)
+            stats.rates.add(BYTES_IN, now, 54_000)
             stats.last_message_received = wall - 1
             stats.icinga_version = 21306
             stats.remote_log_position = wall - 30

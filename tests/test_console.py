@@ -121,7 +121,7 @@ def test_static_files_come_from_the_package():
     # nothing fetched from elsewhere: every reference is to our own /console/ files
     assert "http://" not in page.replace("http://www.w3.org", "")
     assert "https://" not in page
-    assert '<script src="/console/console.js"' in page and "<script>" not in page
+    assert '<script src="console/console.js"' in page and "<script>" not in page
     assert files["console.js"].content_type.startswith("text/javascript")
     assert "prefers-color-scheme: dark" in files["console.css"].body.decode()
 

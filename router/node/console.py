@@ -123,6 +123,10 @@ class Sampler:
 
     def add(self, t: float, now: Totals) -> list[float] | None:
         """Record ``now`` taken at ``t``; the new sample (None for the very first)."""
+        if self.samples and t < self.samples[-1][0]:
+            # The clock stepped back: the samples of the old timeline go (they would
+            # sort after every new one, and the page asks for those after its newest).
+            self.samples.clear()
         last, self._last = self._last, (t, now)
         if last is None:
             return None
@@ -141,8 +145,10 @@ class Sampler:
         return sample
 
     def since(self, t: float | None) -> list[list[float]]:
-        """Samples taken after ``t`` (all of them for None)."""
-        if t is None:
+        """Samples taken after ``t``; all of them for None, or when ``t`` is after the
+        newest (a page that polled before our clock stepped back: charts froze for as
+        long as the step; review)."""
+        if t is None or (self.samples and t > self.samples[-1][0]):
             return list(self.samples)
         return [s for s in self.samples if s[0] > t]
 
@@ -366,11 +372,7 @@ def replay_figures(replay: ReplayManager, stats: dict[str, Any],
     out: dict[str, dict[str, Any]] = {}
     for zone, endpoints in replay.zones.items():
         figures = zones.get(zone, {})
-        newest = figures.get("newest_ts")
-        behind = {}
-        for endpoint in endpoints:
-            behind[endpoint] = (max(0.0, newest - positions.get(endpoint, 0.0))
-                                if newest is not None and figures.get("records") else 0.0)
+        behind = {e: report.replay_behind(figures, positions.get(e)) for e in endpoints}
         out[zone] = {"records": figures.get("records", 0), "bytes": figures.get("bytes", 0),
                      "lag": max(behind.values(), default=0.0), "behind": behind,
                      "replaying": sum(replay.replaying.get(e, 0) for e in endpoints)}
@@ -516,6 +518,11 @@ def zone_rows(node: Node, caches: Caches, replay: dict[str, dict[str, Any]], now
                 behind += 1
         if total == 0:
             health = "self" if static["mine"] else "empty"
+        elif static["relation"] == "other":
+            # Known, not adjacent (the agents below a satellite, on a master): we never
+            # connect to it, so it is not down; `router check cluster` skips it too
+            # (it paged for every such agent; review).
+            health = "other"
         else:
             health = "all" if up == total else ("some" if up else "none")
         name = static["name"]
@@ -606,7 +613,9 @@ def console_document(node: Node, *, caches: Caches, sampler: Sampler | None = No
                    "bytes_in_rate": round(rates[2] / 60, 1),
                    "bytes_out_rate": round(rates[3] / 60, 1),
                    "connected": now_totals.connected,
-                   "configured": len(node.topology.endpoint_names) - 1,
+                   # the endpoints we connect to (``router check cluster`` counts these)
+                   "configured": sum(1 for e in _static_parts(node, caches)[0]
+                                     if e[2] in ("peer", "parent", "child")),
                    "queue_bytes": now_totals.queue_bytes,
                    "check_results": node.check_results_received},
         "connections": report.connection_states(node),

@@ -8,6 +8,7 @@ documented in docs/status-api.md; the metric names come from ``router.ops.metric
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from router import __version__
@@ -374,6 +375,17 @@ def checker_families(stats: dict[str, Any]) -> list[MetricFamily]:
     ]
 
 
+def replay_behind(zone: Mapping[str, Any], position: float | None) -> float:
+    """Seconds between the newest record of a zone's log (``store.stats()["zones"]``) and
+    an endpoint's confirmed ``position``; from the oldest record when it never confirmed
+    one (a master not up yet): counted from 0 that read 56 years (review). 0 when empty."""
+    newest = zone.get("newest_ts")
+    if newest is None or not zone.get("records"):
+        return 0.0
+    start = position or zone.get("oldest_ts") or newest
+    return float(max(0.0, newest - start))
+
+
 def replay_families(node: Node) -> list[MetricFamily]:
     replay = node.replay
     assert replay is not None       # only called when the node keeps a replay log
@@ -383,12 +395,9 @@ def replay_families(node: Node) -> list[MetricFamily]:
     receipts = node.receipts
     lag = []
     for zone, endpoints in sorted(replay.zones.items()):
-        newest = zones.get(zone, {}).get("newest_ts")
+        figures = zones.get(zone, {})
         for endpoint in endpoints:
-            behind = 0.0
-            if newest is not None and zones[zone]["records"]:
-                behind = max(0.0, newest - positions.get(endpoint, 0.0))
-            lag.append(({"endpoint": endpoint}, behind))
+            lag.append(({"endpoint": endpoint}, replay_behind(figures, positions.get(endpoint))))
     return [
         family("router_replay_log_bytes", [({}, stats["bytes"])]),
         family("router_replay_log_records", [

@@ -127,8 +127,16 @@ def _bytes(value: Any) -> str:
     return str(value)  # pragma: no cover
 
 
+def _error_count(errors: Any) -> Any:
+    """A writer's ``errors`` (``{reason: count}``) summed; anything else shown as it is
+    (a document from another version: it crashed ``router status``; review)."""
+    if isinstance(errors, dict):
+        return sum(v for v in errors.values() if _is_num(v))
+    return errors
+
+
 def _duration(seconds: Any) -> str:
-    if not _is_num(seconds) or seconds != seconds:
+    if not _is_num(seconds) or seconds != seconds or seconds in (float("inf"), -float("inf")):
         return _text(seconds)
     seconds = int(max(seconds, 0))
     days, rest = divmod(seconds, 86400)
@@ -299,7 +307,7 @@ def format_status(doc: dict[str, Any], *, now: float | None = None) -> str:
               _int(w.get("written")), _int(w.get("backlog")),
               _duration(w["lag_seconds"]) if _is_num(w.get("lag_seconds")) else DASH,
               _int(w.get("evicted")),
-              _int(sum(v for v in (w.get("errors") or {}).values() if _is_num(v))),
+              _int(_error_count(w.get("errors"))),
               _text(w.get("last_error") or DASH)[:60]]
              for name, w in sorted(writers.items()) if isinstance(w, dict)],
             [False, False, False, True, True, True, True, True, False]))

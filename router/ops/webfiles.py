@@ -94,5 +94,13 @@ def static_routes(files: Mapping[str, StaticFile]) -> dict[str, WithHeaders]:
         f"/console/{name}": _serve(file, f"public, max-age={ASSET_MAX_AGE}")
         for name, file in files.items()}
     routes["/"] = _serve(files["index.html"], "no-cache")
-    routes["/console/"] = routes["/"]
+    routes["/console/"] = WithHeaders(_to_the_page)
     return routes
+
+
+def _to_the_page(query: dict[str, str], request_headers: Mapping[str, str]) -> HeadersResponse:
+    """``/console/`` sends the browser to the page (``../``, relative: it works under a
+    proxy's path prefix too). Served there as well, the page's relative requests went to
+    ``/console/v1/console`` (the page uses relative URLs so that a prefix works; review)."""
+    return 302, "text/plain; charset=utf-8", b"the console is at ../\n", {
+        "Location": "../", "Cache-Control": "no-cache"}

@@ -76,7 +76,7 @@
     try {
       const since = state.lastSample !== null ? "?since=" + state.lastSample : "";
       const t0 = performance.now();
-      const resp = await fetch("/v1/console" + since, { cache: "no-store" });
+      const resp = await fetch("v1/console" + since, { cache: "no-store" });
       if (!resp.ok) throw new Error("HTTP " + resp.status);
       const doc = await resp.json();
       const t1 = performance.now();
@@ -113,6 +113,10 @@
     state.cols = {};
     doc.endpoint_columns.forEach((name, i) => { state.cols[name] = i; });
     state.rows = doc.endpoints;
+    if (doc.samples.length && state.lastSample !== null && doc.samples[0][0] <= state.lastSample) {
+      // the node's clock stepped back: it sent all its samples again, on the new timeline
+      state.samples = []; state.lastSample = null;
+    }
     for (const s of doc.samples) {
       if (state.lastSample === null || s[0] > state.lastSample) {
         state.samples.push(s);
@@ -413,7 +417,7 @@
     const body = document.querySelector("#zones tbody");
     // our own zone and its parents first, then the worst health first
     const near = { local: 0, parent: 0 };
-    const rank = { none: 0, some: 1, all: 2, self: 3, empty: 4 };
+    const rank = { none: 0, some: 1, all: 2, self: 3, empty: 4, other: 5 };
     const rows = doc.zones.slice().sort((a, b) =>
       ((near[a.relation] ?? 1) - (near[b.relation] ?? 1)) ||
       (rank[a.health] - rank[b.health]) || (a.name < b.name ? -1 : 1));
@@ -423,7 +427,7 @@
       const tr = el("tr", { "data-zone": z.name });
       tr.append(el("td", null, z.name), el("td", null, z.relation), el("td", null, z.parent || "–"));
       const h = el("td"); h.append(el("span", { class: "health " + z.health }, z.health)); tr.append(h);
-      tr.append(el("td", { class: "num" }, z.health === "self" || z.health === "empty" ? "–" : z.up + "/" + z.total));
+      tr.append(el("td", { class: "num" }, z.health === "self" || z.health === "empty" || z.health === "other" ? "–" : z.up + "/" + z.total));
       tr.append(lagCell(z.log_lag), el("td", { class: "num" }, z.replay_records === null ? "–" : si(z.replay_records) + " (" + bytes(z.replay_bytes) + ")"), lagCell(z.replay_lag));
       frag.append(tr);
     }
@@ -475,8 +479,9 @@
     for (const row of state.rows) {
       if (row[c.name] === me) continue;
       const up = row[c.connected] === 1;
+      const away = !up && row[c.relation] === "other";   // not adjacent: never connected to
       if (stateWanted === "up" && !up) continue;
-      if (stateWanted === "down" && up) continue;
+      if (stateWanted === "down" && (up || away)) continue;
       if (zoneWanted && String(row[c.zone]).toLowerCase() !== zoneWanted.toLowerCase()) continue;
       if (terms.length) {
         const hay = (row[c.name] + " " + row[c.zone]).toLowerCase();
@@ -508,9 +513,11 @@
     const frag = document.createDocumentFragment();
     for (const row of rows.slice(start, start + PAGE_SIZE)) {
       const up = row[c.connected] === 1;
-      const tr = el("tr", { "data-name": row[c.name], "data-state": up ? "up" : "down" });
+      const away = !up && row[c.relation] === "other";
+      const tr = el("tr", { "data-name": row[c.name], "data-state": up ? "up" : away ? "other" : "down" });
       const st = el("td", { class: "state" });
-      st.append(el("span", { class: up ? "up" : "down" }, up ? "connected" : "disconnected"));
+      st.append(el("span", { class: up ? "up" : away ? "other" : "down" },
+        up ? "connected" : away ? "not adjacent" : "disconnected"));
       tr.append(st, el("td", null, row[c.name]), el("td", null, row[c.zone] || "–"),
         el("td", null, row[c.direction] || "–"),
         el("td", { title: row[c.connected_since] ? new Date(row[c.connected_since] * 1000).toLocaleString() : "" },
@@ -672,7 +679,7 @@
 
   async function sign(fingerprint, cn, button) {
     button.disabled = true;
-    const body = await action("/v1/console/actions/sign?fingerprint=" + encodeURIComponent(fingerprint), "signing " + cn);
+    const body = await action("v1/console/actions/sign?fingerprint=" + encodeURIComponent(fingerprint), "signing " + cn);
     if (body) $("admin-msg").textContent = "signed " + body.cn + " (valid until " + body.not_after + ")";
     else button.disabled = false;
   }
@@ -711,7 +718,7 @@
       $("admin-msg").textContent = "token forgotten";
       if (state.doc) render();
     });
-    $("reload").addEventListener("click", () => action("/v1/console/actions/reload", "reload"));
+    $("reload").addEventListener("click", () => action("v1/console/actions/reload", "reload"));
     const hash = new URLSearchParams(location.hash.slice(1));
     if (hash.get("q")) { state.search = hash.get("q"); $("search").value = state.search; }
     poll();
