@@ -226,11 +226,16 @@ def test_agent_sends_until_stopped_and_waits_while_the_node_does_not_read(bench_
         stop = asyncio.Event()
         task = asyncio.ensure_future(agent.run(stop, 0.0, 0.0))
         # flat out against a node that reads nothing: the agent stalls at its high-water
-        # mark instead of buffering without bound
-        await asyncio.sleep(0.5)
-        stalled = agent.sent
-        await asyncio.sleep(0.3)
-        assert agent.sent == stalled > 0
+        # mark instead of buffering without bound (how soon depends on the machine's
+        # load: until the count holds still for 0.3 s, within 10 s)
+        deadline = asyncio.get_running_loop().time() + 10
+        stalled = -1
+        while agent.sent != stalled:
+            stalled = agent.sent
+            await asyncio.sleep(0.3)
+            assert asyncio.get_running_loop().time() < deadline, \
+                f"the agent kept sending to a node that reads nothing ({agent.sent} sent)"
+        assert stalled > 0
         node.transport.resume_reading()
         await _until(lambda: agent.sent > stalled)
         stop.set()
