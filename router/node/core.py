@@ -391,7 +391,10 @@ class Node:
             receipts.moved_hops[endpoint] = ts
             if raw_origin is None:
                 origin = (endpoint, ts)
-                if self.topology.local_zone_ha:
+                if self.topology.local_zone_ha or \
+                        receipts.seen_hop.get(endpoint, endpoint) != endpoint:
+                    # (or it had one until a reload: what the partner relayed is only
+                    # in the recent stamps; review)
                     # Our HA partner relays the peer's messages to us too, in its own
                     # order: one it relayed may be newer than one the peer still sends
                     # us directly. A watermark dropped the older one (lost: the partner

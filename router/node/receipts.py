@@ -317,6 +317,17 @@ class Receipts:
         self._remember(name, ts, hop)
         return True
 
+    def paths_multiplied(self) -> None:
+        """Our zone just got an HA partner (a reload): a peer's messages may now come by
+        two paths. What came by the one path so far passed the watermark, which records
+        no hop and no recent stamp, so the partner's relay of one of them would count
+        as new (processed twice): it becomes a floor, as a restart's positions do
+        (review)."""
+        floor = self._floor
+        for name, ts in self.seen.items():
+            if name not in self.seen_hop and ts > floor.get(name, 0.0):
+                floor[name] = ts
+
     def _remember(self, name: str, ts: float, hop: str) -> None:
         key = (name, ts)
         recent = self._recent

@@ -329,6 +329,8 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
             node.sessions.keep_written(leaving)
             node.sessions.keep_unsent(leaving)
     node.config = config
+    if topology.local_zone_ha and not node.topology.local_zone_ha:
+        node.receipts.paths_multiplied()
     node.topology = topology
     node.objects = prepared.objects
     node.router = prepared.router
