@@ -25,7 +25,7 @@ import lmdb
 
 from . import keys as K
 from .errors import InvalidState, ReplayLogBusy, ReplayLogCorrupt, ReplayLogError
-from .lmdbfile import CORRUPTION, describe, problem_after_open, problem_before_open
+from .lmdbfile import CORRUPTION, describe, open_checked, problem_before_open
 
 log = logging.getLogger("router.replaylog")
 
@@ -152,18 +152,17 @@ class EnvBase:
         if problem is not None:
             raise ReplayLogCorrupt(self.path, problem)
         try:
-            self._env = lmdb.open(
+            opened, problem = open_checked(self.path, lambda: lmdb.open(
                 str(self.path), map_size=map_size, subdir=True, readonly=self.readonly,
                 sync=self.sync_commits, metasync=self.sync_commits, max_dbs=K.MAX_DBS,
-                mode=0o640, create=not self.readonly, max_spare_txns=0, lock=True)
+                mode=0o640, create=not self.readonly, max_spare_txns=0, lock=True))
         except CORRUPTION as e:
             raise ReplayLogCorrupt(self.path, describe(e)) from e
         except lmdb.Error as e:
             raise ReplayLogError(f"cannot open replay log {self.path}: {describe(e)}") from e
-        env = self._env
-        problem = problem_after_open(env, data)
-        if problem is not None:
-            raise ReplayLogCorrupt(self.path, problem)
+        if opened is None:
+            raise ReplayLogCorrupt(self.path, problem or "unusable")
+        self._env = env = opened
         self._psize = env.stat()["psize"]
         self._map_size = env.info()["map_size"]
         if not self.readonly:

@@ -16,12 +16,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
 
-__all__ = ["CORRUPTION", "aside_name", "describe", "problem_after_open",
-           "problem_before_open"]
+__all__ = ["CORRUPTION", "aside_name", "describe", "open_checked", "problem_before_open"]
 
 #: LMDB errors that mean the files are damaged (as opposed to full, busy or misused).
 CORRUPTION = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError,
@@ -51,26 +51,48 @@ def problem_before_open(data_file: Path) -> str | None:
     return None
 
 
-def problem_after_open(env: lmdb.Environment, data_file: Path) -> str | None:
-    """What is wrong with the open ``env``'s ``data_file``, or None.
+def open_checked(directory: Path, open_env: Callable[[], lmdb.Environment]
+                 ) -> tuple[lmdb.Environment | None, str | None]:
+    """``open_env()`` (an ``lmdb.open`` of ``directory``), checked: ``(env, None)``, or
+    ``(None, what is wrong)`` with nothing left open. Raises what ``open_env`` raises.
 
-    A file may end before the last page its meta page names without any damage: LMDB
-    does not write the pages a transaction allocated and freed again ("loose" pages, free
-    from then on), so after a large transaction that appended and evicted, a clean queue
+    A file shorter than the pages its meta page names was cut short, or not: LMDB does
+    not write the pages a transaction allocated and freed again ("loose" pages, free
+    from then on), so after a large transaction that appended and evicted a clean queue
     was refused as truncated at the next start (review). So a short file has every tree
-    walked, in a process of its own: in a file that was cut short a page the trees need
-    is missing, and reading it kills the walker (SIGBUS, or an assertion of LMDB's
-    against the zero page a writer's later growth left there), not this process; in an
-    undamaged one the missing pages were free and the walk ends normally."""
-    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-    actual = data_file.stat().st_size
+    walked, in a process of its own (in a file really cut short, reading a missing page
+    is SIGBUS, which kills the walker, not us), with the environment closed meanwhile
+    (``router writers reset`` must find it free); an undamaged one is opened again."""
+    data_file = directory / "data.mdb"
+    env = open_env()
+    try:
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        walked = data_file.stat()
+        map_size = env.info()["map_size"]
+    except BaseException:
+        env.close()
+        raise
+    actual = walked.st_size
     if actual >= needed:
-        return None
-    failed = _walk_fails(data_file.parent, env.info()["map_size"])
+        return env, None
+    env.close()
+    failed = _walk_fails(directory, map_size)
     if failed is None:
+        return open_env(), None
+    if _identity(data_file) != (walked.st_dev, walked.st_ino):
+        # Moved aside while it was walked (``router writers reset``): what is there now
+        # is another file, checked from the start.
+        return open_checked(directory, open_env)
+    return None, (f"the file is {actual} bytes but its pages reach {needed}, and {failed}: "
+                  "it was truncated")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
         return None
-    return f"the file is {actual} bytes but its pages reach {needed}, and {failed}: it was " \
-        "truncated"
+    return st.st_dev, st.st_ino
 
 
 #: Walks the keys of the main database and of every named database in it (branch and
@@ -102,7 +124,7 @@ def _walk_fails(directory: Path, map_size: int) -> str | None:
     if done.returncode < 0:
         return f"reading its pages ends in {signal.Signals(-done.returncode).name}"
     tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-    return f"reading its pages fails ({tail[0][:200]})"
+    return f"reading its pages fails ({tail[0].split(':', 1)[0][:80]})"
 
 
 def aside_name(path: Path) -> Path:

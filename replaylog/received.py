@@ -37,7 +37,7 @@ import lmdb
 
 from . import keys as K
 from .errors import ReplayLogError
-from .lmdbfile import CORRUPTION, aside_name, describe, problem_after_open, problem_before_open
+from .lmdbfile import CORRUPTION, aside_name, describe, open_checked, problem_before_open
 
 log = logging.getLogger("router.replaylog")
 
@@ -91,12 +91,11 @@ class ReceivedPositions:
             problem = problem_before_open(data)
             if problem is not None:
                 raise ReplayLogError(damaged.format(problem))
-            self._env: lmdb.Environment | None = lmdb.open(
+            self._env: lmdb.Environment | None
+            self._env, problem = open_checked(self.path, lambda: lmdb.open(
                 str(self.path), map_size=MAP_SIZE, subdir=True, readonly=readonly,
-                sync=True, metasync=True, max_dbs=0, lock=not readonly)
-            problem = problem_after_open(self._env, data)
-            if problem is not None:
-                self._env.close()
+                sync=True, metasync=True, max_dbs=0, lock=not readonly))
+            if self._env is None:
                 raise ReplayLogError(damaged.format(problem))
         except CORRUPTION as e:
             raise ReplayLogError(damaged.format(describe(e))) from e

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lmdb
 
-from replaylog.lmdbfile import problem_after_open
+from replaylog.lmdbfile import open_checked
 
 
 def _short_env(path: Path) -> None:
@@ -40,11 +40,11 @@ def _short_env(path: Path) -> None:
 
 
 def _problem(path: Path) -> str | None:
-    env = lmdb.open(str(path), map_size=1 << 30, max_dbs=4, subdir=True)
-    try:
-        return problem_after_open(env, path / "data.mdb")
-    finally:
+    env, problem = open_checked(path, lambda: lmdb.open(str(path), map_size=1 << 30,
+                                                        max_dbs=4, subdir=True))
+    if env is not None:
         env.close()
+    return problem
 
 
 def test_a_short_but_undamaged_file_is_not_refused(tmp_path: Path) -> None:

@@ -50,8 +50,8 @@ from typing import Any, Protocol, TypeVar
 
 import lmdb
 
-from replaylog.lmdbfile import (CORRUPTION, aside_name, describe, problem_after_open,
-                                problem_before_open)
+from replaylog.lmdbfile import CORRUPTION, aside_name, describe, problem_before_open
+from replaylog.lmdbfile import open_checked as lmdbfile_open_checked
 from router.features.writers.base import WriterBackendError
 from router.transport.connector import Backoff
 
@@ -131,11 +131,9 @@ def open_checked(path: Path, what: str, recovery: str, **options: Any) -> lmdb.E
     try:
         problem = problem_before_open(data)
         if problem is None:
-            env = lmdb.open(str(path), **options)
-            problem = problem_after_open(env, data)
-            if problem is None:
+            env, problem = lmdbfile_open_checked(path, lambda: lmdb.open(str(path), **options))
+            if env is not None:
                 return env
-            env.close()
     except CORRUPTION as e:
         problem = describe(e)
     raise WriterBackendError("queue_corrupt", f"{what} {data} is corrupt or truncated "
