@@ -109,6 +109,11 @@ class RouterService:
             await self._start_writers(node)   # before any socket: no result goes unwritten
         if config.node.accept_config or config.node.zones_dir is not None:
             self._start_configsync(node)  # before any socket: children get zones on connect
+        # Before any socket opens too: results for hosts our parent created at runtime
+        # are routed even while it is unreachable.
+        from router.node.runtime import RuntimeObjects
+        node.runtime = RuntimeObjects.open(node.objects, config.node.data_dir)
+        node.runtime.start()
         if config.objects.unknown == "learn":
             # Before any socket opens too: learned owners keep their hosts (issue 16 S1).
             from router.node.learned import LearnedHostsStore
@@ -321,6 +326,8 @@ class RouterService:
             await node.replay.close(timeout=10.0)
         if self.learned is not None:
             await self.learned.close()
+        if node.runtime is not None:
+            await node.runtime.close()
         if node.writers is not None:
             await node.writers.stop()
         if self.server is not None:

@@ -65,6 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from router.features.writers.feed import ResultFeed
     from router.features.commands import CommandExecutor
     from router.node.replay import ReplayManager
+    from router.node.runtime import RuntimeObjects
     from router.protocol.events import Event
     from router.transport.connector import Connector
     from router.transport.listener import Listener
@@ -72,6 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("router.node")
 
 CHECK_RESULT = "event::CheckResult"
+RUNTIME_OBJECT_METHODS = frozenset({"config::UpdateObject", "config::DeleteObject"})
 #: Smallest step between two stamps (a float near 1.8e9 resolves 2.4e-7 s).
 STAMP_STEP = 1e-6
 #: Seconds until the sources a drained queue still holds back are looked at again
@@ -186,6 +188,8 @@ class Node:
         self.checks: LocalChecks | None = None
         #: Set by the service when accept_config or zones_dir is set (config sync).
         self.configsync: ConfigSync | None = None
+        #: Set by the service: the objects our parent created at runtime.
+        self.runtime: RuntimeObjects | None = None
         self.sessions = Sessions(self)
         self.executions = Executions(self)
         self.housekeeping = Housekeeping(self)
@@ -427,6 +431,8 @@ class Node:
                 text = f"{text}: host {host[:200]!r}"
             self.refuse(conn, method, decision.reason or "refused", text, msg)
             return
+        if method in RUNTIME_OBJECT_METHODS and self.runtime is not None:
+            self.runtime.observe(method, msg.params, decision.object_zone)
         if decision.local:
             self._consume(conn, msg, decision)
         if decision.targets or (decision.logged and decision.unreachable

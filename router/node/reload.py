@@ -320,6 +320,9 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
         prepared.objects.learn_refused[zone] = prepared.objects.learn_refused.get(zone, 0) + n
     for host, zone, why in skipped[:20]:
         log.info("reload: learned host %s (zone %s) not carried over: %s", host, zone, why)
+    if node.runtime is not None:
+        for type_, name in node.runtime.attach(prepared.objects)[:20]:
+            log.info("reload: runtime object %s %r dropped: its zone is gone", type_, name)
     # What the sessions to close hold goes to the logs of the zones their endpoints are
     # in now, before the swap: after it, an endpoint moved to another zone had its
     # frames logged (and replayed) there, and one removed had them dropped (review).

@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from router.node.housekeeping import Housekeeping
     from router.node.receipts import Receipts
     from router.node.replay import ReplayManager
+    from router.node.runtime import RuntimeObjects
     from router.node.stats import Connection, EndpointStats
 
 log = logging.getLogger("router.node")
@@ -98,12 +99,17 @@ class SessionHost(NodeContext, Protocol):
     def configsync(self) -> ConfigSync | None: ...
 
     @property
+    def runtime(self) -> RuntimeObjects | None: ...
+
+    @property
     def housekeeping(self) -> Housekeeping: ...
 
     @property
     def enrollment(self) -> Enrollment: ...
 
     def endpoint_stats(self, name: str) -> EndpointStats: ...
+
+    def send_to(self, endpoint: str, frame: bytes, method: str) -> bool: ...
 
     def log_peer(self, conn: Connection, level: int, msg: str, *args: object) -> None: ...
 
@@ -309,6 +315,12 @@ class Sessions:
         conn.start_session(peer, SendQueue(host.queue_limits), endpoint, stats)
         if endpoint is not None and host.configsync is not None and conn.state == "open":
             host.configsync.endpoint_connected(endpoint)  # Icinga: before the replay
+        if endpoint is not None and host.runtime is not None and conn.state == "open" \
+                and host.topology.relation(endpoint) in (Relation.CHILD, Relation.PEER):
+            # Icinga's SendRuntimeConfigObjects: the objects our parent created at runtime
+            # that its zone may see, after its zones' files and before the replay.
+            for frame in host.runtime.for_endpoint(host.topology, endpoint):
+                host.send_to(endpoint, frame, "config::UpdateObject")
         if endpoint is not None and replaying and conn.state == "open":
             assert replay is not None
             replay.start(conn)

@@ -60,8 +60,8 @@ class ObjectZones:
     """
 
     __slots__ = ("topology", "unknown", "max_learned_per_zone", "learn_refused",
-                 "changes", "_static", "_synced", "_learned", "_per_zone", "_map",
-                 "_zone_names", "_host_zone_names", "_ep_zone")
+                 "changes", "_static", "_synced", "_runtime", "_runtime_zones", "_learned",
+                 "_per_zone", "_map", "_zone_names", "_host_zone_names", "_ep_zone")
 
     def __init__(self, topology: Topology, hosts: Mapping[str, str] = {},
                  unknown: UnknownObjects = UnknownObjects.REJECT,
@@ -84,6 +84,10 @@ class ObjectZones:
         self._host_zone_names = zone_names - frozenset(topology.global_zones)
         self._static: dict[str, str] = dict(hosts)
         self._synced: dict[str, str] = {}
+        #: Objects our parent created at runtime (router.node.runtime): (type, name) ->
+        #: zone, and their hosts, placed like configured ones.
+        self._runtime_zones: dict[tuple[str, str], str] = {}
+        self._runtime: dict[str, str] = {}
         self._learned: dict[str, str] = {}
         self._per_zone: dict[str, int] = {}
         self._map: dict[str, str] = dict(hosts)
@@ -114,7 +118,36 @@ class ObjectZones:
         return self._per_zone.get(zone, 0)
 
     def is_configured(self, host: str) -> bool:
-        return host in self._static or host in self._synced
+        return host in self._static or host in self._synced or host in self._runtime
+
+    # -- runtime objects -------------------------------------------------------------------
+
+    def set_runtime(self, type_: str, name: str, zone: str) -> bool:
+        """Our parent created (or changed) ``type_`` ``name`` in ``zone`` at runtime
+        (``config::UpdateObject``): its deletion goes there, and a ``Host`` is placed in it
+        as a configured one is (a learned one gives way). False for an unknown zone."""
+        if zone not in self._zone_names:
+            return False
+        self._runtime_zones[(type_, name)] = zone
+        if type_ == "Host" and zone in self._host_zone_names:
+            self._runtime[name] = zone
+            if name in self._learned:
+                self.forget([name])
+            self._rebuild_one(name)
+        return True
+
+    def drop_runtime(self, type_: str, name: str) -> None:
+        """``config::DeleteObject`` of a runtime object (after it was routed)."""
+        self._runtime_zones.pop((type_, name), None)
+        if type_ == "Host" and self._runtime.pop(name, None) is not None:
+            self._rebuild_one(name)
+
+    def runtime_zone(self, type_: object, name: object) -> str | None:
+        """The zone a runtime object was created in, or None (also for names that are
+        not strings: the message's JSON may hold anything)."""
+        if type(type_) is not str or type(name) is not str or not self._runtime_zones:
+            return None
+        return self._runtime_zones.get((type_, name))
 
     def __contains__(self, host: object) -> bool:
         return host in self._map
@@ -202,7 +235,8 @@ class ObjectZones:
             self._rebuild_one(host)
 
     def _rebuild_one(self, host: str) -> None:
-        zone = self._static.get(host) or self._synced.get(host) or self._learned.get(host)
+        zone = self._static.get(host) or self._synced.get(host) or self._runtime.get(host) \
+            or self._learned.get(host)
         if zone is None:
             self._map.pop(host, None)
         else:

@@ -510,6 +510,14 @@ class Router:
         """Served zones and their candidate endpoints for a relay starting at ``zone`` (debug)."""
         return tuple((z, eps) for z, eps, _ in self._plans.get(zone, ()))
 
+    def _config_object_zone(self, params: Any) -> str | None:
+        """Where a ``config::*Object`` without ``zone`` goes: the zone a runtime object was
+        created in (router.node.runtime), else its host's."""
+        zone = self.objects.runtime_zone(params.get("type"), params.get("name"))
+        if zone is not None and zone in self._zones:
+            return zone
+        return self._host_bound_zone(params)
+
     def _host_bound_zone(self, params: Any) -> str | None:
         """The zone of a config object's host (``config::*Object`` without ``zone``), when
         it is ours or below ours; else None."""
@@ -626,7 +634,7 @@ class Router:
                 # Icinga's DeleteObject carries no zone: it is relayed towards the zone of
                 # the object, which for host-bound objects is their host's; as "our zone"
                 # a deletion never reached the agent that held the object (review).
-                tz = self._host_bound_zone(params) or local
+                tz = self._config_object_zone(params) or local
             elif z in self._zones:
                 tz = z
             elif sender is not None:
