@@ -87,6 +87,10 @@ class ConfigSync:
         self.authoritative: frozenset[str] = frozenset()
         #: (direction, result) -> count: router_config_updates_total.
         self.updates: dict[tuple[str, str], int] = {}
+        #: The last config::Update from a sender we take it from, as it came: a reload
+        #: that adds a zone it held takes it again (``on_reload``).
+        self._last_update: tuple[str, Mapping[str, Any]] | None = None
+        self._zone_names = frozenset(host.topology.zone_names)
 
     @property
     def topology(self) -> Topology:
@@ -126,7 +130,8 @@ class ConfigSync:
             return []
         try:
             fresh = read_zones_dir(self.topology, self.zones_dir, self.clock(), self.zones)
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:
+            # One bad entry must not stop the node (it did at start) or every reload.
             log.error("config sync: cannot read the zones directory (keeping the zones we "
                       "hold): %s", exc)
             self.count("read", "failed")
@@ -154,7 +159,23 @@ class ConfigSync:
         self.accept_config = config.node.accept_config
         self.zones_dir = config.node.zones_dir
         self.max_update_bytes = config.limits.max_config_update_bytes
-        if not self.reload():
+        changed = self.reload()
+        gained = set(self.topology.zone_names) - self._zone_names
+        self._zone_names = frozenset(self.topology.zone_names)
+        last = self._last_update
+        if gained and last is not None and last[0] in self.host.connections:
+            # The parent sends config::Update only when it connects (Icinga): a zone it
+            # sent before we knew it was dropped, and a reload that adds it would get it
+            # only at the next reconnect (an Icinga satellite restarts). Its last update
+            # is taken again (review).
+            log.info("config sync: zones %s added by the reload: taking %s's last update "
+                     "again", ", ".join(sorted(gained)), last[0])
+            refusal = self.receive(*last)
+            if refusal is not None:
+                log.warning("config sync: %s's last update, taken again: %s", last[0],
+                            refusal.text)
+            changed = changed or ["(retaken)"]
+        if not changed:
             self._publish_hosts()
 
     # ------------------------------------------------------------------ receiving
@@ -188,6 +209,7 @@ class ConfigSync:
         """A ``config::Update`` from ``endpoint``: stored and relayed, or a refusal."""
         refusal = self._check_sender(endpoint)
         if refusal is None:
+            self._last_update = (endpoint, params)
             params = self._without_unknown_zones(endpoint, params)
             try:
                 received = parse_update(
@@ -335,7 +357,7 @@ def read_zones_dir(topology: Topology, zones_dir: str | None, now: float,
         if problem is not None:
             log.warning("config sync: ignoring %s: %s", path, problem)
             continue
-        files = read_tree(path, ETC_TAG)
+        files = read_tree(path, ETC_TAG, follow_links=True)
         if files:  # Icinga skips a zone directory without files
             fresh[name] = authoritative_zone(name, files, now, previous.get(name))
     return fresh

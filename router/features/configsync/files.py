@@ -178,9 +178,6 @@ def parse_update(params: Mapping[str, Any], zone_problem: Callable[[str], str | 
                 if not isinstance(content, str):
                     raise UpdateRefused("malformed", f"zone {name!r}: content of {path!r} "
                                         f"is not a string")
-                if "\ufffd" in content:
-                    raise UpdateRefused("invalid_utf8", f"zone {name!r}: {path!r} is not "
-                                        f"valid UTF-8")
                 total += len(content.encode("utf-8"))
                 if total > max_bytes:
                     raise UpdateRefused("too_large", f"more than {max_bytes} bytes of files "

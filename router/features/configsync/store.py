@@ -178,20 +178,33 @@ def sync_dir(path: str) -> None:
         os.close(fd)
 
 
-def read_tree(root: str, prefix: str = "") -> dict[str, str]:
+def read_tree(root: str, prefix: str = "", follow_links: bool = False) -> dict[str, str]:
     """Every regular UTF-8 file under ``root``: ``prefix + "/rel/path"`` -> content.
 
-    Symlinks are not followed; a file that is not valid UTF-8 is left out with a log line
-    (Icinga: "Binary files are not supported"); Icinga's ``.authoritative`` is left out.
+    Symlinks are followed only with ``follow_links`` (an operator's zones directory, as
+    Icinga's glob does: a linked file or directory was left out without a word, review;
+    a directory reached twice is read once), never in our own store. A file that is not
+    valid UTF-8 is left out with a log line (Icinga: "Binary files are not supported");
+    a name that is not, is made valid with U+FFFD as Icinga's JSON encoder does (it
+    stopped the node at start, review); Icinga's ``.authoritative`` is left out.
     """
     files: dict[str, str] = {}
-    for directory, dirs, names in os.walk(root, followlinks=False):
+    seen: set[tuple[int, int]] = set()
+    for directory, dirs, names in os.walk(root, followlinks=follow_links):
+        if follow_links:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                dirs.clear()            # a link back up: read once
+                continue
+            seen.add((st.st_dev, st.st_ino))
         dirs.sort()
         for name in sorted(names):
             full = os.path.join(directory, name)
-            if name == ".authoritative" or os.path.islink(full) or not os.path.isfile(full):
+            if name == ".authoritative" or not os.path.isfile(full) or (
+                    os.path.islink(full) and not follow_links):
                 continue
             rel = prefix + "/" + os.path.relpath(full, root).replace(os.sep, "/")
+            rel = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             with open(full, "rb") as fp:
                 data = fp.read()
             try:
