@@ -111,6 +111,8 @@ class SessionHost(NodeContext, Protocol):
 
     def send_to(self, endpoint: str, frame: bytes, method: str) -> bool: ...
 
+    def wait_drained(self, conn: Connection) -> asyncio.Future[None]: ...
+
     def log_peer(self, conn: Connection, level: int, msg: str, *args: object) -> None: ...
 
     def count_refused(self, conn: Connection, label: str, reason: str) -> None: ...
@@ -319,8 +321,7 @@ class Sessions:
                 and host.topology.relation(endpoint) in (Relation.CHILD, Relation.PEER):
             # Icinga's SendRuntimeConfigObjects: the objects our parent created at runtime
             # that its zone may see, after its zones' files and before the replay.
-            for frame in host.runtime.for_endpoint(host.topology, endpoint):
-                host.send_to(endpoint, frame, "config::UpdateObject")
+            host.runtime.send_on_connect(host, conn, endpoint)
         if endpoint is not None and replaying and conn.state == "open":
             assert replay is not None
             replay.start(conn)
