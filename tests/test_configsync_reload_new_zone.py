@@ -52,3 +52,20 @@ def test_zone_added_on_reload_is_taken_from_the_parents_last_update(tmp_path: Pa
             f"after adding the zones and reloading, the satellite holds {sorted(sync.zones)} "
             f"and agent2 is sent {sorted(sent)}: the parent's update is never applied again "
             f"(an Icinga satellite restarts and gets it on reconnect)")
+
+
+def test_a_reload_that_takes_the_update_again_still_publishes_the_hosts(tmp_path: Path
+                                                                       ) -> None:
+    """The reload's new object table gets the hosts of the zones we hold; taking the
+    parent's last update again must not skip that when it changes nothing (a zone added
+    that the update did not have)."""
+    node = ScriptedNode(topo(False), {"master1", "agent1"})
+    hosts: list = []
+    sync = make_sync(tmp_path, node, hosts=hosts)
+    assert sync.receive("master1", master_message({"agents": {"hosts.conf": HOSTS_CONF}})) \
+        is None
+    published = len(hosts)
+    node.topology = topo(True)
+    cfg = quickstart_config(node_name="sat1", data_dir=str(tmp_path), accept_config=True)
+    sync.on_reload(cfg, None)
+    assert len(hosts) > published and hosts[-1] == hosts[published - 1], hosts[-2:]

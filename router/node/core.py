@@ -397,12 +397,12 @@ class Node:
                 origin = (endpoint, ts)
                 if self.topology.local_zone_ha or \
                         receipts.seen_hop.get(endpoint, endpoint) != endpoint:
-                    # (or it had one until a reload: what the partner relayed is only
-                    # in the recent stamps; review)
                     # Our HA partner relays the peer's messages to us too, in its own
                     # order: one it relayed may be newer than one the peer still sends
                     # us directly. A watermark dropped the older one (lost: the partner
-                    # confirmed it to the peer); the hop and recent stamps tell.
+                    # confirmed it to the peer); the hop and recent stamps tell. So
+                    # also after a reload removed the partner, while the newest we
+                    # have from the peer came through it (review).
                     fresh = receipts.accept(endpoint, endpoint, ts)
                 else:
                     seen = receipts.seen

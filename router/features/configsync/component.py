@@ -163,6 +163,7 @@ class ConfigSync:
         gained = set(self.topology.zone_names) - self._zone_names
         self._zone_names = frozenset(self.topology.zone_names)
         last = self._last_update
+        retaken = False
         if gained and last is not None and last[0] in self.host.connections:
             # The parent sends config::Update only when it connects (Icinga): a zone it
             # sent before we knew it was dropped, and a reload that adds it would get it
@@ -174,9 +175,9 @@ class ConfigSync:
             if refusal is not None:
                 log.warning("config sync: %s's last update, taken again: %s", last[0],
                             refusal.text)
-            changed = changed or ["(retaken)"]
-        if not changed:
-            self._publish_hosts()
+            retaken = True
+        if not changed or retaken:
+            self._publish_hosts()           # the reload's new object table needs them
 
     # ------------------------------------------------------------------ receiving
 
