@@ -278,6 +278,31 @@ class StateBase(EnvBase):
         w.publish()
         return result
 
+    def rename_zone(self, old: str, new: str) -> bool:
+        """Give the records of zone ``old`` the name ``new`` (a reload renamed the zone:
+        the same endpoints under a new name; they were never replayed under it, review).
+        Runs in the writer thread (``ReplayWriter.call``), after every record submitted
+        before. False when ``old`` has no records' id, or ``new`` has one already (the
+        two logs then stay apart)."""
+        zid = self._ids.get(old)
+        if zid is None or new in self._ids:
+            return False
+        packed = K.ZONE_ID.pack(zid)
+
+        def rename(w: WriteTxn) -> None:
+            w.txn.delete(K.encode_name(old), db=self._zones_db)
+            w.txn.put(K.encode_name(new), packed, db=self._zones_db)
+            w.txn.put(packed, K.encode_name(new), db=self._zone_names_db)
+
+        self._write(rename)
+        self._ids[new] = zid
+        self._names[zid] = new
+        counters = self._zones.get(zid)
+        if counters is not None:
+            counters.name = new
+        del self._ids[old]
+        return True
+
     # -- the mirror --------------------------------------------------------------------
 
     @property

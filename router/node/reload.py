@@ -307,6 +307,21 @@ def close_revoked(node: Node, crl: x509.CertificateRevocationList) -> list[str]:
     return closed
 
 
+def renamed_zones(old: Topology, new: Topology) -> list[tuple[str, str]]:
+    """Zones that left with a reload and came back under a new name: the same endpoints
+    (at least one), nothing else that could claim them."""
+    gone = {frozenset(z.endpoints): z.name for name in old.zone_names
+            if new.zone(name) is None and (z := old.zone(name)) is not None and z.endpoints}
+    out = []
+    for name in new.zone_names:
+        z = new.zone(name)
+        if old.zone(name) is None and z is not None and z.endpoints:
+            before = gone.pop(frozenset(z.endpoints), None)
+            if before is not None:
+                out.append((before, name))
+    return out
+
+
 def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
     """Swap the prepared configuration into the node, in one loop step; the endpoints
     whose sessions were closed."""
@@ -331,6 +346,9 @@ def apply_to_node(node: Node, prepared: PreparedReload) -> list[str]:
         if leaving is not None:
             node.sessions.keep_written(leaving)
             node.sessions.keep_unsent(leaving)
+    if node.replay is not None:
+        for old_zone, new_zone in renamed_zones(node.topology, topology):
+            node.replay.rename_zone(old_zone, new_zone)
     node.config = config
     if topology.local_zone_ha and not node.topology.local_zone_ha:
         node.receipts.paths_multiplied()

@@ -37,6 +37,7 @@ confirmed, or older than its ``log_duration``, are pruned every ``PRUNE_INTERVAL
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import math
@@ -110,6 +111,8 @@ class ReplayManager:
         self.replayed: dict[str, int] = {}
         self.replaying: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: new zone name -> the rename of its records under way (``rename_zone``)
+        self._renames: dict[str, concurrent.futures.Future[Any]] = {}
         self._next_prune = 0.0
         #: What this node processed per origin (router.node.receipts), beside the log.
         self.received = ReceivedPositions(self.store.path.parent / RECEIVED_DIR)
@@ -157,6 +160,24 @@ class ReplayManager:
         self.persisted += kept
         return kept
 
+    def rename_zone(self, old: str, new: str) -> None:
+        """A reload renamed zone ``old`` to ``new`` (the same endpoints): its records are
+        replayed under the new name (in the writer thread, after what was logged for
+        the old name before; the sessions a reload closes are logged first)."""
+        def done(future: Any) -> None:
+            try:
+                renamed = future.result()
+            except Exception as exc:  # noqa: BLE001 - the log stays under the old name
+                log.error("replay log: cannot rename zone %s to %s: %s; its records stay "
+                          "under the old name", old, new, exc)
+                return
+            if renamed:
+                log.info("replay log: zone %s renamed to %s (its records follow)", old, new)
+
+        future = self.writer.call(self.store.rename_zone, old, new)
+        future.add_done_callback(done)
+        self._renames[new] = future
+
     def keeps_log(self, endpoint: str) -> bool:
         """Does the zone of ``endpoint`` keep a replay log (its log_duration is not 0)?"""
         return self.node.topology.zone_of(endpoint) in self.zones
@@ -177,6 +198,11 @@ class ReplayManager:
         zone = self.node.topology.zone_of(endpoint)
         if zone not in self.zones:
             return False
+        renaming = self._renames.get(zone)
+        if renaming is not None:
+            if not renaming.done():
+                return True                 # its records get their new name meanwhile
+            del self._renames[zone]
         return bool(self.writer.pending_in(zone)) or self.store.zone_records(zone) > 0
 
     # ------------------------------------------------------------------ replay
@@ -196,6 +222,9 @@ class ReplayManager:
         count = 0
         self.replaying[endpoint] = 0
         try:
+            renaming = self._renames.get(zone)
+            if renaming is not None:
+                await asyncio.wrap_future(renaming)     # a reload renamed the zone
             position = await loop.run_in_executor(None, store.position, endpoint)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("[%s] replay of zone %s starts after position %.6f (%d records "
