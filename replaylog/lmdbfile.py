@@ -95,19 +95,21 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-#: Walks the keys of the main database and of every named database in it (branch and
-#: leaf pages; values larger than a page are checked where they are read).
+#: Reads every key and value of the main database and of every named database in it:
+#: branch, leaf and overflow pages (keys alone left a file cut inside the overflow pages
+#: of large values to kill the store at its first read: review).
 _WALK = """
 import sys, lmdb
 env = lmdb.open(sys.argv[1], map_size=int(sys.argv[2]), subdir=True, readonly=True,
                 lock=False, max_dbs=1024)
 with env.begin() as txn:
-    for name in list(txn.cursor().iternext(values=False)):
+    names = [key for key, _ in txn.cursor()]
+    for name in names:
         try:
             db = env.open_db(name, txn=txn, create=False)
         except (lmdb.IncompatibleError, lmdb.DbsFullError, lmdb.NotFoundError):
             continue
-        for _ in txn.cursor(db).iternext(values=False):
+        for _ in txn.cursor(db):
             pass
 """
 

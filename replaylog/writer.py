@@ -372,11 +372,17 @@ class ReplayWriter:
                     else:
                         wake.wait()
                 queue = self._queue
-                if len(queue) <= self.max_batch:
+                # An op runs exactly between the records submitted before it and those
+                # after: a batch that ran past its ticket committed later records first
+                # (a zone's new name got its own id before the rename, review).
+                limit = self.max_batch
+                if self._ops:
+                    limit = min(limit, min(op.ticket for op in self._ops) - self._taken)
+                if len(queue) <= limit:
                     batch = list(queue)
                     queue.clear()
                 else:
-                    batch = [queue.popleft() for _ in range(self.max_batch)]
+                    batch = [queue.popleft() for _ in range(max(0, limit))]
                 self._taken += len(batch)
                 ready = [op for op in self._ops if op.ticket <= self._taken]
                 if ready:
