@@ -64,11 +64,12 @@ OnCommit = Callable[[int, int], None]
 
 
 class _Op:
-    __slots__ = ("args", "fn", "future", "kwargs", "ticket")
+    __slots__ = ("args", "barrier", "fn", "future", "kwargs", "ticket")
 
     def __init__(self, ticket: int, fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> None:
+                 kwargs: dict[str, Any], barrier: bool = False) -> None:
         self.ticket = ticket
+        self.barrier = barrier
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.fn = fn
         self.args = args
@@ -229,11 +230,23 @@ class ReplayWriter:
     def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
              ) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` in the writer thread, after every record submitted
-        before this call was committed. Its result or exception lands in the Future."""
+        before this call was committed (records submitted after it may be committed
+        first). Its result or exception lands in the Future."""
+        return self._call(fn, args, kwargs, barrier=False)
+
+    def call_between(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+                     ) -> concurrent.futures.Future[Any]:
+        """``call``, and no record submitted after this call is committed before ``fn``
+        has run (a rename of a zone: a later record must not create the new name first,
+        review). It splits a batch; the frequent confirmations use ``call``."""
+        return self._call(fn, args, kwargs, barrier=True)
+
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              *, barrier: bool) -> concurrent.futures.Future[Any]:
         with self._lock:
             if self._closing:
                 raise InvalidState("replay log writer is closed")
-            op = _Op(self._submitted, fn, args, kwargs)
+            op = _Op(self._submitted, fn, args, kwargs, barrier)
             self._ops.append(op)
             self._wake.notify()
         return op.future
@@ -372,12 +385,13 @@ class ReplayWriter:
                     else:
                         wake.wait()
                 queue = self._queue
-                # An op runs exactly between the records submitted before it and those
-                # after: a batch that ran past its ticket committed later records first
-                # (a zone's new name got its own id before the rename, review).
+                # A barrier op runs exactly between the records submitted before it and
+                # those after: a batch that ran past its ticket committed later records
+                # first (a zone's new name got its own id before the rename, review).
                 limit = self.max_batch
-                if self._ops:
-                    limit = min(limit, min(op.ticket for op in self._ops) - self._taken)
+                for op in self._ops:
+                    if op.barrier:
+                        limit = min(limit, op.ticket - self._taken)
                 if len(queue) <= limit:
                     batch = list(queue)
                     queue.clear()

@@ -29,7 +29,7 @@ def test_a_record_for_the_new_name_logged_right_after_the_rename_does_not_strand
         # apply_to_node, in one loop step: the closed session's unconfirmed frame goes
         # to A, then the rename is queued ...
         writer.submit("A", 100.3, b"unconfirmed")
-        renamed = writer.call(writer.store.rename_zone, "A", "A2")
+        renamed = writer.call_between(writer.store.rename_zone, "A", "A2")
         # ... and right after it the next message for the zone, whose endpoint the reload
         # just disconnected, is logged under its new name.
         writer.submit("A2", 100.4, b"after-reload")

@@ -174,7 +174,7 @@ class ReplayManager:
             if renamed:
                 log.info("replay log: zone %s renamed to %s (its records follow)", old, new)
 
-        future = self.writer.call(self.store.rename_zone, old, new)
+        future = self.writer.call_between(self.store.rename_zone, old, new)
         future.add_done_callback(done)
         self._renames[new] = future
 
