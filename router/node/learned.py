@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from router.errors import RouterError
+from router.node.periodic import PeriodicSave
 from router.pki import atomic_write
 from router.routing import ObjectZones
 
@@ -99,12 +100,7 @@ def _write(path: Path, entries: Entries) -> None:
     """Atomic replace: a crash leaves the old file or the new one, never half of one."""
     data = orjson.dumps({"version": FORMAT_VERSION, "hosts": entries},
                         option=orjson.OPT_SORT_KEYS)
-    atomic_write(path, data, 0o600)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, data, 0o600, sync_dir=True)
 
 
 def _stat_key(path: Path) -> _StatKey:
@@ -137,7 +133,8 @@ class LearnedHostsStore:
         #: What we last wrote, and the file's identity right after (thread side only).
         self._written: Entries = {}
         self._stat: _StatKey = None
-        self._task: asyncio.Task[None] | None = None
+        self._saver = PeriodicSave(self.sync, SAVE_INTERVAL, f"learned hosts to {path}",
+                                   (OSError, LearnedHostsError))
         self.saves = 0
 
     @property
@@ -174,15 +171,7 @@ class LearnedHostsStore:
         return store
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(SAVE_INTERVAL)
-            try:
-                await self.sync()
-            except (OSError, LearnedHostsError) as exc:
-                log.error("cannot save learned hosts to %s: %s", self.path, exc)
+        self._saver.start()
 
     async def sync(self) -> None:
         """Save what changed; take in what ``router objects forget`` removed meanwhile."""
@@ -229,12 +218,4 @@ class LearnedHostsStore:
 
     async def close(self) -> None:
         """Stop the timer and save one last time."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        try:
-            await self.sync()
-        except (OSError, LearnedHostsError) as exc:
-            log.error("cannot save learned hosts to %s: %s", self.path, exc)
+        await self._saver.close()

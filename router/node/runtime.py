@@ -29,22 +29,22 @@ what a parent sent:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from router.node.periodic import PeriodicSave
+from router.pki import atomic_write
 from router.protocol import jsonrpc, netstring
 from router.routing import ObjectZones, Topology
 
 if TYPE_CHECKING:  # pragma: no cover
     from router.node.stats import Connection
 
-__all__ = ["MAX_OBJECTS", "RuntimeObjects", "UPDATE", "DELETE"]
+__all__ = ["DELETE", "MAX_OBJECTS", "UPDATE", "RuntimeObjects"]
 
 log = logging.getLogger("router.node")
 
@@ -102,7 +102,7 @@ class RuntimeObjects:
         self._saved_changes = 0
         self.not_kept = 0
         self.saves = 0
-        self._task: asyncio.Task[None] | None = None
+        self._saver = PeriodicSave(self.save, SAVE_INTERVAL, f"runtime objects to {path}")
 
     # ------------------------------------------------------------------ messages
 
@@ -136,13 +136,11 @@ class RuntimeObjects:
         self.objects.set_runtime(type_, name, zone)
         self.changes += 1
 
-    def _keep(self, key: _Key, zone: str, params: dict[str, Any],
-              encoded: bytes | None = None) -> None:
+    def _keep(self, key: _Key, zone: str, params: dict[str, Any]) -> None:
         self._forget(key)
         self._entries[key] = (zone, params)
         self._by_zone.setdefault(zone, set()).add(key)
-        self._encoded[key] = encoded if encoded is not None else orjson.dumps(
-            {"zone": zone, "params": params})
+        self._encoded[key] = orjson.dumps({"zone": zone, "params": params})
 
     def _forget(self, key: _Key) -> bool:
         entry = self._entries.pop(key, None)
@@ -261,15 +259,7 @@ class RuntimeObjects:
         return store
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(SAVE_INTERVAL)
-            try:
-                await self.save()
-            except OSError as exc:
-                log.error("cannot save runtime objects to %s: %s", self.path, exc)
+        self._saver.start()
 
     async def save(self) -> None:
         """Write the file if something changed since the last write (in a thread)."""
@@ -286,20 +276,13 @@ class RuntimeObjects:
         GIL as long), to a temporary file, fsynced and renamed over the old one."""
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _atomic_write_chunks(self.path, _json_array(snapshot), 0o600)
+        atomic_write(self.path, _json_array(snapshot), 0o600, sync_dir=True)
 
     async def close(self) -> None:
-        """Stop the timer and the senders, and save one last time."""
+        """Stop the senders and the timer, and save one last time."""
         for sender in list(self._senders):
             sender.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        try:
-            await self.save()
-        except OSError as exc:
-            log.error("cannot save runtime objects to %s: %s", self.path, exc)
+        await self._saver.close()
 
 
 def _visible_zones(topology: Topology, zone: str) -> list[str]:
@@ -320,23 +303,3 @@ def _json_array(entries: list[bytes], chunk: int = 1000) -> Iterable[bytes]:
         yield b",".join(entries[start:start + chunk])
     yield b"]"
 
-
-def _atomic_write_chunks(path: Path, chunks: Iterable[bytes], mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for part in chunks:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Union, overload
@@ -348,16 +349,23 @@ def check_ticket(common_name: str, salt: str, given: str) -> bool:
 
 # -- files --------------------------------------------------------------------------------
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int) -> Path:
+def atomic_write(path: str | os.PathLike[str], data: bytes | Iterable[bytes], mode: int,
+                 *, sync_dir: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a
     rename, with ``mode`` set before anything is written (independent of the umask): a
-    reader sees the old file or the whole new one, never a part."""
+    reader sees the old file or the whole new one, never a part. ``data`` may come in
+    parts (a large file written from a thread: one join would hold the GIL as long);
+    ``sync_dir`` also makes the rename itself durable (an fsync of the directory)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)   # explicit mode, independent of the umask
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                for part in data:
+                    f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -367,6 +375,12 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int) -> Path:
         except FileNotFoundError:
             pass
         raise
+    if sync_dir:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
 
 
