@@ -45,7 +45,6 @@ class Options:
     pin_node_cpu: int | None = None      # floods: the node on this CPU, the rest on the others
     flooder_nice: int = 19               # floods: the flooder's nice value (0: as the agents)
     flood_decoy: bool = False            # floods: also aim each flood at perf.decoy
-    flooder_on_node: bool = False        # floods: the flooder on the node's CPU, SCHED_IDLE
     flood_only: tuple[str, ...] = ()     # floods: these kinds only (empty: all)
 
 
