@@ -24,6 +24,7 @@ from router.node import enrollment, report
 from router.config import RouterConfig, advisories
 from router.transport.connector import Backoff, Connector
 from router.transport.listener import Listener
+from router.transport.lobby import Lobby
 from router.node import Node, describe_topology, name_list
 from router.node.filemodes import check_key_modes, ensure_private_dirs
 from router.ops.http import StatusServer
@@ -123,6 +124,8 @@ class RouterService:
             host, port = config.listen
             self.server = Listener(loop, node.new_inbound, ratelog=node.ratelog, backlog=4096,
                                    budget=node.turn_budget)
+            self.server.lobby = Lobby(node, self.server.hand_over,
+                                      lambda: node.config.timeouts.handshake)
             await self.server.start(host, port)
             node.listener = self.server
         if config.status_listen is not None:

@@ -248,3 +248,10 @@ def peer_tls_context(pki: Any, name: str) -> ssl.SSLContext:
 
 __all__ = ["ClusterSpec", "FakePeer", "check_result", "free_port", "status_json",
            "metrics_text", "wait_until", "jsonrpc"]
+
+
+def inbound_count(node) -> int:
+    """Connections the node holds, with those accepted and still waiting in the
+    listener's lobby for their first TLS record (router.transport.lobby)."""
+    lobby = node.listener.lobby if node.listener is not None else None
+    return len(node.all_connections) + (len(lobby) if lobby is not None else 0)

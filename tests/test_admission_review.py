@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from router.transport.admission import Admission
-from tests.nodeutil import ClusterSpec, FakePeer, wait_until
+from tests.nodeutil import ClusterSpec, FakePeer, inbound_count, wait_until
 from tests.pkiutil import make_test_pki
 from tests.test_security_admission import FakeClock, FakeConn
 
@@ -51,8 +51,8 @@ def test_batch_of_newcomers_cannot_exceed_max_connections(tmp_path, pki, run):
                 socks.append(s)
             await wait_until(lambda: node.admission.admitted == 12, what="all accepted")
             await asyncio.sleep(0.5)               # let every abort reach connection_lost
-            assert len(node.all_connections) <= 2, (
-                len(node.all_connections), node.admission.pending,
+            assert inbound_count(node) <= 2, (
+                inbound_count(node), node.admission.pending,
                 dict(node.admission.evicted), dict(node.disconnects.values)
                 if hasattr(node.disconnects, "values") else None)
         finally:

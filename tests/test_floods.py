@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from router.transport.peerrate import PeerRate
-from tests.nodeutil import (ClusterSpec, FakePeer, check_result, metrics_text, status_json,
-                            wait_until)
+from tests.nodeutil import (ClusterSpec, FakePeer, check_result, inbound_count, metrics_text,
+                            status_json, wait_until)
 from tests.pkiutil import make_test_pki
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_10000_connections_that_never_finish_the_handshake(tmp_path, pki, partia
                   f"({node.admission.evicted}), handshake failures {failed:.0f} "
                   f"(timeout {timed_out:.0f})")
             await honest_agents_deliver(master, spec, pki, "after the flood")
-            await wait_until(lambda: len(node.all_connections) == 0, timeout=10,
+            await wait_until(lambda: inbound_count(node) == 0, timeout=10,
                              what="every connection gone")
             await wait_until(lambda: open_fds() <= fds_before + 5, timeout=10,
                              what=f"descriptors back near {fds_before} "
@@ -229,7 +229,7 @@ def test_clients_opening_and_closing_as_fast_as_they_can(tmp_path, pki, tls):
             await honest_agents_deliver(master, spec, pki, "during churn")
             result = await flooder_result(flooder, 60)
             assert result["opened"] > 100, result
-            await wait_until(lambda: len(node.all_connections) == 0, timeout=15,
+            await wait_until(lambda: inbound_count(node) == 0, timeout=15,
                              what="every churned connection gone")
             text = await metrics_text(master)
 

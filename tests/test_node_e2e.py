@@ -295,34 +295,41 @@ def test_agent_sessions_get_a_small_kernel_receive_buffer(tmp_path, pki, run):
 
 def test_an_inbound_connection_gets_its_tls_session_with_its_first_whole_record(
         tmp_path, pki, run):
-    """A TLS session costs 17 us and ~17 KB (pyOpenSSL): an inbound connection has none
-    until its first TLS record is whole, so 10 000 connections that never send, or send
-    a record header and stall (issue 21's floods), cost neither, nor a handshake slot
-    or step; the whole record makes it and the handshake goes on as usual."""
+    """An accepted connection waits in the listener's lobby (a socket and a small entry:
+    no transport, no connection, no TLS session, no handshake slot) until its first TLS
+    record is whole, so 10 000 connections that never send, or send a record header and
+    stall (issue 21's floods), cost none of those; the whole record makes it a connection
+    with the bytes read so far, and the handshake goes on as usual."""
     spec = master_with_agents(tmp_path, pki)
 
     async def main():
         master = await spec.start("master")
+        node = master.node
+        lobby = node.listener.lobby
         try:
+            accepted = node.admission.admitted
             _, writer = await asyncio.open_connection("127.0.0.1", spec.port("master"))
-            await wait_until(lambda: len(master.node.all_connections) == 1,
-                             what="the idle connection accepted")
-            [idle] = master.node.all_connections
-            assert idle.state == "handshaking" and idle._tls is None
+            await wait_until(lambda: len(lobby) == 1, what="the idle connection accepted")
+            [idle] = list(lobby._entries)
+            assert not node.all_connections and node.admission.pending == 1
+            assert node.admission.admitted == accepted + 1
             agent = await agent_to_master(spec, pki)        # handshakes as before
             agent.send("event::CheckResult", check_result("agent1", "disk", "DISK OK"),
                        ts=1700000000.5)
-            await wait_until(lambda: master.node.traffic.msgs_in >= 1, what="the result")
-            assert idle._tls is None
+            await wait_until(lambda: node.traffic.msgs_in >= 1, what="the result")
+            assert len(lobby) == 1 and len(node.all_connections) == 1   # the agent's
             writer.write(b"\x16\x03\x01\x02")          # a record header begun
             await wait_until(lambda: idle.handshake_bytes_in == 4, what="the bytes read")
             writer.write(b"\x00" + b"\x01" * 100)     # a 512-byte record, 100 bytes of it
             await wait_until(lambda: idle.handshake_bytes_in == 105, what="the bytes read")
-            assert idle._tls is None and master.node.admission.handshaking == 0
-            assert idle.state == "handshaking"
+            assert len(lobby) == 1 and node.admission.handshaking == 0
             writer.write(b"\x01" * 412)                # whole: a session, then OpenSSL's
-            await wait_until(lambda: idle.state == "closed", what="the garbage refused")
-            assert master.node.handshake_failures.total() == 1
+            await wait_until(lambda: node.handshake_failures.total() == 1,
+                             what="the garbage refused")
+            assert len(lobby) == 0 and lobby.handed_over == 2     # the agent's too
+            # counted once as accepted, whether it waited in the lobby or not
+            assert node.admission.admitted == accepted + 2
+            await wait_until(lambda: len(node.all_connections) == 1, what="it closed")
             writer.close()
             await agent.close()
         finally:

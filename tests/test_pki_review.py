@@ -22,7 +22,8 @@ from router import pki as pkilib
 from router.cli import main
 from router.node import enrollment as enrollment_mod
 from router.node import reload as reload_mod
-from tests.nodeutil import ClusterSpec, FakePeer, client_ssl_context, metrics_text, wait_until
+from tests.nodeutil import (ClusterSpec, FakePeer, client_ssl_context, inbound_count,
+                            metrics_text, wait_until)
 from tests.pkiutil import make_test_pki
 from tests.test_crl import _ca_revoke
 from tests.test_enrollment import UPD, anonymous, ask, make_signer, master_only, metric, pki_table
@@ -101,11 +102,11 @@ def test_handshake_in_flight_during_reload_is_checked_against_the_new_crl(
         master = await spec.start("master")
         node = master.node
         try:
-            before = len(node.all_connections)
+            before = inbound_count(node)
             # agent1 opens its TCP connection (accepted by the node) but has not sent
             # its ClientHello yet when the operator reloads with the new CRL.
             reader, writer = await asyncio.open_connection("127.0.0.1", spec.port("master"))
-            await wait_until(lambda: len(node.all_connections) > before, what="accepted")
+            await wait_until(lambda: inbound_count(node) > before, what="accepted")
 
             crl = _ca_revoke(data_dir, pki, "agent1")
             text = spec.toml("master").replace(key_line, f'{key_line}\ncrl_file = "{crl}"')

@@ -69,6 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from router.protocol.events import Event
     from router.transport.connector import Connector
     from router.transport.listener import Listener
+    from router.transport.lobby import Waiting
 
 log = logging.getLogger("router.node")
 
@@ -314,16 +315,20 @@ class Node:
     def connection_made(self, conn: Connection) -> None:
         self.sessions.connection_made(conn)
 
-    def handshake_failed(self, conn: Connection, exc: BaseException) -> None:
+    def handshake_failed(self, conn: Connection | Waiting, exc: BaseException) -> None:
         self._observe_handshake(conn)
         self.sessions.handshake_failed(conn, exc)
+
+    def lobby_gate(self, entry: Waiting, waiting: int) -> bool:
+        """May a connection just accepted wait in the listener's lobby?"""
+        return self.sessions.lobby_gate(entry, waiting)
 
     def handshake_done(self, conn: Connection) -> bool:
         """Identify the peer and start its session; False when the connection was closed."""
         self._observe_handshake(conn)
         return self.sessions.handshake_done(conn)
 
-    def _observe_handshake(self, conn: Connection) -> None:
+    def _observe_handshake(self, conn: Connection | Waiting) -> None:
         self.handshake_received.observe(conn.handshake_bytes_in)
         self.handshake_sent.observe(conn.handshake_bytes_out)
 

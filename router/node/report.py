@@ -48,6 +48,8 @@ def connection_states(node: Node) -> dict[str, int]:
             states["handshaking"] += 1
         elif conn.state == "open" and conn.peer is not None:
             states["established" if conn.endpoint is not None else "anonymous"] += 1
+    if node.listener is not None and node.listener.lobby is not None:
+        states["handshaking"] += len(node.listener.lobby)  # accepted, no first record yet
     return states
 
 

@@ -38,6 +38,7 @@ from router.protocol.peer import PeerProtocol, Role
 from router.routing import Relation
 from router.transport import tls
 from router.transport.admission import Admission, peer_text, source_address
+from router.transport.lobby import Waiting
 from router.transport.peerrate import PeerRate
 from router.transport.sendqueue import Ledger, QueueLimits, SendQueue
 from router.node.context import NodeContext
@@ -172,27 +173,48 @@ class Sessions:
     def connection_made(self, conn: Connection) -> None:
         host = self.host
         host.all_connections.add(conn)
-        if host.closing:
-            conn.abort("node is shutting down")
+        if conn.expected_endpoint is not None:
+            if host.closing:
+                conn.abort("node is shutting down")
+            # Our own dial (the parent, a peer, a child we connect to): never refused by
+            # the cap the inbound connections fill, as the fd reserve is kept for it; a
+            # satellite full of its children's sessions refused its master (review).
             return
-        if conn.expected_endpoint is None and conn.fileno() >= self.fd_ceiling:
+        refused = self._refusal(conn, conn.fileno(), len(host.all_connections) - 1)
+        if refused is not None:
+            # Out of admission's tables now, not at its connection_lost a turn later: the
+            # next newcomer "evicted" it (counted, no room made) and got in over the cap.
+            host.admission.release(conn)
+            conn.abort(refused)
+
+    def lobby_gate(self, entry: Waiting, waiting: int) -> bool:
+        """May a connection just accepted wait in the listener's lobby for its first TLS
+        record (``router.transport.lobby``)? The same limits as :meth:`connection_made`,
+        with the lobby's ``waiting`` entries counted as connections."""
+        return self._refusal(entry, entry.fileno(),
+                             len(self.host.all_connections) + waiting) is None
+
+    def _refusal(self, conn: Connection | Waiting, fd: int, others: int) -> str | None:
+        """Why an inbound newcomer must go (logged and counted), or None: the node is
+        stopping; near RLIMIT_NOFILE; or ``others`` connections fill ``max_connections``
+        and no unauthenticated one could be dropped for it."""
+        host = self.host
+        if host.closing:
+            return "node is shutting down"
+        if fd >= self.fd_ceiling:
             # Near RLIMIT_NOFILE: refuse the newcomer, keep FD_RESERVE descriptors for the
             # sessions we have (log files, the replay log, dialling the parent, status).
             host.ratelog.log(("out_of_fds",), logging.ERROR,
                              "refusing connection from %s: %d of %d file descriptors in "
                              "use (RLIMIT_NOFILE; %d kept for the node itself); raise "
-                             "LimitNOFILE / ulimit -n", conn.address, conn.fileno(),
+                             "LimitNOFILE / ulimit -n", conn.address, fd,
                              self.fd_ceiling + FD_RESERVE, FD_RESERVE)
             host.disconnects.inc(("out_of_fds",))
-            conn.abort("out of file descriptors")
-            return
-        if conn.expected_endpoint is not None:
-            # Our own dial (the parent, a peer, a child we connect to): never refused by
-            # the cap the inbound connections fill, as the fd reserve is kept for it; a
-            # satellite full of its children's sessions refused its master (review).
-            return
+            return "out of file descriptors"
         limit = host.config.limits.max_connections
-        if len(host.all_connections) > limit and host.admission.oldest(exclude=conn):
+        if others < limit:
+            return None
+        if host.admission.oldest(exclude=conn):
             # Full, but an unauthenticated connection made room (issue 16 S3): the
             # oldest one that never finished its handshake is dropped for the newcomer.
             host.disconnects.inc(("unauthenticated_evicted",))
@@ -200,17 +222,14 @@ class Sessions:
                              "%d connections is the limit (limits.max_connections): dropped "
                              "the oldest unauthenticated connection for %s", limit,
                              conn.address)
-        elif len(host.all_connections) > limit:
-            host.ratelog.log(("max_connections",), logging.WARNING,
-                             "refusing connection from %s: %d connections is the limit "
-                             "(limits.max_connections)", conn.address, limit)
-            host.disconnects.inc(("max_connections",))
-            # Out of admission's tables now, not at its connection_lost a turn later: the
-            # next newcomer "evicted" it (counted, no room made) and got in over the cap.
-            host.admission.release(conn)
-            conn.abort("too many connections")
+            return None
+        host.ratelog.log(("max_connections",), logging.WARNING,
+                         "refusing connection from %s: %d connections is the limit "
+                         "(limits.max_connections)", conn.address, limit)
+        host.disconnects.inc(("max_connections",))
+        return "too many connections"
 
-    def handshake_failed(self, conn: Connection, exc: BaseException) -> None:
+    def handshake_failed(self, conn: Connection | Waiting, exc: BaseException) -> None:
         reason = tls.classify_handshake_error(exc)
         self.host.handshake_failures.inc((reason,))
         address = conn.address.rsplit(":", 1)[0]

@@ -245,12 +245,14 @@ class Admission:
 
     # -- unauthenticated connections ----------------------------------------------------
 
-    def admit(self, conn: Admitted) -> list[Admitted]:
-        """A new inbound connection; returns the older ones dropped to make room."""
+    def admit(self, conn: Admitted, counted: bool = True) -> list[Admitted]:
+        """A new inbound connection; returns the older ones dropped to make room.
+        ``counted=False``: the same connection again, out of the lobby
+        (``router.transport.lobby``), not counted as accepted twice."""
         address = source_address(conn.address)
         dropped: list[Admitted] = []
         now = self._clock()
-        self.admitted += 1
+        self.admitted += counted
         same = self._by_address.get(address)
         if same is not None and len(same) >= self.max_per_address:
             victim = self._idle_long_enough(same, now)

@@ -84,12 +84,12 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
     # save ~14 MB, issue 22). For the same reason what most connections never use (an
     # inbound ``ready`` future, ``blocked_sources``, handshake backlogs) is made on use.
     __slots__ = (
-        "_admission", "_first_bytes", "_flush_scheduled", "_handshake_backlog", "_handshake_handle",
-        "_handshake_step", "_handshake_timeout", "_has_handshake_slot", "_hold_output",
-        "_last_read", "_parked", "_reading_paused", "_ready", "_slot_backlog",
+        "_admission", "_first_bytes", "_flush_scheduled", "_handshake_backlog",
+        "_handshake_handle", "_handshake_step", "_handshake_timeout", "_has_handshake_slot",
+        "_hold_output", "_last_read", "_parked", "_reading_paused", "_ready", "_slot_backlog",
         "_throttle_handle", "_throttle_logged", "_timer", "_timer_when", "_tls", "_tls_library",
-        "_transport_reading", "_writing_paused", "address", "blocked_by", "blocked_sources",
-        "close_reason", "created", "direction", "endpoint", "events_received",
+        "_transport_reading", "_waited", "_writing_paused", "address", "blocked_by",
+        "blocked_sources", "close_reason", "created", "direction", "endpoint", "events_received",
         "expected_endpoint", "fed_targets", "handshake_bytes_in", "handshake_bytes_out",
         "identity", "input_rate", "invalid_budget", "last_read_at", "last_write_progress",
         "ledger", "loop", "node", "opened_at", "peer", "queue", "state", "stats", "transport",
@@ -161,6 +161,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self._has_handshake_slot = admission is None   # holds an admission handshake slot
         self._slot_backlog: list[bytes] | None = None  # bytes that came while waiting for one
         self._first_bytes: bytearray | None = None  # inbound: a first TLS record not yet whole
+        self._waited: tuple[bytes, float] | None = None     # see first_bytes_waited
         #: The node's budget of malformed messages for this session (set on first use).
         self.invalid_budget: RefusalBudget | None = None
         #: Caps on this session's input, bytes and messages a second (set by the node when
@@ -208,16 +209,24 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         if self.expected_endpoint is not None:  # inbound: made on its first whole record
             # SNI = endpoint name, as Icinga sends it (no Environment suffix in 2.13).
             self._tls = self._tls_library.session(server_hostname=self.expected_endpoint)
-        self._handshake_handle = self.loop.call_later(self._handshake_timeout,
+        waited, self._waited = self._waited, None   # out of the lobby: since the accept
+        timeout = self._handshake_timeout - (self.loop.time() - waited[1] if waited else 0.0)
+        self._handshake_handle = self.loop.call_later(max(0.0, timeout),
                                                       self._on_handshake_timeout)
         if self._admission is not None:
             # Older unauthenticated connections over their caps are dropped for us.
-            self._admission.admit(self)
+            self._admission.admit(self, counted=waited is None)
         self.node.connection_made(self)
         if self.state == HANDSHAKING and self._tls is not None:
             self._do_handshake()                # our ClientHello
         elif self._admission is not None:       # inbound: admission work (transport.turnbudget)
+            if waited is not None and self.state == HANDSHAKING:
+                self._handshake_read(memoryview(waited[0]))
             self.node.turn_budget.charge(self.node.turn_budget.clock() - started)
+
+    def first_bytes_waited(self, data: bytes, accepted_at: float) -> None:
+        """Out of the lobby (transport.lobby): its first record, its accept (loop time)."""
+        self._waited = (data, accepted_at)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.state == OPEN and self.node.reads.over_budget:
@@ -337,16 +346,10 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
             if self.stats is not None:
                 self.stats.count_throttled(delay)
             now = self.loop.time()
-            if now - self._throttle_logged >= THROTTLE_LOG_INTERVAL:
+            if now - self._throttle_logged >= THROTTLE_LOG_INTERVAL and self.input_rate:
                 self._throttle_logged = now
-                rate = self.input_rate
-                log.warning("[%s %s] input over its caps (%s bytes/s, %s messages/s; "
-                            "limits.peer_bytes_per_second/peer_messages_per_second): not "
-                            "read for %.2f s (throttled %d times on this session)",
-                            self.endpoint or self.identity, self.address,
-                            rate.bytes_per_second if rate else "-",
-                            rate.messages_per_second if rate else "-", delay,
-                            rate.throttled if rate else 0)
+                self.input_rate.log_throttled(f"{self.endpoint or self.identity} "
+                                              f"{self.address}", delay)
 
     def _end_throttle(self) -> None:
         self._throttle_handle = None
@@ -598,8 +601,7 @@ class PeerConnection(asyncio.BufferedProtocol, Generic[StatsT]):
         self.stats = stats
         self._after_protocol_step()
         self._settle_ready(None)
-        # Application data that arrived with the end of the handshake is read by the
-        # buffer_updated call that completed the handshake.
+        # (Data that came with the handshake's end: read by the call that completed it.)
 
     def _after_protocol_step(self) -> None:
         peer = self.peer

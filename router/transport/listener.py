@@ -18,6 +18,11 @@ it costs no transport, protocol, handshake deadline or teardown (counted in
 of 51 231 connections, the others still connected when accepted, and the node's CPU per
 churned connection went from 68-81 to 62-63 µs (two runs each).
 
+Every other accepted connection goes to the owner's lobby (``router.transport.lobby``)
+when there is one: it gets its transport and protocol once its first TLS record is whole
+(:meth:`Listener.hand_over`), so a flood of connections that never send one costs a
+socket and a small entry each.
+
 Out of descriptors (``EMFILE``/``ENFILE``) or kernel memory, ``accept`` fails while the
 backlog stays readable: the listener stops polling for ``ERROR_PAUSE`` seconds instead
 of spinning on it (counted, logged through the node's rate-limited log, established
@@ -32,11 +37,12 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 if TYPE_CHECKING:  # pragma: no cover
-    from router.transport.turnbudget import TurnBudget
+    from router.transport.lobby import Lobby
     from router.transport.owner import RateLimitedLogger
+    from router.transport.turnbudget import TurnBudget
 
 log = logging.getLogger("router.transport")
 
@@ -51,6 +57,12 @@ ERROR_PAUSE = 0.5
 #: accept() errors that mean "no descriptors or memory right now": pause, do not spin.
 RESOURCE_ERRNOS = {errno.EMFILE: "emfile", errno.ENFILE: "enfile",
                    errno.ENOBUFS: "enobufs", errno.ENOMEM: "enomem"}
+
+
+class WaitedInLobby(Protocol):
+    """A protocol the lobby hands a connection to, with what the lobby read of it."""
+
+    def first_bytes_waited(self, data: bytes, accepted_at: float) -> None: ...
 
 
 class Listener:
@@ -78,6 +90,9 @@ class Listener:
         self.rejected: dict[str, int] = {}
         #: connections whose transport could not be set up (closed at once)
         self.attach_failures = 0
+        #: Accepted connections wait here for their first TLS record (None: they get
+        #: their protocol at once; ``router.transport.lobby``). Set by the owner.
+        self.lobby: Lobby | None = None
         self._paused: set[socket.socket] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -148,20 +163,41 @@ class Listener:
             return False
         try:
             conn.setblocking(False)
-            if _closed_before_sending(conn):
+            sent = _first_look(conn)
+            if sent is None:
                 self._gone_at_accept(conn, address)
                 return True
-            task = self.loop.create_task(self._attach(conn))
+            if self.lobby is not None:
+                self.lobby.add(conn, f"{address[0]}:{address[1]}", sent)
+                return True
+            self._start_attach(conn, self.protocol_factory)
         except Exception:
             conn.close()
             raise
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _attach(self, conn: socket.socket) -> None:
+    def hand_over(self, conn: socket.socket, first_bytes: bytes, accepted_at: float) -> None:
+        """The lobby's entry ``conn`` sent its first TLS record (``first_bytes``, read
+        already): make its transport and connection now, its deadline running since
+        ``accepted_at`` (loop time)."""
+        protocol = self.protocol_factory()
+        cast("WaitedInLobby", protocol).first_bytes_waited(first_bytes, accepted_at)
         try:
-            await self.loop.connect_accepted_socket(self.protocol_factory, conn)
+            self._start_attach(conn, lambda: protocol)
+        except Exception:
+            conn.close()
+            raise
+
+    def _start_attach(self, conn: socket.socket,
+                      factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        task = self.loop.create_task(self._attach(conn, factory))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _attach(self, conn: socket.socket,
+                      factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        try:
+            await self.loop.connect_accepted_socket(factory, conn)
         except Exception as exc:  # noqa: BLE001 - the peer's problem, not the listener's
             self.attach_failures += 1
             conn.close()
@@ -208,6 +244,8 @@ class Listener:
         if self._closed:
             return
         self._closed = True
+        if self.lobby is not None:
+            self.lobby.close()
         for sock in self.sockets:
             if sock not in self._paused:
                 self.loop.remove_reader(sock.fileno())
@@ -221,18 +259,18 @@ class Listener:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _closed_before_sending(conn: socket.socket) -> bool:
-    """True when the peer of a just-accepted (non-blocking) socket has already closed or
-    reset it without sending anything: a connect/close flood's connections, which cost
-    an accept, a peek and a close here instead of a transport, a protocol, a handshake
-    deadline and their teardown. One ``recv`` with ``MSG_PEEK`` for everyone else (it
-    leaves the bytes where they are)."""
+def _first_look(conn: socket.socket) -> bool | None:
+    """Whether the peer of a just-accepted (non-blocking) socket has sent something yet;
+    None when it has already closed or reset it without sending anything: a
+    connect/close flood's connections, which cost an accept, a peek and a close here
+    instead of a transport, a protocol, a handshake deadline and their teardown. One
+    ``recv`` with ``MSG_PEEK`` (it leaves the bytes where they are)."""
     try:
-        return conn.recv(1, socket.MSG_PEEK) == b""
+        return True if conn.recv(1, socket.MSG_PEEK) else None
     except (BlockingIOError, InterruptedError):
         return False                    # connected, nothing sent yet
     except OSError:
-        return True                     # reset already
+        return None                     # reset already
 
 
 def _address(sock: socket.socket) -> str:

@@ -20,7 +20,11 @@ Pure: the caller passes ``now``; a rate of 0 turns that bucket off.
 
 from __future__ import annotations
 
+import logging
+
 __all__ = ["PeerRate"]
+
+log = logging.getLogger("router.transport")
 
 
 class PeerRate:
@@ -73,3 +77,11 @@ class PeerRate:
             self.throttled += 1
             self.throttled_seconds += delay
         return delay
+
+    def log_throttled(self, who: str, delay: float) -> None:
+        """One line about a session held back (its owner limits how often)."""
+        log.warning("[%s] input over its caps (%s bytes/s, %s messages/s; "
+                    "limits.peer_bytes_per_second/peer_messages_per_second): not read for "
+                    "%.2f s (throttled %d times on this session)", who,
+                    self.bytes_per_second or "-", self.messages_per_second or "-", delay,
+                    self.throttled)
