@@ -74,26 +74,6 @@ def _summary(closed_at: list[float], opened: int, errors: list[str], started: fl
             "took_s": round(time.monotonic() - started, 3), **(extra or {})}
 
 
-async def _watch_socket(sock: socket.socket, t0: float, hold: float) -> float | None:
-    """Seconds after ``t0`` when the node closed ``sock``, or None within ``hold``."""
-    loop = asyncio.get_running_loop()
-    deadline = t0 + hold
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            data = await asyncio.wait_for(loop.sock_recv(sock, 4096), left)
-            if not data:
-                return time.monotonic() - t0
-    except (ConnectionError, OSError):
-        return time.monotonic() - t0
-    except TimeoutError:
-        return None
-    finally:
-        sock.close()
-
-
 def idle_flood(host: str, port: int, n: int, sources: int, hold: float,
                partial: bool = False, concurrency: int = 200) -> dict[str, Any]:
     """``n`` connections that never finish a handshake (see the module docstring).
