@@ -123,8 +123,8 @@ class Lobby:
         self.loop = owner.loop
         self.hand_over = hand_over
         self.timeout = timeout
-        #: Entries waiting now, with their deadlines.
-        self._entries: dict[Waiting, float] = {}
+        #: Entries waiting now, oldest first (their deadlines are in ``_deadlines``).
+        self._entries: dict[Waiting, None] = {}
         #: (deadline, entry) in accept order; entries that left are skipped when met.
         self._deadlines: deque[tuple[float, Waiting]] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -161,7 +161,7 @@ class Lobby:
             sock.close()
             return
         deadline = now + self.timeout()
-        self._entries[entry] = deadline
+        self._entries[entry] = None
         self._deadlines.append((deadline, entry))
         if not sent or self._read(entry, polled=False):
             fd = sock.fileno()
@@ -233,7 +233,8 @@ class Lobby:
             fd = entry.sock.fileno()
             del self._polled[fd]
             self._poller.unregister(fd)
-        if self._entries.pop(entry, None) is not None:
+        if entry in self._entries:
+            del self._entries[entry]
             self.owner.admission.release(entry)
 
     def discard(self, entry: Waiting) -> None:
